@@ -1,0 +1,272 @@
+//! The gateway's YAML configuration: what the file may say, and every check it must pass before
+//! the gateway serves with it.
+//!
+//! Loading happens in two steps. Parsing turns the text into these types; a syntax error, a
+//! wrong type or an unknown key stops it at the first problem, named with its field path and
+//! line. Validation then checks how the parts fit together (routes name services and filters
+//! that exist, patterns parse, addresses resolve) and reports every problem it finds at once.
+
+mod size;
+mod validate;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+pub use size::ByteSize;
+
+use crate::{Error, Result};
+
+/// The whole configuration file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Addresses to accept client traffic on.
+    pub listeners: Vec<Listener>,
+    /// Limits applied to every client request at the edge, before routing.
+    #[serde(default)]
+    pub limits: EdgeLimits,
+    /// Folder holding the filter components, relative to the config file.
+    #[serde(default = "default_plugin_dir")]
+    pub plugin_dir: PathBuf,
+    /// The filter components, by the name routes use for them.
+    #[serde(default)]
+    pub filters: BTreeMap<String, FilterDefinition>,
+    /// Upstream services, by the name routes use for them.
+    #[serde(default)]
+    pub services: BTreeMap<String, Service>,
+    /// Routes, tried in order; the first that matches a request handles it.
+    pub routes: Vec<Route>,
+}
+
+fn default_plugin_dir() -> PathBuf {
+    PathBuf::from("plugins")
+}
+
+/// One listening socket.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Listener {
+    /// `IP:port` to bind; port 0 picks a free port (the bound address is logged).
+    pub address: SocketAddr,
+}
+
+/// Limits on what a client may send. Requests over a limit are refused at the edge with the
+/// documented JSON error and never reach a filter or an upstream.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EdgeLimits {
+    /// Largest request head (all header names and values) accepted; larger gets 431.
+    pub max_header_bytes: ByteSize,
+    /// Most header lines accepted; more gets 431.
+    pub max_headers: usize,
+    /// Longest request target (path and query) accepted; longer gets 414.
+    pub max_uri_bytes: ByteSize,
+    /// Time a client has to send a complete request head before the connection is closed.
+    #[serde(with = "humantime_serde")]
+    pub header_read_timeout: Duration,
+    /// Longest pause allowed between two pieces of a request body; a slower client gets 408.
+    #[serde(with = "humantime_serde")]
+    pub body_read_timeout: Duration,
+}
+
+impl Default for EdgeLimits {
+    fn default() -> Self {
+        EdgeLimits {
+            max_header_bytes: ByteSize(16 * 1024),
+            max_headers: 100,
+            max_uri_bytes: ByteSize(8 * 1024),
+            header_read_timeout: Duration::from_secs(10),
+            body_read_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// A filter component and how its instances run.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FilterDefinition {
+    /// The `.wasm` component file, relative to `plugin_dir`.
+    pub module: PathBuf,
+    /// `pooled` (default) reuses instances across requests; `per-request` gives every request a
+    /// fresh instance, for code that must not see traces of other requests.
+    #[serde(default)]
+    pub isolation: Isolation,
+    /// A pooled instance is replaced after this many calls, bounding what leaks can accumulate.
+    #[serde(default = "default_max_uses")]
+    pub max_uses: u64,
+    /// Longest a single call into the filter may run before it is stopped.
+    #[serde(default = "default_call_timeout", with = "humantime_serde")]
+    pub timeout: Duration,
+    /// Most linear memory one instance may grow to.
+    #[serde(default = "default_memory_limit")]
+    pub memory_limit: ByteSize,
+}
+
+fn default_max_uses() -> u64 {
+    10_000
+}
+
+fn default_call_timeout() -> Duration {
+    Duration::from_millis(50)
+}
+
+fn default_memory_limit() -> ByteSize {
+    ByteSize(16 * 1024 * 1024)
+}
+
+/// How filter instances are shared between requests.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Isolation {
+    /// Instances are reused from a pool and replaced after `max_uses` calls or any failure.
+    #[default]
+    Pooled,
+    /// Every request gets a fresh instance, dropped afterwards.
+    PerRequest,
+}
+
+/// An upstream service.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Service {
+    /// Base URLs of the service's instances, e.g. `http://127.0.0.1:9000`; requests are spread
+    /// over them round robin.
+    pub instances: Vec<String>,
+    /// Longest wait for a TCP connection to an instance; past it the request gets 502.
+    #[serde(default = "default_connect_timeout", with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    /// Longest wait for an instance's response head after the request was sent; past it the
+    /// request gets 504.
+    #[serde(default = "default_request_timeout", with = "humantime_serde")]
+    pub request_timeout: Duration,
+}
+
+fn default_connect_timeout() -> Duration {
+    Duration::from_secs(5)
+}
+
+fn default_request_timeout() -> Duration {
+    Duration::from_secs(30)
+}
+
+/// A route: which requests it takes, the filters they pass through, where they go.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Route {
+    /// Name used in logs and errors; defaults to `route-N` (N counting from 0).
+    #[serde(default)]
+    pub name: Option<String>,
+    /// Which requests this route takes.
+    #[serde(rename = "match")]
+    pub matcher: RouteMatch,
+    /// The service requests go to: a name from `services`, or `{param}` to take the name from a
+    /// parameter of the path pattern. May be omitted only if a filter always answers.
+    #[serde(default)]
+    pub service: Option<String>,
+    /// Filters run in this order on the request and in reverse order on the response.
+    #[serde(default)]
+    pub filters: Vec<RouteFilter>,
+}
+
+/// The conditions a request must meet to take a route. All given conditions must hold.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteMatch {
+    /// Path prefix, matched on whole segments: `/api` takes `/api` and `/api/x`, not `/apis`.
+    #[serde(default)]
+    pub path_prefix: Option<String>,
+    /// Path pattern: literal segments, `{name}` for one segment, `{*name}` for the rest.
+    #[serde(default)]
+    pub path: Option<String>,
+    /// Host the client asked for, without port; `*.example.com` matches any subdomain.
+    #[serde(default)]
+    pub host: Option<String>,
+    /// Methods accepted; any method when omitted.
+    #[serde(default)]
+    pub methods: Option<Vec<String>>,
+}
+
+/// A filter's place in a route's chain.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteFilter {
+    /// A name from `filters`.
+    pub filter: String,
+    /// The filter's configuration for this route, handed to its `init` as JSON.
+    #[serde(default = "empty_object")]
+    pub config: serde_json::Value,
+    /// What a request gets when this filter fails (traps, times out, exceeds its memory):
+    /// `closed` answers with a JSON error, `open` skips the filter and goes on.
+    #[serde(default)]
+    pub on_failure: FailurePolicy,
+}
+
+fn empty_object() -> serde_json::Value {
+    serde_json::Value::Object(serde_json::Map::new())
+}
+
+/// What happens to a request when a filter fails on it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum FailurePolicy {
+    /// Answer with a JSON error (500, or 503 when no instance could be made).
+    #[default]
+    Closed,
+    /// Skip the filter, log it, and go on as if it had passed the request.
+    Open,
+}
+
+impl Config {
+    /// Reads, parses and validates a configuration file. Relative paths in it are resolved
+    /// against the file's folder.
+    pub fn load(path: &Path) -> Result<Config> {
+        let text = std::fs::read_to_string(path).map_err(|source| Error::ConfigRead {
+            path: path.to_owned(),
+            source,
+        })?;
+        let mut config = Config::parse(&text).map_err(|problems| Error::Config {
+            path: path.to_owned(),
+            problems,
+        })?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        config.plugin_dir = base.join(&config.plugin_dir);
+        config.validate().map_err(|problems| Error::Config {
+            path: path.to_owned(),
+            problems,
+        })?;
+        Ok(config)
+    }
+
+    /// Parses configuration text; a problem is named with its field path and position.
+    pub fn parse(text: &str) -> Result<Config, Vec<String>> {
+        let deserializer = serde_yaml_ng::Deserializer::from_str(text);
+        serde_path_to_error::deserialize(deserializer).map_err(|error| {
+            let path = error.path().to_string();
+            let inner = error.into_inner();
+            let message = inner.to_string();
+            // serde_yaml_ng already says where; keep its position, prefix the field path.
+            vec![if path == "." {
+                message
+            } else {
+                format!("{path}: {message}")
+            }]
+        })
+    }
+
+    /// The checks that need the whole file: every problem found, each with its field path.
+    pub fn validate(&self) -> Result<(), Vec<String>> {
+        validate::check(self)
+    }
+
+    /// The route's display name.
+    pub fn route_name(&self, index: usize) -> String {
+        self.routes[index]
+            .name
+            .clone()
+            .unwrap_or_else(|| format!("route-{index}"))
+    }
+}

@@ -1,0 +1,373 @@
+//! Host side of the WIT contract: the generated bindings and the capabilities a filter imports.
+//!
+//! Request and response handles are borrows with a fixed representation: the instance's store
+//! holds the one request (and response) of the current call, so a handle needs no table entry.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use http::header::{HeaderName, HeaderValue};
+use http::{HeaderMap, StatusCode};
+use wasmtime::component::Resource;
+
+use super::exchange::Reply;
+use super::instance::InstanceState;
+
+wasmtime::component::bindgen!({
+    path: "../wit",
+    world: "filter",
+    imports: { default: trappable },
+});
+
+pub use exports::gateway::filter::handler::{Phases, Registration, RequestAction, ResponseAction};
+use gateway::filter::{clock, http as wit_http, log};
+
+/// The representation of the only request and response handle a call ever sees.
+pub(super) const CURRENT: u32 = 0;
+
+fn header_name(name: &str) -> Result<HeaderName, String> {
+    HeaderName::from_bytes(name.as_bytes())
+        .map_err(|_| format!("`{name}` is not a valid header name"))
+}
+
+fn header_value(value: &str) -> Result<HeaderValue, String> {
+    HeaderValue::from_str(value)
+        .map_err(|_| "header value contains a forbidden character".to_owned())
+}
+
+fn first_value(headers: &HeaderMap, name: &str) -> Option<String> {
+    headers.get(name)?.to_str().ok().map(str::to_owned)
+}
+
+fn all_values(headers: &HeaderMap, name: &str) -> Vec<String> {
+    headers
+        .get_all(name)
+        .iter()
+        .filter_map(|value| value.to_str().ok().map(str::to_owned))
+        .collect()
+}
+
+fn names(headers: &HeaderMap) -> Vec<String> {
+    headers
+        .keys()
+        .map(|name| name.as_str().to_owned())
+        .collect()
+}
+
+fn set(headers: &mut HeaderMap, name: &str, value: &str) -> Result<(), String> {
+    headers.insert(header_name(name)?, header_value(value)?);
+    Ok(())
+}
+
+fn append(headers: &mut HeaderMap, name: &str, value: &str) -> Result<(), String> {
+    headers.append(header_name(name)?, header_value(value)?);
+    Ok(())
+}
+
+fn remove(headers: &mut HeaderMap, name: &str) {
+    if let Ok(name) = HeaderName::from_bytes(name.as_bytes()) {
+        headers.remove(name);
+    }
+}
+
+fn valid_path(path: &str) -> Result<(), String> {
+    let valid = path.starts_with('/')
+        && path
+            .bytes()
+            .all(|b| b.is_ascii_graphic() && b != b'?' && b != b'#');
+    if valid {
+        Ok(())
+    } else {
+        Err(
+            "a path must start with `/` and hold only printable ASCII, without `?` or `#`"
+                .to_owned(),
+        )
+    }
+}
+
+fn valid_query(query: &str) -> Result<(), String> {
+    if query.bytes().all(|b| b.is_ascii_graphic() && b != b'#') {
+        Ok(())
+    } else {
+        Err("a query may hold only printable ASCII, without `#`".to_owned())
+    }
+}
+
+/// Why a reply from a filter cannot be sent.
+pub(super) fn convert_reply(reply: wit_http::Reply) -> Result<Reply, String> {
+    let status = StatusCode::from_u16(reply.status)
+        .map_err(|_| format!("reply status {} is not a valid status code", reply.status))?;
+    let mut headers = HeaderMap::with_capacity(reply.headers.len());
+    for (name, value) in &reply.headers {
+        append(&mut headers, name, value)?;
+    }
+    Ok(Reply {
+        status,
+        headers,
+        body: reply.body.into(),
+    })
+}
+
+const NO_REQUEST: &str = "no request is in flight on this instance";
+const NO_RESPONSE: &str = "no response is in flight on this instance";
+const REQUEST_SENT: &str =
+    "the request was already sent upstream; it cannot be changed in the response phase";
+
+impl wit_http::Host for InstanceState {}
+
+impl wit_http::HostRequest for InstanceState {
+    fn method(&mut self, _: Resource<wit_http::Request>) -> wasmtime::Result<String> {
+        Ok(self.request()?.method.as_str().to_owned())
+    }
+
+    fn path(&mut self, _: Resource<wit_http::Request>) -> wasmtime::Result<String> {
+        Ok(self.request()?.path.clone())
+    }
+
+    fn set_path(
+        &mut self,
+        _: Resource<wit_http::Request>,
+        path: String,
+    ) -> wasmtime::Result<Result<(), String>> {
+        Ok(self.request_mut()?.and_then(|request| {
+            valid_path(&path)?;
+            request.path = path;
+            Ok(())
+        }))
+    }
+
+    fn query(&mut self, _: Resource<wit_http::Request>) -> wasmtime::Result<Option<String>> {
+        Ok(self.request()?.query.clone())
+    }
+
+    fn set_query(
+        &mut self,
+        _: Resource<wit_http::Request>,
+        query: Option<String>,
+    ) -> wasmtime::Result<Result<(), String>> {
+        Ok(self.request_mut()?.and_then(|request| {
+            if let Some(query) = &query {
+                valid_query(query)?;
+            }
+            request.query = query;
+            Ok(())
+        }))
+    }
+
+    fn authority(&mut self, _: Resource<wit_http::Request>) -> wasmtime::Result<Option<String>> {
+        Ok(self.request()?.authority.clone())
+    }
+
+    fn client_ip(&mut self, _: Resource<wit_http::Request>) -> wasmtime::Result<String> {
+        Ok(self.request()?.client_ip.to_string())
+    }
+
+    fn route_param(
+        &mut self,
+        _: Resource<wit_http::Request>,
+        name: String,
+    ) -> wasmtime::Result<Option<String>> {
+        Ok(self.request()?.param(&name).map(str::to_owned))
+    }
+
+    fn header(
+        &mut self,
+        _: Resource<wit_http::Request>,
+        name: String,
+    ) -> wasmtime::Result<Option<String>> {
+        Ok(first_value(&self.request()?.headers, &name))
+    }
+
+    fn header_values(
+        &mut self,
+        _: Resource<wit_http::Request>,
+        name: String,
+    ) -> wasmtime::Result<Vec<String>> {
+        Ok(all_values(&self.request()?.headers, &name))
+    }
+
+    fn header_names(&mut self, _: Resource<wit_http::Request>) -> wasmtime::Result<Vec<String>> {
+        Ok(names(&self.request()?.headers))
+    }
+
+    fn set_header(
+        &mut self,
+        _: Resource<wit_http::Request>,
+        name: String,
+        value: String,
+    ) -> wasmtime::Result<Result<(), String>> {
+        Ok(self
+            .request_mut()?
+            .and_then(|request| set(&mut request.headers, &name, &value)))
+    }
+
+    fn append_header(
+        &mut self,
+        _: Resource<wit_http::Request>,
+        name: String,
+        value: String,
+    ) -> wasmtime::Result<Result<(), String>> {
+        Ok(self
+            .request_mut()?
+            .and_then(|request| append(&mut request.headers, &name, &value)))
+    }
+
+    fn remove_header(
+        &mut self,
+        _: Resource<wit_http::Request>,
+        name: String,
+    ) -> wasmtime::Result<()> {
+        // Removing in the response phase is refused like any other edit, but silently: the
+        // WIT signature has no error to return, and the request is already gone.
+        if let Ok(request) = self.request_mut()? {
+            remove(&mut request.headers, &name);
+        }
+        Ok(())
+    }
+
+    fn drop(&mut self, _: Resource<wit_http::Request>) -> wasmtime::Result<()> {
+        Ok(())
+    }
+}
+
+impl wit_http::HostResponse for InstanceState {
+    fn status(&mut self, _: Resource<wit_http::Response>) -> wasmtime::Result<u16> {
+        Ok(self.response()?.status.as_u16())
+    }
+
+    fn set_status(
+        &mut self,
+        _: Resource<wit_http::Response>,
+        status: u16,
+    ) -> wasmtime::Result<Result<(), String>> {
+        let response = self.response_mut()?;
+        Ok(match StatusCode::from_u16(status) {
+            Ok(status) => {
+                response.status = status;
+                Ok(())
+            }
+            Err(_) => Err(format!("{status} is not a valid status code")),
+        })
+    }
+
+    fn header(
+        &mut self,
+        _: Resource<wit_http::Response>,
+        name: String,
+    ) -> wasmtime::Result<Option<String>> {
+        Ok(first_value(&self.response()?.headers, &name))
+    }
+
+    fn header_values(
+        &mut self,
+        _: Resource<wit_http::Response>,
+        name: String,
+    ) -> wasmtime::Result<Vec<String>> {
+        Ok(all_values(&self.response()?.headers, &name))
+    }
+
+    fn header_names(&mut self, _: Resource<wit_http::Response>) -> wasmtime::Result<Vec<String>> {
+        Ok(names(&self.response()?.headers))
+    }
+
+    fn set_header(
+        &mut self,
+        _: Resource<wit_http::Response>,
+        name: String,
+        value: String,
+    ) -> wasmtime::Result<Result<(), String>> {
+        Ok(set(&mut self.response_mut()?.headers, &name, &value))
+    }
+
+    fn append_header(
+        &mut self,
+        _: Resource<wit_http::Response>,
+        name: String,
+        value: String,
+    ) -> wasmtime::Result<Result<(), String>> {
+        Ok(append(&mut self.response_mut()?.headers, &name, &value))
+    }
+
+    fn remove_header(
+        &mut self,
+        _: Resource<wit_http::Response>,
+        name: String,
+    ) -> wasmtime::Result<()> {
+        remove(&mut self.response_mut()?.headers, &name);
+        Ok(())
+    }
+
+    fn drop(&mut self, _: Resource<wit_http::Response>) -> wasmtime::Result<()> {
+        Ok(())
+    }
+}
+
+impl log::Host for InstanceState {
+    fn log(&mut self, level: log::Level, message: String) -> wasmtime::Result<()> {
+        let filter = &*self.filter;
+        let request_id = self
+            .exchange
+            .request
+            .as_ref()
+            .map_or("-", |r| r.request_id());
+        match level {
+            log::Level::Trace => tracing::trace!(target: "filter", filter, request_id, "{message}"),
+            log::Level::Debug => tracing::debug!(target: "filter", filter, request_id, "{message}"),
+            log::Level::Info => tracing::info!(target: "filter", filter, request_id, "{message}"),
+            log::Level::Warn => tracing::warn!(target: "filter", filter, request_id, "{message}"),
+            log::Level::Error => tracing::error!(target: "filter", filter, request_id, "{message}"),
+        }
+        Ok(())
+    }
+}
+
+impl clock::Host for InstanceState {
+    fn now_ms(&mut self) -> wasmtime::Result<u64> {
+        let since_epoch = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default();
+        Ok(u64::try_from(since_epoch.as_millis()).unwrap_or(u64::MAX))
+    }
+
+    fn monotonic_ns(&mut self) -> wasmtime::Result<u64> {
+        let elapsed = super::instance::process_start().elapsed();
+        Ok(u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX))
+    }
+}
+
+impl InstanceState {
+    fn request(&self) -> wasmtime::Result<&super::RequestHead> {
+        self.exchange
+            .request
+            .as_ref()
+            .ok_or_else(|| wasmtime::format_err!(NO_REQUEST))
+    }
+
+    /// The request for an edit: a trap if there is none, a refusal if it was already sent.
+    fn request_mut(&mut self) -> wasmtime::Result<Result<&mut super::RequestHead, String>> {
+        let sent = self.exchange.response.is_some();
+        let request = self
+            .exchange
+            .request
+            .as_mut()
+            .ok_or_else(|| wasmtime::format_err!(NO_REQUEST))?;
+        Ok(if sent {
+            Err(REQUEST_SENT.to_owned())
+        } else {
+            Ok(request)
+        })
+    }
+
+    fn response(&self) -> wasmtime::Result<&super::ResponseHead> {
+        self.exchange
+            .response
+            .as_ref()
+            .ok_or_else(|| wasmtime::format_err!(NO_RESPONSE))
+    }
+
+    fn response_mut(&mut self) -> wasmtime::Result<&mut super::ResponseHead> {
+        self.exchange
+            .response
+            .as_mut()
+            .ok_or_else(|| wasmtime::format_err!(NO_RESPONSE))
+    }
+}

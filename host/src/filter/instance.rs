@@ -1,0 +1,213 @@
+//! One filter instance: its store, its limits, and the calls into it.
+
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use wasmtime::component::{Resource, ResourceTable};
+use wasmtime::{ResourceLimiter, Store, Trap};
+use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
+
+use super::bindings::{CURRENT, Filter, Registration, RequestAction, ResponseAction};
+use super::engine::{EPOCH_TICK, LoadedFilter};
+use super::{FilterFailure, RequestHead, ResponseHead};
+use crate::config::ByteSize;
+
+pub(super) fn process_start() -> Instant {
+    static START: OnceLock<Instant> = OnceLock::new();
+    *START.get_or_init(Instant::now)
+}
+
+/// The request and response of the call in progress, moved in for the call and out after it.
+#[derive(Default)]
+pub(super) struct Exchange {
+    pub request: Option<RequestHead>,
+    /// Present only during the response phase; its presence makes the request read-only.
+    pub response: Option<ResponseHead>,
+}
+
+/// Caps an instance's memory and remembers that it tried to go past the cap, so the failure can
+/// be reported as what it was rather than as a generic trap.
+pub(super) struct MemoryCap {
+    limit: usize,
+    exceeded: bool,
+}
+
+impl ResourceLimiter for MemoryCap {
+    fn memory_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        if desired > self.limit {
+            self.exceeded = true;
+            wasmtime::bail!("memory limit of {} exceeded", ByteSize(self.limit as u64));
+        }
+        Ok(true)
+    }
+
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        // Tables hold function references; a filter never needs many.
+        Ok(desired <= 100_000)
+    }
+}
+
+/// Everything a filter instance's store holds.
+pub struct InstanceState {
+    pub(super) filter: Arc<str>,
+    pub(super) exchange: Exchange,
+    cap: MemoryCap,
+    wasi: WasiCtx,
+    table: ResourceTable,
+}
+
+impl WasiView for InstanceState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+/// A live, initialised instance of a filter.
+pub(super) struct FilterInstance {
+    store: Store<InstanceState>,
+    bindings: Filter,
+    pub uses: u64,
+}
+
+impl FilterInstance {
+    /// Instantiates the filter and hands it its configuration.
+    pub fn new(
+        filter: &LoadedFilter,
+        config_json: &str,
+    ) -> Result<(FilterInstance, Registration), FilterFailure> {
+        // Filters get no environment, arguments, files or sockets: an empty, locked-down WASI.
+        let wasi = WasiCtxBuilder::new()
+            .allow_tcp(false)
+            .allow_udp(false)
+            .allow_ip_name_lookup(false)
+            .build();
+        let state = InstanceState {
+            filter: filter.name.clone(),
+            exchange: Exchange::default(),
+            cap: MemoryCap {
+                limit: filter.settings.memory_limit.as_usize(),
+                exceeded: false,
+            },
+            wasi,
+            table: ResourceTable::new(),
+        };
+        let mut store = Store::new(filter.pre.engine(), state);
+        store.limiter(|state| &mut state.cap);
+        store.epoch_deadline_trap();
+        // Init may compile patterns or parse large configs; give it more room than a request.
+        let init_timeout = filter.settings.timeout.max(Duration::from_secs(1));
+        let mut instance = guarded(&mut store, init_timeout, |store| {
+            filter.pre.instantiate(store)
+        })
+        .map_err(|failure| match failure {
+            FilterFailure::Trap(reason) => FilterFailure::Unavailable(reason),
+            other => other,
+        })
+        .map(|bindings| FilterInstance {
+            store,
+            bindings,
+            uses: 0,
+        })?;
+        let handler = instance.bindings.gateway_filter_handler().clone();
+        let registration = guarded(&mut instance.store, init_timeout, |store| {
+            handler.call_init(store, config_json)
+        })?
+        .map_err(FilterFailure::Rejected)?;
+        Ok((instance, registration))
+    }
+
+    /// Runs the request phase on `head`, which is moved in for the call and back out after it,
+    /// whatever the outcome, so edits made before a failure are kept.
+    pub fn on_request(
+        &mut self,
+        head: &mut RequestHead,
+        timeout: Duration,
+    ) -> Result<RequestAction, FilterFailure> {
+        self.uses += 1;
+        self.store.data_mut().exchange.request = Some(std::mem::take(head));
+        let handler = self.bindings.gateway_filter_handler().clone();
+        let outcome = guarded(&mut self.store, timeout, |store| {
+            handler.call_on_request(store, Resource::new_borrow(CURRENT))
+        });
+        if let Some(request) = self.store.data_mut().exchange.request.take() {
+            *head = request;
+        }
+        outcome
+    }
+
+    /// Runs the response phase; both heads are moved in for the call and back out after it.
+    pub fn on_response(
+        &mut self,
+        request: &mut RequestHead,
+        response: &mut ResponseHead,
+        timeout: Duration,
+    ) -> Result<ResponseAction, FilterFailure> {
+        self.uses += 1;
+        let exchange = &mut self.store.data_mut().exchange;
+        exchange.request = Some(std::mem::take(request));
+        exchange.response = Some(std::mem::take(response));
+        let handler = self.bindings.gateway_filter_handler().clone();
+        let outcome = guarded(&mut self.store, timeout, |store| {
+            handler.call_on_response(
+                store,
+                Resource::new_borrow(CURRENT),
+                Resource::new_borrow(CURRENT),
+            )
+        });
+        let exchange = &mut self.store.data_mut().exchange;
+        if let Some(head) = exchange.request.take() {
+            *request = head;
+        }
+        if let Some(head) = exchange.response.take() {
+            *response = head;
+        }
+        outcome
+    }
+}
+
+/// Runs one call into Wasm under the deadline, turning every way it can fail into a
+/// [`FilterFailure`]: traps, the deadline, the memory cap, and a panic in host code it called.
+fn guarded<T>(
+    store: &mut Store<InstanceState>,
+    timeout: Duration,
+    call: impl FnOnce(&mut Store<InstanceState>) -> wasmtime::Result<T>,
+) -> Result<T, FilterFailure> {
+    let ticks = timeout.as_millis().div_ceil(EPOCH_TICK.as_millis()).max(1);
+    // One extra tick: the deadline counts ticks that start after this point, and the next tick
+    // may be only moments away.
+    store.set_epoch_deadline(u64::try_from(ticks).unwrap_or(u64::MAX).saturating_add(1));
+    // A panic in host code called by the guest (e.g. WASI stdio, which blocks on the async
+    // runtime) must cost this instance, not the worker thread.
+    let outcome = catch_unwind(AssertUnwindSafe(|| call(&mut *store)));
+    match outcome {
+        Ok(Ok(value)) => Ok(value),
+        Ok(Err(error)) => {
+            if store.data().cap.exceeded {
+                Err(FilterFailure::MemoryLimit(ByteSize(
+                    store.data().cap.limit as u64,
+                )))
+            } else if matches!(error.downcast_ref::<Trap>(), Some(Trap::Interrupt)) {
+                Err(FilterFailure::Timeout(timeout))
+            } else {
+                Err(FilterFailure::Trap(format!("{error:#}")))
+            }
+        }
+        Err(_) => Err(FilterFailure::Trap(
+            "host code called by the filter panicked (see the log)".to_owned(),
+        )),
+    }
+}

@@ -1,0 +1,119 @@
+//! Everything a request needs, built once from the configuration: routes with their filter
+//! chains, services, and edge limits.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::Method;
+
+use crate::config::Config;
+use crate::filter::{FilterChain, FilterEngine, FilterPool, LoadedFilter};
+use crate::routing::{HostMatcher, PathMatcher, Route, Router, Target, pattern};
+use crate::server::hygiene::EdgeLimits;
+use crate::upstream::Service;
+use crate::{Error, Result};
+
+/// The serving state.
+pub struct Gateway {
+    pub router: Router,
+    pub services: HashMap<String, Arc<Service>>,
+    pub edge_limits: EdgeLimits,
+    pub body_read_timeout: Duration,
+}
+
+impl Gateway {
+    /// Loads every filter once, initialises it with each route's config, and builds the routes.
+    /// Every problem found is returned, not just the first.
+    pub fn build(config: &Config, engine: &FilterEngine) -> Result<Gateway, Vec<Error>> {
+        let mut problems = Vec::new();
+
+        let mut filters: HashMap<&str, Arc<LoadedFilter>> = HashMap::new();
+        for (name, definition) in &config.filters {
+            let path = config.plugin_dir.join(&definition.module);
+            match engine.load(name, &path, definition) {
+                Ok(filter) => {
+                    filters.insert(name, Arc::new(filter));
+                }
+                Err(error) => problems.push(error),
+            }
+        }
+
+        let mut services = HashMap::new();
+        for (name, definition) in &config.services {
+            match Service::new(name, definition) {
+                Ok(service) => {
+                    services.insert(name.clone(), Arc::new(service));
+                }
+                Err(reason) => problems.push(Error::Config {
+                    path: format!("services.{name}").into(),
+                    problems: vec![reason],
+                }),
+            }
+        }
+
+        let mut routes = Vec::with_capacity(config.routes.len());
+        for (index, route) in config.routes.iter().enumerate() {
+            let name = config.route_name(index);
+            let mut chain = FilterChain::default();
+            for entry in &route.filters {
+                // A filter that failed to load was reported above.
+                let Some(filter) = filters.get(entry.filter.as_str()) else {
+                    continue;
+                };
+                match FilterPool::new(filter.clone(), &name, &entry.config, entry.on_failure) {
+                    Ok(pool) => chain.filters.push(pool),
+                    Err(error) => problems.push(error),
+                }
+            }
+            let target = match route.service.as_deref() {
+                None => Target::None,
+                Some(service) => {
+                    match service.strip_prefix('{').and_then(|s| s.strip_suffix('}')) {
+                        Some(param) => Target::ServiceFromParam(param.to_owned()),
+                        None => match services.get(service) {
+                            Some(service) => Target::Service(service.clone()),
+                            None => continue,
+                        },
+                    }
+                }
+            };
+            let path = match (&route.matcher.path_prefix, &route.matcher.path) {
+                (Some(prefix), _) => PathMatcher::prefix(prefix),
+                (None, Some(path)) => match pattern::parse(path) {
+                    Ok(pattern) => PathMatcher::Pattern(pattern),
+                    Err(_) => continue,
+                },
+                (None, None) => continue,
+            };
+            let methods = route.matcher.methods.as_ref().map(|methods| {
+                methods
+                    .iter()
+                    .filter_map(|method| Method::from_bytes(method.as_bytes()).ok())
+                    .collect()
+            });
+            routes.push(Route {
+                name,
+                host: HostMatcher::new(route.matcher.host.as_deref()),
+                methods,
+                path,
+                target,
+                chain,
+            });
+        }
+
+        if !problems.is_empty() {
+            return Err(problems);
+        }
+        Ok(Gateway {
+            router: Router { routes },
+            services,
+            edge_limits: EdgeLimits {
+                max_header_bytes: config.limits.max_header_bytes.as_usize(),
+                max_headers: config.limits.max_headers,
+                max_uri_bytes: config.limits.max_uri_bytes.as_usize(),
+            },
+            body_read_timeout: config.limits.body_read_timeout,
+        })
+    }
+}

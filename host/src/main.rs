@@ -1,0 +1,130 @@
+//! `gateway`: serve traffic from a YAML configuration, or check one.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{Context, bail};
+use clap::{Parser, Subcommand};
+
+use gateway_host::config::Config;
+use gateway_host::filter::FilterEngine;
+use gateway_host::gateway::Gateway;
+use gateway_host::server;
+use gateway_host::telemetry::{self, LogFormat};
+
+#[derive(Parser)]
+#[command(
+    name = "gateway",
+    version,
+    about = "An API gateway whose filters are WebAssembly components"
+)]
+struct Cli {
+    /// How log lines are written.
+    #[arg(long, value_enum, default_value = "human", global = true)]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve traffic.
+    Serve {
+        /// The configuration file.
+        #[arg(long, short)]
+        config: PathBuf,
+        /// Worker threads (default: one per core).
+        #[arg(long)]
+        workers: Option<usize>,
+    },
+    /// Check a configuration, including loading and initialising every filter, and report every
+    /// problem found.
+    Validate {
+        /// The configuration file.
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    telemetry::init(cli.log_format);
+    match cli.command {
+        Command::Serve { config, workers } => {
+            let mut runtime = tokio::runtime::Builder::new_multi_thread();
+            if let Some(workers) = workers {
+                runtime.worker_threads(workers);
+            }
+            let runtime = runtime
+                .enable_all()
+                .build()
+                .context("cannot start the async runtime")?;
+            runtime.block_on(serve(&config))
+        }
+        Command::Validate { config } => {
+            load(&config)?;
+            println!("{}: ok", config.display());
+            Ok(())
+        }
+    }
+}
+
+/// Loads the configuration and builds the serving state, or explains every problem.
+fn load(path: &Path) -> anyhow::Result<(Config, Gateway)> {
+    let config = Config::load(path)?;
+    let engine = FilterEngine::new()?;
+    match Gateway::build(&config, &engine) {
+        Ok(gateway) => Ok((config, gateway)),
+        Err(problems) => {
+            let list: Vec<String> = problems.iter().map(ToString::to_string).collect();
+            bail!(
+                "{} cannot be served:\n  - {}",
+                path.display(),
+                list.join("\n  - ")
+            )
+        }
+    }
+}
+
+async fn serve(path: &Path) -> anyhow::Result<()> {
+    let started = std::time::Instant::now();
+    let (config, gateway) = load(path)?;
+    let addresses: Vec<_> = config.listeners.iter().map(|l| l.address).collect();
+    let listeners = server::bind(&addresses).await?;
+    for listener in &listeners {
+        let address = listener
+            .local_addr()
+            .context("cannot read the bound address")?;
+        tracing::info!(%address, startup_ms = started.elapsed().as_millis() as u64, "listening");
+    }
+    server::serve(
+        Arc::new(gateway),
+        &config.limits,
+        listeners,
+        shutdown_signal(),
+    )
+    .await;
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let interrupt = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut terminate) => {
+                tokio::select! {
+                    _ = interrupt => {}
+                    _ = terminate.recv() => {}
+                }
+            }
+            Err(error) => {
+                tracing::warn!(%error, "cannot watch SIGTERM; only Ctrl-C stops the gateway");
+                let _ = interrupt.await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = interrupt.await;
+}

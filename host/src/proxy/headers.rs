@@ -1,0 +1,147 @@
+//! The headers a proxy owes both sides: hop-by-hop headers removed, `X-Forwarded-*` set, and a
+//! request id carried from the client to the upstream and back.
+
+use std::net::IpAddr;
+
+use http::HeaderMap;
+use http::header::{self, HeaderName, HeaderValue};
+
+/// The request id header, as the client, the upstream and every log line see it.
+pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+const FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+
+/// Headers that describe one connection, never the message (RFC 9110 7.6.1), plus the
+/// non-standard ones clients and proxies still send.
+const HOP_BY_HOP: [HeaderName; 9] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+];
+
+/// Removes hop-by-hop headers and every header the `Connection` header names.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    if headers.contains_key(header::CONNECTION) {
+        let named: Vec<HeaderName> = headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|value| value.to_str().ok())
+            .flat_map(|value| value.split(','))
+            .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+            .collect();
+        for name in named {
+            headers.remove(name);
+        }
+    }
+    for name in HOP_BY_HOP {
+        headers.remove(name);
+    }
+}
+
+/// The client's request id if it is a sane token, or a new one.
+///
+/// A client-chosen id is kept so a caller can follow its own request through the logs; one
+/// that is long or holds odd characters is replaced rather than echoed into logs and upstreams.
+pub fn request_id(headers: &HeaderMap) -> HeaderValue {
+    let usable = |value: &&HeaderValue| {
+        let bytes = value.as_bytes();
+        (1..=128).contains(&bytes.len())
+            && bytes
+                .iter()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'))
+    };
+    match headers.get(REQUEST_ID).filter(usable) {
+        Some(value) => value.clone(),
+        None => {
+            let id = uuid::Uuid::new_v4();
+            let mut buffer = uuid::Uuid::encode_buffer();
+            HeaderValue::from_str(id.hyphenated().encode_lower(&mut buffer))
+                .unwrap_or_else(|_| HeaderValue::from_static("invalid-uuid"))
+        }
+    }
+}
+
+/// Sets the headers that tell the upstream who asked and how. The original `Host` travels as
+/// `X-Forwarded-Host`; the upstream gets its own host in `Host`.
+pub fn set_forwarded(headers: &mut HeaderMap, client_ip: IpAddr, host: Option<&HeaderValue>) {
+    let client = client_ip.to_string();
+    let forwarded_for = match headers.get(&FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
+        Some(earlier) if !earlier.trim().is_empty() => format!("{earlier}, {client}"),
+        _ => client,
+    };
+    if let Ok(value) = HeaderValue::from_str(&forwarded_for) {
+        headers.insert(FORWARDED_FOR, value);
+    }
+    headers.insert(FORWARDED_PROTO, HeaderValue::from_static("http"));
+    match host {
+        Some(host) => {
+            headers.insert(FORWARDED_HOST, host.clone());
+        }
+        None => {
+            headers.remove(FORWARDED_HOST);
+        }
+    }
+    headers.remove(header::HOST);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hop_by_hop_and_connection_named_headers_are_removed() {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("keep-alive, X-Secret"),
+        );
+        headers.append(header::CONNECTION, HeaderValue::from_static("x-other"));
+        headers.insert("x-secret", HeaderValue::from_static("1"));
+        headers.insert("x-other", HeaderValue::from_static("1"));
+        headers.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        headers.insert(header::TE, HeaderValue::from_static("trailers"));
+        headers.insert("x-kept", HeaderValue::from_static("1"));
+        strip_hop_by_hop(&mut headers);
+        let left: Vec<&str> = headers.keys().map(|k| k.as_str()).collect();
+        assert_eq!(left, ["x-kept"]);
+    }
+
+    #[test]
+    fn request_ids_are_kept_when_sane_and_replaced_otherwise() {
+        let mut headers = HeaderMap::new();
+        headers.insert(REQUEST_ID, HeaderValue::from_static("abc-123"));
+        assert_eq!(request_id(&headers), "abc-123");
+
+        headers.insert(REQUEST_ID, HeaderValue::from_static("has spaces"));
+        let replaced = request_id(&headers);
+        assert_ne!(replaced, "has spaces");
+        assert_eq!(replaced.len(), 36);
+
+        let fresh = request_id(&HeaderMap::new());
+        assert_ne!(fresh, request_id(&HeaderMap::new()));
+    }
+
+    #[test]
+    fn forwarded_headers_extend_the_chain() {
+        let mut headers = HeaderMap::new();
+        headers.insert(FORWARDED_FOR, HeaderValue::from_static("10.0.0.1"));
+        headers.insert(header::HOST, HeaderValue::from_static("example.com"));
+        let host = headers.get(header::HOST).cloned();
+        set_forwarded(
+            &mut headers,
+            "127.0.0.1".parse().expect("ip"),
+            host.as_ref(),
+        );
+        assert_eq!(headers[&FORWARDED_FOR], "10.0.0.1, 127.0.0.1");
+        assert_eq!(headers[&FORWARDED_PROTO], "http");
+        assert_eq!(headers[&FORWARDED_HOST], "example.com");
+        assert!(!headers.contains_key(header::HOST));
+    }
+}

@@ -1,0 +1,330 @@
+//! The request pipeline: edge checks, path normalisation, routing, the filter chain's request
+//! phase, the upstream call, the response phase, and one access-log line.
+
+pub mod body;
+pub mod headers;
+
+use std::net::SocketAddr;
+use std::time::{Instant, SystemTime};
+
+use bytes::Bytes;
+use http::header::{self, HeaderValue};
+use http::{Request, Response, StatusCode, Uri, Version};
+use http_body_util::Either;
+use hyper::body::Incoming;
+
+use self::body::{BodyReadTimeout, RequestBody, ResponseBody, full};
+use crate::filter::{FilterChain, Reply, RequestHead, ResponseHead};
+use crate::gateway::Gateway;
+use crate::routing::Target;
+use crate::server::{hygiene, normalize};
+use crate::{Error, Result};
+
+/// What the access log says about one request.
+#[derive(Default)]
+struct Outcome {
+    route: Option<String>,
+    upstream: Option<String>,
+    error: Option<String>,
+}
+
+/// Serves one client request. Never fails: every error becomes the documented JSON answer.
+pub async fn serve(
+    gateway: &Gateway,
+    client: SocketAddr,
+    request: Request<Incoming>,
+) -> Response<ResponseBody> {
+    let started = Instant::now();
+    let request_id = headers::request_id(request.headers());
+    let method = request.method().clone();
+    let version = request.version();
+    // Logged as received: the normalised form may not exist if the path is refused.
+    let target = request.uri().path_and_query().map(ToString::to_string);
+    let mut outcome = Outcome::default();
+
+    let mut response = if request.uri().path() == "/health" {
+        health()
+    } else {
+        match forward(gateway, client, request, &request_id, &mut outcome).await {
+            Ok(response) => response,
+            Err(error) => {
+                outcome.error = Some(error.to_string());
+                error_response(&error, &request_id, version)
+            }
+        }
+    };
+    response
+        .headers_mut()
+        .insert(headers::REQUEST_ID, request_id.clone());
+
+    tracing::info!(
+        target: "access",
+        request_id = request_id.to_str().unwrap_or("-"),
+        client = %client.ip(),
+        method = %method,
+        target = target.as_deref().unwrap_or("-"),
+        version = ?version,
+        status = response.status().as_u16(),
+        duration_us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX),
+        route = outcome.route.as_deref().unwrap_or("-"),
+        upstream = outcome.upstream.as_deref().unwrap_or("-"),
+        error = outcome.error.as_deref().unwrap_or(""),
+    );
+    response
+}
+
+fn health() -> Response<ResponseBody> {
+    let mut response = Response::new(full(r#"{"status":"ok"}"#));
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    response
+}
+
+async fn forward(
+    gateway: &Gateway,
+    client: SocketAddr,
+    request: Request<Incoming>,
+    request_id: &HeaderValue,
+    outcome: &mut Outcome,
+) -> Result<Response<ResponseBody>> {
+    hygiene::check_request(&request, &gateway.edge_limits).map_err(Error::Edge)?;
+    let path = normalize::normalize_path(request.uri().path())
+        .map_err(Error::BadPath)?
+        .into_owned();
+    let authority = hygiene::host_of(&request).map(str::to_owned);
+    let matched = gateway
+        .router
+        .route(request.method(), authority.as_deref(), &path)
+        .ok_or(Error::NoRoute)?;
+    let route = matched.route;
+    outcome.route = Some(route.name.clone());
+
+    let (parts, body) = request.into_parts();
+    let mut head = RequestHead {
+        method: parts.method,
+        query: parts.uri.query().map(str::to_owned),
+        path,
+        headers: parts.headers,
+        authority,
+        client_ip: client.ip(),
+        params: matched.params,
+    };
+    let original_host = head.headers.get(header::HOST).cloned().or_else(|| {
+        parts
+            .uri
+            .authority()
+            .and_then(|authority| HeaderValue::from_str(authority.as_str()).ok())
+    });
+    headers::strip_hop_by_hop(&mut head.headers);
+    headers::set_forwarded(&mut head.headers, head.client_ip, original_host.as_ref());
+    head.headers.insert(headers::REQUEST_ID, request_id.clone());
+
+    let chain = &route.chain;
+    let phase = chain.on_request(&mut head);
+    let answer = match phase.outcome {
+        Ok(Some(reply)) => Ok(reply_response(reply)),
+        Err(error) => Err(error),
+        Ok(None) => {
+            call_upstream(
+                gateway,
+                &route.target,
+                &route.name,
+                &mut head,
+                body,
+                chain,
+                outcome,
+            )
+            .await
+        }
+    };
+    let response = match answer {
+        Ok(response) => response,
+        // Filters that already ran still see the gateway's own error answer.
+        Err(error) if phase.ran > 0 => {
+            outcome.error = Some(error.to_string());
+            error_response(&error, request_id, parts.version)
+        }
+        Err(error) => return Err(error),
+    };
+    respond_through_chain(
+        chain,
+        phase.ran,
+        &mut head,
+        response,
+        request_id,
+        parts.version,
+    )
+}
+
+/// Sends the request to an instance of the route's service and returns its response head and
+/// streaming body.
+async fn call_upstream(
+    gateway: &Gateway,
+    target: &Target,
+    route: &str,
+    head: &mut RequestHead,
+    body: Incoming,
+    chain: &FilterChain,
+    outcome: &mut Outcome,
+) -> Result<Response<ResponseBody>> {
+    let service = match target {
+        Target::Service(service) => service.clone(),
+        Target::ServiceFromParam(param) => {
+            let name = head.param(param).unwrap_or_default();
+            gateway
+                .services
+                .get(name)
+                .cloned()
+                .ok_or_else(|| Error::UnknownService(name.chars().take(64).collect()))?
+        }
+        Target::None => return Err(Error::NoService(route.to_owned())),
+    };
+    let instance = service.pick();
+    let instance_name = format!("{}@{}", service.name, instance.authority);
+    outcome.upstream = Some(instance_name.clone());
+
+    let path_and_query = match &head.query {
+        Some(query) => format!("{}?{query}", head.path),
+        None => head.path.clone(),
+    };
+    let uri = Uri::builder()
+        .scheme(instance.scheme.clone())
+        .authority(instance.authority.clone())
+        .path_and_query(path_and_query)
+        .build()
+        .map_err(|error| Error::UpstreamFailed {
+            instance: instance_name.clone(),
+            reason: format!("cannot build the upstream URI: {error}"),
+        })?;
+    // The response phase needs the request as sent; only keep a copy if a filter will look.
+    let headers = if chain.has_response_phase() {
+        head.headers.clone()
+    } else {
+        std::mem::take(&mut head.headers)
+    };
+    let mut upstream_request = Request::new(RequestBody::new(body, gateway.body_read_timeout));
+    *upstream_request.method_mut() = head.method.clone();
+    *upstream_request.uri_mut() = uri;
+    *upstream_request.version_mut() = Version::HTTP_11;
+    *upstream_request.headers_mut() = headers;
+
+    let timeout = service.request_timeout;
+    let response =
+        match tokio::time::timeout(timeout, service.client.request(upstream_request)).await {
+            Err(_) => {
+                return Err(Error::UpstreamTimeout {
+                    instance: instance_name,
+                    timeout,
+                });
+            }
+            Ok(Err(error)) => return Err(classify_upstream_error(&error, instance_name)),
+            Ok(Ok(response)) => response,
+        };
+    let (mut parts, body) = response.into_parts();
+    headers::strip_hop_by_hop(&mut parts.headers);
+    Ok(Response::from_parts(parts, Either::Left(body)))
+}
+
+fn classify_upstream_error(error: &hyper_util::client::legacy::Error, instance: String) -> Error {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(error);
+    while let Some(cause) = source {
+        if cause.downcast_ref::<BodyReadTimeout>().is_some() {
+            return Error::BodyTimeout;
+        }
+        source = cause.source();
+    }
+    let reason = error_chain(error);
+    if error.is_connect() {
+        Error::UpstreamUnreachable { instance, reason }
+    } else {
+        Error::UpstreamFailed { instance, reason }
+    }
+}
+
+/// The error and its causes on one line, for the log.
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+/// Runs the response phase of the filters that took part, then assembles what the client gets.
+fn respond_through_chain(
+    chain: &FilterChain,
+    ran: usize,
+    request: &mut RequestHead,
+    response: Response<ResponseBody>,
+    request_id: &HeaderValue,
+    version: Version,
+) -> Result<Response<ResponseBody>> {
+    if ran == 0 {
+        return Ok(response);
+    }
+    let (mut parts, body) = response.into_parts();
+    let mut head = ResponseHead {
+        status: parts.status,
+        headers: std::mem::take(&mut parts.headers),
+    };
+    match chain.on_response(ran, request, &mut head) {
+        Ok(replaced) => {
+            parts.status = head.status;
+            parts.headers = head.headers;
+            let body = match replaced {
+                Some(bytes) => {
+                    parts.headers.remove(header::CONTENT_LENGTH);
+                    full(bytes)
+                }
+                None => body,
+            };
+            Ok(Response::from_parts(parts, body))
+        }
+        Err(error) => {
+            tracing::debug!(request_id = request_id.to_str().unwrap_or("-"), %error, "response phase refused the response");
+            Ok(error_response(&error, request_id, version))
+        }
+    }
+}
+
+fn reply_response(reply: Reply) -> Response<ResponseBody> {
+    let mut response = Response::new(full(reply.body));
+    *response.status_mut() = reply.status;
+    *response.headers_mut() = reply.headers;
+    response
+}
+
+/// The JSON answer for an error, in the one shape every gateway error has.
+pub fn error_response(
+    error: &Error,
+    request_id: &HeaderValue,
+    version: Version,
+) -> Response<ResponseBody> {
+    let client = error.to_client();
+    let body = serde_json::json!({
+        "error": client.message,
+        "code": client.code,
+        "request_id": request_id.to_str().unwrap_or("-"),
+        "timestamp": humantime::format_rfc3339_millis(SystemTime::now()).to_string(),
+    });
+    let mut response = Response::new(full(Bytes::from(body.to_string())));
+    *response.status_mut() = client.status;
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    // HTTP/2 has no connection header; its streams do not share framing state anyway.
+    if client.close && version < Version::HTTP_2 {
+        headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    if client.status == StatusCode::SERVICE_UNAVAILABLE {
+        headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+    }
+    response
+}

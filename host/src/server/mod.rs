@@ -1,0 +1,117 @@
+//! The listener side: accepting connections, speaking HTTP/1.1 and HTTP/2 (prior knowledge or
+//! after the preface), and the limits a slow or hostile client meets before any routing.
+//!
+//! - [`hygiene`]: request framing, host and size checks that hyper leaves to the embedder;
+//! - [`normalize`]: the one path normalisation every later step sees.
+
+pub mod hygiene;
+pub mod normalize;
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::net::TcpListener;
+
+use crate::config::EdgeLimits;
+use crate::gateway::Gateway;
+use crate::proxy;
+use crate::{Error, Result};
+
+/// How long in-flight requests get to finish after a shutdown signal.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Binds every configured listener; fails on the first address that cannot be bound.
+pub async fn bind(addresses: &[SocketAddr]) -> Result<Vec<TcpListener>> {
+    let mut listeners = Vec::with_capacity(addresses.len());
+    for &address in addresses {
+        let listener = TcpListener::bind(address)
+            .await
+            .map_err(|source| Error::Bind { address, source })?;
+        listeners.push(listener);
+    }
+    Ok(listeners)
+}
+
+fn connection_builder(limits: &EdgeLimits) -> auto::Builder<TokioExecutor> {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    // hyper's own caps sit above the configured ones so that the configured ones answer with
+    // the gateway's JSON errors; hyper's only stop what is far past them.
+    let header_bytes = limits.max_header_bytes.as_usize();
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout)
+        .max_buf_size((header_bytes * 2).max(8192) + limits.max_uri_bytes.as_usize())
+        .max_headers(limits.max_headers * 2);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(u32::try_from(header_bytes * 2).unwrap_or(u32::MAX))
+        .max_concurrent_streams(256)
+        .keep_alive_interval(Duration::from_secs(30));
+    builder
+}
+
+/// Serves connections on every listener until `shutdown` resolves, then stops accepting and
+/// waits (up to a bound) for in-flight requests.
+pub async fn serve(
+    gateway: Arc<Gateway>,
+    limits: &EdgeLimits,
+    listeners: Vec<TcpListener>,
+    shutdown: impl Future<Output = ()>,
+) {
+    let builder = Arc::new(connection_builder(limits));
+    let graceful = Arc::new(GracefulShutdown::new());
+    let mut accept_loops = tokio::task::JoinSet::new();
+    for listener in listeners {
+        let builder = builder.clone();
+        let gateway = gateway.clone();
+        let graceful = graceful.clone();
+        accept_loops.spawn(async move {
+            loop {
+                let (stream, client) = match listener.accept().await {
+                    Ok(accepted) => accepted,
+                    Err(error) => {
+                        // Typically out of file descriptors: back off instead of spinning.
+                        tracing::warn!(%error, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
+                let _ = stream.set_nodelay(true);
+                let gateway = gateway.clone();
+                let service = service_fn(move |request| {
+                    let gateway = gateway.clone();
+                    async move { Ok::<_, Infallible>(proxy::serve(&gateway, client, request).await) }
+                });
+                let connection = builder.serve_connection(TokioIo::new(stream), service).into_owned();
+                let connection = graceful.watch(connection);
+                tokio::spawn(async move {
+                    if let Err(error) = connection.await {
+                        tracing::debug!(%client, error = %error, "connection ended with an error");
+                    }
+                });
+            }
+        });
+    }
+
+    shutdown.await;
+    tracing::info!("shutting down: no new connections; draining in-flight requests");
+    accept_loops.shutdown().await;
+    // The accept loops held the only other references, and they are gone now.
+    let Ok(graceful) = Arc::try_unwrap(graceful) else {
+        tracing::warn!("cannot drain connections: the shutdown signal is still shared");
+        return;
+    };
+    match tokio::time::timeout(DRAIN_TIMEOUT, graceful.shutdown()).await {
+        Ok(()) => tracing::info!("all connections closed"),
+        Err(_) => tracing::warn!("gave up waiting for connections after {DRAIN_TIMEOUT:?}"),
+    }
+}

@@ -1,0 +1,128 @@
+//! The bundled `rewrite` filter: rewrites the path, query and headers of a request on its way
+//! upstream, and the headers of the response on its way back.
+//!
+//! Request phase, in order: the path (prefix operations, then `regex`), the query (`remove`,
+//! `set`, `add`), the request headers (`remove`, `set`, `add`). Response phase: the response
+//! headers (`remove`, `set`, `add`). The filter only registers for the phases its configuration
+//! uses. See [`config::Config`] for every key.
+//!
+//! The rules are checked when the route is loaded, so a request only fails if the host refuses an
+//! edit (for example a path the regex made invalid): it is then answered with a 500 and a JSON
+//! body, `{"error":"rewrite failed: <reason>","code":"FILTER_FAILED"}`.
+
+pub mod config;
+mod rules;
+
+use gateway_sdk::{Action, Filter, Phases, Reply, Request, Response};
+
+use crate::config::Config;
+use crate::rules::{HeaderEditor, Rules};
+
+/// The filter, with its rules compiled once per instance from the route's [`Config`].
+pub struct Rewrite {
+    rules: Rules,
+}
+
+impl Filter for Rewrite {
+    type Config = Config;
+
+    fn new(config: Config) -> Result<Self, String> {
+        Ok(Rewrite {
+            rules: Rules::new(config)?,
+        })
+    }
+
+    fn phases(&self) -> Phases {
+        let mut phases = Phases::empty();
+        if self.rules.edits_request() {
+            phases |= Phases::REQUEST;
+        }
+        if self.rules.edits_response() {
+            phases |= Phases::RESPONSE;
+        }
+        phases
+    }
+
+    fn on_request(&self, request: &mut Request) -> Action {
+        match self.rewrite_request(request) {
+            Ok(()) => Action::Continue,
+            Err(reason) => failed(&reason),
+        }
+    }
+
+    fn on_response(&self, _request: &Request, response: &mut Response) -> Action {
+        match self.rules.response_headers.apply(response) {
+            Ok(()) => Action::Continue,
+            Err(reason) => failed(&reason),
+        }
+    }
+}
+
+impl Rewrite {
+    fn rewrite_request(&self, request: &mut Request) -> Result<(), String> {
+        // Each read crosses into the host, so only read what a rule needs.
+        if !self.rules.path.is_empty()
+            && let Some(path) = self.rules.path.rewrite(&request.path())
+        {
+            request
+                .set_path(&path)
+                .map_err(|reason| format!("cannot set path `{path}`: {reason}"))?;
+        }
+        if !self.rules.query.is_empty() {
+            let query = request.query();
+            let rewritten = self.rules.query.rewrite(query.as_deref());
+            if rewritten != query {
+                request
+                    .set_query(rewritten.as_deref())
+                    .map_err(|reason| format!("cannot set query: {reason}"))?;
+            }
+        }
+        self.rules.request_headers.apply(request)
+    }
+}
+
+/// Logs a refused edit and answers with the filter's one error reply.
+fn failed(reason: &str) -> Action {
+    gateway_sdk::log::warn(&format!("rewrite failed: {reason}"));
+    Action::Respond(
+        Reply::new(500)
+            .with_header("content-type", "application/json")
+            .with_body(rules::failure_body(reason)),
+    )
+}
+
+impl HeaderEditor for Request<'_> {
+    fn remove(&mut self, name: &str) {
+        self.remove_header(name);
+    }
+
+    fn set(&mut self, name: &str, value: &str) -> Result<(), String> {
+        self.set_header(name, value)
+            .map_err(|error| error.to_string())
+    }
+
+    fn append(&mut self, name: &str, value: &str) -> Result<(), String> {
+        self.append_header(name, value)
+            .map_err(|error| error.to_string())
+    }
+}
+
+impl HeaderEditor for Response<'_> {
+    fn remove(&mut self, name: &str) {
+        self.remove_header(name);
+    }
+
+    fn set(&mut self, name: &str, value: &str) -> Result<(), String> {
+        self.set_header(name, value)
+            .map_err(|error| error.to_string())
+    }
+
+    fn append(&mut self, name: &str, value: &str) -> Result<(), String> {
+        self.append_header(name, value)
+            .map_err(|error| error.to_string())
+    }
+}
+
+// Only a component exports the handler: the export names (`gateway:filter/handler@0.1.0#init`)
+// cannot go into a native shared library, and native builds exist only for the unit tests.
+gateway_sdk::export_filter!(Rewrite);

@@ -1,0 +1,414 @@
+//! Request and response handles, and the reply a filter answers with.
+//!
+//! The handles are thin: every method asks the gateway for exactly what it needs, so reading one
+//! header costs one header, not the whole list.
+
+use std::fmt;
+
+use crate::wit::gateway::filter::http as host;
+
+/// An edit the gateway refused, with its reason.
+///
+/// ```
+/// # fn demo(request: &mut gateway_sdk::Request) {
+/// if let Err(error) = request.set_header("bad header", "x") {
+///     gateway_sdk::log::warn(&format!("cannot set header: {error}"));
+/// }
+/// # }
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Error {
+    message: String,
+}
+
+impl Error {
+    /// The gateway's reason for refusing the edit.
+    ///
+    /// ```
+    /// # fn demo(request: &mut gateway_sdk::Request) {
+    /// let reason = request.set_path("no-slash").unwrap_err().message().to_owned();
+    /// # }
+    /// ```
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for Error {}
+
+fn refused(result: Result<(), String>) -> Result<(), Error> {
+    result.map_err(|message| Error { message })
+}
+
+/// The request being proxied, as the gateway normalised it.
+///
+/// ```
+/// # fn demo(request: &mut gateway_sdk::Request) -> Result<(), gateway_sdk::Error> {
+/// if request.path().starts_with("/old/") {
+///     let new_path = request.path().replacen("/old/", "/new/", 1);
+///     request.set_path(&new_path)?;
+/// }
+/// # Ok(())
+/// # }
+/// ```
+pub struct Request<'a> {
+    handle: &'a host::Request,
+}
+
+impl<'a> Request<'a> {
+    #[doc(hidden)]
+    pub fn from_handle(handle: &'a host::Request) -> Self {
+        Request { handle }
+    }
+
+    /// The method, e.g. `"GET"`.
+    ///
+    /// ```
+    /// # fn demo(request: &gateway_sdk::Request) {
+    /// let read_only = matches!(request.method().as_str(), "GET" | "HEAD");
+    /// # }
+    /// ```
+    pub fn method(&self) -> String {
+        self.handle.method()
+    }
+
+    /// The normalised path, starting with `/`, without the query.
+    ///
+    /// ```
+    /// # fn demo(request: &gateway_sdk::Request) {
+    /// let is_api = request.path().starts_with("/api/");
+    /// # }
+    /// ```
+    pub fn path(&self) -> String {
+        self.handle.path()
+    }
+
+    /// Replaces the path sent upstream. Refused unless it starts with `/` and is a valid URI
+    /// path, or during the response phase.
+    ///
+    /// ```
+    /// # fn demo(request: &mut gateway_sdk::Request) -> Result<(), gateway_sdk::Error> {
+    /// request.set_path("/v2/users")?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn set_path(&mut self, path: &str) -> Result<(), Error> {
+        refused(self.handle.set_path(path))
+    }
+
+    /// The raw query string without the `?`, if there is one.
+    ///
+    /// ```
+    /// # fn demo(request: &gateway_sdk::Request) {
+    /// let debug = request.query().is_some_and(|q| q.split('&').any(|pair| pair == "debug=1"));
+    /// # }
+    /// ```
+    pub fn query(&self) -> Option<String> {
+        self.handle.query()
+    }
+
+    /// Replaces the query string; `None` removes it. Refused if it is not a valid URI query.
+    ///
+    /// ```
+    /// # fn demo(request: &mut gateway_sdk::Request) -> Result<(), gateway_sdk::Error> {
+    /// request.set_query(Some("page=1"))?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn set_query(&mut self, query: Option<&str>) -> Result<(), Error> {
+        refused(self.handle.set_query(query))
+    }
+
+    /// The host the client asked for, without the port.
+    ///
+    /// ```
+    /// # fn demo(request: &gateway_sdk::Request) {
+    /// let internal = request.authority().is_some_and(|host| host.ends_with(".internal"));
+    /// # }
+    /// ```
+    pub fn authority(&self) -> Option<String> {
+        self.handle.authority()
+    }
+
+    /// The client's IP address as seen on the connection.
+    ///
+    /// ```
+    /// # fn demo(request: &gateway_sdk::Request) {
+    /// let local = request.client_ip() == "127.0.0.1";
+    /// # }
+    /// ```
+    pub fn client_ip(&self) -> String {
+        self.handle.client_ip()
+    }
+
+    /// A parameter captured by the route's path pattern, e.g. `service` in
+    /// `/api/v1/{service}/{*rest}`.
+    ///
+    /// ```
+    /// # fn demo(request: &gateway_sdk::Request) {
+    /// let service = request.route_param("service");
+    /// # }
+    /// ```
+    pub fn route_param(&self, name: &str) -> Option<String> {
+        self.handle.route_param(name)
+    }
+
+    /// The first value of a header (names are case-insensitive).
+    ///
+    /// ```
+    /// # fn demo(request: &gateway_sdk::Request) {
+    /// let agent = request.header("User-Agent").unwrap_or_default();
+    /// # }
+    /// ```
+    pub fn header(&self, name: &str) -> Option<String> {
+        self.handle.header(name)
+    }
+
+    /// Every value of a header, in order.
+    ///
+    /// ```
+    /// # fn demo(request: &gateway_sdk::Request) {
+    /// let forwarded_hops = request.header_values("via").len();
+    /// # }
+    /// ```
+    pub fn header_values(&self, name: &str) -> Vec<String> {
+        self.handle.header_values(name)
+    }
+
+    /// The distinct header names present, lower-case.
+    ///
+    /// ```
+    /// # fn demo(request: &gateway_sdk::Request) {
+    /// let custom = request.header_names().into_iter().filter(|n| n.starts_with("x-")).count();
+    /// # }
+    /// ```
+    pub fn header_names(&self) -> Vec<String> {
+        self.handle.header_names()
+    }
+
+    /// Replaces every value of a header with this one.
+    ///
+    /// ```
+    /// # fn demo(request: &mut gateway_sdk::Request) -> Result<(), gateway_sdk::Error> {
+    /// request.set_header("x-tenant", "acme")?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn set_header(&mut self, name: &str, value: &str) -> Result<(), Error> {
+        refused(self.handle.set_header(name, value))
+    }
+
+    /// Adds a value to a header, keeping the existing ones.
+    ///
+    /// ```
+    /// # fn demo(request: &mut gateway_sdk::Request) -> Result<(), gateway_sdk::Error> {
+    /// request.append_header("via", "1.1 gateway")?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn append_header(&mut self, name: &str, value: &str) -> Result<(), Error> {
+        refused(self.handle.append_header(name, value))
+    }
+
+    /// Removes every value of a header.
+    ///
+    /// ```
+    /// # fn demo(request: &mut gateway_sdk::Request) {
+    /// request.remove_header("cookie");
+    /// # }
+    /// ```
+    pub fn remove_header(&mut self, name: &str) {
+        self.handle.remove_header(name)
+    }
+}
+
+/// The response on its way back to the client.
+///
+/// ```
+/// # fn demo(response: &mut gateway_sdk::Response) -> Result<(), gateway_sdk::Error> {
+/// if response.status() >= 500 {
+///     response.set_header("cache-control", "no-store")?;
+/// }
+/// # Ok(())
+/// # }
+/// ```
+pub struct Response<'a> {
+    handle: &'a host::Response,
+}
+
+impl<'a> Response<'a> {
+    #[doc(hidden)]
+    pub fn from_handle(handle: &'a host::Response) -> Self {
+        Response { handle }
+    }
+
+    /// The status code.
+    ///
+    /// ```
+    /// # fn demo(response: &gateway_sdk::Response) {
+    /// let failed = response.status() >= 500;
+    /// # }
+    /// ```
+    pub fn status(&self) -> u16 {
+        self.handle.status()
+    }
+
+    /// Replaces the status code. Refused outside `100..=999`.
+    ///
+    /// ```
+    /// # fn demo(response: &mut gateway_sdk::Response) -> Result<(), gateway_sdk::Error> {
+    /// response.set_status(200)?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn set_status(&mut self, status: u16) -> Result<(), Error> {
+        refused(self.handle.set_status(status))
+    }
+
+    /// The first value of a header (names are case-insensitive).
+    ///
+    /// ```
+    /// # fn demo(response: &gateway_sdk::Response) {
+    /// let kind = response.header("content-type");
+    /// # }
+    /// ```
+    pub fn header(&self, name: &str) -> Option<String> {
+        self.handle.header(name)
+    }
+
+    /// Every value of a header, in order.
+    ///
+    /// ```
+    /// # fn demo(response: &gateway_sdk::Response) {
+    /// let cookies = response.header_values("set-cookie");
+    /// # }
+    /// ```
+    pub fn header_values(&self, name: &str) -> Vec<String> {
+        self.handle.header_values(name)
+    }
+
+    /// The distinct header names present, lower-case.
+    ///
+    /// ```
+    /// # fn demo(response: &gateway_sdk::Response) {
+    /// let names = response.header_names();
+    /// # }
+    /// ```
+    pub fn header_names(&self) -> Vec<String> {
+        self.handle.header_names()
+    }
+
+    /// Replaces every value of a header with this one.
+    ///
+    /// ```
+    /// # fn demo(response: &mut gateway_sdk::Response) -> Result<(), gateway_sdk::Error> {
+    /// response.set_header("x-frame-options", "DENY")?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn set_header(&mut self, name: &str, value: &str) -> Result<(), Error> {
+        refused(self.handle.set_header(name, value))
+    }
+
+    /// Adds a value to a header, keeping the existing ones.
+    ///
+    /// ```
+    /// # fn demo(response: &mut gateway_sdk::Response) -> Result<(), gateway_sdk::Error> {
+    /// response.append_header("vary", "accept-encoding")?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn append_header(&mut self, name: &str, value: &str) -> Result<(), Error> {
+        refused(self.handle.append_header(name, value))
+    }
+
+    /// Removes every value of a header.
+    ///
+    /// ```
+    /// # fn demo(response: &mut gateway_sdk::Response) {
+    /// response.remove_header("server");
+    /// # }
+    /// ```
+    pub fn remove_header(&mut self, name: &str) {
+        self.handle.remove_header(name)
+    }
+}
+
+/// A complete answer from a filter.
+///
+/// ```
+/// use gateway_sdk::Reply;
+///
+/// let reply = Reply::text(503, "maintenance").with_header("retry-after", "120");
+/// assert_eq!(reply.status, 503);
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reply {
+    /// The status code.
+    pub status: u16,
+    /// Headers, in order; a name may repeat.
+    pub headers: Vec<(String, String)>,
+    /// The body.
+    pub body: Vec<u8>,
+}
+
+impl Reply {
+    /// A reply with a status and no headers or body.
+    ///
+    /// ```
+    /// let no_content = gateway_sdk::Reply::new(204);
+    /// ```
+    pub fn new(status: u16) -> Self {
+        Reply {
+            status,
+            headers: Vec::new(),
+            body: Vec::new(),
+        }
+    }
+
+    /// A plain-text reply.
+    ///
+    /// ```
+    /// let teapot = gateway_sdk::Reply::text(418, "short and stout");
+    /// assert_eq!(teapot.body, b"short and stout");
+    /// ```
+    pub fn text(status: u16, body: impl Into<String>) -> Self {
+        Reply::new(status)
+            .with_header("content-type", "text/plain; charset=utf-8")
+            .with_body(body.into().into_bytes())
+    }
+
+    /// Adds a header.
+    ///
+    /// ```
+    /// let moved = gateway_sdk::Reply::new(301).with_header("location", "/new");
+    /// ```
+    pub fn with_header(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
+        self.headers.push((name.into(), value.into()));
+        self
+    }
+
+    /// Sets the body.
+    ///
+    /// ```
+    /// let reply = gateway_sdk::Reply::new(200).with_body(b"ok".to_vec());
+    /// ```
+    pub fn with_body(mut self, body: impl Into<Vec<u8>>) -> Self {
+        self.body = body.into();
+        self
+    }
+
+    pub(crate) fn into_wit(self) -> host::Reply {
+        host::Reply {
+            status: self.status,
+            headers: self.headers,
+            body: self.body,
+        }
+    }
+}

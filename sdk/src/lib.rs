@@ -1,0 +1,204 @@
+//! Write filters for the gateway in Rust.
+//!
+//! A filter is a type that implements [`Filter`], exported with [`export_filter!`] and built for
+//! `wasm32-wasip2`. The gateway creates instances of it, hands each one its per-route
+//! configuration once, and then calls it for requests and responses:
+//!
+//! ```no_run
+//! use gateway_sdk::{Action, Filter, Phases, Request};
+//! use serde::Deserialize;
+//!
+//! #[derive(Deserialize)]
+//! #[serde(deny_unknown_fields)]
+//! struct Config {
+//!     header: String,
+//! }
+//!
+//! struct Stamp {
+//!     header: String,
+//! }
+//!
+//! impl Filter for Stamp {
+//!     type Config = Config;
+//!
+//!     fn new(config: Config) -> Result<Self, String> {
+//!         Ok(Stamp { header: config.header })
+//!     }
+//!
+//!     fn phases(&self) -> Phases {
+//!         Phases::REQUEST
+//!     }
+//!
+//!     fn on_request(&self, request: &mut Request) -> Action {
+//!         match request.set_header(&self.header, "stamped") {
+//!             Ok(()) => Action::Continue,
+//!             Err(error) => Action::Respond(gateway_sdk::Reply::text(500, error.to_string())),
+//!         }
+//!     }
+//! }
+//!
+//! gateway_sdk::export_filter!(Stamp);
+//! ```
+#![deny(missing_docs)]
+
+// The generated bindings name their runtime by the absolute path `gateway_sdk::...`, which has to
+// resolve both here and in the filter crates that expand `export_filter!`.
+extern crate self as gateway_sdk;
+
+pub mod clock;
+mod http;
+pub mod log;
+#[doc(hidden)]
+pub mod runtime;
+
+pub use http::{Error, Reply, Request, Response};
+pub use serde;
+pub use serde_json;
+pub use wit_bindgen;
+
+/// Generated bindings of the gateway's WIT package. Not part of the public API: use the types
+/// this crate exports instead.
+#[doc(hidden)]
+#[allow(unsafe_code, missing_docs, clippy::all)]
+pub mod wit {
+    wit_bindgen::generate!({
+        path: "../wit",
+        world: "filter",
+        pub_export_macro: true,
+        export_macro_name: "__export_filter_world",
+        default_bindings_module: "gateway_sdk::wit",
+        runtime_path: "gateway_sdk::wit_bindgen::rt",
+        bitflags_path: "gateway_sdk::wit_bindgen::rt::bitflags",
+    });
+}
+
+/// The phases a filter takes part in.
+///
+/// The gateway never calls a phase a filter leaves out, which saves a call into Wasm per request.
+///
+/// ```
+/// use gateway_sdk::Phases;
+///
+/// let both = Phases::REQUEST | Phases::RESPONSE;
+/// assert!(both.contains(Phases::RESPONSE));
+/// ```
+pub type Phases = wit::exports::gateway::filter::handler::Phases;
+
+/// What to do after a phase.
+///
+/// ```
+/// use gateway_sdk::{Action, Reply};
+///
+/// let go_on = Action::Continue;
+/// let answer = Action::Respond(Reply::text(403, "not here"));
+/// # let _ = (go_on, answer);
+/// ```
+#[derive(Debug)]
+pub enum Action {
+    /// Go on with the edits made through the handles.
+    Continue,
+    /// Answer with this reply. In the request phase, later filters and the upstream are skipped
+    /// and the response phase of the filters that already ran sees this reply. In the response
+    /// phase, the reply replaces the response on its way to the client.
+    Respond(Reply),
+}
+
+/// A gateway filter.
+///
+/// The gateway keeps a pool of instances of each filter per route. Each instance is created with
+/// [`Filter::new`] from that route's configuration and then serves many requests one at a time,
+/// so a filter must not keep per-request state in `self` between phases.
+pub trait Filter: Sized + 'static {
+    /// The filter's configuration, deserialized from the route's `config` in the gateway's YAML.
+    /// Add `#[serde(deny_unknown_fields)]` so a typo is rejected instead of ignored.
+    type Config: serde::de::DeserializeOwned;
+
+    /// Runs once per instance, before it serves any request, with the route's configuration.
+    ///
+    /// Returning `Err` rejects the configuration: at start-up the gateway refuses to serve and
+    /// prints the route, the filter and this message. A configuration that does not deserialize
+    /// into [`Filter::Config`] never gets here; it is rejected with the path of the bad field.
+    fn new(config: Self::Config) -> Result<Self, String>;
+
+    /// The phases this instance takes part in. Runs once, right after [`Filter::new`].
+    ///
+    /// The default takes part in both. Leave out what you do not use: the gateway skips the call.
+    fn phases(&self) -> Phases {
+        Phases::REQUEST | Phases::RESPONSE
+    }
+
+    /// Runs for each request, in chain order, before the upstream is chosen.
+    ///
+    /// Edit the request through the handle and return [`Action::Continue`] to pass it on, or
+    /// return [`Action::Respond`] to answer now. The default passes the request on unchanged.
+    fn on_request(&self, request: &mut Request) -> Action {
+        let _ = request;
+        Action::Continue
+    }
+
+    /// Runs for each response, in reverse chain order, if this filter's request phase ran.
+    ///
+    /// `request` shows the request as it was sent upstream; it cannot be changed any more.
+    /// Edit the response through its handle and return [`Action::Continue`], or return
+    /// [`Action::Respond`] to replace it. The default passes the response on unchanged.
+    fn on_response(&self, request: &Request, response: &mut Response) -> Action {
+        let _ = (request, response);
+        Action::Continue
+    }
+}
+
+/// Exports a type implementing [`Filter`] as the component's filter.
+///
+/// Use it once per crate, at the top level. It exports only when building for Wasm, so the
+/// same crate also builds natively for unit tests.
+///
+/// ```no_run
+/// # use gateway_sdk::Filter;
+/// use gateway_sdk::serde_json::Value;
+///
+/// struct Noop;
+///
+/// impl Filter for Noop {
+///     type Config = Value;
+///     fn new(_config: Value) -> Result<Self, String> {
+///         Ok(Noop)
+///     }
+/// }
+///
+/// gateway_sdk::export_filter!(Noop);
+/// ```
+#[macro_export]
+macro_rules! export_filter {
+    ($filter:ty) => {
+        #[cfg(target_family = "wasm")]
+        const _: () = {
+            struct GatewayFilterExport;
+
+            impl $crate::wit::exports::gateway::filter::handler::Guest for GatewayFilterExport {
+                fn init(
+                    config: ::std::string::String,
+                ) -> ::std::result::Result<
+                    $crate::wit::exports::gateway::filter::handler::Registration,
+                    ::std::string::String,
+                > {
+                    $crate::runtime::init::<$filter>(&config)
+                }
+
+                fn on_request(
+                    request: &$crate::wit::gateway::filter::http::Request,
+                ) -> $crate::wit::exports::gateway::filter::handler::RequestAction {
+                    $crate::runtime::on_request::<$filter>(request)
+                }
+
+                fn on_response(
+                    request: &$crate::wit::gateway::filter::http::Request,
+                    response: &$crate::wit::gateway::filter::http::Response,
+                ) -> $crate::wit::exports::gateway::filter::handler::ResponseAction {
+                    $crate::runtime::on_response::<$filter>(request, response)
+                }
+            }
+
+    $crate::wit::__export_filter_world!(GatewayFilterExport with_types_in $crate::wit);
+        };
+    };
+}
