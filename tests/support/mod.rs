@@ -1,0 +1,284 @@
+//! Shared helpers for the end-to-end tests: real upstream servers on ephemeral loopback ports,
+//! the real `gateway` binary with real compiled plugins, and real HTTP clients.
+//!
+//! The binary and the plugins are found through `GATEWAY_BIN` and `GATEWAY_PLUGIN_DIR` (set by
+//! `scripts/test`), or next to this test binary in the cargo target folder.
+
+pub mod upstream;
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{HeaderMap, Request, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+pub use upstream::Upstream;
+
+/// The cargo target folder this test binary was built in (`.../target/debug/deps/<test>`).
+fn target_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("the test binary has a path");
+    exe.ancestors()
+        .nth(3)
+        .expect("the test binary lives in <target>/<profile>/deps")
+        .to_path_buf()
+}
+
+/// The `gateway` binary under test.
+pub fn gateway_bin() -> PathBuf {
+    let path = std::env::var_os("GATEWAY_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            let exe = std::env::current_exe().expect("the test binary has a path");
+            exe.ancestors()
+                .nth(2)
+                .expect("the test binary lives in <target>/<profile>/deps")
+                .join("gateway")
+        });
+    assert!(
+        path.is_file(),
+        "no gateway binary at {}: build it with `cargo build -p gateway-host` or run scripts/test",
+        path.display()
+    );
+    path
+}
+
+/// The folder holding the compiled plugins (`rewrite.wasm`, `misbehave.wasm`).
+pub fn plugin_dir() -> PathBuf {
+    let dir = std::env::var_os("GATEWAY_PLUGIN_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| target_dir().join("wasm32-wasip2/wasm"));
+    for plugin in ["gateway_plugin_rewrite.wasm", "gateway_test_misbehave.wasm"] {
+        assert!(
+            dir.join(plugin).is_file(),
+            "no {plugin} in {}: build the plugins with scripts/test (or `cargo build --profile wasm \
+             --target wasm32-wasip2 -p gateway-plugin-rewrite -p gateway-test-misbehave`)",
+            dir.display()
+        );
+    }
+    dir
+}
+
+/// The `filters:` section every test config can use.
+pub fn standard_filters() -> String {
+    format!(
+        r#"plugin_dir: "{}"
+filters:
+  rewrite:
+    module: gateway_plugin_rewrite.wasm
+  misbehave:
+    module: gateway_test_misbehave.wasm
+    timeout: 100ms
+    memory_limit: 8MiB
+    max_uses: 5
+"#,
+        plugin_dir().display()
+    )
+}
+
+/// A running gateway process, killed when dropped.
+pub struct Gateway {
+    child: Child,
+    pub address: SocketAddr,
+    logs: Arc<Mutex<Vec<String>>>,
+    _dir: tempfile::TempDir,
+}
+
+impl Gateway {
+    /// Writes `config` to a temporary file and starts `gateway serve` on it, waiting until it
+    /// listens. The config's listener should use port 0.
+    pub fn start(config: &str) -> Gateway {
+        let dir = tempfile::tempdir().expect("a temporary folder");
+        let path = dir.path().join("gateway.yaml");
+        std::fs::write(&path, config).expect("config written");
+        let mut child = Command::new(gateway_bin())
+            .args(["--log-format", "json", "serve", "--config"])
+            .arg(&path)
+            .args(["--workers", "2"])
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("gateway starts");
+        let stderr = child.stderr.take().expect("stderr is piped");
+        let logs = Arc::new(Mutex::new(Vec::new()));
+        let (address_tx, address_rx) = std::sync::mpsc::channel();
+        let sink = logs.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                if let Some(address) = listening_address(&line) {
+                    let _ = address_tx.send(address);
+                }
+                sink.lock().expect("log lock").push(line);
+            }
+        });
+        match address_rx.recv_timeout(Duration::from_secs(30)) {
+            Ok(address) => Gateway {
+                child,
+                address,
+                logs,
+                _dir: dir,
+            },
+            Err(_) => {
+                let _ = child.kill();
+                let logs = logs.lock().expect("log lock").join("\n");
+                panic!("the gateway did not start listening within 30s; its log:\n{logs}");
+            }
+        }
+    }
+
+    /// `http://<address><path>`.
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.address)
+    }
+
+    /// Every log line so far.
+    pub fn logs(&self) -> Vec<String> {
+        self.logs.lock().expect("log lock").clone()
+    }
+
+    /// Waits up to `within` for a log line containing every one of `needles`.
+    pub fn wait_for_log(&self, needles: &[&str], within: Duration) -> Option<String> {
+        let deadline = Instant::now() + within;
+        loop {
+            let found = self
+                .logs()
+                .into_iter()
+                .find(|line| needles.iter().all(|needle| line.contains(needle)));
+            if found.is_some() || Instant::now() > deadline {
+                return found;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Whether the process is still running.
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn listening_address(line: &str) -> Option<SocketAddr> {
+    let event: serde_json::Value = serde_json::from_str(line).ok()?;
+    if event.get("message")?.as_str()? != "listening" {
+        return None;
+    }
+    event.get("address")?.as_str()?.parse().ok()
+}
+
+/// A response read whole.
+#[derive(Debug)]
+pub struct Reply {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+impl Reply {
+    /// The body as JSON.
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body).unwrap_or_else(|error| {
+            panic!(
+                "body is not JSON ({error}): {}",
+                String::from_utf8_lossy(&self.body)
+            )
+        })
+    }
+
+    /// A header's value as text.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+
+    /// Asserts this is one of the gateway's own JSON errors with this status and code.
+    pub fn assert_gateway_error(&self, status: u16, code: &str) -> serde_json::Value {
+        assert_eq!(
+            self.status.as_u16(),
+            status,
+            "body: {}",
+            String::from_utf8_lossy(&self.body)
+        );
+        assert_eq!(self.header("content-type"), Some("application/json"));
+        let body = self.json();
+        assert_eq!(body["code"], code, "body: {body}");
+        assert!(
+            body["error"].as_str().is_some_and(|e| !e.is_empty()),
+            "body: {body}"
+        );
+        assert!(
+            body["timestamp"].as_str().is_some_and(|t| t.ends_with('Z')),
+            "body: {body}"
+        );
+        assert_eq!(
+            body["request_id"].as_str(),
+            self.header("x-request-id"),
+            "the error names the request id the response carries"
+        );
+        body
+    }
+}
+
+/// An HTTP/1.1 client with keep-alive.
+pub fn http1_client() -> Client<HttpConnector, Full<Bytes>> {
+    Client::builder(TokioExecutor::new()).build(HttpConnector::new())
+}
+
+/// An HTTP/2 client using prior knowledge (no upgrade, no TLS).
+pub fn http2_client() -> Client<HttpConnector, Full<Bytes>> {
+    Client::builder(TokioExecutor::new())
+        .http2_only(true)
+        .build(HttpConnector::new())
+}
+
+/// Sends a request and reads the whole response.
+pub async fn send(
+    client: &Client<HttpConnector, Full<Bytes>>,
+    request: Request<Full<Bytes>>,
+) -> Reply {
+    let response = tokio::time::timeout(Duration::from_secs(20), client.request(request))
+        .await
+        .expect("response within 20s")
+        .expect("the gateway answers");
+    let (parts, body) = response.into_parts();
+    let body = body.collect().await.expect("whole body").to_bytes();
+    Reply {
+        status: parts.status,
+        headers: parts.headers,
+        body,
+    }
+}
+
+/// GET with a fresh HTTP/1.1 client.
+pub async fn get(url: &str) -> Reply {
+    let request = Request::get(url)
+        .body(Full::new(Bytes::new()))
+        .expect("valid request");
+    send(&http1_client(), request).await
+}
+
+/// Writes raw bytes to `address` and reads until the server closes the connection or `within`
+/// passes. Returns what was read.
+pub async fn raw_exchange(address: SocketAddr, bytes: &[u8], within: Duration) -> String {
+    let mut stream = TcpStream::connect(address).await.expect("connects");
+    stream.write_all(bytes).await.expect("request written");
+    let mut received = Vec::new();
+    let _ = tokio::time::timeout(within, stream.read_to_end(&mut received)).await;
+    String::from_utf8_lossy(&received).into_owned()
+}
