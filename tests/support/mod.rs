@@ -4,7 +4,8 @@
 //! The binary and the plugins are found through `GATEWAY_BIN` and `GATEWAY_PLUGIN_DIR` (set by
 //! `scripts/test`), or next to this test binary in the cargo target folder.
 
-pub mod upstream;
+/// The echo upstream servers the tests send traffic to.
+pub use gateway_demo_upstream as upstream;
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;

@@ -1,6 +1,7 @@
-//! A real HTTP/1.1 upstream on an ephemeral loopback port that reports what it received.
+//! Demo upstream services: real HTTP/1.1 servers that report what they received.
 //!
-//! By path:
+//! The README walk-through runs them with the `demo-upstream` binary; the end-to-end tests start
+//! them on ephemeral loopback ports. By path:
 //! - anything else: `200` with a JSON echo of the request as received (method, target,
 //!   headers, body length and checksum);
 //! - `/slow?ms=N`: the echo, after N milliseconds;
@@ -52,13 +53,25 @@ impl Drop for Upstream {
 }
 
 impl Upstream {
-    /// Starts an upstream that names itself `name` in every echo.
+    /// Starts an upstream on an ephemeral loopback port that names itself `name` in every echo.
     pub async fn start(name: &str) -> Upstream {
-        let listener = TcpListener::bind("127.0.0.1:0")
+        Upstream::start_on(name, SocketAddr::from(([127, 0, 0, 1], 0)))
             .await
-            .expect("bind upstream");
-        let address = listener.local_addr().expect("bound address");
+            .expect("bind an ephemeral loopback port")
+    }
+
+    /// Starts an upstream on `address`.
+    pub async fn start_on(name: &str, address: SocketAddr) -> std::io::Result<Upstream> {
+        let listener = TcpListener::bind(address).await?;
+        let address = listener.local_addr()?;
         let requests = Arc::new(AtomicUsize::new(0));
+        // The name is echoed in a header, so it must be a valid header value.
+        http::HeaderValue::from_str(name).map_err(|_| {
+            std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                format!("`{name}` cannot be sent in a header"),
+            )
+        })?;
         let name: Arc<str> = Arc::from(name);
         let counter = requests.clone();
         let task = tokio::spawn(async move {
@@ -79,11 +92,11 @@ impl Upstream {
                 });
             }
         });
-        Upstream {
+        Ok(Upstream {
             address,
             requests,
             task,
-        }
+        })
     }
 
     /// The base URL to put in a service's `instances`.
@@ -144,12 +157,14 @@ async fn handle(name: Arc<str>, request: Request<Incoming>) -> Result<Response<B
             let mut response =
                 Response::new(BoxBody::new(Full::new(Bytes::from(echo.to_string()))));
             let headers = response.headers_mut();
-            headers.insert("content-type", "application/json".parse().expect("value"));
-            headers.insert("x-upstream", name.parse().expect("value"));
+            headers.insert("content-type", http::HeaderValue::from_static("application/json"));
+            if let Ok(value) = name.parse() {
+                headers.insert("x-upstream", value);
+            }
             if hop {
-                headers.insert("connection", "x-hop-secret".parse().expect("value"));
-                headers.insert("x-hop-secret", "1".parse().expect("value"));
-                headers.insert("keep-alive", "timeout=5".parse().expect("value"));
+                headers.insert("connection", http::HeaderValue::from_static("x-hop-secret"));
+                headers.insert("x-hop-secret", http::HeaderValue::from_static("1"));
+                headers.insert("keep-alive", http::HeaderValue::from_static("timeout=5"));
             }
             Ok(response)
         }

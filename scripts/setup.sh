@@ -1,0 +1,51 @@
+# Shared set-up for scripts/test, scripts/run-example and bench/run: sourced, not run.
+# Installs what is missing on a fresh machine and says clearly what failed when it cannot.
+
+set -euo pipefail
+
+REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+# Outside the clone so CI runs on the same machine reuse the (slow) wasmtime build.
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/wasm-gateway/target}"
+export GATEWAY_PLUGIN_DIR="$CARGO_TARGET_DIR/wasm32-wasip2/wasm"
+PLUGIN_PACKAGES=(-p gateway-plugin-rewrite -p gateway-test-misbehave)
+
+step() { printf '\n==> %s\n' "$*" >&2; }
+fail() { printf '\nFAILED: %s\n' "$*" >&2; exit 1; }
+
+# apt-get, as root or through sudo; refreshes the package lists once per run.
+apt_install() {
+    local sudo=""
+    if [ "$(id -u)" -ne 0 ]; then
+        command -v sudo >/dev/null || fail "need root or sudo to install: $*"
+        sudo="sudo"
+    fi
+    if [ -z "${APT_UPDATED:-}" ]; then
+        $sudo apt-get update -qq || fail "apt-get update failed (is the network to the Debian mirror up?)"
+        APT_UPDATED=1
+    fi
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "$@" >/dev/null \
+        || fail "apt-get install $* failed"
+}
+
+ensure_toolchain() {
+    command -v cargo >/dev/null || fail "cargo not found: install Rust with rustup (https://rustup.rs)"
+    command -v rustup >/dev/null || fail "rustup not found: the wasm32-wasip2 target is installed through rustup"
+    if ! rustup target list --installed | grep -qx wasm32-wasip2; then
+        step "installing the wasm32-wasip2 Rust target"
+        rustup target add wasm32-wasip2 || fail "rustup target add wasm32-wasip2 failed"
+    fi
+}
+
+ensure_command() {
+    local command="$1" package="$2"
+    if ! command -v "$command" >/dev/null; then
+        step "installing $package (for $command)"
+        apt_install "$package"
+    fi
+}
+
+build_plugins() {
+    step "building the filter components (wasm32-wasip2)"
+    (cd "$REPO_ROOT" && cargo build --profile wasm --target wasm32-wasip2 "${PLUGIN_PACKAGES[@]}") \
+        || fail "building the Wasm plugins failed (see the compiler output above)"
+}
