@@ -1,6 +1,7 @@
 //! `gateway`: serve traffic from a YAML configuration, or check one.
 
 use std::path::{Path, PathBuf};
+use std::process::ExitCode;
 use std::sync::Arc;
 
 use anyhow::{Context, bail};
@@ -46,10 +47,34 @@ enum Command {
     },
 }
 
-fn main() -> anyhow::Result<()> {
+fn main() -> ExitCode {
     let cli = Cli::parse();
     telemetry::init(cli.log_format);
-    match cli.command {
+    match run(cli.command) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            report(&error);
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Prints why the gateway stopped: the error, then each cause its message does not already
+/// include. Never a backtrace, even with `RUST_BACKTRACE` set: this is a report for whoever runs
+/// the gateway (usually about their configuration), not a crash.
+fn report(error: &anyhow::Error) {
+    let mut message = error.to_string();
+    for cause in error.chain().skip(1) {
+        let cause = cause.to_string();
+        if !message.contains(&cause) {
+            message = format!("{message}: {cause}");
+        }
+    }
+    eprintln!("error: {message}");
+}
+
+fn run(command: Command) -> anyhow::Result<()> {
+    match command {
         Command::Serve { config, workers } => {
             let mut runtime = tokio::runtime::Builder::new_multi_thread();
             if let Some(workers) = workers {
@@ -76,7 +101,12 @@ fn load(path: &Path) -> anyhow::Result<(Config, Gateway)> {
     match Gateway::build(&config, &engine) {
         Ok(gateway) => Ok((config, gateway)),
         Err(problems) => {
-            let list: Vec<String> = problems.iter().map(ToString::to_string).collect();
+            // A problem may span lines (a regex error points at the bad character); indent its
+            // continuation lines so they read as part of it, not as problems of their own.
+            let list: Vec<String> = problems
+                .iter()
+                .map(|problem| problem.to_string().replace('\n', "\n    "))
+                .collect();
             bail!(
                 "{} cannot be served:\n  - {}",
                 path.display(),

@@ -14,7 +14,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use serde::Deserialize;
+use serde::{Deserialize, Deserializer, de};
 
 pub use size::ByteSize;
 
@@ -51,7 +51,18 @@ fn default_plugin_dir() -> PathBuf {
 #[serde(deny_unknown_fields)]
 pub struct Listener {
     /// `IP:port` to bind; port 0 picks a free port (the bound address is logged).
+    #[serde(deserialize_with = "socket_address")]
     pub address: SocketAddr,
+}
+
+/// `IP:port`, refused with the expected form rather than std's bare "invalid syntax".
+fn socket_address<'de, D: Deserializer<'de>>(deserializer: D) -> Result<SocketAddr, D::Error> {
+    let text = String::deserialize(deserializer)?;
+    text.parse().map_err(|_| {
+        de::Error::custom(format!(
+            "`{text}` is not an address: write IP:port, e.g. 0.0.0.0:8080 or 127.0.0.1:0"
+        ))
+    })
 }
 
 /// Limits on what a client may send. Requests over a limit are refused at the edge with the
@@ -246,9 +257,14 @@ impl Config {
         let deserializer = serde_yaml_ng::Deserializer::from_str(text);
         serde_path_to_error::deserialize(deserializer).map_err(|error| {
             let path = error.path().to_string();
-            let inner = error.into_inner();
-            let message = inner.to_string();
-            // serde_yaml_ng already says where; keep its position, prefix the field path.
+            let message = error.into_inner().to_string();
+            // serde_yaml_ng ends the message with the line and column, and starts it with its own
+            // field path when it has one: the path of the node it was reading, which for an
+            // unknown key is the map around it. Keep the position, and only the fuller path.
+            let message = match message.split_once(": ") {
+                Some((its_path, rest)) if is_same_or_parent(its_path, &path) => rest.to_owned(),
+                _ => message,
+            };
             vec![if path == "." {
                 message
             } else {
@@ -269,4 +285,10 @@ impl Config {
             .clone()
             .unwrap_or_else(|| format!("route-{index}"))
     }
+}
+
+/// Whether field path `parent` is `path` or leads to it (`routes[1]` leads to `routes[1].name`).
+fn is_same_or_parent(parent: &str, path: &str) -> bool {
+    path.strip_prefix(parent)
+        .is_some_and(|rest| rest.is_empty() || rest.starts_with(['.', '[']))
 }

@@ -151,7 +151,8 @@ fn check_routes(config: &Config, problems: &mut Problems) {
         }
 
         let matcher = &route.matcher;
-        let mut params = Vec::new();
+        // The path pattern's parameters, once it parsed.
+        let mut params: Option<Vec<String>> = None;
         match (&matcher.path_prefix, &matcher.path) {
             (Some(_), Some(_)) => problems.add(
                 format_args!("{at}.match"),
@@ -169,7 +170,7 @@ fn check_routes(config: &Config, problems: &mut Problems) {
                 }
             }
             (None, Some(path)) => match pattern::parse(path) {
-                Ok(pattern) => params.extend(pattern.param_names().map(str::to_owned)),
+                Ok(pattern) => params = Some(pattern.param_names().map(str::to_owned).collect()),
                 Err(error) => problems.add(format_args!("{at}.match.path"), error),
             },
         }
@@ -187,23 +188,46 @@ fn check_routes(config: &Config, problems: &mut Problems) {
             }
         }
         for (position, method) in matcher.methods.iter().flatten().enumerate() {
-            if http::Method::from_bytes(method.as_bytes()).is_err()
-                || method.chars().any(|c| c.is_ascii_lowercase())
-            {
+            let field = format!("{at}.match.methods[{position}]");
+            if http::Method::from_bytes(method.as_bytes()).is_err() {
+                problems.add(field, format_args!("`{method}` is not an HTTP method"));
+            } else if method.chars().any(|c| c.is_ascii_lowercase()) {
+                // `post` is a valid token, but methods are case-sensitive and no client sends it.
                 problems.add(
-                    format_args!("{at}.match.methods[{position}]"),
-                    format_args!("`{method}` is not a method (write it upper-case, e.g. GET)"),
+                    field,
+                    format_args!(
+                        "methods are case-sensitive: write `{}`, not `{method}`",
+                        method.to_ascii_uppercase()
+                    ),
                 );
             }
         }
 
         match &route.service {
             Some(service) => match service.strip_prefix('{').and_then(|s| s.strip_suffix('}')) {
-                Some(param) if !params.iter().any(|p| p == param) => problems.add(
+                Some(param) if matcher.path.is_none() => problems.add(
                     format_args!("{at}.service"),
-                    format_args!("`{{{param}}}` is not a parameter of this route's `match.path`"),
+                    format_args!(
+                        "`{{{param}}}` takes the service from a path parameter, so the route \
+                         needs a `match.path` pattern with `{{{param}}}` in it"
+                    ),
                 ),
-                Some(_) => {}
+                Some(param) => match &params {
+                    // A pattern that did not parse was reported above.
+                    None => {}
+                    Some(params) if params.iter().any(|p| p == param) => {}
+                    Some(params) => problems.add(
+                        format_args!("{at}.service"),
+                        format_args!(
+                            "`{{{param}}}` is not a parameter of `match.path` ({})",
+                            if params.is_empty() {
+                                "it has none".to_owned()
+                            } else {
+                                format!("it has: {}", params.join(", "))
+                            }
+                        ),
+                    ),
+                },
                 None if !config.services.contains_key(service) => problems.add(
                     format_args!("{at}.service"),
                     format_args!(
