@@ -5,7 +5,7 @@
 
 use std::fmt;
 
-use crate::wit::gateway::filter::http as host;
+use crate::backend::{RequestRef, ResponseRef};
 
 /// An edit the gateway refused, with its reason.
 ///
@@ -42,6 +42,12 @@ impl fmt::Display for Error {
 
 impl std::error::Error for Error {}
 
+fn media_type(content_type: Option<String>) -> Option<String> {
+    let content_type = content_type?;
+    let media = content_type.split(';').next()?.trim();
+    (!media.is_empty()).then(|| media.to_ascii_lowercase())
+}
+
 fn refused(result: Result<(), String>) -> Result<(), Error> {
     result.map_err(|message| Error { message })
 }
@@ -58,13 +64,25 @@ fn refused(result: Result<(), String>) -> Result<(), Error> {
 /// # }
 /// ```
 pub struct Request<'a> {
-    handle: &'a host::Request,
+    handle: RequestRef<'a>,
 }
 
 impl<'a> Request<'a> {
-    #[doc(hidden)]
-    pub fn from_handle(handle: &'a host::Request) -> Self {
-        Request { handle }
+    #[cfg(target_family = "wasm")]
+    pub(crate) fn from_handle(handle: &'a crate::wit::gateway::filter::http::Request) -> Self {
+        Request {
+            handle: RequestRef::new(handle),
+        }
+    }
+
+    #[cfg(not(target_family = "wasm"))]
+    pub(crate) fn from_test(
+        state: &'a std::cell::RefCell<crate::testing::RequestState>,
+        sent: bool,
+    ) -> Self {
+        Request {
+            handle: RequestRef::new(state, sent),
+        }
     }
 
     /// The method, e.g. `"GET"`.
@@ -226,6 +244,84 @@ impl<'a> Request<'a> {
     pub fn remove_header(&mut self, name: &str) {
         self.handle.remove_header(name)
     }
+
+    /// The request id the gateway assigned (or kept from the client), for logs and replies.
+    ///
+    /// ```
+    /// # fn demo(request: &gateway_sdk::Request) {
+    /// let id = request.request_id().unwrap_or_default();
+    /// # }
+    /// ```
+    pub fn request_id(&self) -> Option<String> {
+        self.header("x-request-id")
+    }
+
+    /// The `Content-Type`, without parameters and lower-case: `application/json` for
+    /// `Application/JSON; charset=utf-8`.
+    ///
+    /// ```
+    /// # fn demo(request: &gateway_sdk::Request) {
+    /// let is_json = request.content_type().as_deref() == Some("application/json");
+    /// # }
+    /// ```
+    pub fn content_type(&self) -> Option<String> {
+        media_type(self.header("content-type"))
+    }
+
+    /// The `Content-Length`, if present and a number.
+    ///
+    /// ```
+    /// # fn demo(request: &gateway_sdk::Request) {
+    /// let too_big = request.content_length().is_some_and(|length| length > 1 << 20);
+    /// # }
+    /// ```
+    pub fn content_length(&self) -> Option<u64> {
+        self.header("content-length")?.trim().parse().ok()
+    }
+
+    /// The token of an `Authorization: Bearer <token>` header (scheme case-insensitive).
+    ///
+    /// ```
+    /// # fn demo(request: &gateway_sdk::Request) {
+    /// let token = request.bearer_token();
+    /// # }
+    /// ```
+    pub fn bearer_token(&self) -> Option<String> {
+        let authorization = self.header("authorization")?;
+        let (scheme, token) = authorization.trim().split_once(' ')?;
+        let token = token.trim();
+        (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then(|| token.to_owned())
+    }
+
+    /// The value of a cookie, from any `Cookie` header.
+    ///
+    /// ```
+    /// # fn demo(request: &gateway_sdk::Request) {
+    /// let session = request.cookie("session");
+    /// # }
+    /// ```
+    pub fn cookie(&self, name: &str) -> Option<String> {
+        self.header_values("cookie").iter().find_map(|header| {
+            header.split(';').find_map(|pair| {
+                let (key, value) = pair.trim().split_once('=')?;
+                (key == name).then(|| value.trim_matches('"').to_owned())
+            })
+        })
+    }
+
+    /// The first value of a query parameter, as sent (not percent-decoded).
+    ///
+    /// ```
+    /// # fn demo(request: &gateway_sdk::Request) {
+    /// let page = request.query_param("page").and_then(|p| p.parse::<u32>().ok()).unwrap_or(1);
+    /// # }
+    /// ```
+    pub fn query_param(&self, name: &str) -> Option<String> {
+        self.query()?.split('&').find_map(|pair| {
+            let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+            (key == name).then(|| value.to_owned())
+        })
+    }
 }
 
 /// The response on its way back to the client.
@@ -239,13 +335,22 @@ impl<'a> Request<'a> {
 /// # }
 /// ```
 pub struct Response<'a> {
-    handle: &'a host::Response,
+    handle: ResponseRef<'a>,
 }
 
 impl<'a> Response<'a> {
-    #[doc(hidden)]
-    pub fn from_handle(handle: &'a host::Response) -> Self {
-        Response { handle }
+    #[cfg(target_family = "wasm")]
+    pub(crate) fn from_handle(handle: &'a crate::wit::gateway::filter::http::Response) -> Self {
+        Response {
+            handle: ResponseRef::new(handle),
+        }
+    }
+
+    #[cfg(not(target_family = "wasm"))]
+    pub(crate) fn from_test(state: &'a std::cell::RefCell<crate::testing::ResponseState>) -> Self {
+        Response {
+            handle: ResponseRef::new(state),
+        }
     }
 
     /// The status code.
@@ -338,6 +443,28 @@ impl<'a> Response<'a> {
     pub fn remove_header(&mut self, name: &str) {
         self.handle.remove_header(name)
     }
+
+    /// The `Content-Type`, without parameters and lower-case.
+    ///
+    /// ```
+    /// # fn demo(response: &gateway_sdk::Response) {
+    /// let html = response.content_type().as_deref() == Some("text/html");
+    /// # }
+    /// ```
+    pub fn content_type(&self) -> Option<String> {
+        media_type(self.header("content-type"))
+    }
+
+    /// The `Content-Length`, if present and a number.
+    ///
+    /// ```
+    /// # fn demo(response: &gateway_sdk::Response) {
+    /// let empty = response.content_length() == Some(0);
+    /// # }
+    /// ```
+    pub fn content_length(&self) -> Option<u64> {
+        self.header("content-length")?.trim().parse().ok()
+    }
 }
 
 /// A complete answer from a filter.
@@ -384,6 +511,53 @@ impl Reply {
             .with_body(body.into().into_bytes())
     }
 
+    /// An error in the gateway's own JSON shape, so clients see one kind of error whoever made
+    /// it: `{"error": message, "code": code, "request_id": ..., "timestamp": ...}`.
+    ///
+    /// ```
+    /// # fn demo(request: &gateway_sdk::Request) -> gateway_sdk::Action {
+    /// use gateway_sdk::{Action, Reply};
+    ///
+    /// if request.bearer_token().is_none() {
+    ///     return Action::Respond(Reply::error(401, "UNAUTHORIZED", "a bearer token is required", request));
+    /// }
+    /// Action::Continue
+    /// # }
+    /// ```
+    pub fn error(status: u16, code: &str, message: &str, request: &Request) -> Self {
+        let body = serde_json::json!({
+            "error": message,
+            "code": code,
+            "request_id": request.request_id().unwrap_or_else(|| "-".to_owned()),
+            "timestamp": crate::clock::rfc3339(crate::clock::now_ms()),
+        });
+        Reply::new(status)
+            .with_header("content-type", "application/json")
+            .with_body(body.to_string())
+    }
+
+    /// The first value of a header of this reply (names compared case-insensitively).
+    ///
+    /// ```
+    /// let reply = gateway_sdk::Reply::new(302).with_header("Location", "/login");
+    /// assert_eq!(reply.header("location"), Some("/login"));
+    /// ```
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(key, _)| key.eq_ignore_ascii_case(name))
+            .map(|(_, value)| value.as_str())
+    }
+
+    /// The body as text (lossy for invalid UTF-8).
+    ///
+    /// ```
+    /// assert_eq!(gateway_sdk::Reply::text(200, "hi").body_text(), "hi");
+    /// ```
+    pub fn body_text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+
     /// Adds a header.
     ///
     /// ```
@@ -404,8 +578,9 @@ impl Reply {
         self
     }
 
-    pub(crate) fn into_wit(self) -> host::Reply {
-        host::Reply {
+    #[cfg(target_family = "wasm")]
+    pub(crate) fn into_wit(self) -> crate::wit::gateway::filter::http::Reply {
+        crate::wit::gateway::filter::http::Reply {
             status: self.status,
             headers: self.headers,
             body: self.body,

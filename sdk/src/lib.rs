@@ -45,11 +45,21 @@
 // resolve both here and in the filter crates that expand `export_filter!`.
 extern crate self as gateway_sdk;
 
+#[cfg(target_family = "wasm")]
+#[path = "backend/wasm.rs"]
+mod backend;
+#[cfg(not(target_family = "wasm"))]
+#[path = "backend/native.rs"]
+mod backend;
 pub mod clock;
+mod config;
 mod http;
 pub mod log;
+#[cfg(target_family = "wasm")]
 #[doc(hidden)]
 pub mod runtime;
+#[cfg(not(target_family = "wasm"))]
+pub mod testing;
 
 pub use http::{Error, Reply, Request, Response};
 pub use serde;
@@ -93,7 +103,7 @@ pub type Phases = wit::exports::gateway::filter::handler::Phases;
 /// let answer = Action::Respond(Reply::text(403, "not here"));
 /// # let _ = (go_on, answer);
 /// ```
-#[derive(Debug)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Action {
     /// Go on with the edits made through the handles.
     Continue,
@@ -101,6 +111,32 @@ pub enum Action {
     /// and the response phase of the filters that already ran sees this reply. In the response
     /// phase, the reply replaces the response on its way to the client.
     Respond(Reply),
+}
+
+impl Action {
+    /// Whether this passes the request or response on.
+    ///
+    /// ```
+    /// assert!(gateway_sdk::Action::Continue.is_continue());
+    /// ```
+    pub fn is_continue(&self) -> bool {
+        matches!(self, Action::Continue)
+    }
+
+    /// The reply, if this answers.
+    ///
+    /// ```
+    /// use gateway_sdk::{Action, Reply};
+    ///
+    /// let action = Action::Respond(Reply::new(204));
+    /// assert_eq!(action.reply().map(|r| r.status), Some(204));
+    /// ```
+    pub fn reply(&self) -> Option<&Reply> {
+        match self {
+            Action::Continue => None,
+            Action::Respond(reply) => Some(reply),
+        }
+    }
 }
 
 /// A gateway filter.

@@ -1,19 +1,46 @@
 //! Logging into the gateway's log. Each line is tagged with the filter's name and the request id.
+//! In unit tests the lines are kept by the test host: see [`crate::testing::TestHost::logs`].
 //!
 //! ```
-//! # fn demo() {
 //! gateway_sdk::log::info("cache warmed");
-//! # }
 //! ```
 
-use crate::wit::gateway::filter::log::{Level, log};
+use crate::backend;
+
+/// How important a log line is.
+///
+/// ```
+/// use gateway_sdk::log::Level;
+///
+/// assert!(Level::Error > Level::Warn);
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Level {
+    /// Step-by-step detail.
+    Trace,
+    /// Detail useful when debugging.
+    Debug,
+    /// Normal events.
+    Info,
+    /// Something unexpected that was handled.
+    Warn,
+    /// Something failed.
+    Error,
+}
+
+/// Logs at a level.
+///
+/// ```
+/// gateway_sdk::log::log(gateway_sdk::log::Level::Info, "ready");
+/// ```
+pub fn log(level: Level, message: &str) {
+    backend::log(level, message)
+}
 
 /// Logs at trace level.
 ///
 /// ```
-/// # fn demo() {
 /// gateway_sdk::log::trace("entering on_request");
-/// # }
 /// ```
 pub fn trace(message: &str) {
     log(Level::Trace, message)
@@ -22,9 +49,7 @@ pub fn trace(message: &str) {
 /// Logs at debug level.
 ///
 /// ```
-/// # fn demo() {
 /// gateway_sdk::log::debug("header absent, using the default");
-/// # }
 /// ```
 pub fn debug(message: &str) {
     log(Level::Debug, message)
@@ -33,9 +58,7 @@ pub fn debug(message: &str) {
 /// Logs at info level.
 ///
 /// ```
-/// # fn demo() {
 /// gateway_sdk::log::info("configured with 3 rules");
-/// # }
 /// ```
 pub fn info(message: &str) {
     log(Level::Info, message)
@@ -44,9 +67,7 @@ pub fn info(message: &str) {
 /// Logs at warn level.
 ///
 /// ```
-/// # fn demo() {
 /// gateway_sdk::log::warn("token expires in under a minute");
-/// # }
 /// ```
 pub fn warn(message: &str) {
     log(Level::Warn, message)
@@ -55,9 +76,7 @@ pub fn warn(message: &str) {
 /// Logs at error level.
 ///
 /// ```
-/// # fn demo() {
 /// gateway_sdk::log::error("upstream answered with an unparseable header");
-/// # }
 /// ```
 pub fn error(message: &str) {
     log(Level::Error, message)

@@ -23,24 +23,11 @@ pub fn init<F: Filter>(config: &str) -> Result<Registration, String> {
             &format!("filter panicked: {info}"),
         )
     }));
-    let config = parse_config::<F::Config>(config)?;
+    let config = crate::config::parse::<F::Config>(config)?;
     let filter = F::new(config)?;
     let phases = filter.phases();
     INSTANCE.with(|slot| *slot.borrow_mut() = Some(Box::new(filter)));
     Ok(Registration { phases })
-}
-
-/// Deserializes a filter's JSON configuration; the error names the path of the offending field.
-pub fn parse_config<C: serde::de::DeserializeOwned>(config: &str) -> Result<C, String> {
-    let mut deserializer = serde_json::Deserializer::from_str(config);
-    serde_path_to_error::deserialize(&mut deserializer).map_err(|error| {
-        let path = error.path().to_string();
-        if path == "." {
-            format!("invalid config: {}", error.inner())
-        } else {
-            format!("invalid config at `{path}`: {}", error.inner())
-        }
-    })
 }
 
 fn with_filter<F: Filter, R>(run: impl FnOnce(&F) -> R) -> R {

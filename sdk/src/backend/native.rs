@@ -1,0 +1,235 @@
+//! Host calls in native builds: answered by the in-process test host of [`crate::testing`], with
+//! the same rules the gateway applies, so a filter behaves in its unit tests as it does in the
+//! gateway.
+
+use std::cell::RefCell;
+
+use crate::log::Level;
+use crate::testing::{self, RequestState, ResponseState};
+
+const REQUEST_SENT: &str =
+    "the request was already sent upstream; it cannot be changed in the response phase";
+
+fn header_name(name: &str) -> Result<String, String> {
+    let token = |b: u8| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b);
+    if !name.is_empty() && name.bytes().all(token) {
+        Ok(name.to_ascii_lowercase())
+    } else {
+        Err(format!("`{name}` is not a valid header name"))
+    }
+}
+
+fn header_value(value: &str) -> Result<(), String> {
+    if value
+        .bytes()
+        .all(|b| b == b'\t' || (0x20..0x7f).contains(&b))
+    {
+        Ok(())
+    } else {
+        Err("header value contains a forbidden character".to_owned())
+    }
+}
+
+fn valid_path(path: &str) -> Result<(), String> {
+    if path.starts_with('/')
+        && path
+            .bytes()
+            .all(|b| b.is_ascii_graphic() && b != b'?' && b != b'#')
+    {
+        Ok(())
+    } else {
+        Err(
+            "a path must start with `/` and hold only printable ASCII, without `?` or `#`"
+                .to_owned(),
+        )
+    }
+}
+
+fn valid_query(query: &str) -> Result<(), String> {
+    if query.bytes().all(|b| b.is_ascii_graphic() && b != b'#') {
+        Ok(())
+    } else {
+        Err("a query may hold only printable ASCII, without `#`".to_owned())
+    }
+}
+
+/// Header storage shared by requests and responses: lower-case names, in arrival order.
+fn values(headers: &[(String, String)], name: &str) -> Vec<String> {
+    let name = name.to_ascii_lowercase();
+    headers
+        .iter()
+        .filter(|(key, _)| *key == name)
+        .map(|(_, value)| value.clone())
+        .collect()
+}
+
+fn names(headers: &[(String, String)]) -> Vec<String> {
+    let mut names: Vec<String> = Vec::new();
+    for (name, _) in headers {
+        if !names.contains(name) {
+            names.push(name.clone());
+        }
+    }
+    names
+}
+
+fn set(headers: &mut Vec<(String, String)>, name: &str, value: &str) -> Result<(), String> {
+    let name = header_name(name)?;
+    header_value(value)?;
+    headers.retain(|(key, _)| *key != name);
+    headers.push((name, value.to_owned()));
+    Ok(())
+}
+
+fn append(headers: &mut Vec<(String, String)>, name: &str, value: &str) -> Result<(), String> {
+    let name = header_name(name)?;
+    header_value(value)?;
+    headers.push((name, value.to_owned()));
+    Ok(())
+}
+
+fn remove(headers: &mut Vec<(String, String)>, name: &str) {
+    let name = name.to_ascii_lowercase();
+    headers.retain(|(key, _)| *key != name);
+}
+
+/// A request in a test, for the duration of one phase.
+pub struct RequestRef<'a> {
+    state: &'a RefCell<RequestState>,
+    /// Set in the response phase: the request has gone upstream and edits are refused.
+    sent: bool,
+}
+
+impl<'a> RequestRef<'a> {
+    pub fn new(state: &'a RefCell<RequestState>, sent: bool) -> Self {
+        RequestRef { state, sent }
+    }
+
+    fn edit<T>(
+        &mut self,
+        edit: impl FnOnce(&mut RequestState) -> Result<T, String>,
+    ) -> Result<T, String> {
+        if self.sent {
+            return Err(REQUEST_SENT.to_owned());
+        }
+        edit(&mut self.state.borrow_mut())
+    }
+
+    pub fn method(&self) -> String {
+        self.state.borrow().method.clone()
+    }
+    pub fn path(&self) -> String {
+        self.state.borrow().path.clone()
+    }
+    pub fn set_path(&mut self, path: &str) -> Result<(), String> {
+        self.edit(|state| {
+            valid_path(path)?;
+            state.path = path.to_owned();
+            Ok(())
+        })
+    }
+    pub fn query(&self) -> Option<String> {
+        self.state.borrow().query.clone()
+    }
+    pub fn set_query(&mut self, query: Option<&str>) -> Result<(), String> {
+        self.edit(|state| {
+            if let Some(query) = query {
+                valid_query(query)?;
+            }
+            state.query = query.map(str::to_owned);
+            Ok(())
+        })
+    }
+    pub fn authority(&self) -> Option<String> {
+        self.state.borrow().authority.clone()
+    }
+    pub fn client_ip(&self) -> String {
+        self.state.borrow().client_ip.clone()
+    }
+    pub fn route_param(&self, name: &str) -> Option<String> {
+        let state = self.state.borrow();
+        state
+            .params
+            .iter()
+            .find(|(key, _)| key == name)
+            .map(|(_, value)| value.clone())
+    }
+    pub fn header(&self, name: &str) -> Option<String> {
+        values(&self.state.borrow().headers, name)
+            .into_iter()
+            .next()
+    }
+    pub fn header_values(&self, name: &str) -> Vec<String> {
+        values(&self.state.borrow().headers, name)
+    }
+    pub fn header_names(&self) -> Vec<String> {
+        names(&self.state.borrow().headers)
+    }
+    pub fn set_header(&mut self, name: &str, value: &str) -> Result<(), String> {
+        self.edit(|state| set(&mut state.headers, name, value))
+    }
+    pub fn append_header(&mut self, name: &str, value: &str) -> Result<(), String> {
+        self.edit(|state| append(&mut state.headers, name, value))
+    }
+    pub fn remove_header(&mut self, name: &str) {
+        // Refused silently in the response phase, as the gateway does.
+        let _ = self.edit(|state| {
+            remove(&mut state.headers, name);
+            Ok(())
+        });
+    }
+}
+
+/// A response in a test, for the duration of one phase.
+pub struct ResponseRef<'a> {
+    state: &'a RefCell<ResponseState>,
+}
+
+impl<'a> ResponseRef<'a> {
+    pub fn new(state: &'a RefCell<ResponseState>) -> Self {
+        ResponseRef { state }
+    }
+
+    pub fn status(&self) -> u16 {
+        self.state.borrow().status
+    }
+    pub fn set_status(&mut self, status: u16) -> Result<(), String> {
+        if !(100..=999).contains(&status) {
+            return Err(format!("{status} is not a valid status code"));
+        }
+        self.state.borrow_mut().status = status;
+        Ok(())
+    }
+    pub fn header(&self, name: &str) -> Option<String> {
+        values(&self.state.borrow().headers, name)
+            .into_iter()
+            .next()
+    }
+    pub fn header_values(&self, name: &str) -> Vec<String> {
+        values(&self.state.borrow().headers, name)
+    }
+    pub fn header_names(&self) -> Vec<String> {
+        names(&self.state.borrow().headers)
+    }
+    pub fn set_header(&mut self, name: &str, value: &str) -> Result<(), String> {
+        set(&mut self.state.borrow_mut().headers, name, value)
+    }
+    pub fn append_header(&mut self, name: &str, value: &str) -> Result<(), String> {
+        append(&mut self.state.borrow_mut().headers, name, value)
+    }
+    pub fn remove_header(&mut self, name: &str) {
+        remove(&mut self.state.borrow_mut().headers, name)
+    }
+}
+
+pub fn log(level: Level, message: &str) {
+    testing::with_host(|host| host.log(level, message))
+}
+
+pub fn now_ms() -> u64 {
+    testing::with_host(|host| host.now_ms)
+}
+
+pub fn monotonic_ns() -> u64 {
+    testing::with_host(|host| host.monotonic_ns)
+}
