@@ -6,12 +6,14 @@
 //! - [`routing`]: which route takes the request;
 //! - [`filter`]: the Wasm filter runtime (engine, bindings, instance pools, limits, chains);
 //! - [`upstream`]: the service's instances, balancing and the pooled client;
-//! - [`proxy`]: the pipeline tying those together, and the headers a proxy owes both sides.
+//! - [`proxy`]: the pipeline tying those together, and the headers a proxy owes both sides;
+//! - [`plugin`]: tools for plugin authors (`gateway plugin test`).
 
 pub mod config;
 mod error;
 pub mod filter;
 pub mod gateway;
+pub mod plugin;
 pub mod proxy;
 pub mod routing;
 pub mod server;

@@ -1,4 +1,4 @@
-//! `gateway`: serve traffic from a YAML configuration, or check one.
+//! `gateway`: serve traffic from a YAML configuration, check one, or test a plugin.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -45,6 +45,21 @@ enum Command {
         #[arg(long, short)]
         config: PathBuf,
     },
+    /// Tools for plugin authors.
+    #[command(subcommand)]
+    Plugin(PluginCommand),
+}
+
+#[derive(Subcommand)]
+enum PluginCommand {
+    /// Run a compiled filter in the gateway's runtime against a YAML list of cases; exits
+    /// non-zero if any case fails.
+    Test {
+        /// The filter component (`.wasm`).
+        component: PathBuf,
+        /// The cases file.
+        cases: PathBuf,
+    },
 }
 
 fn main() -> ExitCode {
@@ -75,6 +90,18 @@ fn report(error: &anyhow::Error) {
 
 fn run(command: Command) -> anyhow::Result<()> {
     match command {
+        Command::Plugin(PluginCommand::Test { component, cases }) => {
+            let report = gateway_host::plugin::cases::run(&component, &cases)?;
+            print!("{}", report.text);
+            if report.failed > 0 {
+                bail!(
+                    "{} of {} cases failed",
+                    report.failed,
+                    report.failed + report.passed
+                );
+            }
+            Ok(())
+        }
         Command::Serve { config, workers } => {
             let mut runtime = tokio::runtime::Builder::new_multi_thread();
             if let Some(workers) = workers {

@@ -117,6 +117,19 @@ pub struct FilterDefinition {
     pub memory_limit: ByteSize,
 }
 
+impl FilterDefinition {
+    /// A filter with every setting at its default.
+    pub fn with_module(module: &Path) -> FilterDefinition {
+        FilterDefinition {
+            module: module.to_owned(),
+            isolation: Isolation::default(),
+            max_uses: default_max_uses(),
+            timeout: default_call_timeout(),
+            memory_limit: default_memory_limit(),
+        }
+    }
+}
+
 fn default_max_uses() -> u64 {
     10_000
 }
