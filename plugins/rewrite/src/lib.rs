@@ -12,11 +12,13 @@
 
 pub mod config;
 mod rules;
+#[cfg(test)]
+mod tests;
 
 use gateway_sdk::{Action, Filter, Phases, Reply, Request, Response};
 
 use crate::config::Config;
-use crate::rules::{HeaderEditor, Rules};
+use crate::rules::Rules;
 
 /// The filter, with its rules compiled once per instance from the route's [`Config`].
 pub struct Rewrite {
@@ -46,19 +48,20 @@ impl Filter for Rewrite {
     fn on_request(&self, request: &mut Request) -> Action {
         match self.rewrite_request(request) {
             Ok(()) => Action::Continue,
-            Err(reason) => failed(&reason),
+            Err(reason) => failed(&reason, request),
         }
     }
 
-    fn on_response(&self, _request: &Request, response: &mut Response) -> Action {
-        match self.rules.response_headers.apply(response) {
+    fn on_response(&self, request: &Request, response: &mut Response) -> Action {
+        match self.rewrite_response(response) {
             Ok(()) => Action::Continue,
-            Err(reason) => failed(&reason),
+            Err(reason) => failed(&reason, request),
         }
     }
 }
 
 impl Rewrite {
+    /// Stops at the first edit the host refuses and says which.
     fn rewrite_request(&self, request: &mut Request) -> Result<(), String> {
         // Each read crosses into the host, so only read what a rule needs.
         if !self.rules.path.is_empty()
@@ -77,50 +80,49 @@ impl Rewrite {
                     .map_err(|reason| format!("cannot set query: {reason}"))?;
             }
         }
-        self.rules.request_headers.apply(request)
+        let headers = &self.rules.request_headers;
+        for name in &headers.remove {
+            request.remove_header(name);
+        }
+        for (name, value) in &headers.set {
+            request
+                .set_header(name, value)
+                .map_err(|reason| format!("cannot set header `{name}`: {reason}"))?;
+        }
+        for (name, value) in &headers.add {
+            request
+                .append_header(name, value)
+                .map_err(|reason| format!("cannot add header `{name}`: {reason}"))?;
+        }
+        Ok(())
+    }
+
+    /// The same header edits as [`Rewrite::rewrite_request`], on the response: the SDK's
+    /// `Request` and `Response` share no trait.
+    fn rewrite_response(&self, response: &mut Response) -> Result<(), String> {
+        let headers = &self.rules.response_headers;
+        for name in &headers.remove {
+            response.remove_header(name);
+        }
+        for (name, value) in &headers.set {
+            response
+                .set_header(name, value)
+                .map_err(|reason| format!("cannot set header `{name}`: {reason}"))?;
+        }
+        for (name, value) in &headers.add {
+            response
+                .append_header(name, value)
+                .map_err(|reason| format!("cannot add header `{name}`: {reason}"))?;
+        }
+        Ok(())
     }
 }
 
 /// Logs a refused edit and answers with the filter's one error reply.
-fn failed(reason: &str) -> Action {
-    gateway_sdk::log::warn(&format!("rewrite failed: {reason}"));
-    Action::Respond(
-        Reply::new(500)
-            .with_header("content-type", "application/json")
-            .with_body(rules::failure_body(reason)),
-    )
-}
-
-impl HeaderEditor for Request<'_> {
-    fn remove(&mut self, name: &str) {
-        self.remove_header(name);
-    }
-
-    fn set(&mut self, name: &str, value: &str) -> Result<(), String> {
-        self.set_header(name, value)
-            .map_err(|error| error.to_string())
-    }
-
-    fn append(&mut self, name: &str, value: &str) -> Result<(), String> {
-        self.append_header(name, value)
-            .map_err(|error| error.to_string())
-    }
-}
-
-impl HeaderEditor for Response<'_> {
-    fn remove(&mut self, name: &str) {
-        self.remove_header(name);
-    }
-
-    fn set(&mut self, name: &str, value: &str) -> Result<(), String> {
-        self.set_header(name, value)
-            .map_err(|error| error.to_string())
-    }
-
-    fn append(&mut self, name: &str, value: &str) -> Result<(), String> {
-        self.append_header(name, value)
-            .map_err(|error| error.to_string())
-    }
+fn failed(reason: &str, request: &Request) -> Action {
+    let message = format!("rewrite failed: {reason}");
+    gateway_sdk::log::warn(&message);
+    Action::Respond(Reply::error(500, "FILTER_FAILED", &message, request))
 }
 
 // Only a component exports the handler: the export names (`gateway:filter/handler@0.1.0#init`)

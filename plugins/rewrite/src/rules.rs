@@ -1,11 +1,10 @@
-//! The rewrite rules, checked and compiled once from the configuration, then applied to plain
-//! strings (path, query) or through [`HeaderEditor`] (headers), so every decision can be tested
-//! without a gateway.
+//! The rewrite rules, checked and compiled once from the configuration. The path and query
+//! rewrites work on plain strings; the header edits are lists the filter applies through the
+//! SDK's handles.
 
 use std::borrow::Cow;
 
 use regex::Regex;
-use serde::Serialize;
 
 use crate::config::{Config, HeaderOps, PathOps, QueryOps};
 
@@ -276,22 +275,14 @@ fn percent_encode(text: &str) -> String {
     encoded
 }
 
-/// Something whose headers can be edited: a request or a response. Errors are the host's reason
-/// for refusing.
-pub trait HeaderEditor {
-    /// Removes every value of a header.
-    fn remove(&mut self, name: &str);
-    /// Replaces every value of a header with this one.
-    fn set(&mut self, name: &str, value: &str) -> Result<(), String>;
-    /// Adds a value to a header.
-    fn append(&mut self, name: &str, value: &str) -> Result<(), String>;
-}
-
-/// The compiled header edits of one phase.
+/// The checked header edits of one phase, applied in field order: `remove`, `set`, `add`.
 pub struct HeaderRules {
-    remove: Vec<String>,
-    set: Vec<(String, String)>,
-    add: Vec<(String, String)>,
+    /// Names whose every value is removed.
+    pub remove: Vec<String>,
+    /// Names and the one value each is left with, in name order.
+    pub set: Vec<(String, String)>,
+    /// Names and a value to append to each, in name order.
+    pub add: Vec<(String, String)>,
 }
 
 impl HeaderRules {
@@ -304,9 +295,10 @@ impl HeaderRules {
             let key = format!("{key}.{op}");
             for (name, value) in headers {
                 check_header_name(&key, name)?;
-                if value.contains(['\r', '\n', '\0']) {
+                // The gateway's rule for header values: no control character but tab.
+                if value.chars().any(|c| c.is_ascii_control() && c != '\t') {
                     return Err(format!(
-                        "{key}: the value of `{name}` contains CR, LF or NUL"
+                        "{key}: the value of `{name}` contains a control character"
                     ));
                 }
             }
@@ -322,24 +314,6 @@ impl HeaderRules {
     pub fn is_empty(&self) -> bool {
         self.remove.is_empty() && self.set.is_empty() && self.add.is_empty()
     }
-
-    /// Removes, then sets, then adds. Stops at the first edit the host refuses and says which.
-    pub fn apply(&self, headers: &mut impl HeaderEditor) -> Result<(), String> {
-        for name in &self.remove {
-            headers.remove(name);
-        }
-        for (name, value) in &self.set {
-            headers
-                .set(name, value)
-                .map_err(|reason| format!("cannot set header `{name}`: {reason}"))?;
-        }
-        for (name, value) in &self.add {
-            headers
-                .append(name, value)
-                .map_err(|reason| format!("cannot add header `{name}`: {reason}"))?;
-        }
-        Ok(())
-    }
 }
 
 /// Header names are RFC 9110 tokens: one or more `tchar`.
@@ -352,37 +326,17 @@ fn check_header_name(key: &str, name: &str) -> Result<(), String> {
     }
 }
 
-/// The JSON body of the reply sent when the host refuses an edit.
-pub fn failure_body(reason: &str) -> String {
-    // A struct rather than `json!` keeps `error` before `code`.
-    #[derive(Serialize)]
-    struct Failure {
-        error: String,
-        code: &'static str,
-    }
-    let failure = Failure {
-        error: format!("rewrite failed: {reason}"),
-        code: "FILTER_FAILED",
-    };
-    gateway_sdk::serde_json::to_string(&failure)
-        .unwrap_or_else(|_| r#"{"error":"rewrite failed","code":"FILTER_FAILED"}"#.to_owned())
-}
-
 #[cfg(test)]
 mod tests {
     use gateway_sdk::serde_json::{Value, json};
 
     use super::*;
 
-    fn rules(config: Value) -> Result<Rules, String> {
-        let config: Config =
-            gateway_sdk::runtime::parse_config(&config.to_string()).expect("config parses");
-        Rules::new(config)
-    }
-
     fn compiled(config: Value) -> Rules {
         let text = config.to_string();
-        rules(config).unwrap_or_else(|error| panic!("{text}: {error}"))
+        let config: Config = gateway_sdk::serde_json::from_value(config)
+            .unwrap_or_else(|error| panic!("{text}: {error}"));
+        Rules::new(config).unwrap_or_else(|error| panic!("{text}: {error}"))
     }
 
     #[test]
@@ -596,267 +550,6 @@ mod tests {
             let rules = compiled(json!({"query": config}));
             let rewritten = rules.query.rewrite(*query);
             assert_eq!(rewritten.as_deref(), *expected, "{config} on {query:?}");
-        }
-    }
-
-    /// Records header edits and refuses the names in `refuse`.
-    #[derive(Default)]
-    struct Recorder {
-        edits: Vec<String>,
-        refuse: &'static [&'static str],
-    }
-
-    impl Recorder {
-        fn edit(&mut self, edit: String, name: &str) -> Result<(), String> {
-            if self.refuse.contains(&name) {
-                return Err("refused by test".into());
-            }
-            self.edits.push(edit);
-            Ok(())
-        }
-    }
-
-    impl HeaderEditor for Recorder {
-        fn remove(&mut self, name: &str) {
-            self.edits.push(format!("remove {name}"));
-        }
-
-        fn set(&mut self, name: &str, value: &str) -> Result<(), String> {
-            self.edit(format!("set {name}: {value}"), name)
-        }
-
-        fn append(&mut self, name: &str, value: &str) -> Result<(), String> {
-            self.edit(format!("add {name}: {value}"), name)
-        }
-    }
-
-    #[test]
-    fn edits_headers_in_order() {
-        let ops = json!({
-            "add": {"x-via": "gateway", "x-b": "2"},
-            "set": {"x-tenant": "acme", "X-Upper": ""},
-            "remove": ["cookie", "x-debug"],
-        });
-        // (headers config, names the host refuses, edits made, outcome)
-        type Case = (
-            Value,
-            &'static [&'static str],
-            &'static [&'static str],
-            Result<(), &'static str>,
-        );
-        let cases: &[Case] = &[
-            (json!({}), &[], &[], Ok(())),
-            (
-                ops.clone(),
-                &[],
-                &[
-                    "remove cookie",
-                    "remove x-debug",
-                    "set X-Upper: ",
-                    "set x-tenant: acme",
-                    "add x-b: 2",
-                    "add x-via: gateway",
-                ],
-                Ok(()),
-            ),
-            (
-                ops.clone(),
-                &["x-tenant"],
-                &["remove cookie", "remove x-debug", "set X-Upper: "],
-                Err("cannot set header `x-tenant`: refused by test"),
-            ),
-            (
-                ops,
-                &["x-via"],
-                &[
-                    "remove cookie",
-                    "remove x-debug",
-                    "set X-Upper: ",
-                    "set x-tenant: acme",
-                    "add x-b: 2",
-                ],
-                Err("cannot add header `x-via`: refused by test"),
-            ),
-        ];
-        for (config, refuse, edits, outcome) in cases {
-            for key in ["request_headers", "response_headers"] {
-                let rules = compiled(json!({ key: config }));
-                let phase = match key {
-                    "request_headers" => &rules.request_headers,
-                    _ => &rules.response_headers,
-                };
-                let mut recorder = Recorder {
-                    refuse,
-                    ..Recorder::default()
-                };
-                let result = phase.apply(&mut recorder);
-                assert_eq!(recorder.edits, *edits, "{key}: {config}");
-                assert_eq!(result, outcome.map_err(str::to_owned), "{key}: {config}");
-            }
-        }
-    }
-
-    #[test]
-    fn takes_part_only_in_the_phases_it_needs() {
-        // (config, edits the request, edits the response)
-        let cases: &[(Value, bool, bool)] = &[
-            (json!({}), false, false),
-            (
-                json!({"path": {}, "query": {}, "request_headers": {}, "response_headers": {}}),
-                false,
-                false,
-            ),
-            (json!({"path": {"strip_prefix": "/a"}}), true, false),
-            (json!({"path": {"add_prefix": "/a"}}), true, false),
-            (
-                json!({"path": {"regex": {"pattern": "a", "replacement": "b"}}}),
-                true,
-                false,
-            ),
-            (json!({"query": {"remove": ["a"]}}), true, false),
-            (json!({"request_headers": {"add": {"a": "b"}}}), true, false),
-            (
-                json!({"response_headers": {"remove": ["server"]}}),
-                false,
-                true,
-            ),
-            (
-                json!({"query": {"set": {"a": "b"}}, "response_headers": {"set": {"a": "b"}}}),
-                true,
-                true,
-            ),
-        ];
-        for (config, request, response) in cases {
-            let rules = compiled(config.clone());
-            assert_eq!(rules.edits_request(), *request, "{config}");
-            assert_eq!(rules.edits_response(), *response, "{config}");
-        }
-    }
-
-    #[test]
-    fn rejects_bad_rules_naming_the_key() {
-        // (config, error)
-        let cases: &[(Value, &str)] = &[
-            (
-                json!({"path": {"regex": {"pattern": "(", "replacement": ""}}}),
-                "path.regex.pattern: invalid regex: regex parse error:\n    (\n    ^\nerror: unclosed group",
-            ),
-            (
-                json!({"path": {"strip_prefix": "users"}}),
-                "path.strip_prefix must start with `/`",
-            ),
-            (
-                json!({"path": {"add_prefix": "v2"}}),
-                "path.add_prefix must start with `/`",
-            ),
-            (
-                json!({"path": {"add_prefix": ""}}),
-                "path.add_prefix must start with `/`",
-            ),
-            (
-                json!({"path": {"replace_prefix": {"from": "old", "to": "/new"}}}),
-                "path.replace_prefix.from must start with `/`",
-            ),
-            (
-                json!({"path": {"replace_prefix": {"from": "/old", "to": "new"}}}),
-                "path.replace_prefix.to must start with `/`",
-            ),
-            (
-                json!({"path": {"replace_prefix": {"from": "/a", "to": "/b"}, "strip_prefix": "/a"}}),
-                "path.replace_prefix cannot be combined with strip_prefix or add_prefix",
-            ),
-            (
-                json!({"path": {"replace_prefix": {"from": "/a", "to": "/b"}, "add_prefix": "/b"}}),
-                "path.replace_prefix cannot be combined with strip_prefix or add_prefix",
-            ),
-            (
-                json!({"path": {"add_prefix": "/v 2"}}),
-                "path.add_prefix: `/v 2` is not a valid URI path: ` ` must be percent-encoded",
-            ),
-            (
-                json!({"path": {"strip_prefix": "/a?b"}}),
-                "path.strip_prefix: `/a?b` is not a valid URI path: `?` must be percent-encoded",
-            ),
-            (
-                json!({"path": {"add_prefix": "/é"}}),
-                "path.add_prefix: `/é` is not a valid URI path: `é` must be percent-encoded",
-            ),
-            (
-                json!({"path": {"add_prefix": "/a%2"}}),
-                "path.add_prefix: `%` in `/a%2` must start a %XX escape",
-            ),
-            (
-                json!({"request_headers": {"set": {"bad name": "x"}}}),
-                "request_headers.set: `bad name` is not a valid header name",
-            ),
-            (
-                json!({"request_headers": {"add": {"": "x"}}}),
-                "request_headers.add: `` is not a valid header name",
-            ),
-            (
-                json!({"response_headers": {"remove": ["x:y"]}}),
-                "response_headers.remove: `x:y` is not a valid header name",
-            ),
-            (
-                json!({"request_headers": {"set": {"x-a": "line\r\nx-evil: 1"}}}),
-                "request_headers.set: the value of `x-a` contains CR, LF or NUL",
-            ),
-            (
-                json!({"response_headers": {"add": {"x-a": "nul\u{0}"}}}),
-                "response_headers.add: the value of `x-a` contains CR, LF or NUL",
-            ),
-            (
-                json!({"query": {"add": {"": "x"}}}),
-                "query.add: a parameter name must not be empty",
-            ),
-            (
-                json!({"query": {"set": {"": "x"}}}),
-                "query.set: a parameter name must not be empty",
-            ),
-            (
-                json!({"query": {"remove": [""]}}),
-                "query.remove: a parameter name must not be empty",
-            ),
-        ];
-        for (config, expected) in cases {
-            let error = rules(config.clone())
-                .err()
-                .unwrap_or_else(|| panic!("{config} accepted"));
-            assert_eq!(error, *expected, "{config}");
-        }
-    }
-
-    #[test]
-    fn accepts_valid_header_names_and_values() {
-        let config = json!({
-            "request_headers": {
-                "set": {"X-Tenant": "acme", "!#$%&'*+-.^_`|~09az": "tab\tand unicode é"},
-                "remove": ["Cookie"],
-            },
-            "path": {"add_prefix": "/a-b._~!$&'()*+,;=:@/%2F"},
-        });
-        let rules = compiled(config);
-        assert_eq!(
-            rules.path.rewrite("/x").as_deref(),
-            Some("/a-b._~!$&'()*+,;=:@/%2F/x")
-        );
-    }
-
-    #[test]
-    fn failure_body_is_escaped_json() {
-        // (reason, body)
-        let cases = [
-            (
-                "cannot set path `/x`: invalid",
-                r#"{"error":"rewrite failed: cannot set path `/x`: invalid","code":"FILTER_FAILED"}"#,
-            ),
-            (
-                "quote \" and\nnewline",
-                r#"{"error":"rewrite failed: quote \" and\nnewline","code":"FILTER_FAILED"}"#,
-            ),
-        ];
-        for (reason, body) in cases {
-            assert_eq!(failure_body(reason), body, "{reason}");
         }
     }
 }
