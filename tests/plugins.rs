@@ -32,9 +32,16 @@ fn plugin_test(component: &Path, cases: &Path) -> (bool, String) {
 
 #[test]
 fn bundled_filters_pass_their_cases() {
-    let bundled = [("gateway_plugin_rewrite.wasm", "plugins/rewrite/cases.yaml")];
+    let bundled = [
+        ("gateway_plugin_rewrite.wasm", "plugins/rewrite/cases.yaml"),
+        (
+            "gateway_example_ip_filter.wasm",
+            "examples/ip-filter/cases.yaml",
+        ),
+    ];
     for (component, cases) in bundled {
-        let (passed, transcript) = plugin_test(&plugin_dir().join(component), &repo_root().join(cases));
+        let (passed, transcript) =
+            plugin_test(&plugin_dir().join(component), &repo_root().join(cases));
         assert!(passed, "{component} failed its cases:\n{transcript}");
         assert!(transcript.contains(" 0 failed"), "{transcript}");
     }
@@ -59,12 +66,22 @@ cases:
 "#,
     )
     .expect("cases written");
-    let (passed, transcript) = plugin_test(&plugin_dir().join("gateway_plugin_rewrite.wasm"), &cases);
+    let (passed, transcript) =
+        plugin_test(&plugin_dir().join("gateway_plugin_rewrite.wasm"), &cases);
     assert!(!passed, "{transcript}");
     assert!(transcript.contains("ok    passes"), "{transcript}");
-    assert!(transcript.contains("FAIL  expects the wrong path"), "{transcript}");
-    assert!(transcript.contains(r#"path: expected "/c", got "/b""#), "{transcript}");
-    assert!(transcript.contains("request header x-missing: expected [\"1\"], got (absent)"), "{transcript}");
+    assert!(
+        transcript.contains("FAIL  expects the wrong path"),
+        "{transcript}"
+    );
+    assert!(
+        transcript.contains(r#"path: expected "/c", got "/b""#),
+        "{transcript}"
+    );
+    assert!(
+        transcript.contains("request header x-missing: expected [\"1\"], got (absent)"),
+        "{transcript}"
+    );
     assert!(transcript.contains("1 passed, 1 failed"), "{transcript}");
 }
 
@@ -77,5 +94,8 @@ fn a_file_that_is_not_a_component_is_refused_by_name() {
     let (passed, transcript) = plugin_test(&fake, &cases);
     assert!(!passed);
     assert!(transcript.contains("fake.wasm"), "{transcript}");
-    assert!(transcript.contains("not a WebAssembly file"), "{transcript}");
+    assert!(
+        transcript.contains("not a WebAssembly file"),
+        "{transcript}"
+    );
 }
