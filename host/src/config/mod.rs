@@ -102,11 +102,13 @@ impl Default for EdgeLimits {
 pub struct FilterDefinition {
     /// The `.wasm` component file, relative to `plugin_dir`.
     pub module: PathBuf,
-    /// `pooled` (default) reuses instances across requests; `per-request` gives every request a
-    /// fresh instance, for code that must not see traces of other requests.
+    /// `pooled` (default) reuses instances across requests; `per-request` gives every call a
+    /// fresh instance (the request and response phases of one request each get their own), for
+    /// code that must not see traces of other requests.
     #[serde(default)]
     pub isolation: Isolation,
-    /// A pooled instance is replaced after this many calls, bounding what leaks can accumulate.
+    /// A pooled instance is replaced after serving this many requests, bounding what leaks can
+    /// accumulate.
     #[serde(default = "default_max_uses")]
     pub max_uses: u64,
     /// Longest a single call into the filter may run before it is stopped.
@@ -146,10 +148,10 @@ fn default_memory_limit() -> ByteSize {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Isolation {
-    /// Instances are reused from a pool and replaced after `max_uses` calls or any failure.
+    /// Instances are reused from a pool and replaced after `max_uses` requests or any failure.
     #[default]
     Pooled,
-    /// Every request gets a fresh instance, dropped afterwards.
+    /// Every call gets a fresh instance, dropped afterwards.
     PerRequest,
 }
 

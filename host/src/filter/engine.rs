@@ -2,7 +2,6 @@
 
 use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use wasmtime::component::{Component, Linker};
@@ -25,13 +24,6 @@ const INSTANCE_SLOTS: u32 = 2_000;
 pub struct FilterEngine {
     engine: Engine,
     linker: Linker<InstanceState>,
-    ticker_stop: Arc<AtomicBool>,
-}
-
-impl Drop for FilterEngine {
-    fn drop(&mut self) {
-        self.ticker_stop.store(true, Ordering::Relaxed);
-    }
 }
 
 /// A compiled, type-checked filter component, ready to instantiate.
@@ -70,24 +62,22 @@ impl FilterEngine {
             })
             .map_err(|error| Error::Engine(format!("{error:#}")))?;
 
-        let ticker_stop = Arc::new(AtomicBool::new(false));
-        let ticking = engine.clone();
-        let stop = ticker_stop.clone();
+        // Every deadline depends on this ticker, so it runs for as long as anything holds the
+        // engine (loaded filters and their instances do), not just this `FilterEngine`: a
+        // caller that drops it after building the routes must not leave filters without limits.
+        let ticking = engine.weak();
         std::thread::Builder::new()
             .name("wasm-epoch".to_owned())
             .spawn(move || {
-                while !stop.load(Ordering::Relaxed) {
+                while let Some(engine) = ticking.upgrade() {
+                    engine.increment_epoch();
+                    drop(engine);
                     std::thread::sleep(EPOCH_TICK);
-                    ticking.increment_epoch();
                 }
             })
             .map_err(|error| Error::Engine(format!("cannot start the epoch ticker: {error}")))?;
 
-        Ok(FilterEngine {
-            engine,
-            linker,
-            ticker_stop,
-        })
+        Ok(FilterEngine { engine, linker })
     }
 
     /// Compiles a component and checks it is a filter for a compatible WIT version whose imports

@@ -80,6 +80,7 @@ impl WasiView for InstanceState {
 pub(super) struct FilterInstance {
     store: Store<InstanceState>,
     bindings: Filter,
+    /// Requests served: request phases run. A response phase is part of its request's use.
     pub uses: u64,
 }
 
@@ -156,7 +157,6 @@ impl FilterInstance {
         response: &mut ResponseHead,
         timeout: Duration,
     ) -> Result<ResponseAction, FilterFailure> {
-        self.uses += 1;
         let exchange = &mut self.store.data_mut().exchange;
         exchange.request = Some(std::mem::take(request));
         exchange.response = Some(std::mem::take(response));

@@ -2,8 +2,8 @@
 //!
 //! Calls into Wasm are synchronous and never cross an `.await`, so at most one instance per
 //! worker thread is checked out at a time and a small lock-free queue is enough. An instance is
-//! replaced after `max_uses` calls, and dropped after any failure: a trapped store is poisoned,
-//! and a store that ran out of time or memory is not worth trusting again.
+//! replaced after serving `max_uses` requests, and dropped after any failure: a trapped store is
+//! poisoned, and a store that ran out of time or memory is not worth trusting again.
 
 use std::sync::Arc;
 
@@ -54,7 +54,7 @@ impl FilterPool {
             phases: registration.phases,
             idle: ArrayQueue::new(idle_capacity()),
         };
-        pool.check_in(instance);
+        pool.check_in(instance, Phases::REQUEST);
         Ok(pool)
     }
 
@@ -74,9 +74,20 @@ impl FilterPool {
             })
     }
 
-    fn check_in(&self, instance: FilterInstance) {
+    fn check_in(&self, instance: FilterInstance, after: Phases) {
         let settings = &self.filter.settings;
-        if settings.isolation == Isolation::Pooled && instance.uses < settings.max_uses {
+        if settings.isolation != Isolation::Pooled {
+            return;
+        }
+        // Retiring an instance as soon as its last request phase ends would hand that request's
+        // response phase to a brand-new instance; keep it for the response phase, unless that
+        // phase never came (the client left) and the instance is already past its limit.
+        let worn_out = if after == Phases::REQUEST && self.phases.contains(Phases::RESPONSE) {
+            instance.uses > settings.max_uses
+        } else {
+            instance.uses >= settings.max_uses
+        };
+        if !worn_out {
             // A full queue means more instances exist than threads can use: drop the extra.
             let _ = self.idle.push(instance);
         }
@@ -86,7 +97,7 @@ impl FilterPool {
     pub fn on_request(&self, head: &mut RequestHead) -> Result<Option<Reply>, FilterFailure> {
         let mut instance = self.check_out()?;
         let action = instance.on_request(head, self.filter.settings.timeout)?;
-        self.check_in(instance);
+        self.check_in(instance, Phases::REQUEST);
         match action {
             RequestAction::Continue => Ok(None),
             RequestAction::Respond(reply) => convert_reply(reply)
@@ -103,7 +114,7 @@ impl FilterPool {
     ) -> Result<Option<Reply>, FilterFailure> {
         let mut instance = self.check_out()?;
         let action = instance.on_response(request, response, self.filter.settings.timeout)?;
-        self.check_in(instance);
+        self.check_in(instance, Phases::RESPONSE);
         match action {
             ResponseAction::Continue => Ok(None),
             ResponseAction::Respond(reply) => convert_reply(reply)
