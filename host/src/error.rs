@@ -47,6 +47,10 @@ pub enum Error {
     #[error("cannot set up the Wasm engine: {0}")]
     Engine(String),
 
+    /// A plugin crate could not be generated.
+    #[error("cannot create plugin `{name}`: {reason}")]
+    Scaffold { name: String, reason: String },
+
     /// A listener could not be bound.
     #[error("cannot listen on {address}: {source}")]
     Bind {
@@ -184,6 +188,7 @@ impl Error {
             | Error::FilterLoad { .. }
             | Error::FilterInit { .. }
             | Error::Engine(_)
+            | Error::Scaffold { .. }
             | Error::Bind { .. } => plain(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "INTERNAL",

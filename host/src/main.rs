@@ -10,6 +10,7 @@ use clap::{Parser, Subcommand};
 use gateway_host::config::Config;
 use gateway_host::filter::FilterEngine;
 use gateway_host::gateway::Gateway;
+use gateway_host::plugin::scaffold::{self, SdkSource};
 use gateway_host::server;
 use gateway_host::telemetry::{self, LogFormat};
 
@@ -52,6 +53,20 @@ enum Command {
 
 #[derive(Subcommand)]
 enum PluginCommand {
+    /// Create a filter crate with an example filter, unit tests and a cases file.
+    New {
+        /// The plugin's name: lower-case letters, digits and dashes (e.g. ip-allow-list).
+        name: String,
+        /// The folder to create it in (default: the current folder).
+        #[arg(long, default_value = ".")]
+        path: PathBuf,
+        /// Depend on the SDK at this path (default: the SDK this gateway was built from).
+        #[arg(long, conflicts_with = "sdk_git")]
+        sdk_path: Option<PathBuf>,
+        /// Depend on the SDK from this git repository.
+        #[arg(long)]
+        sdk_git: Option<String>,
+    },
     /// Run a compiled filter in the gateway's runtime against a YAML list of cases; exits
     /// non-zero if any case fails.
     Test {
@@ -90,6 +105,31 @@ fn report(error: &anyhow::Error) {
 
 fn run(command: Command) -> anyhow::Result<()> {
     match command {
+        Command::Plugin(PluginCommand::New {
+            name,
+            path,
+            sdk_path,
+            sdk_git,
+        }) => {
+            let sdk = match (sdk_path, sdk_git) {
+                (Some(path), _) => Some(SdkSource::Path(
+                    std::path::absolute(&path).context("cannot resolve --sdk-path")?,
+                )),
+                (None, Some(url)) => Some(SdkSource::Git(url)),
+                (None, None) => None,
+            };
+            let scaffold = scaffold::create(&name, &path, sdk)?;
+            println!("created {}", scaffold.dir.display());
+            for file in &scaffold.files {
+                println!("  {}", file.display());
+            }
+            println!("next:");
+            println!("  cd {}", scaffold.dir.display());
+            println!("  cargo test");
+            println!("  {}", scaffold.build);
+            println!("  gateway plugin test {} cases.yaml", scaffold.wasm_path);
+            Ok(())
+        }
         Command::Plugin(PluginCommand::Test { component, cases }) => {
             let report = gateway_host::plugin::cases::run(&component, &cases)?;
             print!("{}", report.text);
