@@ -1,1 +1,365 @@
-//! placeholder
+//! Request hygiene end to end, over raw TCP: messages whose framing or Host could be read two
+//! ways are refused and their connection closed, so nothing smuggled behind them reaches an
+//! upstream; the size limits answer 431 and 414; a client that never finishes its request head
+//! is cut off.
+//!
+//! Two layers answer. hyper's parser refuses what it cannot frame (a `Transfer-Encoding` whose
+//! last coding is not `chunked`, a `Content-Length` that is a list or disagrees with another)
+//! with a bare 400 before the gateway sees a request, and folds repeated identical
+//! `Content-Length` lines into one. Given both `Content-Length` and `Transfer-Encoding` it would
+//! drop the length and frame by chunked; the gateway's framing sniffer, which watches the bytes
+//! hyper reads, refuses that pair instead. Everything else reaches the gateway's edge checks,
+//! which answer with the gateway's JSON error.
+
+use std::time::Duration;
+
+use gateway_tests::upstream::checksum;
+use gateway_tests::{Gateway, RawReplies, Reply, Upstream, get, raw_replies};
+
+/// Pipelined behind each request in the same write: a server that kept reading after a refusal
+/// would answer it (and then close), and a smuggled prefix glued to it would reach the upstream.
+const NEXT: &str = "GET /next HTTP/1.1\r\nHost: gateway.test\r\nConnection: close\r\n\r\n";
+
+/// How long a test waits for the gateway to close a connection.
+const WAIT: Duration = Duration::from_secs(5);
+
+/// The `header_read_timeout` of every test but the slowloris one. It also bounds how long hyper
+/// keeps an idle connection, so it is longer than [`WAIT`]: a close seen within the wait was the
+/// gateway's decision, not an idle timeout.
+const PATIENT: &str = "10s";
+
+struct Setup {
+    gateway: Gateway,
+    upstream: Upstream,
+}
+
+/// A gateway routing everything to one echo upstream, with small edge limits.
+async fn setup(header_read_timeout: &str) -> Setup {
+    let upstream = Upstream::start("echo").await;
+    let config = format!(
+        r#"
+listeners:
+  - address: 127.0.0.1:0
+limits:
+  max_header_bytes: 1KiB
+  max_headers: 10
+  max_uri_bytes: 256
+  header_read_timeout: {header_read_timeout}
+  body_read_timeout: 500ms
+services:
+  echo:
+    instances: ["{upstream}"]
+routes:
+  - name: all
+    match: {{ path_prefix: / }}
+    service: echo
+"#,
+        upstream = upstream.url(),
+    );
+    Setup {
+        gateway: Gateway::start(&config),
+        upstream,
+    }
+}
+
+/// Who refuses a request.
+#[derive(Debug, Clone, Copy)]
+enum Refuser {
+    /// The gateway's edge checks, with the JSON error of this code.
+    Gateway(&'static str),
+    /// hyper's parser, before any request reaches the gateway: no body, no request id.
+    Hyper,
+}
+
+impl Refuser {
+    fn assert_answered(self, reply: &Reply, status: u16, case: &str) {
+        match self {
+            Refuser::Gateway(code) => {
+                reply.assert_gateway_error(status, code);
+            }
+            Refuser::Hyper => {
+                assert_eq!(reply.status.as_u16(), status, "{case}");
+                assert!(reply.body.is_empty(), "{case}: {reply:?}");
+                assert!(reply.header("x-request-id").is_none(), "{case}: {reply:?}");
+            }
+        }
+    }
+}
+
+/// Sends `request` with [`NEXT`] behind it in the same write, and reads until the gateway closes
+/// the connection.
+async fn pipelined(s: &Setup, request: &str) -> RawReplies {
+    raw_replies(
+        s.gateway.address,
+        format!("{request}{NEXT}").as_bytes(),
+        WAIT,
+    )
+    .await
+}
+
+/// The one response in `replies`, failing if there are none or more.
+fn only_response(replies: &RawReplies, case: &str) -> Reply {
+    let mut responses = replies.responses();
+    assert_eq!(responses.len(), 1, "{case}: {}", replies.text);
+    responses.remove(0)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn framing_and_host_violations_are_refused_and_the_connection_closed() {
+    let s = setup(PATIENT).await;
+    let cases = [
+        (
+            "two Transfer-Encoding lines",
+            "POST /a HTTP/1.1\r\nHost: gateway.test\r\nTransfer-Encoding: chunked\r\n\
+             Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+            Refuser::Gateway("BAD_FRAMING"),
+        ),
+        (
+            "two Transfer-Encoding lines, the last not chunked",
+            "POST /a HTTP/1.1\r\nHost: gateway.test\r\nTransfer-Encoding: chunked\r\n\
+             Transfer-Encoding: identity\r\n\r\n0\r\n\r\n",
+            Refuser::Hyper,
+        ),
+        (
+            "a coding before chunked",
+            "POST /a HTTP/1.1\r\nHost: gateway.test\r\nTransfer-Encoding: gzip, chunked\r\n\r\n\
+             0\r\n\r\n",
+            Refuser::Gateway("BAD_FRAMING"),
+        ),
+        (
+            "chunked twice in one line",
+            "POST /a HTTP/1.1\r\nHost: gateway.test\r\nTransfer-Encoding: chunked, chunked\r\n\
+             \r\n0\r\n\r\n",
+            Refuser::Gateway("BAD_FRAMING"),
+        ),
+        (
+            "an unknown coding",
+            "POST /a HTTP/1.1\r\nHost: gateway.test\r\nTransfer-Encoding: xchunked\r\n\r\n\
+             0\r\n\r\n",
+            Refuser::Hyper,
+        ),
+        (
+            "two different Content-Lengths",
+            "POST /a HTTP/1.1\r\nHost: gateway.test\r\nContent-Length: 5\r\n\
+             Content-Length: 6\r\n\r\nhello",
+            Refuser::Hyper,
+        ),
+        (
+            "a Content-Length list",
+            "POST /a HTTP/1.1\r\nHost: gateway.test\r\nContent-Length: 5, 5\r\n\r\nhello",
+            Refuser::Hyper,
+        ),
+        (
+            // `/health` answers without a route, but not before the edge checks.
+            "a framing violation on /health",
+            "POST /health HTTP/1.1\r\nHost: gateway.test\r\nTransfer-Encoding: chunked, chunked\r\n\
+             \r\n0\r\n\r\n",
+            Refuser::Gateway("BAD_FRAMING"),
+        ),
+        (
+            "HTTP/1.1 without Host",
+            "GET /a HTTP/1.1\r\n\r\n",
+            Refuser::Gateway("BAD_HOST"),
+        ),
+        (
+            "two Host lines",
+            "GET /a HTTP/1.1\r\nHost: a.test\r\nHost: b.test\r\n\r\n",
+            Refuser::Gateway("BAD_HOST"),
+        ),
+    ];
+    for (case, request, refuser) in cases {
+        let replies = pipelined(&s, request).await;
+        let reply = only_response(&replies, case);
+        refuser.assert_answered(&reply, 400, case);
+        assert_eq!(reply.header("connection"), Some("close"), "{case}");
+        assert!(replies.closed, "{case}: the connection stayed open");
+        assert_eq!(s.upstream.requests(), 0, "{case} reached the upstream");
+    }
+}
+
+/// With both `Content-Length` and `Transfer-Encoding`, hyper would drop the length, frame by
+/// chunked and forward the request before closing the connection. The gateway's framing
+/// sniffer sees the pair on the wire, so the request is refused with the gateway's JSON error
+/// instead, and neither it nor whatever the other reading of its framing smuggles behind it
+/// reaches the upstream.
+#[tokio::test(flavor = "multi_thread")]
+async fn content_length_with_transfer_encoding_is_refused_before_any_upstream() {
+    let s = setup(PATIENT).await;
+    let cases = [
+        (
+            "Content-Length, then Transfer-Encoding",
+            "POST /a HTTP/1.1\r\nHost: gateway.test\r\nContent-Length: 5\r\n\
+             Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+        ),
+        (
+            "Transfer-Encoding, then Content-Length",
+            "POST /a HTTP/1.1\r\nHost: gateway.test\r\nTransfer-Encoding: chunked\r\n\
+             Content-Length: 5\r\n\r\n0\r\n\r\n",
+        ),
+        (
+            // Read by length, the body is `0\r\n\r\nG` and `/next` follows; read as chunked, the
+            // body is empty and a `GGET /next` request follows. Neither must reach the upstream.
+            "CL.TE smuggling",
+            "POST /a HTTP/1.1\r\nHost: gateway.test\r\nContent-Length: 6\r\n\
+             Transfer-Encoding: chunked\r\n\r\n0\r\n\r\nG",
+        ),
+        (
+            // Read by length, the body is `8\r\n` and a `SMUGGLED` request line follows.
+            "TE.CL smuggling",
+            "POST /a HTTP/1.1\r\nHost: gateway.test\r\nTransfer-Encoding: chunked\r\n\
+             Content-Length: 3\r\n\r\n8\r\nSMUGGLED\r\n0\r\n\r\n",
+        ),
+        (
+            "lower-case names and LF-only lines",
+            "POST /a HTTP/1.1\nhost: gateway.test\ncontent-length: 5\n\
+             transfer-encoding: chunked\n\n0\r\n\r\n",
+        ),
+    ];
+    for (case, request) in cases {
+        let replies = pipelined(&s, request).await;
+        let reply = only_response(&replies, case);
+        Refuser::Gateway("BAD_FRAMING").assert_answered(&reply, 400, case);
+        assert_eq!(reply.header("connection"), Some("close"), "{case}");
+        assert!(replies.closed, "{case}: the connection stayed open");
+        assert_eq!(s.upstream.requests(), 0, "{case} reached the upstream");
+    }
+
+    // Behind a clean request on the same connection, the verdicts stay paired with the requests.
+    let clean = "GET /first HTTP/1.1\r\nHost: gateway.test\r\n\r\n";
+    let ambiguous = "POST /a HTTP/1.1\r\nHost: gateway.test\r\nContent-Length: 5\r\n\
+                     Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n";
+    let replies = pipelined(&s, &format!("{clean}{ambiguous}")).await;
+    let responses = replies.responses();
+    assert_eq!(responses.len(), 2, "{}", replies.text);
+    assert_eq!(responses[0].json()["target"], "/first");
+    responses[1].assert_gateway_error(400, "BAD_FRAMING");
+    assert_eq!(responses[1].header("connection"), Some("close"));
+    assert!(replies.closed, "the connection stayed open");
+    assert_eq!(s.upstream.requests(), 1, "only the clean request went up");
+}
+
+/// Repeated identical lengths frame the body the same way whichever line a reader believes, and
+/// hyper folds them into one before the gateway sees the request, so it is served and the
+/// connection stays usable.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_repeated_identical_content_length_is_read_as_one() {
+    let s = setup(PATIENT).await;
+    let request = "POST /a HTTP/1.1\r\nHost: gateway.test\r\nContent-Length: 5\r\n\
+                   Content-Length: 5\r\n\r\nhello";
+    let replies = pipelined(&s, request).await;
+    let responses = replies.responses();
+    assert_eq!(responses.len(), 2, "{}", replies.text);
+    let echo = responses[0].json();
+    assert_eq!(echo["body_bytes"], 5);
+    assert_eq!(echo["headers"]["content-length"], serde_json::json!(["5"]));
+    assert_eq!(responses[1].json()["target"], "/next");
+    assert_eq!(s.upstream.requests(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn size_limits_answer_431_and_414() {
+    // The limits leave framing intact, so the connection could be kept; the client ends it.
+    const HEAD: &str = "Host: gateway.test\r\nConnection: close\r\n";
+    let s = setup(PATIENT).await;
+    let lines =
+        |count: usize| -> String { (0..count).map(|i| format!("x-filler-{i}: 1\r\n")).collect() };
+    let cases = [
+        // With Host and Connection: one line over `max_headers`.
+        (
+            "too many header lines",
+            format!("GET /a HTTP/1.1\r\n{HEAD}{}\r\n", lines(9)),
+            431,
+            Refuser::Gateway("HEADERS_TOO_LARGE"),
+        ),
+        (
+            "too many header bytes",
+            format!(
+                "GET /a HTTP/1.1\r\n{HEAD}x-big: {}\r\n\r\n",
+                "a".repeat(1100)
+            ),
+            431,
+            Refuser::Gateway("HEADERS_TOO_LARGE"),
+        ),
+        (
+            "too long a target",
+            format!("GET /{} HTTP/1.1\r\n{HEAD}\r\n", "a".repeat(300)),
+            414,
+            Refuser::Gateway("URI_TOO_LONG"),
+        ),
+        // hyper's own cap sits at twice `max_headers`; past it the parser answers.
+        (
+            "far too many header lines",
+            format!("GET /a HTTP/1.1\r\n{HEAD}{}\r\n", lines(30)),
+            431,
+            Refuser::Hyper,
+        ),
+    ];
+    for (number, (case, request, status, refuser)) in cases.into_iter().enumerate() {
+        let replies = raw_replies(s.gateway.address, request.as_bytes(), WAIT).await;
+        let reply = only_response(&replies, case);
+        refuser.assert_answered(&reply, status, case);
+        // Only the follow-ups below go up.
+        assert_eq!(s.upstream.requests(), number, "{case} reached the upstream");
+
+        let after = get(&s.gateway.url("/after")).await;
+        assert_eq!(after.status, 200, "{case}: the gateway stopped serving");
+    }
+}
+
+/// Slowloris: a client that opens a request head and never finishes it.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_client_that_never_finishes_its_head_is_cut_off() {
+    let s = setup("300ms").await;
+    let replies = raw_replies(
+        s.gateway.address,
+        b"GET /a HTTP/1.1\r\nHost: gateway.test\r\n",
+        WAIT,
+    )
+    .await;
+    // hyper enforces `header_read_timeout` and closes without answering.
+    assert!(replies.closed, "still open after {WAIT:?}");
+    assert!(replies.text.is_empty(), "{}", replies.text);
+    assert!(
+        replies.elapsed >= Duration::from_millis(200) && replies.elapsed < Duration::from_secs(2),
+        "closed after {:?}, not at the 300ms timeout",
+        replies.elapsed
+    );
+    assert_eq!(s.upstream.requests(), 0);
+
+    assert_eq!(get(&s.gateway.url("/after")).await.status, 200);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_well_formed_chunked_body_is_forwarded() {
+    let s = setup(PATIENT).await;
+    let request = "POST /upload HTTP/1.1\r\nHost: gateway.test\r\nTransfer-Encoding: chunked\r\n\r\n\
+                   5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n";
+    let replies = pipelined(&s, request).await;
+    let responses = replies.responses();
+    assert_eq!(
+        responses.len(),
+        2,
+        "the connection stays usable: {}",
+        replies.text
+    );
+    assert_eq!(responses[0].status, 200);
+    let echo = responses[0].json();
+    assert_eq!(echo["method"], "POST");
+    assert_eq!(echo["body_bytes"], 11);
+    assert_eq!(echo["body_checksum"], checksum(b"hello world", 0));
+    assert_eq!(responses[1].json()["target"], "/next");
+    assert_eq!(s.upstream.requests(), 2);
+}
+
+/// HTTP/1.0 predates `Host`, so its absence there is no violation.
+#[tokio::test(flavor = "multi_thread")]
+async fn http10_without_host_is_served() {
+    let s = setup(PATIENT).await;
+    let replies = raw_replies(s.gateway.address, b"GET /old HTTP/1.0\r\n\r\n", WAIT).await;
+    let reply = only_response(&replies, "HTTP/1.0");
+    assert_eq!(reply.status, 200, "{}", replies.text);
+    let echo = reply.json();
+    assert_eq!(echo["target"], "/old");
+    assert_eq!(echo["upstream"], "echo");
+    assert_eq!(s.upstream.requests(), 1);
+}

@@ -58,11 +58,16 @@ pub fn plugin_dir() -> PathBuf {
     let dir = std::env::var_os("GATEWAY_PLUGIN_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| target_dir().join("wasm32-wasip2/wasm"));
-    for plugin in ["gateway_plugin_rewrite.wasm", "gateway_test_misbehave.wasm"] {
+    for plugin in [
+        "gateway_plugin_rewrite.wasm",
+        "gateway_test_misbehave.wasm",
+        "gateway_example_ip_filter.wasm",
+    ] {
         assert!(
             dir.join(plugin).is_file(),
             "no {plugin} in {}: build the plugins with scripts/test (or `cargo build --profile wasm \
-             --target wasm32-wasip2 -p gateway-plugin-rewrite -p gateway-test-misbehave`)",
+             --target wasm32-wasip2 -p gateway-plugin-rewrite -p gateway-test-misbehave \
+             -p gateway-example-ip-filter`)",
             dir.display()
         );
     }
@@ -282,4 +287,82 @@ pub async fn raw_exchange(address: SocketAddr, bytes: &[u8], within: Duration) -
     let mut received = Vec::new();
     let _ = tokio::time::timeout(within, stream.read_to_end(&mut received)).await;
     String::from_utf8_lossy(&received).into_owned()
+}
+
+/// What [`raw_replies`] read from one connection.
+#[derive(Debug)]
+pub struct RawReplies {
+    /// Everything read, as text, for failure messages.
+    pub text: String,
+    /// Whether the server closed the connection before the wait ran out. A reset counts: a
+    /// server that closes with a request it refused to read still queued makes the kernel
+    /// send RST instead of FIN.
+    pub closed: bool,
+    /// From the end of the write to the close, or to giving up.
+    pub elapsed: Duration,
+}
+
+impl RawReplies {
+    /// The complete HTTP/1.x responses read, in order. Bodies are framed by `Content-Length`
+    /// (absent means empty), which is how the gateway and hyper frame every answer these tests
+    /// provoke; a trailing incomplete response is left out.
+    pub fn responses(&self) -> Vec<Reply> {
+        let mut responses = Vec::new();
+        let mut rest = self.text.as_bytes();
+        while let Some(end) = rest.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&rest[..end]);
+            let mut lines = head.split("\r\n");
+            let status = lines
+                .next()
+                .and_then(|line| line.strip_prefix("HTTP/1."))
+                .and_then(|line| line.get(2..5))
+                .and_then(|code| StatusCode::from_bytes(code.as_bytes()).ok())
+                .unwrap_or_else(|| panic!("not an HTTP/1.x status line: {head}"));
+            let mut headers = HeaderMap::new();
+            for line in lines {
+                let (name, value) = line
+                    .split_once(':')
+                    .unwrap_or_else(|| panic!("not a header line: {line:?}"));
+                let name = http::HeaderName::from_bytes(name.trim().as_bytes()).expect("name");
+                headers.append(name, value.trim().parse().expect("header value"));
+            }
+            let length: usize = match headers.get("content-length") {
+                Some(value) => value.to_str().expect("length").parse().expect("length"),
+                None => 0,
+            };
+            let body_start = end + 4;
+            let Some(body) = rest.get(body_start..body_start + length) else {
+                break;
+            };
+            responses.push(Reply {
+                status,
+                headers,
+                body: Bytes::copy_from_slice(body),
+            });
+            rest = &rest[body_start + length..];
+        }
+        responses
+    }
+}
+
+/// Writes raw bytes to `address`, then reads until the server closes the connection or `within`
+/// passes, reporting whether and when it closed.
+pub async fn raw_replies(address: SocketAddr, bytes: &[u8], within: Duration) -> RawReplies {
+    let mut stream = TcpStream::connect(address).await.expect("connects");
+    stream.write_all(bytes).await.expect("request written");
+    let started = Instant::now();
+    let mut received = Vec::new();
+    let closed = match tokio::time::timeout(within, stream.read_to_end(&mut received)).await {
+        Ok(Ok(_)) => true,
+        Ok(Err(error)) => {
+            assert_eq!(error.kind(), std::io::ErrorKind::ConnectionReset, "{error}");
+            true
+        }
+        Err(_) => false,
+    };
+    RawReplies {
+        text: String::from_utf8_lossy(&received).into_owned(),
+        closed,
+        elapsed: started.elapsed(),
+    }
 }

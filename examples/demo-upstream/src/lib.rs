@@ -157,7 +157,10 @@ async fn handle(name: Arc<str>, request: Request<Incoming>) -> Result<Response<B
             let mut response =
                 Response::new(BoxBody::new(Full::new(Bytes::from(echo.to_string()))));
             let headers = response.headers_mut();
-            headers.insert("content-type", http::HeaderValue::from_static("application/json"));
+            headers.insert(
+                "content-type",
+                http::HeaderValue::from_static("application/json"),
+            );
             if let Ok(value) = name.parse() {
                 headers.insert("x-upstream", value);
             }

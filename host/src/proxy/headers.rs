@@ -71,11 +71,19 @@ pub fn request_id(headers: &HeaderMap) -> HeaderValue {
 /// Sets the headers that tell the upstream who asked and how. The original `Host` travels as
 /// `X-Forwarded-Host`; the upstream gets its own host in `Host`.
 pub fn set_forwarded(headers: &mut HeaderMap, client_ip: IpAddr, host: Option<&HeaderValue>) {
-    let client = client_ip.to_string();
-    let forwarded_for = match headers.get(&FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-        Some(earlier) if !earlier.trim().is_empty() => format!("{earlier}, {client}"),
-        _ => client,
-    };
+    // Earlier proxies may each have added a line rather than extended one: keep them all.
+    let mut forwarded_for = headers
+        .get_all(&FORWARDED_FOR)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .map(str::trim)
+        .filter(|value| !value.is_empty())
+        .collect::<Vec<_>>()
+        .join(", ");
+    if !forwarded_for.is_empty() {
+        forwarded_for.push_str(", ");
+    }
+    forwarded_for.push_str(&client_ip.to_string());
     if let Ok(value) = HeaderValue::from_str(&forwarded_for) {
         headers.insert(FORWARDED_FOR, value);
     }
@@ -132,6 +140,7 @@ mod tests {
     fn forwarded_headers_extend_the_chain() {
         let mut headers = HeaderMap::new();
         headers.insert(FORWARDED_FOR, HeaderValue::from_static("10.0.0.1"));
+        headers.append(FORWARDED_FOR, HeaderValue::from_static("10.0.0.2"));
         headers.insert(header::HOST, HeaderValue::from_static("example.com"));
         let host = headers.get(header::HOST).cloned();
         set_forwarded(
@@ -139,7 +148,8 @@ mod tests {
             "127.0.0.1".parse().expect("ip"),
             host.as_ref(),
         );
-        assert_eq!(headers[&FORWARDED_FOR], "10.0.0.1, 127.0.0.1");
+        assert_eq!(headers[&FORWARDED_FOR], "10.0.0.1, 10.0.0.2, 127.0.0.1");
+        assert_eq!(headers.get_all(&FORWARDED_FOR).iter().count(), 1);
         assert_eq!(headers[&FORWARDED_PROTO], "http");
         assert_eq!(headers[&FORWARDED_HOST], "example.com");
         assert!(!headers.contains_key(header::HOST));

@@ -17,7 +17,9 @@ use self::body::{BodyReadTimeout, RequestBody, ResponseBody, full};
 use crate::filter::{FilterChain, Reply, RequestHead, ResponseHead};
 use crate::gateway::Gateway;
 use crate::routing::Target;
-use crate::server::{hygiene, normalize};
+use crate::server::framing::Framing;
+use crate::server::hygiene::Violation;
+use crate::server::{Connection, hygiene, normalize};
 use crate::{Error, Result};
 
 /// What the access log says about one request.
@@ -31,9 +33,10 @@ struct Outcome {
 /// Serves one client request. Never fails: every error becomes the documented JSON answer.
 pub async fn serve(
     gateway: &Gateway,
-    client: SocketAddr,
+    connection: &Connection,
     request: Request<Incoming>,
 ) -> Response<ResponseBody> {
+    let client = connection.client;
     let started = Instant::now();
     let request_id = headers::request_id(request.headers());
     let method = request.method().clone();
@@ -42,17 +45,28 @@ pub async fn serve(
     let target = request.uri().path_and_query().map(ToString::to_string);
     let mut outcome = Outcome::default();
 
-    let mut response = if request.uri().path() == "/health" {
-        health()
+    // Every HTTP/1 request takes its verdict, so that the next request gets the next one.
+    // hyper has already dropped the evidence from the request itself.
+    let framing = if version < Version::HTTP_2 {
+        connection.framing.next()
     } else {
-        match forward(gateway, client, request, &request_id, &mut outcome).await {
-            Ok(response) => response,
-            Err(error) => {
-                outcome.error = Some(error.to_string());
-                error_response(&error, &request_id, version)
-            }
-        }
+        Framing::Clear
     };
+    // The edge checks come before `/health` too: a request with ambiguous framing must never
+    // be answered on a connection that is then kept, whatever it asks for.
+    let checked = match framing {
+        Framing::Ambiguous => Err(Violation::AmbiguousFraming),
+        Framing::Clear => hygiene::check_request(&request, &gateway.edge_limits),
+    };
+    let answer = match checked {
+        Err(violation) => Err(Error::Edge(violation)),
+        Ok(()) if request.uri().path() == "/health" => Ok(health()),
+        Ok(()) => forward(gateway, client, request, &request_id, &mut outcome).await,
+    };
+    let mut response = answer.unwrap_or_else(|error| {
+        outcome.error = Some(error.to_string());
+        error_response(&error, &request_id, version)
+    });
     response
         .headers_mut()
         .insert(headers::REQUEST_ID, request_id.clone());
@@ -89,7 +103,6 @@ async fn forward(
     request_id: &HeaderValue,
     outcome: &mut Outcome,
 ) -> Result<Response<ResponseBody>> {
-    hygiene::check_request(&request, &gateway.edge_limits).map_err(Error::Edge)?;
     let path = normalize::normalize_path(request.uri().path())
         .map_err(Error::BadPath)?
         .into_owned();

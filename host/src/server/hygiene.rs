@@ -1,12 +1,21 @@
 //! Request-framing and Host checks that hyper leaves to the embedder.
 //!
-//! hyper parses what it receives but deliberately lets through messages that are legal to parse
-//! yet dangerous for a gateway to forward: a request carrying both `Content-Length` and
-//! `Transfer-Encoding`, stacked transfer codings, repeated or list-valued `Content-Length`, or a
-//! `Host` that disagrees with the URI. A gateway and its upstream can frame such a request
-//! differently, which is the root of request smuggling, and can disagree on which virtual host
-//! it targets. [`check_request`] refuses all of these before any routing or forwarding happens,
-//! and also enforces the gateway's own size limits on the request target and header block.
+//! hyper's HTTP/1 parser settles part of framing itself. It folds repeated identical
+//! `Content-Length` lines into one, and refuses (with a bare 400, then closing the connection)
+//! differing or list-valued lengths, a `Transfer-Encoding` whose last coding is not `chunked`,
+//! and `Transfer-Encoding` in HTTP/1.0. Given both `Content-Length` and `Transfer-Encoding` it
+//! drops the length and frames by chunked, which leaves no trace in the parsed request: the
+//! [`framing`](super::framing) sniffer sees the pair on the wire instead, and the request
+//! pipeline refuses it with [`Violation::AmbiguousFraming`] before these checks run.
+//!
+//! What hyper lets through because it is legal to parse, yet dangerous for a gateway to
+//! forward, is checked here: stacked transfer codings (`gzip, chunked`), a repeated
+//! `Transfer-Encoding`, and a `Host` that is missing, repeated, malformed or disagrees with the
+//! URI; HTTP/2 requests, which never meet the HTTP/1 parser, get the full set of framing rules.
+//! A gateway and its upstream can frame such a request differently, which is the root of
+//! request smuggling, and can disagree on which virtual host it targets. [`check_request`]
+//! refuses all of these before any routing or forwarding happens, and also enforces the
+//! gateway's own size limits on the request target and header block.
 //!
 //! A framing or Host violation means the gateway can no longer trust where the next request on
 //! the connection starts, so [`Violation::closes_connection`] tells the server to close it after

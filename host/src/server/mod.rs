@@ -1,9 +1,11 @@
 //! The listener side: accepting connections, speaking HTTP/1.1 and HTTP/2 (prior knowledge or
 //! after the preface), and the limits a slow or hostile client meets before any routing.
 //!
+//! - [`framing`]: watches the bytes hyper reads for framing ambiguities its parse hides;
 //! - [`hygiene`]: request framing, host and size checks that hyper leaves to the embedder;
 //! - [`normalize`]: the one path normalisation every later step sees.
 
+pub mod framing;
 pub mod hygiene;
 pub mod normalize;
 
@@ -24,8 +26,19 @@ use crate::gateway::Gateway;
 use crate::proxy;
 use crate::{Error, Result};
 
+use self::framing::{FramingSniffer, FramingVerdicts};
+
 /// How long in-flight requests get to finish after a shutdown signal.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What the request pipeline knows about the connection a request came on.
+#[derive(Debug, Clone)]
+pub struct Connection {
+    /// The peer address.
+    pub client: SocketAddr,
+    /// The framing verdict of each HTTP/1 request on the connection, taken one per request.
+    pub framing: FramingVerdicts,
+}
 
 /// Binds every configured listener; fails on the first address that cannot be bound.
 pub async fn bind(addresses: &[SocketAddr]) -> Result<Vec<TcpListener>> {
@@ -39,6 +52,20 @@ pub async fn bind(addresses: &[SocketAddr]) -> Result<Vec<TcpListener>> {
     Ok(listeners)
 }
 
+/// The cap on hyper's HTTP/1 read buffer, and so on the longest request head it will parse.
+fn read_buffer_cap(limits: &EdgeLimits) -> usize {
+    (limits.max_header_bytes.as_usize() * 2).max(8192) + limits.max_uri_bytes.as_usize()
+}
+
+/// The longest head the framing scanner follows. It must not give up on a head hyper could
+/// still parse: hyper refuses a head once its buffer holds [`read_buffer_cap`] bytes, but a read
+/// fills whatever spare capacity the buffer has, and growing the buffer can leave about the cap
+/// again spare, so a parse can see up to about twice the cap. Past this bound hyper has refused
+/// the head, whatever the configuration.
+fn framing_scan_limit(limits: &EdgeLimits) -> usize {
+    (read_buffer_cap(limits) * 4).max(1 << 20)
+}
+
 fn connection_builder(limits: &EdgeLimits) -> auto::Builder<TokioExecutor> {
     let mut builder = auto::Builder::new(TokioExecutor::new());
     // hyper's own caps sit above the configured ones so that the configured ones answer with
@@ -48,7 +75,7 @@ fn connection_builder(limits: &EdgeLimits) -> auto::Builder<TokioExecutor> {
         .http1()
         .timer(TokioTimer::new())
         .header_read_timeout(limits.header_read_timeout)
-        .max_buf_size((header_bytes * 2).max(8192) + limits.max_uri_bytes.as_usize())
+        .max_buf_size(read_buffer_cap(limits))
         .max_headers(limits.max_headers * 2);
     builder
         .http2()
@@ -68,6 +95,7 @@ pub async fn serve(
     shutdown: impl Future<Output = ()>,
 ) {
     let builder = Arc::new(connection_builder(limits));
+    let scan_limit = framing_scan_limit(limits);
     let graceful = Arc::new(GracefulShutdown::new());
     let mut accept_loops = tokio::task::JoinSet::new();
     for listener in listeners {
@@ -86,12 +114,17 @@ pub async fn serve(
                     }
                 };
                 let _ = stream.set_nodelay(true);
+                let (stream, framing) = FramingSniffer::new(stream, scan_limit);
+                let peer = Connection { client, framing };
                 let gateway = gateway.clone();
                 let service = service_fn(move |request| {
                     let gateway = gateway.clone();
-                    async move { Ok::<_, Infallible>(proxy::serve(&gateway, client, request).await) }
+                    let peer = peer.clone();
+                    async move { Ok::<_, Infallible>(proxy::serve(&gateway, &peer, request).await) }
                 });
-                let connection = builder.serve_connection(TokioIo::new(stream), service).into_owned();
+                let connection = builder
+                    .serve_connection(TokioIo::new(stream), service)
+                    .into_owned();
                 let connection = graceful.watch(connection);
                 tokio::spawn(async move {
                     if let Err(error) = connection.await {
