@@ -38,6 +38,10 @@ fn bundled_filters_pass_their_cases() {
             "gateway_example_ip_filter.wasm",
             "examples/ip-filter/cases.yaml",
         ),
+        (
+            "gateway_test_kv_probe.wasm",
+            "tests/guests/kv-probe/cases.yaml",
+        ),
     ];
     for (component, cases) in bundled {
         let (passed, transcript) =

@@ -164,7 +164,7 @@ fn run(command: Command) -> anyhow::Result<()> {
 /// Loads the configuration and builds the serving state, or explains every problem.
 fn load(path: &Path) -> anyhow::Result<(Config, Gateway)> {
     let config = Config::load(path)?;
-    let engine = FilterEngine::new()?;
+    let engine = FilterEngine::new(config.kv.limits())?;
     match Gateway::build(&config, &engine) {
         Ok(gateway) => Ok((config, gateway)),
         Err(problems) => {

@@ -7,7 +7,7 @@ use std::fmt;
 
 use crate::backend::{RequestRef, ResponseRef};
 
-/// An edit the gateway refused, with its reason.
+/// Something the gateway refused (an edit, a key-value write), with its reason.
 ///
 /// ```
 /// # fn demo(request: &mut gateway_sdk::Request) {
@@ -22,7 +22,11 @@ pub struct Error {
 }
 
 impl Error {
-    /// The gateway's reason for refusing the edit.
+    pub(crate) fn new(message: String) -> Self {
+        Error { message }
+    }
+
+    /// The gateway's reason for refusing.
     ///
     /// ```
     /// # fn demo(request: &mut gateway_sdk::Request) {
@@ -49,7 +53,7 @@ fn media_type(content_type: Option<String>) -> Option<String> {
 }
 
 fn refused(result: Result<(), String>) -> Result<(), Error> {
-    result.map_err(|message| Error { message })
+    result.map_err(Error::new)
 }
 
 /// The request being proxied, as the gateway normalised it.

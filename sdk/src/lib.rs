@@ -54,6 +54,7 @@ mod backend;
 pub mod clock;
 mod config;
 mod http;
+pub mod kv;
 pub mod log;
 #[cfg(target_family = "wasm")]
 #[doc(hidden)]

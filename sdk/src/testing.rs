@@ -2,8 +2,8 @@
 //!
 //! In native builds every host call of the SDK goes to an in-process test host instead of the
 //! gateway. A [`TestHost`] creates the filter from a configuration, runs its phases on a
-//! [`TestRequest`] and a [`TestResponse`], and records what the filter logged; the test sets the
-//! clock. The test host applies the gateway's rules to edits (valid header names and values,
+//! [`TestRequest`] and a [`TestResponse`], records what the filter logged, and keeps its
+//! key-value state; the test sets the clock and may preload state. The test host applies the gateway's rules to edits (valid header names and values,
 //! paths starting with `/`, a read-only request in the response phase), so a filter meets the
 //! same refusals in its tests as in production.
 //!
@@ -338,15 +338,32 @@ pub struct LogLine {
     pub message: String,
 }
 
-/// The capabilities the test host answers with: the log, the clock.
-#[derive(Debug, Default)]
+/// The capabilities the test host answers with: the log, the clock, key-value state.
+#[derive(Debug)]
 pub(crate) struct HostState {
     logs: Vec<LogLine>,
     pub now_ms: u64,
     pub monotonic_ns: u64,
+    pub kv: gateway_kv::KvMap,
+}
+
+impl Default for HostState {
+    fn default() -> Self {
+        HostState {
+            logs: Vec::new(),
+            now_ms: 0,
+            monotonic_ns: 0,
+            kv: gateway_kv::KvMap::new(gateway_kv::Limits::default()),
+        }
+    }
 }
 
 impl HostState {
+    /// Expiry runs on the monotonic clock, as in the gateway.
+    pub fn kv_now(&self) -> u64 {
+        self.monotonic_ns / 1_000_000
+    }
+
     pub fn log(&mut self, level: Level, message: &str) {
         self.logs.push(LogLine {
             level,
@@ -573,6 +590,62 @@ impl<F: Filter> TestHost<F> {
     /// ```
     pub fn set_now_ms(&mut self, now_ms: u64) {
         self.host.borrow_mut().now_ms = now_ms;
+    }
+
+    /// Stores a key-value entry the filter will see, e.g. state left by earlier requests.
+    ///
+    /// ```
+    /// # use gateway_sdk::{Filter, testing::TestHost, serde_json::json};
+    /// # struct Noop;
+    /// # impl Filter for Noop {
+    /// #     type Config = gateway_sdk::serde_json::Value;
+    /// #     fn new(_: Self::Config) -> Result<Self, String> { Ok(Noop) }
+    /// # }
+    /// let mut host = TestHost::<Noop>::new(json!({})).expect("accepted");
+    /// host.kv_set("hits:203.0.113.7", "99", Some(std::time::Duration::from_secs(60)));
+    /// assert_eq!(host.kv_get("hits:203.0.113.7").as_deref(), Some(&b"99"[..]));
+    /// ```
+    pub fn kv_set(&mut self, key: &str, value: impl AsRef<[u8]>, ttl: Option<Duration>) {
+        let mut host = self.host.borrow_mut();
+        let now = host.kv_now();
+        let ttl_ms = ttl.map(|ttl| u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX));
+        if let Err(error) = host.kv.set(key, value.as_ref().to_vec(), ttl_ms, now) {
+            panic!("kv_set({key:?}) refused: {error}");
+        }
+    }
+
+    /// The value the filter left at `key`, if present and not expired.
+    ///
+    /// ```
+    /// # use gateway_sdk::{Filter, testing::TestHost, serde_json::json};
+    /// # struct Noop;
+    /// # impl Filter for Noop {
+    /// #     type Config = gateway_sdk::serde_json::Value;
+    /// #     fn new(_: Self::Config) -> Result<Self, String> { Ok(Noop) }
+    /// # }
+    /// let host = TestHost::<Noop>::new(json!({})).expect("accepted");
+    /// assert_eq!(host.kv_get("never-set"), None);
+    /// ```
+    pub fn kv_get(&self, key: &str) -> Option<Vec<u8>> {
+        let host = self.host.borrow();
+        host.kv.get(key, host.kv_now())
+    }
+
+    /// Every live key-value entry, sorted by key.
+    ///
+    /// ```
+    /// # use gateway_sdk::{Filter, testing::TestHost, serde_json::json};
+    /// # struct Noop;
+    /// # impl Filter for Noop {
+    /// #     type Config = gateway_sdk::serde_json::Value;
+    /// #     fn new(_: Self::Config) -> Result<Self, String> { Ok(Noop) }
+    /// # }
+    /// let host = TestHost::<Noop>::new(json!({})).expect("accepted");
+    /// assert!(host.kv_entries().is_empty());
+    /// ```
+    pub fn kv_entries(&self) -> Vec<(String, Vec<u8>)> {
+        let host = self.host.borrow();
+        host.kv.entries(host.kv_now())
     }
 
     /// Moves both clocks forward.

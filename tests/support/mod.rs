@@ -62,12 +62,13 @@ pub fn plugin_dir() -> PathBuf {
         "gateway_plugin_rewrite.wasm",
         "gateway_test_misbehave.wasm",
         "gateway_example_ip_filter.wasm",
+        "gateway_test_kv_probe.wasm",
     ] {
         assert!(
             dir.join(plugin).is_file(),
             "no {plugin} in {}: build the plugins with scripts/test (or `cargo build --profile wasm \
              --target wasm32-wasip2 -p gateway-plugin-rewrite -p gateway-test-misbehave \
-             -p gateway-example-ip-filter`)",
+             -p gateway-example-ip-filter -p gateway-test-kv-probe`)",
             dir.display()
         );
     }

@@ -29,6 +29,9 @@ pub struct Config {
     /// Limits applied to every client request at the edge, before routing.
     #[serde(default)]
     pub limits: EdgeLimits,
+    /// Bounds on the key-value state filters keep (the `kv` capability).
+    #[serde(default)]
+    pub kv: KvSettings,
     /// Folder holding the filter components, relative to the config file.
     #[serde(default = "default_plugin_dir")]
     pub plugin_dir: PathBuf,
@@ -92,6 +95,37 @@ impl Default for EdgeLimits {
             max_uri_bytes: ByteSize(8 * 1024),
             header_read_timeout: Duration::from_secs(10),
             body_read_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Bounds on the in-memory key-value store shared by the filters.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct KvSettings {
+    /// Most entries held across all filters; past it, expired entries and then arbitrary ones
+    /// are evicted, as a cache does.
+    pub max_entries: usize,
+    /// Largest value a filter may store.
+    pub max_value_size: ByteSize,
+}
+
+impl Default for KvSettings {
+    fn default() -> Self {
+        let limits = gateway_kv::Limits::default();
+        KvSettings {
+            max_entries: limits.max_entries,
+            max_value_size: ByteSize(limits.max_value_bytes as u64),
+        }
+    }
+}
+
+impl KvSettings {
+    pub fn limits(&self) -> gateway_kv::Limits {
+        gateway_kv::Limits {
+            max_entries: self.max_entries,
+            max_value_bytes: self.max_value_size.as_usize(),
+            ..gateway_kv::Limits::default()
         }
     }
 }

@@ -79,7 +79,21 @@ fn check_limits(config: &Config, problems: &mut Problems) {
 }
 
 fn check_filters(config: &Config, problems: &mut Problems) {
+    if config.kv.max_entries == 0 {
+        problems.add("kv.max_entries", "must be at least 1");
+    }
     for (name, filter) in &config.filters {
+        // Names appear in logs, metrics and key-value namespaces: keep them plain.
+        let plain = !name.is_empty()
+            && name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+        if !plain {
+            problems.add(
+                format_args!("filters.{name}"),
+                "a filter name may hold only letters, digits, `-`, `_` and `.`",
+            );
+        }
         let path = config.plugin_dir.join(&filter.module);
         if !path.is_file() {
             problems.add(

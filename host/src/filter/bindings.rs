@@ -19,7 +19,7 @@ wasmtime::component::bindgen!({
 });
 
 pub use exports::gateway::filter::handler::{Phases, Registration, RequestAction, ResponseAction};
-use gateway::filter::{clock, http as wit_http, log};
+use gateway::filter::{clock, http as wit_http, kv, log};
 
 /// The representation of the only request and response handle a call ever sees.
 pub(super) const CURRENT: u32 = 0;
@@ -331,6 +331,53 @@ impl clock::Host for InstanceState {
     fn monotonic_ns(&mut self) -> wasmtime::Result<u64> {
         let elapsed = super::instance::process_start().elapsed();
         Ok(u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX))
+    }
+}
+
+impl kv::Host for InstanceState {
+    fn get(&mut self, key: String) -> wasmtime::Result<Option<Vec<u8>>> {
+        Ok(self.kv.get(&self.filter, &key))
+    }
+
+    fn set(
+        &mut self,
+        key: String,
+        value: Vec<u8>,
+        ttl_ms: Option<u64>,
+    ) -> wasmtime::Result<Result<(), String>> {
+        Ok(self
+            .kv
+            .set(&self.filter, &key, value, ttl_ms)
+            .map_err(|error| error.to_string()))
+    }
+
+    fn delete(&mut self, key: String) -> wasmtime::Result<bool> {
+        Ok(self.kv.delete(&self.filter, &key))
+    }
+
+    fn increment(
+        &mut self,
+        key: String,
+        delta: i64,
+        ttl_ms: Option<u64>,
+    ) -> wasmtime::Result<Result<i64, String>> {
+        Ok(self
+            .kv
+            .increment(&self.filter, &key, delta, ttl_ms)
+            .map_err(|error| error.to_string()))
+    }
+
+    fn compare_and_swap(
+        &mut self,
+        key: String,
+        expected: Option<Vec<u8>>,
+        new: Vec<u8>,
+        ttl_ms: Option<u64>,
+    ) -> wasmtime::Result<Result<bool, String>> {
+        Ok(self
+            .kv
+            .compare_and_swap(&self.filter, &key, expected.as_deref(), new, ttl_ms)
+            .map_err(|error| error.to_string()))
     }
 }
 

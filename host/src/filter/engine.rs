@@ -9,6 +9,7 @@ use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConf
 
 use super::bindings::{Filter, FilterPre};
 use super::instance::InstanceState;
+use super::kv::KvStore;
 use super::{MAX_MEMORY_LIMIT, WIT_PACKAGE, WIT_VERSION};
 use crate::config::FilterDefinition;
 use crate::{Error, Result};
@@ -24,6 +25,19 @@ const INSTANCE_SLOTS: u32 = 2_000;
 pub struct FilterEngine {
     engine: Engine,
     linker: Linker<InstanceState>,
+    kv: Arc<KvStore>,
+}
+
+impl LoadedFilter {
+    /// The same component, keeping its state in `kv` instead: for tests that need a clean store.
+    pub fn with_store(&self, kv: Arc<KvStore>) -> LoadedFilter {
+        LoadedFilter {
+            name: self.name.clone(),
+            settings: self.settings.clone(),
+            pre: self.pre.clone(),
+            kv,
+        }
+    }
 }
 
 /// A compiled, type-checked filter component, ready to instantiate.
@@ -31,10 +45,12 @@ pub struct LoadedFilter {
     pub name: Arc<str>,
     pub settings: FilterDefinition,
     pub(super) pre: FilterPre<InstanceState>,
+    pub(super) kv: Arc<KvStore>,
 }
 
 impl FilterEngine {
-    pub fn new() -> Result<FilterEngine> {
+    /// The engine, with a key-value store bounded by `kv_limits` shared by every filter it loads.
+    pub fn new(kv_limits: gateway_kv::Limits) -> Result<FilterEngine> {
         let mut pooling = PoolingAllocationConfig::default();
         pooling
             .total_component_instances(INSTANCE_SLOTS)
@@ -77,7 +93,11 @@ impl FilterEngine {
             })
             .map_err(|error| Error::Engine(format!("cannot start the epoch ticker: {error}")))?;
 
-        Ok(FilterEngine { engine, linker })
+        Ok(FilterEngine {
+            engine,
+            linker,
+            kv: Arc::new(KvStore::new(kv_limits)),
+        })
     }
 
     /// Compiles a component and checks it is a filter for a compatible WIT version whose imports
@@ -114,6 +134,7 @@ impl FilterEngine {
             name: Arc::from(name),
             settings: settings.clone(),
             pre,
+            kv: self.kv.clone(),
         })
     }
 }

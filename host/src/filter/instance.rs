@@ -61,6 +61,7 @@ impl ResourceLimiter for MemoryCap {
 /// Everything a filter instance's store holds.
 pub struct InstanceState {
     pub(super) filter: Arc<str>,
+    pub(super) kv: Arc<super::KvStore>,
     pub(super) exchange: Exchange,
     cap: MemoryCap,
     wasi: WasiCtx,
@@ -98,6 +99,7 @@ impl FilterInstance {
             .build();
         let state = InstanceState {
             filter: filter.name.clone(),
+            kv: filter.kv.clone(),
             exchange: Exchange::default(),
             cap: MemoryCap {
                 limit: filter.settings.memory_limit.as_usize(),

@@ -4,6 +4,7 @@
 //!   component checks its WIT version and imports before anything runs.
 //! - `bindings`: the host side of `wit/filter.wit` (handles, log, clock).
 //! - `instance`: one instance in its own store, every call under a deadline and a memory cap.
+//! - [`kv`]: the key-value store behind the `kv` capability, namespaced per filter.
 //! - [`pool`]: per route and filter, initialised instances reused across requests.
 //! - [`chain`]: a route's filters in order, with each filter's failure policy.
 
@@ -12,6 +13,7 @@ pub mod chain;
 pub mod engine;
 mod exchange;
 mod instance;
+pub mod kv;
 pub mod pool;
 
 use std::time::Duration;
@@ -20,6 +22,7 @@ pub use bindings::Phases;
 pub use chain::FilterChain;
 pub use engine::{FilterEngine, LoadedFilter};
 pub use exchange::{Reply, RequestHead, ResponseHead};
+pub use kv::KvStore;
 pub use pool::FilterPool;
 
 use crate::config::ByteSize;

@@ -18,6 +18,9 @@
 //!     expect_response:
 //!       status: 200
 //!       absent_headers: [server]
+//!   - name: counts requests in the key-value store
+//!     kv: { hits: "41" }              # state before the case
+//!     expect_kv: { hits: "42", gone: ~ }
 //!   - name: refuses a bad regex
 //!     config: { path: { regex: { pattern: "(", replacement: "" } } }
 //!     expect_init_error: invalid regex  # a part of the message
@@ -35,7 +38,7 @@ use serde::Deserialize;
 
 use crate::config::{FailurePolicy, FilterDefinition};
 use crate::filter::{
-    FilterEngine, FilterPool, LoadedFilter, Phases, Reply, RequestHead, ResponseHead,
+    FilterEngine, FilterPool, KvStore, LoadedFilter, Phases, Reply, RequestHead, ResponseHead,
 };
 use crate::{Error, Result};
 
@@ -72,6 +75,12 @@ pub struct Case {
     /// The config must be refused, with a message containing this text.
     #[serde(default)]
     pub expect_init_error: Option<String>,
+    /// Key-value entries the filter finds in its store before the case runs.
+    #[serde(default)]
+    pub kv: BTreeMap<String, String>,
+    /// Key-value entries after the case ran: a text value, or `~` for absent.
+    #[serde(default)]
+    pub expect_kv: BTreeMap<String, Option<String>>,
 }
 
 fn empty_object() -> serde_json::Value {
@@ -217,7 +226,7 @@ pub fn run(component: &Path, cases_file: &Path) -> Result<Report> {
             path: cases_file.to_owned(),
             problems: vec![format!("{}: {}", error.path(), error.inner())],
         })?;
-    let engine = FilterEngine::new()?;
+    let engine = FilterEngine::new(gateway_kv::Limits::default())?;
     let name = component.file_stem().map_or_else(
         || "filter".to_owned(),
         |stem| stem.to_string_lossy().into_owned(),
@@ -258,8 +267,16 @@ pub fn run(component: &Path, cases_file: &Path) -> Result<Report> {
 }
 
 /// Runs one case; the list of mismatches is empty when it passes.
-fn run_case(filter: &Arc<LoadedFilter>, case: &Case) -> Vec<String> {
+fn run_case(filter: &LoadedFilter, case: &Case) -> Vec<String> {
     let mut mismatches = Vec::new();
+    // Every case starts from its own store, holding only what the case preloads.
+    let kv = Arc::new(KvStore::new(gateway_kv::Limits::default()));
+    for (key, value) in &case.kv {
+        if let Err(error) = kv.set(&filter.name, key, value.as_bytes().to_vec(), None) {
+            return vec![format!("kv {key}: {error}")];
+        }
+    }
+    let filter = Arc::new(filter.with_store(kv.clone()));
     let pool = match FilterPool::new(
         filter.clone(),
         &case.name,
@@ -326,6 +343,14 @@ fn run_case(filter: &Arc<LoadedFilter>, case: &Case) -> Vec<String> {
             None
         };
         check_response_phase(expect, response, replaced, &mut mismatches);
+    }
+    for (key, expected) in &case.expect_kv {
+        let actual = kv
+            .get(&filter.name, key)
+            .map(|value| String::from_utf8_lossy(&value).into_owned());
+        if actual != *expected {
+            mismatches.push(format!("kv {key}: expected {expected:?}, got {actual:?}"));
+        }
     }
     mismatches
 }

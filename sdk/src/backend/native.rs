@@ -233,3 +233,46 @@ pub fn now_ms() -> u64 {
 pub fn monotonic_ns() -> u64 {
     testing::with_host(|host| host.monotonic_ns)
 }
+
+pub fn kv_get(key: &str) -> Option<Vec<u8>> {
+    testing::with_host(|host| host.kv.get(key, host.kv_now()))
+}
+
+pub fn kv_set(key: &str, value: &[u8], ttl_ms: Option<u64>) -> Result<(), String> {
+    testing::with_host(|host| {
+        let now = host.kv_now();
+        host.kv
+            .set(key, value.to_vec(), ttl_ms, now)
+            .map_err(|error| error.to_string())
+    })
+}
+
+pub fn kv_delete(key: &str) -> bool {
+    testing::with_host(|host| {
+        let now = host.kv_now();
+        host.kv.delete(key, now)
+    })
+}
+
+pub fn kv_increment(key: &str, delta: i64, ttl_ms: Option<u64>) -> Result<i64, String> {
+    testing::with_host(|host| {
+        let now = host.kv_now();
+        host.kv
+            .increment(key, delta, ttl_ms, now)
+            .map_err(|error| error.to_string())
+    })
+}
+
+pub fn kv_compare_and_swap(
+    key: &str,
+    expected: Option<&[u8]>,
+    new: &[u8],
+    ttl_ms: Option<u64>,
+) -> Result<bool, String> {
+    testing::with_host(|host| {
+        let now = host.kv_now();
+        host.kv
+            .compare_and_swap(key, expected, new.to_vec(), ttl_ms, now)
+            .map_err(|error| error.to_string())
+    })
+}

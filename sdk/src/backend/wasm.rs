@@ -1,7 +1,7 @@
 //! Host calls inside a real gateway: straight through the generated bindings.
 
 use crate::log::Level;
-use crate::wit::gateway::filter::{clock, http as host, log};
+use crate::wit::gateway::filter::{clock, http as host, kv, log};
 
 /// A borrowed request handle for the duration of one call.
 pub struct RequestRef<'a>(&'a host::Request);
@@ -106,4 +106,29 @@ pub fn now_ms() -> u64 {
 
 pub fn monotonic_ns() -> u64 {
     clock::monotonic_ns()
+}
+
+pub fn kv_get(key: &str) -> Option<Vec<u8>> {
+    kv::get(key)
+}
+
+pub fn kv_set(key: &str, value: &[u8], ttl_ms: Option<u64>) -> Result<(), String> {
+    kv::set(key, value, ttl_ms)
+}
+
+pub fn kv_delete(key: &str) -> bool {
+    kv::delete(key)
+}
+
+pub fn kv_increment(key: &str, delta: i64, ttl_ms: Option<u64>) -> Result<i64, String> {
+    kv::increment(key, delta, ttl_ms)
+}
+
+pub fn kv_compare_and_swap(
+    key: &str,
+    expected: Option<&[u8]>,
+    new: &[u8],
+    ttl_ms: Option<u64>,
+) -> Result<bool, String> {
+    kv::compare_and_swap(key, expected, new, ttl_ms)
 }

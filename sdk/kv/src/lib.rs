@@ -1,0 +1,342 @@
+//! The key-value state filters see through the `kv` capability.
+//!
+//! One implementation of the semantics, used by the gateway (sharded behind locks, see its
+//! `filter::kv`) and by the SDK's test host, so a filter's unit tests and production agree on
+//! what `increment` or `compare-and-swap` do. Time is passed in by the caller as milliseconds on a
+//! monotonic clock, which keeps this crate free of clocks and lets tests set time.
+//!
+//! Semantics:
+//! - an entry may carry a time to live; an expired entry is absent for every operation;
+//! - `increment` treats an absent entry as 0 and applies the TTL only when it creates the entry
+//!   (a fixed window, as rate limiting needs); the value is stored as decimal text, so `get`
+//!   returns e.g. `b"42"`;
+//! - `compare_and_swap` writes only if the current value equals `expected` (`None`: absent);
+//! - the map is bounded: when it is full, expired entries are dropped first, then an arbitrary
+//!   entry is evicted, as a cache does.
+//!
+//! ```
+//! use gateway_kv::{KvMap, Limits};
+//!
+//! let mut map = KvMap::new(Limits::default());
+//! assert_eq!(map.increment("hits", 1, Some(1_000), 0), Ok(1));
+//! assert_eq!(map.increment("hits", 1, Some(1_000), 500), Ok(2));
+//! assert_eq!(map.increment("hits", 1, Some(1_000), 1_000), Ok(1)); // the window expired
+//! ```
+
+use std::collections::HashMap;
+
+/// Bounds on what the map holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Most entries held; past it, entries are evicted.
+    pub max_entries: usize,
+    /// Longest key accepted, in bytes.
+    pub max_key_bytes: usize,
+    /// Largest value accepted, in bytes.
+    pub max_value_bytes: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_entries: 100_000,
+            max_key_bytes: 1024,
+            max_value_bytes: 1 << 20,
+        }
+    }
+}
+
+/// Why an operation was refused. The text is what the filter receives.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum KvError {
+    #[error("key of {0} bytes is longer than the limit of {1}")]
+    KeyTooLong(usize, usize),
+    #[error("value of {0} bytes is larger than the limit of {1}")]
+    ValueTooLarge(usize, usize),
+    #[error("the value is not an integer")]
+    NotAnInteger,
+    #[error("the increment overflows a 64-bit integer")]
+    Overflow,
+}
+
+#[derive(Debug, Clone)]
+struct Entry {
+    value: Vec<u8>,
+    /// Milliseconds on the caller's monotonic clock; `None` never expires.
+    expires_at: Option<u64>,
+}
+
+impl Entry {
+    fn live(&self, now: u64) -> bool {
+        self.expires_at.is_none_or(|at| now < at)
+    }
+}
+
+/// A bounded map with expiring entries. Not synchronised: callers that share one wrap it.
+#[derive(Debug, Clone)]
+pub struct KvMap {
+    entries: HashMap<String, Entry>,
+    limits: Limits,
+}
+
+fn expiry(now: u64, ttl_ms: Option<u64>) -> Option<u64> {
+    ttl_ms.map(|ttl| now.saturating_add(ttl))
+}
+
+impl KvMap {
+    /// An empty map with these bounds.
+    pub fn new(limits: Limits) -> Self {
+        KvMap {
+            entries: HashMap::new(),
+            limits,
+        }
+    }
+
+    /// Entries held, expired ones included until they are dropped.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// Whether no entry is held.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    fn check_key(&self, key: &str) -> Result<(), KvError> {
+        if key.len() > self.limits.max_key_bytes {
+            return Err(KvError::KeyTooLong(key.len(), self.limits.max_key_bytes));
+        }
+        Ok(())
+    }
+
+    fn check_value(&self, value: &[u8]) -> Result<(), KvError> {
+        if value.len() > self.limits.max_value_bytes {
+            return Err(KvError::ValueTooLarge(
+                value.len(),
+                self.limits.max_value_bytes,
+            ));
+        }
+        Ok(())
+    }
+
+    fn live(&self, key: &str, now: u64) -> Option<&Entry> {
+        self.entries.get(key).filter(|entry| entry.live(now))
+    }
+
+    /// Makes room for one more key, if `key` is new and the map is full.
+    fn make_room(&mut self, key: &str, now: u64) {
+        if self.entries.len() < self.limits.max_entries || self.entries.contains_key(key) {
+            return;
+        }
+        self.entries.retain(|_, entry| entry.live(now));
+        if self.entries.len() >= self.limits.max_entries
+            && let Some(victim) = self.entries.keys().next().cloned()
+        {
+            self.entries.remove(&victim);
+        }
+    }
+
+    fn insert(&mut self, key: &str, value: Vec<u8>, expires_at: Option<u64>, now: u64) {
+        self.make_room(key, now);
+        self.entries
+            .insert(key.to_owned(), Entry { value, expires_at });
+    }
+
+    /// The value, if present and not expired.
+    pub fn get(&self, key: &str, now: u64) -> Option<Vec<u8>> {
+        self.live(key, now).map(|entry| entry.value.clone())
+    }
+
+    /// Stores a value, replacing any other, with an optional time to live.
+    pub fn set(
+        &mut self,
+        key: &str,
+        value: Vec<u8>,
+        ttl_ms: Option<u64>,
+        now: u64,
+    ) -> Result<(), KvError> {
+        self.check_key(key)?;
+        self.check_value(&value)?;
+        self.insert(key, value, expiry(now, ttl_ms), now);
+        Ok(())
+    }
+
+    /// Removes a value; whether a live one was there.
+    pub fn delete(&mut self, key: &str, now: u64) -> bool {
+        self.entries
+            .remove(key)
+            .is_some_and(|entry| entry.live(now))
+    }
+
+    /// Adds `delta` to the integer at `key` (absent: 0) and returns the new value. The TTL
+    /// applies only if this creates the entry.
+    pub fn increment(
+        &mut self,
+        key: &str,
+        delta: i64,
+        ttl_ms: Option<u64>,
+        now: u64,
+    ) -> Result<i64, KvError> {
+        self.check_key(key)?;
+        let (current, expires_at) = match self.live(key, now) {
+            Some(entry) => {
+                let text = std::str::from_utf8(&entry.value).map_err(|_| KvError::NotAnInteger)?;
+                let current: i64 = text.parse().map_err(|_| KvError::NotAnInteger)?;
+                (current, entry.expires_at)
+            }
+            None => (0, expiry(now, ttl_ms)),
+        };
+        let next = current.checked_add(delta).ok_or(KvError::Overflow)?;
+        self.insert(key, next.to_string().into_bytes(), expires_at, now);
+        Ok(next)
+    }
+
+    /// Writes `new` only if the current value equals `expected` (`None`: absent or expired).
+    /// Returns whether it wrote.
+    pub fn compare_and_swap(
+        &mut self,
+        key: &str,
+        expected: Option<&[u8]>,
+        new: Vec<u8>,
+        ttl_ms: Option<u64>,
+        now: u64,
+    ) -> Result<bool, KvError> {
+        self.check_key(key)?;
+        self.check_value(&new)?;
+        let current = self.live(key, now).map(|entry| entry.value.as_slice());
+        if current != expected {
+            return Ok(false);
+        }
+        self.insert(key, new, expiry(now, ttl_ms), now);
+        Ok(true)
+    }
+
+    /// Every live entry, for inspection in tests.
+    pub fn entries(&self, now: u64) -> Vec<(String, Vec<u8>)> {
+        let mut entries: Vec<(String, Vec<u8>)> = self
+            .entries
+            .iter()
+            .filter(|(_, entry)| entry.live(now))
+            .map(|(key, entry)| (key.clone(), entry.value.clone()))
+            .collect();
+        entries.sort();
+        entries
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn map() -> KvMap {
+        KvMap::new(Limits {
+            max_entries: 3,
+            max_key_bytes: 8,
+            max_value_bytes: 4,
+        })
+    }
+
+    #[test]
+    fn values_expire_at_their_ttl() {
+        let mut kv = map();
+        kv.set("a", b"1".to_vec(), Some(100), 1_000).expect("set");
+        kv.set("b", b"2".to_vec(), None, 1_000).expect("set");
+        assert_eq!(kv.get("a", 1_099), Some(b"1".to_vec()));
+        assert_eq!(kv.get("a", 1_100), None);
+        assert_eq!(kv.get("b", u64::MAX), Some(b"2".to_vec()));
+        assert!(
+            !kv.delete("a", 1_100),
+            "an expired entry is not there to delete"
+        );
+        assert!(kv.delete("b", 1_100));
+        assert_eq!(kv.get("b", 1_100), None);
+    }
+
+    #[test]
+    fn increments_count_in_a_fixed_window() {
+        let mut kv = map();
+        assert_eq!(kv.increment("n", 1, Some(60), 0), Ok(1));
+        assert_eq!(kv.increment("n", 5, Some(60), 30), Ok(6));
+        assert_eq!(
+            kv.get("n", 30),
+            Some(b"6".to_vec()),
+            "stored as decimal text"
+        );
+        assert_eq!(
+            kv.increment("n", 1, Some(60), 60),
+            Ok(1),
+            "the window started at 0"
+        );
+        assert_eq!(kv.increment("n", -3, None, 61), Ok(-2));
+        kv.set("t", b"x".to_vec(), None, 0).expect("set");
+        assert_eq!(kv.increment("t", 1, None, 0), Err(KvError::NotAnInteger));
+        kv.entries.insert(
+            "big".into(),
+            Entry {
+                value: i64::MAX.to_string().into_bytes(),
+                expires_at: None,
+            },
+        );
+        assert_eq!(kv.increment("big", 1, None, 0), Err(KvError::Overflow));
+    }
+
+    #[test]
+    fn compare_and_swap_writes_only_on_a_match() {
+        let mut kv = map();
+        assert_eq!(
+            kv.compare_and_swap("k", None, b"v1".to_vec(), None, 0),
+            Ok(true)
+        );
+        assert_eq!(
+            kv.compare_and_swap("k", None, b"v2".to_vec(), None, 0),
+            Ok(false)
+        );
+        assert_eq!(
+            kv.compare_and_swap("k", Some(b"v0"), b"v2".to_vec(), None, 0),
+            Ok(false)
+        );
+        assert_eq!(
+            kv.compare_and_swap("k", Some(b"v1"), b"v2".to_vec(), Some(10), 0),
+            Ok(true)
+        );
+        assert_eq!(kv.get("k", 5), Some(b"v2".to_vec()));
+        assert_eq!(
+            kv.compare_and_swap("k", None, b"v3".to_vec(), None, 10),
+            Ok(true),
+            "an expired entry counts as absent"
+        );
+    }
+
+    #[test]
+    fn limits_are_enforced() {
+        let mut kv = map();
+        assert_eq!(
+            kv.set("much-too-long", b"v".to_vec(), None, 0),
+            Err(KvError::KeyTooLong(13, 8))
+        );
+        assert_eq!(
+            kv.set("k", b"12345".to_vec(), None, 0),
+            Err(KvError::ValueTooLarge(5, 4))
+        );
+        for key in ["a", "b", "c", "d", "e"] {
+            kv.set(key, b"v".to_vec(), None, 0).expect("set");
+            assert!(kv.len() <= 3, "bounded");
+        }
+        assert_eq!(
+            kv.get("e", 0),
+            Some(b"v".to_vec()),
+            "the newest entry is kept"
+        );
+    }
+
+    #[test]
+    fn a_full_map_drops_expired_entries_before_live_ones() {
+        let mut kv = map();
+        kv.set("old", b"1".to_vec(), Some(10), 0).expect("set");
+        kv.set("keep1", b"1".to_vec(), None, 0).expect("set");
+        kv.set("keep2", b"1".to_vec(), None, 0).expect("set");
+        kv.set("new", b"1".to_vec(), None, 20).expect("set");
+        let keys: Vec<String> = kv.entries(20).into_iter().map(|(key, _)| key).collect();
+        assert_eq!(keys, ["keep1", "keep2", "new"]);
+    }
+}
