@@ -1,13 +1,18 @@
-//! Everything a request needs, built once from the configuration: routes with their filter
-//! chains, services, and edge limits.
+//! Everything a request needs, built from one configuration: routes with their filter chains,
+//! services, and edge limits; and the live slot that holds the state currently serving.
+//!
+//! A reload builds a whole new [`Gateway`] and swaps it into [`LiveGateway`] at once. Each
+//! request takes the state current when it arrives and keeps it to the end, so in-flight
+//! requests finish on the state they started with and an old state is freed with its last
+//! request.
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use http::Method;
 
-use crate::config::Config;
+use crate::config::{self, Config};
 use crate::filter::{FilterChain, FilterEngine, FilterPool, LoadedFilter};
 use crate::routing::{HostMatcher, PathMatcher, Route, Router, Target, pattern};
 use crate::server::hygiene::EdgeLimits;
@@ -18,8 +23,37 @@ use crate::{Error, Result};
 pub struct Gateway {
     pub router: Router,
     pub services: HashMap<String, Arc<Service>>,
+    /// The configured limits, also read when a connection is accepted.
+    pub limits: config::EdgeLimits,
+    /// The same limits in the form the per-request edge checks use.
     pub edge_limits: EdgeLimits,
-    pub body_read_timeout: Duration,
+    /// The filter components this state runs.
+    pub filters: Vec<Arc<LoadedFilter>>,
+    /// Where those components were found.
+    pub plugin_dir: std::path::PathBuf,
+}
+
+/// The state serving now, replaced whole by a reload.
+pub struct LiveGateway {
+    current: ArcSwap<Gateway>,
+}
+
+impl LiveGateway {
+    pub fn new(gateway: Gateway) -> LiveGateway {
+        LiveGateway {
+            current: ArcSwap::from_pointee(gateway),
+        }
+    }
+
+    /// The state to serve a request with; the request keeps it until it is done.
+    pub fn current(&self) -> Arc<Gateway> {
+        self.current.load_full()
+    }
+
+    /// Makes `gateway` the state every request arriving from now on sees.
+    pub fn replace(&self, gateway: Gateway) {
+        self.current.store(Arc::new(gateway));
+    }
 }
 
 impl Gateway {
@@ -108,12 +142,14 @@ impl Gateway {
         Ok(Gateway {
             router: Router { routes },
             services,
+            limits: config.limits.clone(),
             edge_limits: EdgeLimits {
                 max_header_bytes: config.limits.max_header_bytes.as_usize(),
                 max_headers: config.limits.max_headers,
                 max_uri_bytes: config.limits.max_uri_bytes.as_usize(),
             },
-            body_read_timeout: config.limits.body_read_timeout,
+            filters: filters.into_values().collect(),
+            plugin_dir: config.plugin_dir.clone(),
         })
     }
 }

@@ -7,14 +7,18 @@
 //! - [`filter`]: the Wasm filter runtime (engine, bindings, instance pools, limits, chains);
 //! - [`upstream`]: the service's instances, balancing and the pooled client;
 //! - [`proxy`]: the pipeline tying those together, and the headers a proxy owes both sides;
-//! - [`plugin`]: tools for plugin authors (`gateway plugin test`).
+//! - [`reload`]: rebuilding the state when files change, and swapping it in atomically;
+//! - [`admin`]: the admin API (reload status and trigger);
+//! - [`plugin`]: tools for plugin authors (`gateway plugin new`, `gateway plugin test`).
 
+pub mod admin;
 pub mod config;
 mod error;
 pub mod filter;
 pub mod gateway;
 pub mod plugin;
 pub mod proxy;
+pub mod reload;
 pub mod routing;
 pub mod server;
 pub mod telemetry;

@@ -9,10 +9,10 @@ use clap::{Parser, Subcommand};
 
 use gateway_host::config::Config;
 use gateway_host::filter::FilterEngine;
-use gateway_host::gateway::Gateway;
 use gateway_host::plugin::scaffold::{self, SdkSource};
-use gateway_host::server;
+use gateway_host::reload::{self, Reloader, Trigger};
 use gateway_host::telemetry::{self, LogFormat};
+use gateway_host::{admin, server};
 
 #[derive(Parser)]
 #[command(
@@ -154,54 +154,84 @@ fn run(command: Command) -> anyhow::Result<()> {
             runtime.block_on(serve(&config))
         }
         Command::Validate { config } => {
-            load(&config)?;
+            validate(&config)?;
             println!("{}: ok", config.display());
             Ok(())
         }
     }
 }
 
-/// Loads the configuration and builds the serving state, or explains every problem.
-fn load(path: &Path) -> anyhow::Result<(Config, Gateway)> {
+/// The problems that stop a configuration from being served, as one report.
+fn refused(path: &Path, problems: &[String]) -> anyhow::Error {
+    // A problem may span lines (a regex error points at the bad character); indent its
+    // continuation lines so they read as part of it, not as problems of their own.
+    let list: Vec<String> = problems
+        .iter()
+        .map(|problem| problem.replace('\n', "\n    "))
+        .collect();
+    anyhow::anyhow!(
+        "{} cannot be served:\n  - {}",
+        path.display(),
+        list.join("\n  - ")
+    )
+}
+
+/// Loads the configuration and builds a serving state from it, or explains every problem.
+fn validate(path: &Path) -> anyhow::Result<()> {
     let config = Config::load(path)?;
-    let engine = FilterEngine::new(config.kv.limits())?;
-    match Gateway::build(&config, &engine) {
-        Ok(gateway) => Ok((config, gateway)),
-        Err(problems) => {
-            // A problem may span lines (a regex error points at the bad character); indent its
-            // continuation lines so they read as part of it, not as problems of their own.
-            let list: Vec<String> = problems
-                .iter()
-                .map(|problem| problem.to_string().replace('\n', "\n    "))
-                .collect();
-            bail!(
-                "{} cannot be served:\n  - {}",
-                path.display(),
-                list.join("\n  - ")
-            )
-        }
-    }
+    let engine = FilterEngine::new(config.kv.limits(), config.cache_dir.clone())?;
+    reload::build(path, &engine).map_err(|problems| refused(path, &problems))?;
+    Ok(())
 }
 
 async fn serve(path: &Path) -> anyhow::Result<()> {
     let started = std::time::Instant::now();
-    let (config, gateway) = load(path)?;
+    let (reloader, config) = Reloader::start(path).map_err(|problems| refused(path, &problems))?;
     let addresses: Vec<_> = config.listeners.iter().map(|l| l.address).collect();
     let listeners = server::bind(&addresses).await?;
+    if let Some(admin) = &config.admin {
+        let listener = server::bind(&[admin.address]).await?.remove(0);
+        let address = listener
+            .local_addr()
+            .context("cannot read the admin address")?;
+        tracing::info!(%address, "admin listening");
+        admin::spawn(reloader.clone(), listener);
+    }
+    if config.watch {
+        reload::watch::spawn(reloader.clone())
+            .context("cannot watch the configuration and plugins")?;
+    }
+    reload_on_hangup(reloader.clone());
     for listener in &listeners {
         let address = listener
             .local_addr()
             .context("cannot read the bound address")?;
         tracing::info!(%address, startup_ms = started.elapsed().as_millis() as u64, "listening");
     }
-    server::serve(
-        Arc::new(gateway),
-        &config.limits,
-        listeners,
-        shutdown_signal(),
-    )
-    .await;
+    server::serve(reloader.live(), listeners, shutdown_signal()).await;
     Ok(())
+}
+
+/// SIGHUP reloads, as operators expect of a long-running server.
+fn reload_on_hangup(reloader: Arc<Reloader>) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::hangup()) {
+            Ok(mut hangups) => {
+                tokio::spawn(async move {
+                    while hangups.recv().await.is_some() {
+                        reloader.reload(Trigger::Signal).await;
+                    }
+                });
+            }
+            Err(error) => {
+                tracing::warn!(%error, "cannot watch SIGHUP; reload through the admin API")
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = reloader;
 }
 
 async fn shutdown_signal() {

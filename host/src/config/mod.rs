@@ -24,8 +24,19 @@ use crate::{Error, Result};
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
-    /// Addresses to accept client traffic on.
+    /// Addresses to accept client traffic on. Fixed at start-up: a reload that changes them
+    /// applies everything else and says a restart is needed for these.
     pub listeners: Vec<Listener>,
+    /// The admin API (reload status and trigger), on its own listener. Off unless given.
+    #[serde(default)]
+    pub admin: Option<Admin>,
+    /// Reload automatically when this file or a component in `plugin_dir` changes.
+    #[serde(default = "yes")]
+    pub watch: bool,
+    /// Folder for compiled components, so a restart with unchanged plugins compiles nothing;
+    /// `~` keeps them in memory only. Read at start-up.
+    #[serde(default = "default_cache_dir")]
+    pub cache_dir: Option<PathBuf>,
     /// Limits applied to every client request at the edge, before routing.
     #[serde(default)]
     pub limits: EdgeLimits,
@@ -43,6 +54,31 @@ pub struct Config {
     pub services: BTreeMap<String, Service>,
     /// Routes, tried in order; the first that matches a request handles it.
     pub routes: Vec<Route>,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// `$XDG_CACHE_HOME/wasm-gateway`, else `$HOME/.cache/wasm-gateway`, else none.
+fn default_cache_dir() -> Option<PathBuf> {
+    let base = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".cache")))?;
+    Some(base.join("wasm-gateway").join("components"))
+}
+
+/// The admin listener.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Admin {
+    /// `IP:port` of the admin API; loopback by default, since it can trigger reloads.
+    #[serde(default = "default_admin_address")]
+    pub address: SocketAddr,
+}
+
+fn default_admin_address() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 9901))
 }
 
 fn default_plugin_dir() -> PathBuf {
@@ -294,6 +330,7 @@ impl Config {
         })?;
         let base = path.parent().unwrap_or(Path::new("."));
         config.plugin_dir = base.join(&config.plugin_dir);
+        config.cache_dir = config.cache_dir.map(|dir| base.join(dir));
         config.validate().map_err(|problems| Error::Config {
             path: path.to_owned(),
             problems,

@@ -55,6 +55,15 @@ fn check_listeners(config: &Config, problems: &mut Problems) {
             );
         }
     }
+    if let Some(admin) = &config.admin
+        && admin.address.port() != 0
+        && seen.contains(&admin.address)
+    {
+        problems.add(
+            "admin.address",
+            format_args!("{} is also a traffic listener", admin.address),
+        );
+    }
 }
 
 fn check_limits(config: &Config, problems: &mut Problems) {

@@ -1,6 +1,7 @@
 //! The Wasm engine every filter runs on, and loading a filter component into it.
 
-use std::path::Path;
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -8,6 +9,7 @@ use wasmtime::component::{Component, Linker};
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 
 use super::bindings::{Filter, FilterPre};
+use super::cache::{ComponentCache, ContentHash, Origin};
 use super::instance::InstanceState;
 use super::kv::KvStore;
 use super::{MAX_MEMORY_LIMIT, WIT_PACKAGE, WIT_VERSION};
@@ -26,6 +28,19 @@ pub struct FilterEngine {
     engine: Engine,
     linker: Linker<InstanceState>,
     kv: Arc<KvStore>,
+    cache: ComponentCache,
+}
+
+/// A compiled, type-checked filter component, ready to instantiate.
+pub struct LoadedFilter {
+    pub name: Arc<str>,
+    pub settings: FilterDefinition,
+    /// The SHA-256 of the component's bytes.
+    pub hash: ContentHash,
+    /// Whether it was compiled now, or found compiled in memory or on disk.
+    pub origin: Origin,
+    pub(super) pre: FilterPre<InstanceState>,
+    pub(super) kv: Arc<KvStore>,
 }
 
 impl LoadedFilter {
@@ -34,23 +49,18 @@ impl LoadedFilter {
         LoadedFilter {
             name: self.name.clone(),
             settings: self.settings.clone(),
+            hash: self.hash,
+            origin: self.origin,
             pre: self.pre.clone(),
             kv,
         }
     }
 }
 
-/// A compiled, type-checked filter component, ready to instantiate.
-pub struct LoadedFilter {
-    pub name: Arc<str>,
-    pub settings: FilterDefinition,
-    pub(super) pre: FilterPre<InstanceState>,
-    pub(super) kv: Arc<KvStore>,
-}
-
 impl FilterEngine {
-    /// The engine, with a key-value store bounded by `kv_limits` shared by every filter it loads.
-    pub fn new(kv_limits: gateway_kv::Limits) -> Result<FilterEngine> {
+    /// The engine, with a key-value store bounded by `kv_limits` shared by every filter it loads,
+    /// and compiled components kept in `cache_dir` (memory only if `None`).
+    pub fn new(kv_limits: gateway_kv::Limits, cache_dir: Option<PathBuf>) -> Result<FilterEngine> {
         let mut pooling = PoolingAllocationConfig::default();
         pooling
             .total_component_instances(INSTANCE_SLOTS)
@@ -94,6 +104,7 @@ impl FilterEngine {
             .map_err(|error| Error::Engine(format!("cannot start the epoch ticker: {error}")))?;
 
         Ok(FilterEngine {
+            cache: ComponentCache::new(&engine, cache_dir),
             engine,
             linker,
             kv: Arc::new(KvStore::new(kv_limits)),
@@ -117,13 +128,19 @@ impl FilterEngine {
         if !bytes.starts_with(b"\0asm") {
             return Err(refuse("not a WebAssembly file".to_owned()));
         }
-        let component = Component::from_binary(&self.engine, &bytes).map_err(|error| {
-            if is_core_module(&bytes) {
-                refuse("a core Wasm module, not a component: build it for wasm32-wasip2".to_owned())
-            } else {
-                refuse(format!("not a valid component: {error:#}"))
-            }
-        })?;
+        let (component, hash, origin) =
+            self.cache
+                .component(&self.engine, &bytes)
+                .map_err(|error| {
+                    if is_core_module(&bytes) {
+                        refuse(
+                            "a core Wasm module, not a component: build it for wasm32-wasip2"
+                                .to_owned(),
+                        )
+                    } else {
+                        refuse(format!("not a valid component: {error}"))
+                    }
+                })?;
         check_wit_version(&self.engine, &component).map_err(refuse)?;
         let pre = self
             .linker
@@ -133,9 +150,16 @@ impl FilterEngine {
         Ok(LoadedFilter {
             name: Arc::from(name),
             settings: settings.clone(),
+            hash,
+            origin,
             pre,
             kv: self.kv.clone(),
         })
+    }
+
+    /// Forgets compiled components other than `keep`, after a reload stopped using them.
+    pub fn retain_components(&self, keep: &HashSet<ContentHash>) {
+        self.cache.retain(keep);
     }
 }
 

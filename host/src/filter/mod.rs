@@ -2,13 +2,15 @@
 //!
 //! - [`engine`]: one wasmtime engine with the pooling allocator and an epoch ticker; loading a
 //!   component checks its WIT version and imports before anything runs.
-//! - `bindings`: the host side of `wit/filter.wit` (handles, log, clock).
+//! - `bindings`: the host side of `wit/filter.wit` (handles, log, clock, kv).
+//! - [`cache`]: compiled components by content hash, in memory and on disk.
 //! - `instance`: one instance in its own store, every call under a deadline and a memory cap.
 //! - [`kv`]: the key-value store behind the `kv` capability, namespaced per filter.
 //! - [`pool`]: per route and filter, initialised instances reused across requests.
 //! - [`chain`]: a route's filters in order, with each filter's failure policy.
 
 mod bindings;
+pub mod cache;
 pub mod chain;
 pub mod engine;
 mod exchange;

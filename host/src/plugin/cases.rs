@@ -226,7 +226,7 @@ pub fn run(component: &Path, cases_file: &Path) -> Result<Report> {
             path: cases_file.to_owned(),
             problems: vec![format!("{}: {}", error.path(), error.inner())],
         })?;
-    let engine = FilterEngine::new(gateway_kv::Limits::default())?;
+    let engine = FilterEngine::new(gateway_kv::Limits::default(), None)?;
     let name = component.file_stem().map_or_else(
         || "filter".to_owned(),
         |stem| stem.to_string_lossy().into_owned(),

@@ -217,7 +217,8 @@ async fn call_upstream(
     } else {
         std::mem::take(&mut head.headers)
     };
-    let mut upstream_request = Request::new(RequestBody::new(body, gateway.body_read_timeout));
+    let mut upstream_request =
+        Request::new(RequestBody::new(body, gateway.limits.body_read_timeout));
     *upstream_request.method_mut() = head.method.clone();
     *upstream_request.uri_mut() = uri;
     *upstream_request.version_mut() = Version::HTTP_11;

@@ -22,7 +22,7 @@ use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 
 use crate::config::EdgeLimits;
-use crate::gateway::Gateway;
+use crate::gateway::LiveGateway;
 use crate::proxy;
 use crate::{Error, Result};
 
@@ -87,20 +87,18 @@ fn connection_builder(limits: &EdgeLimits) -> auto::Builder<TokioExecutor> {
 }
 
 /// Serves connections on every listener until `shutdown` resolves, then stops accepting and
-/// waits (up to a bound) for in-flight requests.
+/// waits (up to a bound) for in-flight requests. Each connection is set up with the limits of
+/// the state current when it is accepted, and each request is served by the state current when
+/// it arrives.
 pub async fn serve(
-    gateway: Arc<Gateway>,
-    limits: &EdgeLimits,
+    live: Arc<LiveGateway>,
     listeners: Vec<TcpListener>,
     shutdown: impl Future<Output = ()>,
 ) {
-    let builder = Arc::new(connection_builder(limits));
-    let scan_limit = framing_scan_limit(limits);
     let graceful = Arc::new(GracefulShutdown::new());
     let mut accept_loops = tokio::task::JoinSet::new();
     for listener in listeners {
-        let builder = builder.clone();
-        let gateway = gateway.clone();
+        let live = live.clone();
         let graceful = graceful.clone();
         accept_loops.spawn(async move {
             loop {
@@ -114,15 +112,16 @@ pub async fn serve(
                     }
                 };
                 let _ = stream.set_nodelay(true);
-                let (stream, framing) = FramingSniffer::new(stream, scan_limit);
+                let limits = live.current().limits.clone();
+                let (stream, framing) = FramingSniffer::new(stream, framing_scan_limit(&limits));
                 let peer = Connection { client, framing };
-                let gateway = gateway.clone();
+                let live = live.clone();
                 let service = service_fn(move |request| {
-                    let gateway = gateway.clone();
+                    let gateway = live.current();
                     let peer = peer.clone();
                     async move { Ok::<_, Infallible>(proxy::serve(&gateway, &peer, request).await) }
                 });
-                let connection = builder
+                let connection = connection_builder(&limits)
                     .serve_connection(TokioIo::new(stream), service)
                     .into_owned();
                 let connection = graceful.watch(connection);

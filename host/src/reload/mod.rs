@@ -1,0 +1,273 @@
+//! Hot reload: a new state is built off the request path from the files as they are now, and
+//! swapped in only if every step succeeds.
+//!
+//! Steps: read and validate the configuration; load every filter component (compiling only
+//! what changed, see [`crate::filter::cache`]); create and initialise an instance of each
+//! filter with each route's configuration; build the routes. Any failure leaves the current
+//! state serving and is recorded, with its reason, in the status the admin API shows. Reloads
+//! are triggered by [`watch`] (file changes), `POST /admin/reload` and SIGHUP, and run one at a
+//! time.
+
+pub mod watch;
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Instant, SystemTime};
+
+use serde::Serialize;
+
+use crate::Error;
+use crate::config::Config;
+use crate::filter::FilterEngine;
+use crate::filter::cache::Origin;
+use crate::gateway::{Gateway, LiveGateway};
+
+/// What started a reload.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Trigger {
+    Startup,
+    Watch,
+    Admin,
+    Signal,
+}
+
+/// One reload attempt.
+#[derive(Debug, Clone, Serialize)]
+pub struct Attempt {
+    pub trigger: Trigger,
+    /// When it finished, RFC 3339.
+    pub at: String,
+    /// Whether the new state now serves.
+    pub applied: bool,
+    pub duration_ms: u64,
+    /// Why it was rejected; each names the file, field or filter at fault.
+    pub problems: Vec<String>,
+    /// Parts of an applied configuration that only take effect on restart.
+    pub warnings: Vec<String>,
+}
+
+/// A filter component the serving state runs.
+#[derive(Debug, Clone, Serialize)]
+pub struct FilterInfo {
+    pub name: String,
+    pub module: PathBuf,
+    pub sha256: String,
+    /// `compiled`, `memory` or `disk`: where its compiled code came from at the last load.
+    pub compiled_from: &'static str,
+}
+
+/// What the admin API shows about reloads.
+#[derive(Debug, Clone, Serialize)]
+pub struct ReloadStatus {
+    /// Counts applied states; the start-up state is 1.
+    pub generation: u64,
+    pub successes: u64,
+    pub failures: u64,
+    pub last: Option<Attempt>,
+    pub last_failure: Option<Attempt>,
+    pub filters: Vec<FilterInfo>,
+}
+
+/// Owns the engine and the live state, and rebuilds the state on demand.
+pub struct Reloader {
+    config_path: PathBuf,
+    engine: FilterEngine,
+    live: Arc<LiveGateway>,
+    /// What can only change with a restart, as started.
+    fixed: Fixed,
+    status: Mutex<ReloadStatus>,
+    running: tokio::sync::Mutex<()>,
+}
+
+/// Settings read once at start-up.
+#[derive(Debug, Clone, PartialEq)]
+struct Fixed {
+    listeners: Vec<SocketAddr>,
+    admin: Option<SocketAddr>,
+    cache_dir: Option<PathBuf>,
+    kv: (usize, u64),
+}
+
+impl Fixed {
+    fn of(config: &Config) -> Fixed {
+        Fixed {
+            listeners: config.listeners.iter().map(|l| l.address).collect(),
+            admin: config.admin.as_ref().map(|admin| admin.address),
+            cache_dir: config.cache_dir.clone(),
+            kv: (config.kv.max_entries, config.kv.max_value_size.0),
+        }
+    }
+
+    /// What differs in `next`, as warnings.
+    fn changes(&self, next: &Fixed) -> Vec<String> {
+        let mut warnings = Vec::new();
+        let mut note = |changed: bool, what: &str| {
+            if changed {
+                warnings.push(format!("{what} changed; it takes effect on restart"));
+            }
+        };
+        note(self.listeners != next.listeners, "listeners");
+        note(self.admin != next.admin, "admin.address");
+        note(self.cache_dir != next.cache_dir, "cache_dir");
+        note(self.kv != next.kv, "kv");
+        warnings
+    }
+}
+
+fn problems_of(errors: Vec<Error>) -> Vec<String> {
+    errors.into_iter().map(|error| error.to_string()).collect()
+}
+
+/// Reads and validates the configuration and builds a state from it.
+pub fn build(config_path: &Path, engine: &FilterEngine) -> Result<(Config, Gateway), Vec<String>> {
+    let config = Config::load(config_path).map_err(|error| vec![error.to_string()])?;
+    let gateway = Gateway::build(&config, engine).map_err(problems_of)?;
+    Ok((config, gateway))
+}
+
+fn filter_infos(gateway: &Gateway) -> Vec<FilterInfo> {
+    let mut infos: Vec<FilterInfo> = gateway
+        .filters
+        .iter()
+        .map(|filter| FilterInfo {
+            name: filter.name.to_string(),
+            module: filter.settings.module.clone(),
+            sha256: filter.hash.to_string(),
+            compiled_from: match filter.origin {
+                Origin::Compiled => "compiled",
+                Origin::Memory => "memory",
+                Origin::Disk => "disk",
+            },
+        })
+        .collect();
+    infos.sort_by(|a, b| a.name.cmp(&b.name));
+    infos
+}
+
+fn timestamp() -> String {
+    humantime::format_rfc3339_millis(SystemTime::now()).to_string()
+}
+
+impl Reloader {
+    /// Builds the first state; its problems, if any, are the reasons the gateway cannot start.
+    pub fn start(config_path: &Path) -> Result<(Arc<Reloader>, Config), Vec<String>> {
+        let started = Instant::now();
+        let config = Config::load(config_path).map_err(|error| vec![error.to_string()])?;
+        let engine = FilterEngine::new(config.kv.limits(), config.cache_dir.clone())
+            .map_err(|error| vec![error.to_string()])?;
+        let gateway = Gateway::build(&config, &engine).map_err(problems_of)?;
+        let attempt = Attempt {
+            trigger: Trigger::Startup,
+            at: timestamp(),
+            applied: true,
+            duration_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+            problems: Vec::new(),
+            warnings: Vec::new(),
+        };
+        let status = ReloadStatus {
+            generation: 1,
+            successes: 0,
+            failures: 0,
+            last: Some(attempt),
+            last_failure: None,
+            filters: filter_infos(&gateway),
+        };
+        let reloader = Reloader {
+            config_path: config_path.to_owned(),
+            engine,
+            live: Arc::new(LiveGateway::new(gateway)),
+            fixed: Fixed::of(&config),
+            status: Mutex::new(status),
+            running: tokio::sync::Mutex::new(()),
+        };
+        Ok((Arc::new(reloader), config))
+    }
+
+    /// The slot requests take their state from.
+    pub fn live(&self) -> Arc<LiveGateway> {
+        self.live.clone()
+    }
+
+    pub fn config_path(&self) -> &Path {
+        &self.config_path
+    }
+
+    /// The plugin folder of the state serving now.
+    pub fn plugin_dir(&self) -> PathBuf {
+        self.live.current().plugin_dir.clone()
+    }
+
+    pub fn status(&self) -> ReloadStatus {
+        self.lock_status().clone()
+    }
+
+    fn lock_status(&self) -> std::sync::MutexGuard<'_, ReloadStatus> {
+        // Status updates are plain field assignments: a poisoned lock holds a usable status.
+        self.status
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Rebuilds the state from the files and swaps it in if every step succeeds.
+    pub async fn reload(self: &Arc<Self>, trigger: Trigger) -> Attempt {
+        let _one_at_a_time = self.running.lock().await;
+        let started = Instant::now();
+        let this = self.clone();
+        // Compiling and initialising filters is CPU work: keep it off the request threads.
+        let built = tokio::task::spawn_blocking(move || build(&this.config_path, &this.engine))
+            .await
+            .unwrap_or_else(|error| Err(vec![format!("the reload task failed: {error}")]));
+        let mut attempt = Attempt {
+            trigger,
+            at: String::new(),
+            applied: false,
+            duration_ms: 0,
+            problems: Vec::new(),
+            warnings: Vec::new(),
+        };
+        let filters = match built {
+            Ok((config, gateway)) => {
+                attempt.applied = true;
+                attempt.warnings = self.fixed.changes(&Fixed::of(&config));
+                let filters = filter_infos(&gateway);
+                let in_use: HashSet<_> = gateway.filters.iter().map(|filter| filter.hash).collect();
+                self.live.replace(gateway);
+                self.engine.retain_components(&in_use);
+                Some(filters)
+            }
+            Err(problems) => {
+                attempt.problems = problems;
+                None
+            }
+        };
+        attempt.at = timestamp();
+        attempt.duration_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+
+        let mut status = self.lock_status();
+        if let Some(filters) = filters {
+            status.generation += 1;
+            status.successes += 1;
+            status.filters = filters;
+            tracing::info!(
+                trigger = ?trigger,
+                generation = status.generation,
+                duration_ms = attempt.duration_ms,
+                warnings = ?attempt.warnings,
+                "reloaded"
+            );
+        } else {
+            status.failures += 1;
+            status.last_failure = Some(attempt.clone());
+            tracing::error!(
+                trigger = ?trigger,
+                problems = ?attempt.problems,
+                "reload rejected; the previous state keeps serving"
+            );
+        }
+        status.last = Some(attempt.clone());
+        attempt
+    }
+}
