@@ -103,3 +103,21 @@ fn a_file_that_is_not_a_component_is_refused_by_name() {
         "{transcript}"
     );
 }
+
+#[test]
+fn a_component_built_for_another_wit_version_is_refused_naming_both() {
+    let component = plugin_dir().join("gateway_test_wrong_version.wasm");
+    let cases = repo_root().join("plugins/rewrite/cases.yaml");
+    let (passed, transcript) = plugin_test(&component, &cases);
+    assert!(!passed, "{transcript}");
+    assert!(
+        transcript.contains("gateway_test_wrong_version.wasm"),
+        "{transcript}"
+    );
+    assert!(
+        transcript.contains(
+            "built for gateway:filter@0.2.0, but this gateway provides gateway:filter@0.1.0"
+        ),
+        "{transcript}"
+    );
+}

@@ -35,6 +35,14 @@ pub enum Error {
         reason: String,
     },
 
+    /// The configuration is valid but a state cannot be built from it (a filter fails to load
+    /// or refuses its config); every problem found is listed.
+    #[error("{} cannot be served:\n  - {}", path.display(), problems.join("\n  - "))]
+    Unservable {
+        path: PathBuf,
+        problems: Vec<String>,
+    },
+
     /// A filter refused, or failed on, a route's configuration.
     #[error("route `{route}`, filter `{filter}`: {reason}")]
     FilterInit {
@@ -103,6 +111,20 @@ pub enum Error {
     /// The client paused too long while sending the request body.
     #[error("client stopped sending the request body")]
     BodyTimeout,
+}
+
+impl Error {
+    /// The separate problems this error reports, for lists such as the reload status.
+    pub fn problems(&self) -> Vec<String> {
+        match self {
+            Error::Config { path, problems } => problems
+                .iter()
+                .map(|problem| format!("{}: {problem}", path.display()))
+                .collect(),
+            Error::Unservable { problems, .. } => problems.clone(),
+            other => vec![other.to_string()],
+        }
+    }
 }
 
 /// `Result` with this crate's [`Error`].
@@ -188,6 +210,7 @@ impl Error {
             | Error::FilterLoad { .. }
             | Error::FilterInit { .. }
             | Error::Engine(_)
+            | Error::Unservable { .. }
             | Error::Scaffold { .. }
             | Error::Bind { .. } => plain(
                 StatusCode::INTERNAL_SERVER_ERROR,

@@ -161,32 +161,17 @@ fn run(command: Command) -> anyhow::Result<()> {
     }
 }
 
-/// The problems that stop a configuration from being served, as one report.
-fn refused(path: &Path, problems: &[String]) -> anyhow::Error {
-    // A problem may span lines (a regex error points at the bad character); indent its
-    // continuation lines so they read as part of it, not as problems of their own.
-    let list: Vec<String> = problems
-        .iter()
-        .map(|problem| problem.replace('\n', "\n    "))
-        .collect();
-    anyhow::anyhow!(
-        "{} cannot be served:\n  - {}",
-        path.display(),
-        list.join("\n  - ")
-    )
-}
-
 /// Loads the configuration and builds a serving state from it, or explains every problem.
 fn validate(path: &Path) -> anyhow::Result<()> {
     let config = Config::load(path)?;
     let engine = FilterEngine::new(config.kv.limits(), config.cache_dir.clone())?;
-    reload::build(path, &engine).map_err(|problems| refused(path, &problems))?;
+    reload::build(path, &engine)?;
     Ok(())
 }
 
 async fn serve(path: &Path) -> anyhow::Result<()> {
     let started = std::time::Instant::now();
-    let (reloader, config) = Reloader::start(path).map_err(|problems| refused(path, &problems))?;
+    let (reloader, config) = Reloader::start(path)?;
     let addresses: Vec<_> = config.listeners.iter().map(|l| l.address).collect();
     let listeners = server::bind(&addresses).await?;
     if let Some(admin) = &config.admin {

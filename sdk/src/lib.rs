@@ -145,6 +145,11 @@ impl Action {
 /// The gateway keeps a pool of instances of each filter per route. Each instance is created with
 /// [`Filter::new`] from that route's configuration and then serves many requests one at a time,
 /// so a filter must not keep per-request state in `self` between phases.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` is not a gateway filter: it does not implement `gateway_sdk::Filter`",
+    label = "not a gateway filter",
+    note = "add `impl gateway_sdk::Filter for {Self}`; `export_filter!` takes the type that has it"
+)]
 pub trait Filter: Sized + 'static {
     /// The filter's configuration, deserialized from the route's `config` in the gateway's YAML.
     /// Add `#[serde(deny_unknown_fields)]` so a typo is rejected instead of ignored.
@@ -187,7 +192,8 @@ pub trait Filter: Sized + 'static {
 /// Exports a type implementing [`Filter`] as the component's filter.
 ///
 /// Use it once per crate, at the top level. It exports only when building for Wasm, so the
-/// same crate also builds natively for unit tests.
+/// same crate also builds natively for unit tests; it checks on every target that the type
+/// implements [`Filter`], so a mistake fails `cargo test` too and not only the Wasm build.
 ///
 /// ```no_run
 /// # use gateway_sdk::Filter;
@@ -206,7 +212,13 @@ pub trait Filter: Sized + 'static {
 /// ```
 #[macro_export]
 macro_rules! export_filter {
-    ($filter:ty) => {
+    ($filter:ty $(,)?) => {
+        // Outside the Wasm-only export, so the native build refuses a type that is no filter.
+        const _: fn() = || {
+            fn must_implement_filter<F: $crate::Filter>() {}
+            must_implement_filter::<$filter>();
+        };
+
         #[cfg(target_family = "wasm")]
         const _: () = {
             struct GatewayFilterExport;
@@ -237,5 +249,14 @@ macro_rules! export_filter {
 
     $crate::wit::__export_filter_world!(GatewayFilterExport with_types_in $crate::wit);
         };
+    };
+    // Anything else (a value, a string, nothing) gets this instead of "no rules expected".
+    ($($not_a_type:tt)*) => {
+        ::core::compile_error!(::core::concat!(
+            "`export_filter!` takes the type that implements `gateway_sdk::Filter`, as in ",
+            "`export_filter!(MyFilter)`; got `",
+            ::core::stringify!($($not_a_type)*),
+            "`"
+        ));
     };
 }

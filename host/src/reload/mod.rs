@@ -18,11 +18,11 @@ use std::time::{Instant, SystemTime};
 
 use serde::Serialize;
 
-use crate::Error;
 use crate::config::Config;
 use crate::filter::FilterEngine;
 use crate::filter::cache::Origin;
 use crate::gateway::{Gateway, LiveGateway};
+use crate::{Error, Result};
 
 /// What started a reload.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -117,14 +117,23 @@ impl Fixed {
     }
 }
 
-fn problems_of(errors: Vec<Error>) -> Vec<String> {
-    errors.into_iter().map(|error| error.to_string()).collect()
+/// Builds a state from a valid configuration, or says everything that stops it.
+fn build_state(config_path: &Path, config: &Config, engine: &FilterEngine) -> Result<Gateway> {
+    Gateway::build(config, engine).map_err(|errors| Error::Unservable {
+        path: config_path.to_owned(),
+        // A problem may span lines (a regex error points at the bad character); indent its
+        // continuation lines so they read as part of it, not as problems of their own.
+        problems: errors
+            .iter()
+            .map(|error| error.to_string().replace('\n', "\n    "))
+            .collect(),
+    })
 }
 
 /// Reads and validates the configuration and builds a state from it.
-pub fn build(config_path: &Path, engine: &FilterEngine) -> Result<(Config, Gateway), Vec<String>> {
-    let config = Config::load(config_path).map_err(|error| vec![error.to_string()])?;
-    let gateway = Gateway::build(&config, engine).map_err(problems_of)?;
+pub fn build(config_path: &Path, engine: &FilterEngine) -> Result<(Config, Gateway)> {
+    let config = Config::load(config_path)?;
+    let gateway = build_state(config_path, &config, engine)?;
     Ok((config, gateway))
 }
 
@@ -152,13 +161,12 @@ fn timestamp() -> String {
 }
 
 impl Reloader {
-    /// Builds the first state; its problems, if any, are the reasons the gateway cannot start.
-    pub fn start(config_path: &Path) -> Result<(Arc<Reloader>, Config), Vec<String>> {
+    /// Builds the first state; an error is the reason the gateway cannot start.
+    pub fn start(config_path: &Path) -> Result<(Arc<Reloader>, Config)> {
         let started = Instant::now();
-        let config = Config::load(config_path).map_err(|error| vec![error.to_string()])?;
-        let engine = FilterEngine::new(config.kv.limits(), config.cache_dir.clone())
-            .map_err(|error| vec![error.to_string()])?;
-        let gateway = Gateway::build(&config, &engine).map_err(problems_of)?;
+        let config = Config::load(config_path)?;
+        let engine = FilterEngine::new(config.kv.limits(), config.cache_dir.clone())?;
+        let gateway = build_state(config_path, &config, &engine)?;
         let attempt = Attempt {
             trigger: Trigger::Startup,
             at: timestamp(),
@@ -219,7 +227,7 @@ impl Reloader {
         // Compiling and initialising filters is CPU work: keep it off the request threads.
         let built = tokio::task::spawn_blocking(move || build(&this.config_path, &this.engine))
             .await
-            .unwrap_or_else(|error| Err(vec![format!("the reload task failed: {error}")]));
+            .unwrap_or_else(|error| Err(Error::Engine(format!("the reload task failed: {error}"))));
         let mut attempt = Attempt {
             trigger,
             at: String::new(),
@@ -238,8 +246,8 @@ impl Reloader {
                 self.engine.retain_components(&in_use);
                 Some(filters)
             }
-            Err(problems) => {
-                attempt.problems = problems;
+            Err(error) => {
+                attempt.problems = error.problems();
                 None
             }
         };
