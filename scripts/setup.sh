@@ -48,4 +48,15 @@ build_plugins() {
     step "building the filter components (wasm32-wasip2)"
     (cd "$REPO_ROOT" && cargo build --profile wasm --target wasm32-wasip2 "${PLUGIN_PACKAGES[@]}") \
         || fail "building the Wasm plugins failed (see the compiler output above)"
+    # The hot-reload tests swap builds of one filter that differ: one file per variant.
+    local variant features
+    for variant in blue green broken-init; do
+        case "$variant" in
+            blue) features=() ;;
+            *) features=(--features "$variant") ;;
+        esac
+        (cd "$REPO_ROOT" && cargo build --profile wasm --target wasm32-wasip2 -p gateway-test-stamp "${features[@]}") \
+            || fail "building the $variant stamp test filter failed (see the compiler output above)"
+        cp "$GATEWAY_PLUGIN_DIR/gateway_test_stamp.wasm" "$GATEWAY_PLUGIN_DIR/stamp-$variant.wasm"
+    done
 }

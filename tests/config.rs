@@ -11,12 +11,13 @@
 //! To add a case, add a file and run with `INSTA_UPDATE=always`, then read the new `.snap`: the
 //! message must name the field path and say what to do about it.
 
+use std::ffi::OsStr;
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::{Command, ExitStatus, Stdio};
+use std::process::ExitStatus;
 use std::time::{Duration, Instant};
 
-use gateway_tests::{gateway_bin, plugin_dir};
+use gateway_tests::{plugin_dir, run_gateway};
 
 #[test]
 fn validate() {
@@ -80,7 +81,7 @@ struct CaseRun {
     config: PathBuf,
     plugins: PathBuf,
     fixtures: PathBuf,
-    dir: tempfile::TempDir,
+    _dir: tempfile::TempDir,
 }
 
 impl CaseRun {
@@ -98,48 +99,17 @@ impl CaseRun {
             config,
             plugins,
             fixtures,
-            dir,
+            _dir: dir,
         }
     }
 
     /// Runs `gateway <command> --config <copy>` to the end (or kills it at [`RUN_LIMIT`]) and
     /// returns its exit status, stdout and stderr.
     fn gateway(&self, command: &[&str]) -> (ExitStatus, String, String) {
-        let stdout_path = self.dir.path().join("stdout");
-        let stderr_path = self.dir.path().join("stderr");
-        let mut child = Command::new(gateway_bin())
-            .args(command)
-            .arg("--config")
-            .arg(&self.config)
-            // The output under test is the report, not what the caller's log level or backtrace
-            // settings add to it.
-            .env_remove("RUST_LOG")
-            .env_remove("RUST_BACKTRACE")
-            .env_remove("RUST_LIB_BACKTRACE")
-            .env("NO_COLOR", "1")
-            .stdin(Stdio::null())
-            .stdout(fs::File::create(&stdout_path).expect("stdout file"))
-            .stderr(fs::File::create(&stderr_path).expect("stderr file"))
-            .spawn()
-            .expect("the gateway starts");
-        let deadline = Instant::now() + RUN_LIMIT;
-        let status = loop {
-            if let Some(status) = child.try_wait().expect("the gateway can be waited on") {
-                break status;
-            }
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                let _ = child.wait();
-                panic!(
-                    "`gateway {}` on {} still ran after {RUN_LIMIT:?}; stderr:\n{}",
-                    command.join(" "),
-                    self.config.display(),
-                    read_lossy(&stderr_path)
-                );
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        };
-        (status, read_lossy(&stdout_path), read_lossy(&stderr_path))
+        let args = command.iter().map(OsStr::new);
+        let config = [OsStr::new("--config"), self.config.as_os_str()];
+        let run = run_gateway(args.chain(config), RUN_LIMIT);
+        (run.status, run.stdout, run.stderr)
     }
 
     /// The output with colour codes removed and machine-specific paths replaced by placeholders,
@@ -200,8 +170,4 @@ fn strip_ansi(text: &str) -> String {
 fn canonical(path: &Path) -> PathBuf {
     path.canonicalize()
         .unwrap_or_else(|error| panic!("cannot resolve {}: {error}", path.display()))
-}
-
-fn read_lossy(path: &Path) -> String {
-    String::from_utf8_lossy(&fs::read(path).expect("captured output")).into_owned()
 }

@@ -2,12 +2,14 @@
 //! the gateway: closed routes answer `500 FILTER_FAILED`, open routes skip the filter, the pool
 //! replaces the instance, and the process keeps serving. Uses the `misbehave` test filter.
 
+use std::ffi::OsStr;
 use std::fs;
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use gateway_tests::{Gateway, Reply, Upstream, gateway_bin, http1_client, send, standard_filters};
+use gateway_tests::{
+    Gateway, Reply, Run, Upstream, http1_client, run_gateway, send, standard_filters,
+};
 use http::Request;
 use http_body_util::Full;
 use hyper_util::client::legacy::Client;
@@ -474,33 +476,12 @@ routes:
     let dir = tempfile::tempdir().expect("a temporary folder");
     let path = dir.path().join("gateway.yaml");
     fs::write(&path, config).expect("config written");
-    let stderr_path = dir.path().join("stderr");
-    let mut child = Command::new(gateway_bin())
-        .args(["serve", "--config"])
-        .arg(&path)
-        .env_remove("RUST_BACKTRACE")
-        .env_remove("RUST_LIB_BACKTRACE")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(fs::File::create(&stderr_path).expect("stderr file"))
-        .spawn()
-        .expect("the gateway starts");
-    let started = Instant::now();
-    let status = loop {
-        if let Some(status) = child.try_wait().expect("the gateway can be waited on") {
-            break status;
-        }
-        if started.elapsed() > REFUSE_WITHIN {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!(
-                "`gateway serve` still ran after {REFUSE_WITHIN:?}; stderr:\n{}",
-                fs::read_to_string(&stderr_path).unwrap_or_default()
-            );
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    let stderr = fs::read_to_string(&stderr_path).expect("stderr is text");
+    let args = [
+        OsStr::new("serve"),
+        OsStr::new("--config"),
+        path.as_os_str(),
+    ];
+    let Run { status, stderr, .. } = run_gateway(args, REFUSE_WITHIN);
     assert!(!status.success(), "{status}; stderr:\n{stderr}");
     assert!(
         stderr.contains("route `strict`, filter `misbehave`: rejected its configuration: nope"),

@@ -3,13 +3,12 @@
 //! the client got back. One route per feature; the path, query and header cases are tables run
 //! over HTTP/1.1 and HTTP/2. Chains, a refused edit and bad configurations have their own tests.
 
-use std::path::Path;
-use std::process::{Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::ffi::OsStr;
+use std::time::Duration;
 
 use bytes::Bytes;
 use gateway_tests::{
-    Gateway, Reply, Upstream, gateway_bin, http1_client, http2_client, send, standard_filters,
+    Gateway, Reply, Upstream, http1_client, http2_client, run_gateway, send, standard_filters,
 };
 use http::Request;
 use http_body_util::Full;
@@ -430,35 +429,6 @@ async fn an_edit_the_gateway_refuses_is_answered_by_the_filter() {
 /// How long `gateway serve` may take to give up on a bad configuration.
 const REFUSE_WITHIN: Duration = Duration::from_secs(10);
 
-/// Runs the gateway binary with `args` and `--config path` until it exits, or kills it after
-/// [`REFUSE_WITHIN`].
-fn run_gateway(args: &[&str], path: &Path) -> Output {
-    let mut child = Command::new(gateway_bin())
-        .args(args)
-        .arg("--config")
-        .arg(path)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("gateway starts");
-    let started = Instant::now();
-    // The refusal is a few lines, far below a pipe's buffer, so the child never blocks on output
-    // while this polls.
-    while child.try_wait().expect("gateway status").is_none() {
-        if started.elapsed() > REFUSE_WITHIN {
-            let _ = child.kill();
-            let output = child.wait_with_output().expect("gateway output");
-            panic!(
-                "`gateway {}` still running after {REFUSE_WITHIN:?}; stderr:\n{}",
-                args.join(" "),
-                String::from_utf8_lossy(&output.stderr)
-            );
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    child.wait_with_output().expect("gateway output")
-}
-
 #[test]
 fn bad_configs_are_refused_at_startup() {
     // (route, the filter's config, what the reason must name)
@@ -514,8 +484,9 @@ fn bad_configs_are_refused_at_startup() {
         let path = dir.path().join(format!("gateway-{index}.yaml"));
         std::fs::write(&path, text).expect("config written");
         for args in [&["validate"][..], &["serve", "--workers", "1"][..]] {
-            let output = run_gateway(args, &path);
-            let stderr = String::from_utf8_lossy(&output.stderr);
+            let config = [OsStr::new("--config"), path.as_os_str()];
+            let output = run_gateway(args.iter().map(OsStr::new).chain(config), REFUSE_WITHIN);
+            let stderr = &output.stderr;
             let context = format!("`gateway {}` on\n{text}\nstderr:\n{stderr}", args.join(" "));
             assert!(!output.status.success(), "{context}");
             for (route, reason) in expected {

@@ -182,9 +182,11 @@ async fn serve(path: &Path) -> anyhow::Result<()> {
         tracing::info!(%address, "admin listening");
         admin::spawn(reloader.clone(), listener);
     }
-    if config.watch {
-        reload::watch::spawn(reloader.clone())
-            .context("cannot watch the configuration and plugins")?;
+    // Without a watcher, the admin API and SIGHUP still reload: serve rather than refuse.
+    if config.watch
+        && let Err(error) = reload::watch::spawn(reloader.clone())
+    {
+        tracing::error!(%error, "cannot watch the configuration and plugins; reload with SIGHUP or the admin API");
     }
     reload_on_hangup(reloader.clone());
     for listener in &listeners {

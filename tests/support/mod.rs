@@ -26,7 +26,7 @@ use tokio::net::TcpStream;
 pub use upstream::Upstream;
 
 /// The cargo target folder this test binary was built in (`.../target/debug/deps/<test>`).
-fn target_dir() -> PathBuf {
+pub fn target_dir() -> PathBuf {
     let exe = std::env::current_exe().expect("the test binary has a path");
     exe.ancestors()
         .nth(3)
@@ -53,7 +53,7 @@ pub fn gateway_bin() -> PathBuf {
     path
 }
 
-/// The folder holding the compiled plugins (`rewrite.wasm`, `misbehave.wasm`).
+/// The folder holding the compiled plugins, checked to hold every one the tests use.
 pub fn plugin_dir() -> PathBuf {
     let dir = std::env::var_os("GATEWAY_PLUGIN_DIR")
         .map(PathBuf::from)
@@ -63,12 +63,17 @@ pub fn plugin_dir() -> PathBuf {
         "gateway_test_misbehave.wasm",
         "gateway_example_ip_filter.wasm",
         "gateway_test_kv_probe.wasm",
+        "gateway_test_wrong_version.wasm",
+        "stamp-blue.wasm",
+        "stamp-green.wasm",
+        "stamp-broken-init.wasm",
     ] {
         assert!(
             dir.join(plugin).is_file(),
             "no {plugin} in {}: build the plugins with scripts/test (or `cargo build --profile wasm \
              --target wasm32-wasip2 -p gateway-plugin-rewrite -p gateway-test-misbehave \
-             -p gateway-example-ip-filter -p gateway-test-kv-probe`)",
+             -p gateway-example-ip-filter -p gateway-test-kv-probe \
+             -p gateway-test-wrong-version`)",
             dir.display()
         );
     }
@@ -96,8 +101,10 @@ filters:
 pub struct Gateway {
     child: Child,
     pub address: SocketAddr,
+    /// The admin API's address, if the config has an `admin` section.
+    pub admin: Option<SocketAddr>,
     logs: Arc<Mutex<Vec<String>>>,
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
 }
 
 impl Gateway {
@@ -112,6 +119,8 @@ impl Gateway {
             .arg(&path)
             .args(["--workers", "2"])
             .env("RUST_LOG", "info")
+            // Compiled components are cached next to the build, not in the user's home.
+            .env("XDG_CACHE_HOME", target_dir().join("test-cache"))
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
@@ -130,18 +139,51 @@ impl Gateway {
             }
         });
         match address_rx.recv_timeout(Duration::from_secs(30)) {
-            Ok(address) => Gateway {
-                child,
-                address,
-                logs,
-                _dir: dir,
-            },
-            Err(_) => {
+            Ok(Listening::Traffic(address)) => {
+                // The admin listener is bound before the traffic listeners, so its line is in.
+                let admin =
+                    logs.lock()
+                        .expect("log lock")
+                        .iter()
+                        .find_map(|line| match listening_address(line) {
+                            Some(Listening::Admin(admin)) => Some(admin),
+                            _ => None,
+                        });
+                Gateway {
+                    child,
+                    address,
+                    admin,
+                    logs,
+                    dir,
+                }
+            }
+            Ok(Listening::Admin(_)) | Err(_) => {
                 let _ = child.kill();
                 let logs = logs.lock().expect("log lock").join("\n");
                 panic!("the gateway did not start listening within 30s; its log:\n{logs}");
             }
         }
+    }
+
+    /// The temporary folder holding the config file; tests may put plugins in it too.
+    pub fn dir(&self) -> &std::path::Path {
+        self.dir.path()
+    }
+
+    /// The config file the gateway serves from; editing it triggers a reload.
+    pub fn config_path(&self) -> PathBuf {
+        self.dir.path().join("gateway.yaml")
+    }
+
+    /// `http://<admin address><path>`; panics if the config has no admin section.
+    pub fn admin_url(&self, path: &str) -> String {
+        let admin = self.admin.expect("the config has an `admin` section");
+        format!("http://{admin}{path}")
+    }
+
+    /// The gateway's process id, for signals and memory readings.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     /// `http://<address><path>`.
@@ -182,12 +224,20 @@ impl Drop for Gateway {
     }
 }
 
-fn listening_address(line: &str) -> Option<SocketAddr> {
+/// A listener the gateway reported binding.
+enum Listening {
+    Traffic(SocketAddr),
+    Admin(SocketAddr),
+}
+
+fn listening_address(line: &str) -> Option<Listening> {
     let event: serde_json::Value = serde_json::from_str(line).ok()?;
-    if event.get("message")?.as_str()? != "listening" {
-        return None;
+    let address = event.get("address")?.as_str()?.parse().ok()?;
+    match event.get("message")?.as_str()? {
+        "listening" => Some(Listening::Traffic(address)),
+        "admin listening" => Some(Listening::Admin(address)),
+        _ => None,
     }
-    event.get("address")?.as_str()?.parse().ok()
 }
 
 /// A response read whole.
@@ -366,4 +416,101 @@ pub async fn raw_replies(address: SocketAddr, bytes: &[u8], within: Duration) ->
         closed,
         elapsed: started.elapsed(),
     }
+}
+
+/// How a command that ran to its end finished, with everything it printed.
+#[derive(Debug)]
+pub struct Run {
+    pub status: std::process::ExitStatus,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+/// Runs `command` to its end with stdin closed and both streams captured, or kills it and panics
+/// once `within` has passed. The streams are read while it runs, so a command that prints a lot
+/// (a cold cargo build) never stalls on a full pipe.
+pub fn run(command: &mut Command, within: Duration) -> Run {
+    let line = std::iter::once(command.get_program())
+        .chain(command.get_args())
+        .map(|part| part.to_string_lossy())
+        .collect::<Vec<_>>()
+        .join(" ");
+    let mut child = command
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|error| panic!("`{line}` cannot start: {error}"));
+    let stdout = Captured::start(child.stdout.take().expect("stdout is piped"));
+    let stderr = Captured::start(child.stderr.take().expect("stderr is piped"));
+    let deadline = Instant::now() + within;
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("the child can be waited on") {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            // Not joined: a grandchild may still hold the pipe open.
+            panic!(
+                "`{line}` still ran after {within:?}; stderr so far:\n{}",
+                stderr.so_far()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    Run {
+        status,
+        stdout: stdout.finish(),
+        stderr: stderr.finish(),
+    }
+}
+
+/// Runs the `gateway` binary with `args` like [`run`]. The caller's log level, backtrace and
+/// colour settings are removed, so what is captured is the gateway's own report.
+pub fn run_gateway(args: impl IntoIterator<Item: AsRef<std::ffi::OsStr>>, within: Duration) -> Run {
+    run(
+        Command::new(gateway_bin())
+            .args(args)
+            .env_remove("RUST_LOG")
+            .env_remove("RUST_BACKTRACE")
+            .env_remove("RUST_LIB_BACKTRACE")
+            .env("NO_COLOR", "1"),
+        within,
+    )
+}
+
+/// One output stream of a child, read to its end on a thread of its own.
+struct Captured {
+    bytes: Arc<Mutex<Vec<u8>>>,
+    reader: std::thread::JoinHandle<()>,
+}
+
+impl Captured {
+    fn start(mut stream: impl std::io::Read + Send + 'static) -> Captured {
+        let bytes = Arc::new(Mutex::new(Vec::new()));
+        let sink = bytes.clone();
+        let reader = std::thread::spawn(move || {
+            let mut chunk = [0; 8192];
+            while let Ok(read @ 1..) = stream.read(&mut chunk) {
+                sink.lock()
+                    .expect("output lock")
+                    .extend_from_slice(&chunk[..read]);
+            }
+        });
+        Captured { bytes, reader }
+    }
+
+    fn so_far(&self) -> String {
+        text(&self.bytes)
+    }
+
+    fn finish(self) -> String {
+        let _ = self.reader.join();
+        text(&self.bytes)
+    }
+}
+
+fn text(bytes: &Mutex<Vec<u8>>) -> String {
+    String::from_utf8_lossy(&bytes.lock().expect("output lock")).into_owned()
 }

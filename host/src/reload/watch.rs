@@ -53,17 +53,25 @@ impl Watched {
         })
     }
 
+    /// Whether the plugin folder needs a watch of its own: it exists (a configuration without
+    /// filters may name one that does not) and is not the configuration's folder.
+    fn plugin_dir_watched(&self) -> bool {
+        self.plugin_dir != self.config_dir && self.plugin_dir.is_dir()
+    }
+
     fn start(&self, watcher: &mut RecommendedWatcher) -> notify::Result<()> {
         watcher.watch(&self.config_dir, RecursiveMode::NonRecursive)?;
-        if self.plugin_dir != self.config_dir {
+        if self.plugin_dir_watched() {
             watcher.watch(&self.plugin_dir, RecursiveMode::NonRecursive)?;
+        } else if !self.plugin_dir.is_dir() {
+            tracing::warn!(plugins = %self.plugin_dir.display(), "the plugin folder does not exist; not watched");
         }
         Ok(())
     }
 
     fn stop(&self, watcher: &mut RecommendedWatcher) {
         let _ = watcher.unwatch(&self.config_dir);
-        if self.plugin_dir != self.config_dir {
+        if self.plugin_dir_watched() {
             let _ = watcher.unwatch(&self.plugin_dir);
         }
     }
@@ -104,9 +112,11 @@ pub fn spawn(reloader: Arc<Reloader>) -> notify::Result<()> {
                 }
             }
             reloader.reload(Trigger::Watch).await;
-            // A reload may have moved the plugin folder.
+            // A reload may have moved the plugin folder, or created the one configured.
             let now = Watched::of(&reloader);
-            if now.plugin_dir != watched.plugin_dir {
+            if now.plugin_dir != watched.plugin_dir
+                || now.plugin_dir_watched() != watched.plugin_dir_watched()
+            {
                 watched.stop(&mut watcher);
                 if let Err(error) = now.start(&mut watcher) {
                     tracing::error!(%error, plugins = %now.plugin_dir.display(), "cannot watch the new plugin folder");
