@@ -78,15 +78,6 @@ pub struct TestRequest {
     pub(crate) state: RefCell<RequestState>,
 }
 
-fn header_list(headers: &[(String, String)], name: &str) -> Vec<String> {
-    let name = name.to_ascii_lowercase();
-    headers
-        .iter()
-        .filter(|(key, _)| *key == name)
-        .map(|(_, value)| value.clone())
-        .collect()
-}
-
 impl TestRequest {
     /// A request with this method and target (`/path` or `/path?query`), from 127.0.0.1, with
     /// an `x-request-id` header as the gateway always sets one.
@@ -213,7 +204,7 @@ impl TestRequest {
     /// assert_eq!(request.header("x-request-id").as_deref(), Some("test-request"));
     /// ```
     pub fn header(&self, name: &str) -> Option<String> {
-        header_list(&self.state.borrow().headers, name)
+        crate::backend::header_values(&self.state.borrow().headers, name)
             .into_iter()
             .next()
     }
@@ -225,7 +216,7 @@ impl TestRequest {
     /// assert_eq!(request.header_values("via"), ["a", "b"]);
     /// ```
     pub fn header_values(&self, name: &str) -> Vec<String> {
-        header_list(&self.state.borrow().headers, name)
+        crate::backend::header_values(&self.state.borrow().headers, name)
     }
 
     /// Every header as `(lower-case name, value)`, in order.
@@ -296,7 +287,7 @@ impl TestResponse {
     /// assert_eq!(response.header("ETag").as_deref(), Some("\"v1\""));
     /// ```
     pub fn header(&self, name: &str) -> Option<String> {
-        header_list(&self.state.borrow().headers, name)
+        crate::backend::header_values(&self.state.borrow().headers, name)
             .into_iter()
             .next()
     }
@@ -308,7 +299,7 @@ impl TestResponse {
     /// assert!(response.header_values("set-cookie").is_empty());
     /// ```
     pub fn header_values(&self, name: &str) -> Vec<String> {
-        header_list(&self.state.borrow().headers, name)
+        crate::backend::header_values(&self.state.borrow().headers, name)
     }
 
     /// Every header as `(lower-case name, value)`, in order.

@@ -53,8 +53,9 @@ fn valid_query(query: &str) -> Result<(), String> {
     }
 }
 
-/// Header storage shared by requests and responses: lower-case names, in arrival order.
-fn values(headers: &[(String, String)], name: &str) -> Vec<String> {
+/// Every value of a header, from storage shared by requests and responses (lower-case names,
+/// in arrival order); the test host's own getters read it the same way.
+pub(crate) fn header_values(headers: &[(String, String)], name: &str) -> Vec<String> {
     let name = name.to_ascii_lowercase();
     headers
         .iter()
@@ -155,12 +156,12 @@ impl<'a> RequestRef<'a> {
             .map(|(_, value)| value.clone())
     }
     pub fn header(&self, name: &str) -> Option<String> {
-        values(&self.state.borrow().headers, name)
+        header_values(&self.state.borrow().headers, name)
             .into_iter()
             .next()
     }
     pub fn header_values(&self, name: &str) -> Vec<String> {
-        values(&self.state.borrow().headers, name)
+        header_values(&self.state.borrow().headers, name)
     }
     pub fn header_names(&self) -> Vec<String> {
         names(&self.state.borrow().headers)
@@ -201,12 +202,12 @@ impl<'a> ResponseRef<'a> {
         Ok(())
     }
     pub fn header(&self, name: &str) -> Option<String> {
-        values(&self.state.borrow().headers, name)
+        header_values(&self.state.borrow().headers, name)
             .into_iter()
             .next()
     }
     pub fn header_values(&self, name: &str) -> Vec<String> {
-        values(&self.state.borrow().headers, name)
+        header_values(&self.state.borrow().headers, name)
     }
     pub fn header_names(&self) -> Vec<String> {
         names(&self.state.borrow().headers)
