@@ -4,6 +4,7 @@
 pub mod body;
 pub mod headers;
 
+use std::fmt;
 use std::net::SocketAddr;
 use std::time::{Instant, SystemTime};
 
@@ -20,14 +21,29 @@ use crate::routing::Target;
 use crate::server::framing::Framing;
 use crate::server::hygiene::Violation;
 use crate::server::{Connection, hygiene, normalize};
+use crate::upstream::{InstanceUrl, Service};
 use crate::{Error, Result};
 
-/// What the access log says about one request.
+/// What the access log says about one request, borrowed from the serving state: nothing is
+/// formatted unless the line is written.
 #[derive(Default)]
-struct Outcome {
-    route: Option<String>,
-    upstream: Option<String>,
-    error: Option<String>,
+struct Outcome<'g> {
+    route: Option<&'g str>,
+    upstream: Option<Upstream<'g>>,
+    error: Option<Error>,
+}
+
+/// The service instance a request went to.
+#[derive(Clone, Copy)]
+struct Upstream<'g> {
+    service: &'g str,
+    instance: &'g InstanceUrl,
+}
+
+impl fmt::Display for Upstream<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}@{}", self.service, self.instance.authority)
+    }
 }
 
 /// Serves one client request. Never fails: every error becomes the documented JSON answer.
@@ -41,8 +57,11 @@ pub async fn serve(
     let request_id = headers::request_id(request.headers());
     let method = request.method().clone();
     let version = request.version();
+    let access_log = tracing::enabled!(target: "access", tracing::Level::INFO);
     // Logged as received: the normalised form may not exist if the path is refused.
-    let target = request.uri().path_and_query().map(ToString::to_string);
+    let target = access_log
+        .then(|| request.uri().path_and_query().map(ToString::to_string))
+        .flatten();
     let mut outcome = Outcome::default();
 
     // Every HTTP/1 request takes its verdict, so that the next request gets the next one.
@@ -64,26 +83,29 @@ pub async fn serve(
         Ok(()) => forward(gateway, client, request, &request_id, &mut outcome).await,
     };
     let mut response = answer.unwrap_or_else(|error| {
-        outcome.error = Some(error.to_string());
-        error_response(&error, &request_id, version)
+        let response = error_response(&error, &request_id, version);
+        outcome.error = Some(error);
+        response
     });
     response
         .headers_mut()
         .insert(headers::REQUEST_ID, request_id.clone());
 
-    tracing::info!(
-        target: "access",
-        request_id = request_id.to_str().unwrap_or("-"),
-        client = %client.ip(),
-        method = %method,
-        target = target.as_deref().unwrap_or("-"),
-        version = ?version,
-        status = response.status().as_u16(),
-        duration_us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX),
-        route = outcome.route.as_deref().unwrap_or("-"),
-        upstream = outcome.upstream.as_deref().unwrap_or("-"),
-        error = outcome.error.as_deref().unwrap_or(""),
-    );
+    if access_log {
+        tracing::info!(
+            target: "access",
+            request_id = request_id.to_str().unwrap_or("-"),
+            client = %client.ip(),
+            method = %method,
+            target = target.as_deref().unwrap_or("-"),
+            version = ?version,
+            status = response.status().as_u16(),
+            duration_us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX),
+            route = outcome.route.unwrap_or("-"),
+            upstream = %outcome.upstream.map_or_else(|| "-".to_owned(), |upstream| upstream.to_string()),
+            error = %outcome.error.as_ref().map(ToString::to_string).unwrap_or_default(),
+        );
+    }
     response
 }
 
@@ -96,12 +118,12 @@ fn health() -> Response<ResponseBody> {
     response
 }
 
-async fn forward(
-    gateway: &Gateway,
+async fn forward<'g>(
+    gateway: &'g Gateway,
     client: SocketAddr,
     request: Request<Incoming>,
     request_id: &HeaderValue,
-    outcome: &mut Outcome,
+    outcome: &mut Outcome<'g>,
 ) -> Result<Response<ResponseBody>> {
     let path = normalize::normalize_path(request.uri().path())
         .map_err(Error::BadPath)?
@@ -112,7 +134,7 @@ async fn forward(
         .route(request.method(), authority.as_deref(), &path)
         .ok_or(Error::NoRoute)?;
     let route = matched.route;
-    outcome.route = Some(route.name.clone());
+    outcome.route = Some(&route.name);
 
     let (parts, body) = request.into_parts();
     let mut head = RequestHead {
@@ -156,8 +178,9 @@ async fn forward(
         Ok(response) => response,
         // Filters that already ran still see the gateway's own error answer.
         Err(error) if phase.ran > 0 => {
-            outcome.error = Some(error.to_string());
-            error_response(&error, request_id, parts.version)
+            let response = error_response(&error, request_id, parts.version);
+            outcome.error = Some(error);
+            response
         }
         Err(error) => return Err(error),
     };
@@ -173,30 +196,34 @@ async fn forward(
 
 /// Sends the request to an instance of the route's service and returns its response head and
 /// streaming body.
-async fn call_upstream(
-    gateway: &Gateway,
-    target: &Target,
+async fn call_upstream<'g>(
+    gateway: &'g Gateway,
+    target: &'g Target,
     route: &str,
     head: &mut RequestHead,
     body: Incoming,
     chain: &FilterChain,
-    outcome: &mut Outcome,
+    outcome: &mut Outcome<'g>,
 ) -> Result<Response<ResponseBody>> {
-    let service = match target {
-        Target::Service(service) => service.clone(),
+    let service: &'g Service = match target {
+        Target::Service(service) => service,
         Target::ServiceFromParam(param) => {
             let name = head.param(param).unwrap_or_default();
             gateway
                 .services
                 .get(name)
-                .cloned()
                 .ok_or_else(|| Error::UnknownService(name.chars().take(64).collect()))?
         }
         Target::None => return Err(Error::NoService(route.to_owned())),
     };
-    let instance = service.pick();
-    let instance_name = format!("{}@{}", service.name, instance.authority);
-    outcome.upstream = Some(instance_name.clone());
+    let upstream = Upstream {
+        service: &service.name,
+        instance: service.pick(),
+    };
+    outcome.upstream = Some(upstream);
+    let instance = upstream.instance;
+    // Named in errors only; formatted only when one happens.
+    let instance_name = || upstream.to_string();
 
     let path_and_query = match &head.query {
         Some(query) => format!("{}?{query}", head.path),
@@ -208,7 +235,7 @@ async fn call_upstream(
         .path_and_query(path_and_query)
         .build()
         .map_err(|error| Error::UpstreamFailed {
-            instance: instance_name.clone(),
+            instance: instance_name(),
             reason: format!("cannot build the upstream URI: {error}"),
         })?;
     // The response phase needs the request as sent; only keep a copy if a filter will look.
@@ -229,11 +256,11 @@ async fn call_upstream(
         match tokio::time::timeout(timeout, service.client.request(upstream_request)).await {
             Err(_) => {
                 return Err(Error::UpstreamTimeout {
-                    instance: instance_name,
+                    instance: instance_name(),
                     timeout,
                 });
             }
-            Ok(Err(error)) => return Err(classify_upstream_error(&error, instance_name)),
+            Ok(Err(error)) => return Err(classify_upstream_error(&error, instance_name())),
             Ok(Ok(response)) => response,
         };
     let (mut parts, body) = response.into_parts();
