@@ -132,14 +132,15 @@ impl Gateway {
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines() {
                 let Ok(line) = line else { break };
-                if let Some(address) = listening_address(&line) {
+                // Only the traffic listener means "started": the admin one binds first.
+                if let Some(Listening::Traffic(address)) = listening_address(&line) {
                     let _ = address_tx.send(address);
                 }
                 sink.lock().expect("log lock").push(line);
             }
         });
         match address_rx.recv_timeout(Duration::from_secs(30)) {
-            Ok(Listening::Traffic(address)) => {
+            Ok(address) => {
                 // The admin listener is bound before the traffic listeners, so its line is in.
                 let admin =
                     logs.lock()
@@ -157,7 +158,7 @@ impl Gateway {
                     dir,
                 }
             }
-            Ok(Listening::Admin(_)) | Err(_) => {
+            Err(_) => {
                 let _ = child.kill();
                 let logs = logs.lock().expect("log lock").join("\n");
                 panic!("the gateway did not start listening within 30s; its log:\n{logs}");

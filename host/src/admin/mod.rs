@@ -50,7 +50,12 @@ async fn handle(reloader: Arc<Reloader>, request: Request<Incoming>) -> Response
         (&Method::GET, "/health") => json(StatusCode::OK, &serde_json::json!({ "status": "ok" })),
         _ => {
             let request_id = headers::request_id(request.headers());
-            error_response(&Error::NoRoute, &request_id, Version::HTTP_11)
+            let mut response = error_response(&Error::NoRoute, &request_id, Version::HTTP_11);
+            // As on the traffic listener: the id the error names is one the client was given.
+            response
+                .headers_mut()
+                .insert(headers::REQUEST_ID, request_id);
+            response
         }
     }
 }

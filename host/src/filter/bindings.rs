@@ -316,6 +316,9 @@ impl log::Host for InstanceState {
             log::Level::Warn => tracing::warn!(target: "filter", filter, request_id, "{message}"),
             log::Level::Error => tracing::error!(target: "filter", filter, request_id, "{message}"),
         }
+        if level == log::Level::Error {
+            self.last_error = Some(message);
+        }
         Ok(())
     }
 }

@@ -61,6 +61,9 @@ impl ResourceLimiter for MemoryCap {
 /// Everything a filter instance's store holds.
 pub struct InstanceState {
     pub(super) filter: Arc<str>,
+    /// The last error the filter logged during the current call: when the call traps, this is
+    /// usually why (the SDK logs a panic's message before the trap).
+    pub(super) last_error: Option<String>,
     pub(super) kv: Arc<super::KvStore>,
     pub(super) exchange: Exchange,
     cap: MemoryCap,
@@ -99,6 +102,7 @@ impl FilterInstance {
             .build();
         let state = InstanceState {
             filter: filter.name.clone(),
+            last_error: None,
             kv: filter.kv.clone(),
             exchange: Exchange::default(),
             cap: MemoryCap {
@@ -181,6 +185,19 @@ impl FilterInstance {
     }
 }
 
+/// A trap in a line an operator can act on: what the filter said before it (its panic message,
+/// if it panicked), and the kind of trap, without the wasm backtrace of anonymous functions.
+fn describe_trap(error: &wasmtime::Error, last_error: Option<String>) -> String {
+    let kind = match error.downcast_ref::<Trap>() {
+        Some(trap) => trap.to_string(),
+        None => error.to_string(),
+    };
+    match last_error {
+        Some(said) => format!("{said} ({kind})"),
+        None => kind,
+    }
+}
+
 /// Runs one call into Wasm under the deadline, turning every way it can fail into a
 /// [`FilterFailure`]: traps, the deadline, the memory cap, and a panic in host code it called.
 fn guarded<T>(
@@ -192,6 +209,7 @@ fn guarded<T>(
     // One extra tick: the deadline counts ticks that start after this point, and the next tick
     // may be only moments away.
     store.set_epoch_deadline(u64::try_from(ticks).unwrap_or(u64::MAX).saturating_add(1));
+    store.data_mut().last_error = None;
     // A panic in host code called by the guest (e.g. WASI stdio, which blocks on the async
     // runtime) must cost this instance, not the worker thread.
     let outcome = catch_unwind(AssertUnwindSafe(|| call(&mut *store)));
@@ -205,7 +223,10 @@ fn guarded<T>(
             } else if matches!(error.downcast_ref::<Trap>(), Some(Trap::Interrupt)) {
                 Err(FilterFailure::Timeout(timeout))
             } else {
-                Err(FilterFailure::Trap(format!("{error:#}")))
+                Err(FilterFailure::Trap(describe_trap(
+                    &error,
+                    store.data_mut().last_error.take(),
+                )))
             }
         }
         Err(_) => Err(FilterFailure::Trap(

@@ -80,6 +80,8 @@ pub struct Reloader {
     fixed: Fixed,
     status: Mutex<ReloadStatus>,
     running: tokio::sync::Mutex<()>,
+    /// The generation serving now, for whoever must follow state changes (the watcher).
+    applied: tokio::sync::watch::Sender<u64>,
 }
 
 /// Settings read once at start-up.
@@ -190,6 +192,7 @@ impl Reloader {
             fixed: Fixed::of(&config),
             status: Mutex::new(status),
             running: tokio::sync::Mutex::new(()),
+            applied: tokio::sync::watch::Sender::new(1),
         };
         Ok((Arc::new(reloader), config))
     }
@@ -206,6 +209,11 @@ impl Reloader {
     /// The plugin folder of the state serving now.
     pub fn plugin_dir(&self) -> PathBuf {
         self.live.current().plugin_dir.clone()
+    }
+
+    /// Changes whenever a new state is swapped in, whatever triggered it.
+    pub fn applied(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.applied.subscribe()
     }
 
     pub fn status(&self) -> ReloadStatus {
@@ -259,6 +267,7 @@ impl Reloader {
             status.generation += 1;
             status.successes += 1;
             status.filters = filters;
+            self.applied.send_replace(status.generation);
             tracing::info!(
                 trigger = ?trigger,
                 generation = status.generation,

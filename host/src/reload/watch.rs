@@ -24,6 +24,10 @@ struct Watched {
     config_file: PathBuf,
     config_dir: PathBuf,
     plugin_dir: PathBuf,
+    /// Whether the plugin folder gets a watch of its own: it exists (a configuration without
+    /// filters may name one that does not) and is not the configuration's folder. Decided when
+    /// this is made, not when asked, so that a folder created since shows up as a change.
+    plugin_dir_watched: bool,
 }
 
 impl Watched {
@@ -32,10 +36,13 @@ impl Watched {
         let config_dir = config_file
             .parent()
             .map_or_else(|| PathBuf::from("."), Path::to_path_buf);
+        let plugin_dir = canonical(&reloader.plugin_dir());
+        let plugin_dir_watched = plugin_dir != config_dir && plugin_dir.is_dir();
         Watched {
             config_file,
             config_dir,
-            plugin_dir: canonical(&reloader.plugin_dir()),
+            plugin_dir,
+            plugin_dir_watched,
         }
     }
 
@@ -45,7 +52,9 @@ impl Watched {
             return false;
         }
         event.paths.iter().any(|path| {
+            // The plugin folder itself appearing (or going) changes what can load.
             path == &self.config_file
+                || path == &self.plugin_dir
                 || (path.parent() == Some(self.plugin_dir.as_path())
                     && path
                         .extension()
@@ -53,15 +62,9 @@ impl Watched {
         })
     }
 
-    /// Whether the plugin folder needs a watch of its own: it exists (a configuration without
-    /// filters may name one that does not) and is not the configuration's folder.
-    fn plugin_dir_watched(&self) -> bool {
-        self.plugin_dir != self.config_dir && self.plugin_dir.is_dir()
-    }
-
     fn start(&self, watcher: &mut RecommendedWatcher) -> notify::Result<()> {
         watcher.watch(&self.config_dir, RecursiveMode::NonRecursive)?;
-        if self.plugin_dir_watched() {
+        if self.plugin_dir_watched {
             watcher.watch(&self.plugin_dir, RecursiveMode::NonRecursive)?;
         } else if !self.plugin_dir.is_dir() {
             tracing::warn!(plugins = %self.plugin_dir.display(), "the plugin folder does not exist; not watched");
@@ -71,7 +74,7 @@ impl Watched {
 
     fn stop(&self, watcher: &mut RecommendedWatcher) {
         let _ = watcher.unwatch(&self.config_dir);
-        if self.plugin_dir_watched() {
+        if self.plugin_dir_watched {
             let _ = watcher.unwatch(&self.plugin_dir);
         }
     }
@@ -98,24 +101,36 @@ pub fn spawn(reloader: Arc<Reloader>) -> notify::Result<()> {
         "watching for changes"
     );
 
+    let mut applied = reloader.applied();
     tokio::spawn(async move {
-        while let Some(event) = receiver.recv().await {
-            if !relevant(&watched, event) {
-                continue;
-            }
-            // Debounce: wait for the folders to go quiet.
-            loop {
-                match tokio::time::timeout(QUIET, receiver.recv()).await {
-                    Ok(Some(_)) => continue,
-                    Ok(None) => return,
-                    Err(_) => break,
+        loop {
+            tokio::select! {
+                event = receiver.recv() => {
+                    let Some(event) = event else { return };
+                    if !relevant(&watched, event) {
+                        continue;
+                    }
+                    // Debounce: wait for the folders to go quiet.
+                    loop {
+                        match tokio::time::timeout(QUIET, receiver.recv()).await {
+                            Ok(Some(_)) => continue,
+                            Ok(None) => return,
+                            Err(_) => break,
+                        }
+                    }
+                    reloader.reload(Trigger::Watch).await;
+                }
+                // A reload from the admin API or SIGHUP may also have moved the plugin folder.
+                changed = applied.changed() => {
+                    if changed.is_err() {
+                        return;
+                    }
                 }
             }
-            reloader.reload(Trigger::Watch).await;
-            // A reload may have moved the plugin folder, or created the one configured.
+            // The plugin folder may have moved, or the configured one may exist now.
             let now = Watched::of(&reloader);
             if now.plugin_dir != watched.plugin_dir
-                || now.plugin_dir_watched() != watched.plugin_dir_watched()
+                || now.plugin_dir_watched != watched.plugin_dir_watched
             {
                 watched.stop(&mut watcher);
                 if let Err(error) = now.start(&mut watcher) {
