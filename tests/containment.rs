@@ -493,3 +493,22 @@ routes:
     );
     assert!(!stderr.contains("listening"), "it never served:\n{stderr}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn filters_reach_no_environment_files_or_network() {
+    let s = setup().await;
+    let client = http1_client();
+    let reply = call(
+        &client,
+        &s.gateway,
+        "/closed",
+        Some(("x-misbehave", "probe")),
+    )
+    .await;
+    assert_eq!(reply.status, 200);
+    let probe = reply.json()["headers"]["x-probe"][0]
+        .as_str()
+        .map(str::to_owned)
+        .unwrap_or_else(|| panic!("no probe result upstream: {}", reply.json()));
+    assert_eq!(probe, "env=0;args=0;fs=denied;net=denied");
+}

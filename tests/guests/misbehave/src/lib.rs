@@ -2,9 +2,10 @@
 //!
 //! The request header `x-misbehave` picks the behaviour for the request phase and
 //! `x-misbehave-response` for the response phase: `trap` panics, `loop` never returns, `alloc`
-//! allocates until the memory cap stops it. Any other value, or none, passes the request on; the
-//! response is stamped with `x-misbehave-calls`, this instance's count of request phases, so
-//! tests can see instances being reused and replaced.
+//! allocates until the memory cap stops it, `probe` tries to reach the environment, the file
+//! system and the network and reports what it got in the request header `x-probe`. Any other
+//! value, or none, passes the request on; the response is stamped with `x-misbehave-calls`,
+//! this instance's count of request phases, so tests can see instances being reused and replaced.
 
 // Natively the export is compiled out and nothing else uses the filter: it exists for Wasm.
 #![cfg_attr(not(target_family = "wasm"), allow(dead_code))]
@@ -46,6 +47,21 @@ fn act(behaviour: Option<String>) {
     }
 }
 
+/// What a filter can reach of the machine: each part is `denied` unless it got something.
+fn probe() -> String {
+    let variables = std::env::vars().count();
+    let arguments = std::env::args().count();
+    let files = match std::fs::read_dir("/") {
+        Ok(entries) => format!("listed {}", entries.count()),
+        Err(_) => "denied".to_owned(),
+    };
+    let network = match std::net::TcpStream::connect("127.0.0.1:80") {
+        Ok(_) => "connected".to_owned(),
+        Err(_) => "denied".to_owned(),
+    };
+    format!("env={variables};args={arguments};fs={files};net={network}")
+}
+
 impl Filter for Misbehave {
     type Config = Config;
 
@@ -59,7 +75,13 @@ impl Filter for Misbehave {
     }
 
     fn on_request(&self, request: &mut Request) -> Action {
-        act(request.header("x-misbehave"));
+        let behaviour = request.header("x-misbehave");
+        if behaviour.as_deref() == Some("probe")
+            && let Err(error) = request.set_header("x-probe", &probe())
+        {
+            panic!("cannot report the probe: {error}");
+        }
+        act(behaviour);
         self.calls.set(self.calls.get() + 1);
         Action::Continue
     }
