@@ -13,7 +13,9 @@ use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use gateway_tests::{Gateway, Reply, Upstream, get, http1_client, plugin_dir, send};
+use gateway_tests::{
+    Gateway, Reply, Upstream, get, http1_client, plugin_dir, replace_by_rename, send,
+};
 use http::Request;
 use http_body_util::{BodyExt, Full};
 use serde_json::Value;
@@ -62,14 +64,7 @@ enum Write {
 fn replace(path: &Path, bytes: &[u8], how: Write) {
     match how {
         Write::Rename => {
-            let name = path
-                .file_name()
-                .expect("a file path")
-                .to_string_lossy()
-                .into_owned();
-            let temporary = path.with_file_name(format!(".{name}.tmp"));
-            std::fs::write(&temporary, bytes).expect("temporary file written");
-            std::fs::rename(&temporary, path).expect("renamed over the original");
+            replace_by_rename(path, bytes);
         }
         Write::InPlace => std::fs::write(path, bytes).expect("file rewritten"),
     }

@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use gateway_tests::{Gateway, Upstream, get, http1_client, plugin_dir, send};
+use gateway_tests::{Gateway, Upstream, get, http1_client, plugin_dir, replace_by_rename, send};
 use http::Request;
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
@@ -113,22 +113,6 @@ routes:
         component,
         _upstream: upstream,
     }
-}
-
-/// Writes a temporary file beside `path` and renames it over `path`, as editors and deploy
-/// tools do: readers see the old file or the new one, never a mix. Returns when the rename
-/// started.
-fn replace_by_rename(path: &Path, bytes: &[u8]) -> Instant {
-    let name = path
-        .file_name()
-        .expect("a file name")
-        .to_string_lossy()
-        .into_owned();
-    let temporary = path.with_file_name(format!(".{name}.tmp"));
-    std::fs::write(&temporary, bytes).expect("temporary file written");
-    let renaming = Instant::now();
-    std::fs::rename(&temporary, path).expect("renamed over the original");
-    renaming
 }
 
 /// Overwrites `path` in place in two writes with `pause` between them, as a copy arriving in

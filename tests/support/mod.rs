@@ -9,7 +9,7 @@ pub use gateway_demo_upstream as upstream;
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -514,4 +514,20 @@ impl Captured {
 
 fn text(bytes: &Mutex<Vec<u8>>) -> String {
     String::from_utf8_lossy(&bytes.lock().expect("output lock")).into_owned()
+}
+
+/// Writes a temporary file beside `path` and renames it over `path`, as editors and deploy
+/// tools do: readers see the old file or the new one, never a mix. Returns when the rename
+/// started.
+pub fn replace_by_rename(path: &Path, bytes: &[u8]) -> Instant {
+    let name = path
+        .file_name()
+        .expect("a file name")
+        .to_string_lossy()
+        .into_owned();
+    let temporary = path.with_file_name(format!(".{name}.tmp"));
+    std::fs::write(&temporary, bytes).expect("temporary file written");
+    let renaming = Instant::now();
+    std::fs::rename(&temporary, path).expect("renamed over the original");
+    renaming
 }
