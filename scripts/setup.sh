@@ -34,6 +34,25 @@ ensure_toolchain() {
         step "installing the wasm32-wasip2 Rust target"
         rustup target add wasm32-wasip2 || fail "rustup target add wasm32-wasip2 failed"
     fi
+    claim_target_dir
+}
+
+# Binaries keep the paths of the checkout that built them (the tests find their fixtures through
+# CARGO_MANIFEST_DIR, `gateway plugin new` finds the SDK that way), while cargo decides what to
+# rebuild by modification times: a second checkout sharing the target folder, with older files,
+# would run the first one's binaries. The folder remembers the checkout that last built into it;
+# another one marks its own sources as changed, which rebuilds the workspace's crates only.
+claim_target_dir() {
+    local marker="$CARGO_TARGET_DIR/.checkout" previous=""
+    [ -f "$marker" ] && previous="$(cat "$marker")"
+    # A folder with builds but no record was filled by an older version of this script.
+    if [ "$previous" != "$REPO_ROOT" ] && [ -n "$(ls -A "$CARGO_TARGET_DIR" 2>/dev/null)" ]; then
+        step "the target folder was last built from ${previous:-another checkout}: rebuilding this checkout's crates"
+        (cd "$REPO_ROOT" && find . -path ./target -prune -o \( -name '*.rs' -o -name Cargo.toml \) -print0 \
+            | xargs -0 touch) || fail "cannot mark this checkout's sources as changed"
+    fi
+    mkdir -p "$CARGO_TARGET_DIR" && printf '%s\n' "$REPO_ROOT" >"$marker" \
+        || fail "cannot write to the target folder $CARGO_TARGET_DIR"
 }
 
 ensure_command() {
