@@ -43,6 +43,7 @@ pub fn checksum(bytes: &[u8], seed: u64) -> u64 {
 pub struct Upstream {
     pub address: SocketAddr,
     requests: Arc<AtomicUsize>,
+    connections: Arc<AtomicUsize>,
     task: JoinHandle<()>,
 }
 
@@ -73,12 +74,15 @@ impl Upstream {
             )
         })?;
         let name: Arc<str> = Arc::from(name);
+        let connections = Arc::new(AtomicUsize::new(0));
         let counter = requests.clone();
+        let accepted = connections.clone();
         let task = tokio::spawn(async move {
             loop {
                 let Ok((stream, _)) = listener.accept().await else {
                     continue;
                 };
+                accepted.fetch_add(1, Ordering::SeqCst);
                 let name = name.clone();
                 let counter = counter.clone();
                 tokio::spawn(async move {
@@ -95,6 +99,7 @@ impl Upstream {
         Ok(Upstream {
             address,
             requests,
+            connections,
             task,
         })
     }
@@ -107,6 +112,11 @@ impl Upstream {
     /// How many requests reached this upstream.
     pub fn requests(&self) -> usize {
         self.requests.load(Ordering::SeqCst)
+    }
+
+    /// How many connections this upstream accepted.
+    pub fn connections(&self) -> usize {
+        self.connections.load(Ordering::SeqCst)
     }
 }
 

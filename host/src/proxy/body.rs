@@ -10,8 +10,10 @@ use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 use tokio::time::{Instant, Sleep};
 
+use crate::upstream::UpstreamBody;
+
 /// What the gateway sends a client: an upstream's body as it arrives, or one the gateway made.
-pub type ResponseBody = Either<Incoming, Full<Bytes>>;
+pub type ResponseBody = Either<UpstreamBody, Full<Bytes>>;
 
 /// A response body the gateway made itself.
 pub fn full(bytes: impl Into<Bytes>) -> ResponseBody {

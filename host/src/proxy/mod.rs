@@ -4,7 +4,6 @@
 pub mod body;
 pub mod headers;
 
-use std::fmt;
 use std::net::SocketAddr;
 use std::time::{Instant, SystemTime};
 
@@ -14,14 +13,14 @@ use http::{Request, Response, StatusCode, Uri, Version};
 use http_body_util::Either;
 use hyper::body::Incoming;
 
-use self::body::{BodyReadTimeout, RequestBody, ResponseBody, full};
+use self::body::{RequestBody, ResponseBody, full};
 use crate::filter::{FilterChain, Reply, RequestHead, ResponseHead};
 use crate::gateway::Gateway;
 use crate::routing::Target;
 use crate::server::framing::Framing;
 use crate::server::hygiene::Violation;
 use crate::server::{Connection, hygiene, normalize};
-use crate::upstream::{InstanceUrl, Service};
+use crate::upstream::{Instance, Service};
 use crate::{Error, Result};
 
 /// What the access log says about one request, borrowed from the serving state: nothing is
@@ -29,21 +28,8 @@ use crate::{Error, Result};
 #[derive(Default)]
 struct Outcome<'g> {
     route: Option<&'g str>,
-    upstream: Option<Upstream<'g>>,
+    upstream: Option<&'g Instance>,
     error: Option<Error>,
-}
-
-/// The service instance a request went to.
-#[derive(Clone, Copy)]
-struct Upstream<'g> {
-    service: &'g str,
-    instance: &'g InstanceUrl,
-}
-
-impl fmt::Display for Upstream<'_> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}@{}", self.service, self.instance.authority)
-    }
 }
 
 /// Serves one client request. Never fails: every error becomes the documented JSON answer.
@@ -102,7 +88,7 @@ pub async fn serve(
             status = response.status().as_u16(),
             duration_us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX),
             route = outcome.route.unwrap_or("-"),
-            upstream = %outcome.upstream.map_or_else(|| "-".to_owned(), |upstream| upstream.to_string()),
+            upstream = outcome.upstream.map_or("-", |instance| instance.label.as_str()),
             error = %outcome.error.as_ref().map(ToString::to_string).unwrap_or_default(),
         );
     }
@@ -216,28 +202,24 @@ async fn call_upstream<'g>(
         }
         Target::None => return Err(Error::NoService(route.to_owned())),
     };
-    let upstream = Upstream {
-        service: &service.name,
-        instance: service.pick(),
-    };
-    outcome.upstream = Some(upstream);
-    let instance = upstream.instance;
-    // Named in errors only; formatted only when one happens.
-    let instance_name = || upstream.to_string();
+    let instance = service.pick();
+    outcome.upstream = Some(instance);
 
+    // Origin form: the connection is to the instance already.
     let path_and_query = match &head.query {
-        Some(query) => format!("{}?{query}", head.path),
+        Some(query) => {
+            let mut target = String::with_capacity(head.path.len() + 1 + query.len());
+            target.push_str(&head.path);
+            target.push('?');
+            target.push_str(query);
+            target
+        }
         None => head.path.clone(),
     };
-    let uri = Uri::builder()
-        .scheme(instance.scheme.clone())
-        .authority(instance.authority.clone())
-        .path_and_query(path_and_query)
-        .build()
-        .map_err(|error| Error::UpstreamFailed {
-            instance: instance_name(),
-            reason: format!("cannot build the upstream URI: {error}"),
-        })?;
+    let uri = Uri::try_from(path_and_query).map_err(|error| Error::UpstreamFailed {
+        instance: instance.label.clone(),
+        reason: format!("cannot build the upstream URI: {error}"),
+    })?;
     // The response phase needs the request as sent; only keep a copy if a filter will look.
     let headers = if chain.has_response_phase() {
         head.headers.clone()
@@ -252,48 +234,15 @@ async fn call_upstream<'g>(
     *upstream_request.headers_mut() = headers;
 
     let timeout = service.request_timeout;
-    let response =
-        match tokio::time::timeout(timeout, service.client.request(upstream_request)).await {
-            Err(_) => {
-                return Err(Error::UpstreamTimeout {
-                    instance: instance_name(),
-                    timeout,
-                });
-            }
-            Ok(Err(error)) => return Err(classify_upstream_error(&error, instance_name())),
-            Ok(Ok(response)) => response,
-        };
+    let response = tokio::time::timeout(timeout, instance.send(upstream_request))
+        .await
+        .map_err(|_| Error::UpstreamTimeout {
+            instance: instance.label.clone(),
+            timeout,
+        })??;
     let (mut parts, body) = response.into_parts();
     headers::strip_hop_by_hop(&mut parts.headers);
     Ok(Response::from_parts(parts, Either::Left(body)))
-}
-
-fn classify_upstream_error(error: &hyper_util::client::legacy::Error, instance: String) -> Error {
-    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(error);
-    while let Some(cause) = source {
-        if cause.downcast_ref::<BodyReadTimeout>().is_some() {
-            return Error::BodyTimeout;
-        }
-        source = cause.source();
-    }
-    let reason = error_chain(error);
-    if error.is_connect() {
-        Error::UpstreamUnreachable { instance, reason }
-    } else {
-        Error::UpstreamFailed { instance, reason }
-    }
-}
-
-/// The error and its causes on one line, for the log.
-fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
 
 /// Runs the response phase of the filters that took part, then assembles what the client gets.

@@ -1,16 +1,22 @@
-//! Upstream services: their instances, how one is picked, and the pooled client that reaches it.
+//! Upstream services: their instances, how one is picked, and the connections that reach it.
+
+mod connection;
 
 use std::str::FromStr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
+use std::sync::Arc;
+
+use http::header::{self, HeaderValue};
 use http::uri::{Authority, Scheme};
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
+use http::{Request, Response};
 
 use crate::config;
 use crate::proxy::body::RequestBody;
+
+use self::connection::ConnectionPool;
+pub use self::connection::UpstreamBody;
 
 /// The base URL of one instance: scheme and authority, nothing else.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -53,15 +59,42 @@ impl FromStr for InstanceUrl {
     }
 }
 
-/// The client type every service uses to reach its instances.
-pub type UpstreamClient = Client<HttpConnector, RequestBody>;
+/// One instance of a service and its idle connections.
+pub struct Instance {
+    pub url: InstanceUrl,
+    /// `service@host:port`, as logs and errors name it.
+    pub label: String,
+    /// The Host header for requests that came without one (HTTP/2 clients send `:authority`).
+    host: HeaderValue,
+    pool: Arc<ConnectionPool>,
+}
 
-/// A service: its instances and the client (with its own connection pool and timeouts).
+impl Instance {
+    /// Sends `request`, whose URI holds only path and query, and returns the response once its
+    /// head has arrived; the body streams as the client reads it.
+    pub async fn send(
+        &self,
+        mut request: Request<RequestBody>,
+    ) -> crate::Result<Response<UpstreamBody>> {
+        if !request.headers().contains_key(header::HOST) {
+            request
+                .headers_mut()
+                .insert(header::HOST, self.host.clone());
+        }
+        self.pool.send(&self.url, &self.label, request).await
+    }
+
+    /// Idle connections to this instance right now.
+    pub fn idle_connections(&self) -> usize {
+        self.pool.idle()
+    }
+}
+
+/// A service: its instances and how long a request to one may take.
 pub struct Service {
     pub name: String,
-    pub instances: Vec<InstanceUrl>,
+    pub instances: Vec<Instance>,
     pub request_timeout: Duration,
-    pub client: UpstreamClient,
     next: AtomicUsize,
 }
 
@@ -70,28 +103,28 @@ impl Service {
         let instances = config
             .instances
             .iter()
-            .map(|url| url.parse())
-            .collect::<Result<Vec<InstanceUrl>, String>>()?;
-        let mut connector = HttpConnector::new();
-        connector.set_connect_timeout(Some(config.connect_timeout));
-        connector.set_nodelay(true);
-        let client = Client::builder(TokioExecutor::new())
-            .timer(TokioTimer::new())
-            .pool_timer(TokioTimer::new())
-            .pool_idle_timeout(Duration::from_secs(90))
-            .pool_max_idle_per_host(1024)
-            .build(connector);
+            .map(|url| {
+                let url: InstanceUrl = url.parse()?;
+                let host = HeaderValue::from_str(url.authority.as_str())
+                    .map_err(|_| format!("`{}` cannot be sent as a Host header", url.authority))?;
+                Ok(Instance {
+                    label: format!("{name}@{}", url.authority),
+                    host,
+                    url,
+                    pool: ConnectionPool::new(config.connect_timeout),
+                })
+            })
+            .collect::<Result<Vec<Instance>, String>>()?;
         Ok(Service {
             name: name.to_owned(),
             instances,
             request_timeout: config.request_timeout,
-            client,
             next: AtomicUsize::new(0),
         })
     }
 
     /// The next instance, round robin.
-    pub fn pick(&self) -> &InstanceUrl {
+    pub fn pick(&self) -> &Instance {
         let turn = self.next.fetch_add(1, Ordering::Relaxed);
         &self.instances[turn % self.instances.len()]
     }
@@ -129,7 +162,7 @@ mod tests {
         };
         let service = Service::new("s", &config).expect("valid service");
         let picks: Vec<u16> = (0..4)
-            .map(|_| service.pick().authority.port_u16().unwrap_or(0))
+            .map(|_| service.pick().url.authority.port_u16().unwrap_or(0))
             .collect();
         assert_eq!(picks, [1, 2, 1, 2]);
     }
