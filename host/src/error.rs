@@ -108,6 +108,10 @@ pub enum Error {
         timeout: std::time::Duration,
     },
 
+    /// A worker thread could not be started.
+    #[error("cannot start the workers: {reason}")]
+    Worker { reason: String },
+
     /// The client paused too long while sending the request body.
     #[error("client stopped sending the request body")]
     BodyTimeout,
@@ -212,7 +216,8 @@ impl Error {
             | Error::Engine(_)
             | Error::Unservable { .. }
             | Error::Scaffold { .. }
-            | Error::Bind { .. } => plain(
+            | Error::Bind { .. }
+            | Error::Worker { .. } => plain(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "INTERNAL",
                 "internal gateway error",

@@ -1,6 +1,12 @@
 //! The listener side: accepting connections, speaking HTTP/1.1 and HTTP/2 (prior knowledge or
 //! after the preface), and the limits a slow or hostile client meets before any routing.
 //!
+//! Traffic is served the way nginx serves it: a fixed number of worker threads, each with its
+//! own single-threaded runtime accepting from every listener, and a connection stays on the
+//! worker that accepted it. A request then never crosses threads: its task, the upstream
+//! connection it drives and the timers it sets all live on one thread, with no work-stealing
+//! scheduler in between. The control plane (reloads, the admin API, signals) runs elsewhere.
+//!
 //! - [`framing`]: watches the bytes hyper reads for framing ambiguities its parse hides;
 //! - [`hygiene`]: request framing, host and size checks that hyper leaves to the embedder;
 //! - [`normalize`]: the one path normalisation every later step sees.
@@ -13,6 +19,7 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::thread::JoinHandle;
 use std::time::Duration;
 
 use hyper::service::service_fn;
@@ -20,6 +27,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
+use tokio::sync::watch;
 
 use crate::config::EdgeLimits;
 use crate::gateway::LiveGateway;
@@ -86,11 +94,90 @@ fn connection_builder(limits: &EdgeLimits) -> auto::Builder<TokioExecutor> {
     builder
 }
 
-/// Serves connections on every listener until `shutdown` resolves, then stops accepting and
+/// The worker threads serving traffic, and the signal that stops them.
+pub struct Workers {
+    threads: Vec<JoinHandle<()>>,
+    stop: watch::Sender<bool>,
+}
+
+impl Workers {
+    /// Starts `count` worker threads, each accepting from all of `listeners` (which must be
+    /// non-blocking, as tokio leaves them).
+    pub fn start(
+        live: Arc<LiveGateway>,
+        listeners: &[std::net::TcpListener],
+        count: usize,
+    ) -> Result<Workers> {
+        let (stop, stopped) = watch::channel(false);
+        let mut threads = Vec::with_capacity(count);
+        for index in 0..count {
+            let own_listeners = listeners
+                .iter()
+                .map(|listener| {
+                    let address = listener.local_addr().ok();
+                    listener.try_clone().map_err(|source| Error::Worker {
+                        reason: format!("cannot share the listener {address:?}: {source}"),
+                    })
+                })
+                .collect::<Result<Vec<_>>>()?;
+            let live = live.clone();
+            let mut stopped = stopped.clone();
+            let thread = std::thread::Builder::new()
+                .name(format!("gateway-worker-{index}"))
+                .spawn(move || {
+                    let runtime = match tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()
+                    {
+                        Ok(runtime) => runtime,
+                        Err(error) => {
+                            tracing::error!(%error, worker = index, "cannot start a worker's runtime");
+                            return;
+                        }
+                    };
+                    runtime.block_on(async move {
+                        let listeners = match own_listeners
+                            .into_iter()
+                            .map(TcpListener::from_std)
+                            .collect::<std::io::Result<Vec<_>>>()
+                        {
+                            Ok(listeners) => listeners,
+                            Err(error) => {
+                                tracing::error!(%error, worker = index, "cannot register the listeners");
+                                return;
+                            }
+                        };
+                        let shutdown = async move {
+                            // An error means the sender is gone: stop as well.
+                            let _ = stopped.wait_for(|stop| *stop).await;
+                        };
+                        serve(live, listeners, shutdown).await;
+                    });
+                })
+                .map_err(|source| Error::Worker {
+                    reason: format!("cannot start worker thread {index}: {source}"),
+                })?;
+            threads.push(thread);
+        }
+        Ok(Workers { threads, stop })
+    }
+
+    /// Tells every worker to stop accepting and drain, and waits until they have.
+    pub fn stop(self) {
+        let _ = self.stop.send(true);
+        for thread in self.threads {
+            if thread.join().is_err() {
+                tracing::error!("a worker thread panicked");
+            }
+        }
+    }
+}
+
+/// One worker: serves connections on every listener until `shutdown` resolves, then stops accepting and
 /// waits (up to a bound) for in-flight requests. Each connection is set up with the limits of
 /// the state current when it is accepted, and each request is served by the state current when
 /// it arrives.
-pub async fn serve(
+async fn serve(
     live: Arc<LiveGateway>,
     listeners: Vec<TcpListener>,
     shutdown: impl Future<Output = ()>,
@@ -135,7 +222,6 @@ pub async fn serve(
     }
 
     shutdown.await;
-    tracing::info!("shutting down: no new connections; draining in-flight requests");
     accept_loops.shutdown().await;
     // The accept loops held the only other references, and they are gone now.
     let Ok(graceful) = Arc::try_unwrap(graceful) else {
@@ -143,7 +229,7 @@ pub async fn serve(
         return;
     };
     match tokio::time::timeout(DRAIN_TIMEOUT, graceful.shutdown()).await {
-        Ok(()) => tracing::info!("all connections closed"),
+        Ok(()) => tracing::debug!("this worker's connections are closed"),
         Err(_) => tracing::warn!("gave up waiting for connections after {DRAIN_TIMEOUT:?}"),
     }
 }
