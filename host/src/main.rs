@@ -14,11 +14,6 @@ use gateway_host::reload::{self, Reloader, Trigger};
 use gateway_host::telemetry::{self, LogFormat};
 use gateway_host::{admin, server};
 
-/// mimalloc rather than glibc malloc: a proxied request allocates and frees dozens of small
-/// blocks across threads, where glibc's arenas showed as several percent of the request.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 #[derive(Parser)]
 #[command(
     name = "gateway",
