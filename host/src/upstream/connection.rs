@@ -76,11 +76,6 @@ impl ConnectionPool {
         })
     }
 
-    /// Idle connections right now.
-    pub fn idle(&self) -> usize {
-        self.lock().len()
-    }
-
     #[expect(
         clippy::vec_box,
         reason = "connections leave the list, boxed, inside response bodies"

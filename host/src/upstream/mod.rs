@@ -83,11 +83,6 @@ impl Instance {
         }
         self.pool.send(&self.url, &self.label, request).await
     }
-
-    /// Idle connections to this instance right now.
-    pub fn idle_connections(&self) -> usize {
-        self.pool.idle()
-    }
 }
 
 /// A service: its instances and how long a request to one may take.
