@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
-use gateway_tests::{Gateway, Upstream, get, http1_client, send};
+use gateway_tests::{GATEWAY_WORKERS, Gateway, Upstream, get, http1_client, send};
 use http::{Method, Request};
 use http_body_util::{BodyExt, Full};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -86,10 +86,11 @@ async fn sequential_requests_share_one_upstream_connection() {
         assert!(reply.status.is_success(), "{path}: {}", reply.status);
     }
     assert_eq!(upstream.requests(), 30);
-    assert_eq!(
-        upstream.connections(),
-        1,
-        "one request at a time needs one upstream connection"
+    // Each worker keeps its own upstream connections, and the client may reach both.
+    assert!(
+        upstream.connections() <= GATEWAY_WORKERS,
+        "one request at a time needs one upstream connection per worker, not {}",
+        upstream.connections()
     );
 }
 

@@ -97,6 +97,9 @@ filters:
     )
 }
 
+/// The worker threads every test gateway runs with: more than one, as in production.
+pub const GATEWAY_WORKERS: usize = 2;
+
 /// A running gateway process, killed when dropped.
 pub struct Gateway {
     child: Child,
@@ -111,14 +114,20 @@ impl Gateway {
     /// Writes `config` to a temporary file and starts `gateway serve` on it, waiting until it
     /// listens. The config's listener should use port 0.
     pub fn start(config: &str) -> Gateway {
+        Gateway::start_logging(config, "info")
+    }
+
+    /// [`Gateway::start`] with the log filter `log` (`RUST_LOG` syntax), for tests that watch
+    /// debug or trace lines.
+    pub fn start_logging(config: &str, log: &str) -> Gateway {
         let dir = tempfile::tempdir().expect("a temporary folder");
         let path = dir.path().join("gateway.yaml");
         std::fs::write(&path, config).expect("config written");
         let mut child = Command::new(gateway_bin())
             .args(["--log-format", "json", "serve", "--config"])
             .arg(&path)
-            .args(["--workers", "2"])
-            .env("RUST_LOG", "info")
+            .args(["--workers", &GATEWAY_WORKERS.to_string()])
+            .env("RUST_LOG", log)
             // Compiled components are cached next to the build, not in the user's home.
             .env("XDG_CACHE_HOME", target_dir().join("test-cache"))
             .stdout(Stdio::null())

@@ -5,12 +5,15 @@
 //! through a channel and every response back through another: several task wake-ups per request
 //! on the hot path. Here a connection has no task of its own. The request's task polls it while
 //! it waits for the response head, and the response body polls it while the client is sent the
-//! body; once the body has been read to its end, the connection goes back to the idle list,
-//! where any worker thread can pick it up. Nothing reads an idle connection, so one the instance
-//! closed is noticed, and dropped, when it is next checked out.
+//! body; once the body has been read to its end, the connection goes back to the idle list of
+//! the thread that opened it. Only that thread picks it up again: its socket is registered with
+//! that thread's runtime, so on any other every readiness event would cross threads, and it
+//! would fail outright once the opening thread's runtime shut down. Nothing reads an idle
+//! connection, so one the instance closed is noticed, and dropped, when it is next checked out.
 
 use std::future::poll_fn;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll, ready};
 use std::time::{Duration, Instant};
@@ -32,8 +35,23 @@ type Driver = http1::Connection<TokioIo<TcpStream>, RequestBody>;
 
 /// How long a connection may sit idle before it is closed rather than reused.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
-/// Idle connections kept per instance; more are closed as their responses end.
+/// Idle connections kept per instance and thread; more are closed as their responses end.
 const MAX_IDLE: usize = 1024;
+
+/// The thread a connection's socket is registered with, and so the only one that may use it:
+/// each serving thread runs its own runtime.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct ThreadKey(u64);
+
+impl ThreadKey {
+    fn current() -> ThreadKey {
+        static NEXT: AtomicU64 = AtomicU64::new(0);
+        thread_local! {
+            static KEY: u64 = NEXT.fetch_add(1, Ordering::Relaxed);
+        }
+        ThreadKey(KEY.with(|key| *key))
+    }
+}
 
 /// One open connection: the handle requests are sent through, and the state machine that has to
 /// be polled for anything to move on the socket. It is always boxed: hyper's state for a
@@ -42,6 +60,7 @@ struct Connection {
     sender: Sender,
     driver: Driver,
     idle_since: Instant,
+    opened_on: ThreadKey,
 }
 
 impl Connection {
@@ -60,12 +79,19 @@ impl Connection {
 
 /// The idle connections to one instance, and how new ones are opened.
 pub(super) struct ConnectionPool {
+    /// One list per thread that has opened connections: a handful, so a short scan finds one.
+    idle: Mutex<Vec<IdleList>>,
+    connect_timeout: Duration,
+}
+
+/// The idle connections one thread opened, most recently used last.
+struct IdleList {
+    thread: ThreadKey,
     #[expect(
         clippy::vec_box,
         reason = "connections leave the list, boxed, inside response bodies"
     )]
-    idle: Mutex<Vec<Box<Connection>>>,
-    connect_timeout: Duration,
+    connections: Vec<Box<Connection>>,
 }
 
 impl ConnectionPool {
@@ -76,20 +102,22 @@ impl ConnectionPool {
         })
     }
 
-    #[expect(
-        clippy::vec_box,
-        reason = "connections leave the list, boxed, inside response bodies"
-    )]
-    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Box<Connection>>> {
-        // The list stays consistent whatever a panicking holder was doing: push and pop only.
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<IdleList>> {
+        // The lists stay consistent whatever a panicking holder was doing: push and pop only.
         self.idle.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// The most recently used idle connection that is still usable, if any; the ones found
-    /// closed or stale on the way are dropped.
+    /// The most recently used idle connection this thread opened that is still usable, if any;
+    /// the ones found closed or stale on the way are dropped.
     async fn reuse(&self) -> Option<Box<Connection>> {
+        let thread = ThreadKey::current();
         loop {
-            let mut connection = self.lock().pop()?;
+            let mut connection = self
+                .lock()
+                .iter_mut()
+                .find(|list| list.thread == thread)?
+                .connections
+                .pop()?;
             if poll_fn(|cx| Poll::Ready(connection.poll_usable(cx))).await {
                 return Some(connection);
             }
@@ -98,9 +126,21 @@ impl ConnectionPool {
 
     fn release(&self, mut connection: Box<Connection>) {
         connection.idle_since = Instant::now();
+        let thread = connection.opened_on;
         let mut idle = self.lock();
-        if idle.len() < MAX_IDLE {
-            idle.push(connection);
+        let index = match idle.iter().position(|list| list.thread == thread) {
+            Some(index) => index,
+            None => {
+                idle.push(IdleList {
+                    thread,
+                    connections: Vec::new(),
+                });
+                idle.len() - 1
+            }
+        };
+        let connections = &mut idle[index].connections;
+        if connections.len() < MAX_IDLE {
+            connections.push(connection);
         }
     }
 
@@ -135,6 +175,7 @@ impl ConnectionPool {
             sender,
             driver,
             idle_since: Instant::now(),
+            opened_on: ThreadKey::current(),
         }))
     }
 
