@@ -23,9 +23,9 @@ const NEXT: &str = "GET /next HTTP/1.1\r\nHost: gateway.test\r\nConnection: clos
 /// How long a test waits for the gateway to close a connection.
 const WAIT: Duration = Duration::from_secs(5);
 
-/// The `header_read_timeout` of every test but the slowloris one. It also bounds how long hyper
-/// keeps an idle connection, so it is longer than [`WAIT`]: a close seen within the wait was the
-/// gateway's decision, not an idle timeout.
+/// The `header_read_timeout` of every test but the slowloris one. It also bounds how long a new
+/// connection may stay silent, so it is longer than [`WAIT`]: a close seen within the wait was
+/// the gateway's decision, not a timeout.
 const PATIENT: &str = "10s";
 
 struct Setup {

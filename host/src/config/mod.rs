@@ -118,6 +118,9 @@ pub struct EdgeLimits {
     /// Time a client has to send a complete request head before the connection is closed.
     #[serde(with = "humantime_serde")]
     pub header_read_timeout: Duration,
+    /// How long a keep-alive connection may sit idle between requests before it is closed.
+    #[serde(with = "humantime_serde")]
+    pub idle_timeout: Duration,
     /// Longest pause allowed between two pieces of a request body; a slower client gets 408.
     #[serde(with = "humantime_serde")]
     pub body_read_timeout: Duration,
@@ -130,6 +133,7 @@ impl Default for EdgeLimits {
             max_headers: 100,
             max_uri_bytes: ByteSize(8 * 1024),
             header_read_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(60),
             body_read_timeout: Duration::from_secs(30),
         }
     }

@@ -79,6 +79,7 @@ fn check_limits(config: &Config, problems: &mut Problems) {
     }
     for (field, value) in [
         ("header_read_timeout", limits.header_read_timeout),
+        ("idle_timeout", limits.idle_timeout),
         ("body_read_timeout", limits.body_read_timeout),
     ] {
         if value.is_zero() {

@@ -106,6 +106,17 @@ impl<IO> FramingSniffer<IO> {
         };
         (sniffer, verdicts)
     }
+
+    /// The wrapped stream.
+    pub fn get_ref(&self) -> &IO {
+        &self.io
+    }
+
+    /// Every byte read so far belongs to a complete request: the stream is between two
+    /// messages. False once the scanner has stopped, since it can no longer tell.
+    pub fn between_messages(&self) -> bool {
+        self.scanner.between_messages()
+    }
 }
 
 impl<IO: AsyncRead + Unpin> AsyncRead for FramingSniffer<IO> {
@@ -291,6 +302,10 @@ impl Scanner {
             ambiguous_head: None,
             max_head_bytes,
         }
+    }
+
+    pub(crate) fn between_messages(&self) -> bool {
+        self.state == State::Idle && !self.cr
     }
 
     /// Scans the next bytes of the stream and returns the index (0-based) of the head found

@@ -7,34 +7,30 @@
 //! connection it drives and the timers it sets all live on one thread, with no work-stealing
 //! scheduler in between. The control plane (reloads, the admin API, signals) runs elsewhere.
 //!
+//! - [`connection`]: one connection's life, parked without hyper's buffers while it is idle;
 //! - [`framing`]: watches the bytes hyper reads for framing ambiguities its parse hides;
 //! - [`hygiene`]: request framing, host and size checks that hyper leaves to the embedder;
 //! - [`normalize`]: the one path normalisation every later step sees.
 
+mod connection;
 pub mod framing;
 pub mod hygiene;
 pub mod normalize;
 
-use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::config::EdgeLimits;
 use crate::gateway::LiveGateway;
-use crate::proxy;
 use crate::{Error, Result};
 
-use self::framing::{FramingSniffer, FramingVerdicts};
+use self::framing::FramingVerdicts;
 
 /// How long in-flight requests get to finish after a shutdown signal.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
@@ -72,26 +68,6 @@ fn read_buffer_cap(limits: &EdgeLimits) -> usize {
 /// the head, whatever the configuration.
 fn framing_scan_limit(limits: &EdgeLimits) -> usize {
     (read_buffer_cap(limits) * 4).max(1 << 20)
-}
-
-fn connection_builder(limits: &EdgeLimits) -> auto::Builder<TokioExecutor> {
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    // hyper's own caps sit above the configured ones so that the configured ones answer with
-    // the gateway's JSON errors; hyper's only stop what is far past them.
-    let header_bytes = limits.max_header_bytes.as_usize();
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(limits.header_read_timeout)
-        .max_buf_size(read_buffer_cap(limits))
-        .max_headers(limits.max_headers * 2);
-    builder
-        .http2()
-        .timer(TokioTimer::new())
-        .max_header_list_size(u32::try_from(header_bytes * 2).unwrap_or(u32::MAX))
-        .max_concurrent_streams(256)
-        .keep_alive_interval(Duration::from_secs(30));
-    builder
 }
 
 /// The worker threads serving traffic, and the signal that stops them.
@@ -174,19 +150,19 @@ impl Workers {
 }
 
 /// One worker: serves connections on every listener until `shutdown` resolves, then stops accepting and
-/// waits (up to a bound) for in-flight requests. Each connection is set up with the limits of
-/// the state current when it is accepted, and each request is served by the state current when
-/// it arrives.
+/// waits (up to a bound) for in-flight requests. Each request is served by the state current
+/// when it arrives.
 async fn serve(
     live: Arc<LiveGateway>,
     listeners: Vec<TcpListener>,
     shutdown: impl Future<Output = ()>,
 ) {
-    let graceful = Arc::new(GracefulShutdown::new());
+    // Every connection holds a receiver; the sender learns that all are gone when they close.
+    let (stop_connections, connections_stopping) = watch::channel(false);
     let mut accept_loops = tokio::task::JoinSet::new();
     for listener in listeners {
         let live = live.clone();
-        let graceful = graceful.clone();
+        let stopping = connections_stopping.clone();
         accept_loops.spawn(async move {
             loop {
                 let (stream, client) = match listener.accept().await {
@@ -199,36 +175,16 @@ async fn serve(
                     }
                 };
                 let _ = stream.set_nodelay(true);
-                let limits = live.current().limits.clone();
-                let (stream, framing) = FramingSniffer::new(stream, framing_scan_limit(&limits));
-                let peer = Connection { client, framing };
-                let live = live.clone();
-                let service = service_fn(move |request| {
-                    let gateway = live.current();
-                    let peer = peer.clone();
-                    async move { Ok::<_, Infallible>(proxy::serve(&gateway, &peer, request).await) }
-                });
-                let connection = connection_builder(&limits)
-                    .serve_connection(TokioIo::new(stream), service)
-                    .into_owned();
-                let connection = graceful.watch(connection);
-                tokio::spawn(async move {
-                    if let Err(error) = connection.await {
-                        tracing::debug!(%client, error = %error, "connection ended with an error");
-                    }
-                });
+                tokio::spawn(connection::serve(live.clone(), stream, client, stopping.clone()));
             }
         });
     }
+    drop(connections_stopping);
 
     shutdown.await;
     accept_loops.shutdown().await;
-    // The accept loops held the only other references, and they are gone now.
-    let Ok(graceful) = Arc::try_unwrap(graceful) else {
-        tracing::warn!("cannot drain connections: the shutdown signal is still shared");
-        return;
-    };
-    match tokio::time::timeout(DRAIN_TIMEOUT, graceful.shutdown()).await {
+    let _ = stop_connections.send(true);
+    match tokio::time::timeout(DRAIN_TIMEOUT, stop_connections.closed()).await {
         Ok(()) => tracing::debug!("this worker's connections are closed"),
         Err(_) => tracing::warn!("gave up waiting for connections after {DRAIN_TIMEOUT:?}"),
     }

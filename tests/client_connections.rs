@@ -1,0 +1,268 @@
+//! Client connections end to end, over raw TCP: an idle keep-alive connection is parked (hyper
+//! lets go of it and its buffers) and picks up its next request as if nothing happened, whatever
+//! arrives next: a request, a pipelined pair, a head in pieces. Parking never cuts a request that
+//! is still being read or answered, idle connections close after `idle_timeout`, and a shutdown
+//! closes parked connections at once while in-flight requests finish.
+
+use std::time::{Duration, Instant};
+
+use gateway_tests::{Gateway, RawReplies, Reply, Upstream};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// The log filter that shows parking.
+const PARKING_LOG: &str = "info,gateway_host::server::connection=trace";
+const PARKED: &str = "connection parked";
+
+/// Longer than a quiet connection stays with hyper before it is parked (100ms).
+const PAST_PARKING: Duration = Duration::from_millis(400);
+
+/// How long a test waits for an answer or a close.
+const WAIT: Duration = Duration::from_secs(10);
+
+async fn setup(limits: &str, log: &str) -> (Gateway, Upstream) {
+    let upstream = Upstream::start("echo").await;
+    let config = format!(
+        r#"
+listeners:
+  - address: 127.0.0.1:0
+limits:
+{limits}
+services:
+  echo:
+    instances: ["{upstream}"]
+routes:
+  - name: all
+    match: {{ path_prefix: / }}
+    service: echo
+"#,
+        upstream = upstream.url(),
+    );
+    (Gateway::start_logging(&config, log), upstream)
+}
+
+/// One raw client connection, read response by response.
+struct RawClient {
+    stream: TcpStream,
+    received: Vec<u8>,
+    /// Responses already returned, counted from the start of `received`.
+    taken: usize,
+}
+
+impl RawClient {
+    async fn connect(gateway: &Gateway) -> RawClient {
+        RawClient {
+            stream: TcpStream::connect(gateway.address).await.expect("connects"),
+            received: Vec::new(),
+            taken: 0,
+        }
+    }
+
+    async fn send(&mut self, bytes: &str) {
+        self.stream
+            .write_all(bytes.as_bytes())
+            .await
+            .expect("request written");
+    }
+
+    async fn get(&mut self, path: &str) -> Reply {
+        self.send(&format!("GET {path} HTTP/1.1\r\nHost: gateway.test\r\n\r\n"))
+            .await;
+        self.response().await
+    }
+
+    /// The next response on the connection; panics if the gateway closes it first.
+    async fn response(&mut self) -> Reply {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            let parsed = RawReplies {
+                text: String::from_utf8_lossy(&self.received).into_owned(),
+                closed: false,
+                elapsed: Duration::ZERO,
+            }
+            .responses();
+            if let Some(reply) = parsed.into_iter().nth(self.taken) {
+                self.taken += 1;
+                return reply;
+            }
+            let mut buffer = [0u8; 4096];
+            let read = tokio::time::timeout_at(deadline, self.stream.read(&mut buffer))
+                .await
+                .expect("an answer in time")
+                .expect("the connection stays readable");
+            assert!(
+                read > 0,
+                "the gateway closed the connection; it had sent:\n{}",
+                String::from_utf8_lossy(&self.received)
+            );
+            self.received.extend_from_slice(&buffer[..read]);
+        }
+    }
+
+    /// How long after the call the gateway closed the connection, having sent nothing more;
+    /// `None` if it was still open after `within`.
+    async fn closed_within(&mut self, within: Duration) -> Option<Duration> {
+        let started = Instant::now();
+        let mut rest = Vec::new();
+        match tokio::time::timeout(within, self.stream.read_to_end(&mut rest)).await {
+            Ok(Ok(_)) => {
+                assert!(
+                    rest.is_empty(),
+                    "unexpected bytes: {}",
+                    String::from_utf8_lossy(&rest)
+                );
+                Some(started.elapsed())
+            }
+            Ok(Err(error)) => panic!("reading the close: {error}"),
+            Err(_) => None,
+        }
+    }
+}
+
+fn target(reply: &Reply) -> String {
+    assert_eq!(reply.status, 200, "{reply:?}");
+    reply.json()["target"]
+        .as_str()
+        .expect("the echo names the target")
+        .to_owned()
+}
+
+fn parked_count(gateway: &Gateway) -> usize {
+    gateway
+        .logs()
+        .iter()
+        .filter(|line| line.contains(PARKED))
+        .count()
+}
+
+/// Waits until the gateway has parked `count` connections in all.
+async fn wait_for_parked(gateway: &Gateway, count: usize) {
+    let deadline = Instant::now() + WAIT;
+    while parked_count(gateway) < count {
+        assert!(
+            Instant::now() < deadline,
+            "only {} of {count} parkings logged",
+            parked_count(gateway)
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_parked_connection_serves_its_next_requests_as_before() {
+    let (gateway, upstream) = setup("  idle_timeout: 30s", PARKING_LOG).await;
+    let mut client = RawClient::connect(&gateway).await;
+
+    assert_eq!(target(&client.get("/first").await), "/first");
+    wait_for_parked(&gateway, 1).await;
+
+    assert_eq!(target(&client.get("/second").await), "/second");
+    wait_for_parked(&gateway, 2).await;
+
+    // Two requests in one write, right after parking.
+    client
+        .send(
+            "GET /third HTTP/1.1\r\nHost: gateway.test\r\n\r\n\
+             GET /fourth HTTP/1.1\r\nHost: gateway.test\r\n\r\n",
+        )
+        .await;
+    assert_eq!(target(&client.response().await), "/third");
+    assert_eq!(target(&client.response().await), "/fourth");
+    wait_for_parked(&gateway, 3).await;
+
+    // A head that starts before a quiet spell and ends after it.
+    client.send("GET /split HTTP/1.1\r\nHo").await;
+    tokio::time::sleep(PAST_PARKING).await;
+    client.send("st: gateway.test\r\n\r\n").await;
+    assert_eq!(target(&client.response().await), "/split");
+
+    assert_eq!(upstream.requests(), 5);
+    assert_eq!(upstream.connections(), 1, "one upstream connection throughout");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_connection_is_never_parked_in_the_middle_of_a_request() {
+    let (gateway, _upstream) = setup("  idle_timeout: 30s", PARKING_LOG).await;
+    let mut client = RawClient::connect(&gateway).await;
+
+    // An answer slower than the parking delay: the connection is quiet but busy.
+    let parked_before = parked_count(&gateway);
+    assert_eq!(target(&client.get("/slow?ms=600").await), "/slow?ms=600");
+    assert_eq!(
+        parked_count(&gateway),
+        parked_before,
+        "parked while the upstream was answering"
+    );
+
+    // A body that pauses past the parking delay.
+    client
+        .send("POST /upload HTTP/1.1\r\nHost: gateway.test\r\nContent-Length: 10\r\n\r\nhello")
+        .await;
+    tokio::time::sleep(PAST_PARKING).await;
+    client.send("world").await;
+    let reply = client.response().await;
+    assert_eq!(target(&reply), "/upload");
+    assert_eq!(reply.json()["body_bytes"], 10, "{reply:?}");
+
+    assert_eq!(target(&client.get("/after").await), "/after");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn idle_connections_close_after_idle_timeout_and_silent_ones_after_header_read_timeout() {
+    let (gateway, _upstream) = setup(
+        "  header_read_timeout: 300ms\n  idle_timeout: 1500ms",
+        "info",
+    )
+    .await;
+
+    // A client that connects and never sends: the head's deadline applies.
+    let mut silent = RawClient::connect(&gateway).await;
+    let closed = silent.closed_within(WAIT).await.expect("closed");
+    assert!(
+        closed >= Duration::from_millis(250) && closed < Duration::from_millis(1400),
+        "a silent connection closed after {closed:?}, not at the 300ms header_read_timeout"
+    );
+
+    // Between requests, the idle timeout applies, not the head's deadline.
+    let mut idle = RawClient::connect(&gateway).await;
+    assert_eq!(target(&idle.get("/one").await), "/one");
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    assert_eq!(target(&idle.get("/two").await), "/two");
+    let closed = idle.closed_within(WAIT).await.expect("closed");
+    assert!(
+        closed >= Duration::from_millis(1300) && closed < Duration::from_secs(4),
+        "an idle connection closed after {closed:?}, not at the 1500ms idle_timeout"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn shutdown_closes_parked_connections_and_finishes_requests_in_flight() {
+    let (mut gateway, _upstream) = setup("  idle_timeout: 60s", PARKING_LOG).await;
+    let mut parked = RawClient::connect(&gateway).await;
+    assert_eq!(target(&parked.get("/idle").await), "/idle");
+    wait_for_parked(&gateway, 1).await;
+
+    let mut busy = RawClient::connect(&gateway).await;
+    busy.send("GET /slow?ms=800 HTTP/1.1\r\nHost: gateway.test\r\n\r\n")
+        .await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let terminate = std::process::Command::new("kill")
+        .args(["-TERM", &gateway.pid().to_string()])
+        .status()
+        .expect("kill runs");
+    assert!(terminate.success(), "kill -TERM: {terminate}");
+
+    let closed = parked.closed_within(WAIT).await;
+    assert!(
+        closed.is_some_and(|after| after < Duration::from_millis(500)),
+        "the parked connection closed after {closed:?}, not at once"
+    );
+    let reply = busy.response().await;
+    assert_eq!(target(&reply), "/slow?ms=800", "the request in flight finished");
+
+    let deadline = Instant::now() + WAIT;
+    while gateway.is_running() {
+        assert!(Instant::now() < deadline, "still running {WAIT:?} after SIGTERM");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
