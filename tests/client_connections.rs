@@ -1,8 +1,9 @@
 //! Client connections end to end, over raw TCP: an idle keep-alive connection is parked (hyper
 //! lets go of it and its buffers) and picks up its next request as if nothing happened, whatever
-//! arrives next: a request, a pipelined pair, a head in pieces. Parking never cuts a request that
-//! is still being read or answered, idle connections close after `idle_timeout`, and a shutdown
-//! closes parked connections at once while in-flight requests finish.
+//! arrives next: a request, a pipelined pair, a head in pieces, an HTTP/1.0 keep-alive request.
+//! A client's `Connection: close` is honoured. Parking never cuts a request that is still being
+//! read or answered, idle connections close after `idle_timeout`, and a shutdown closes parked
+//! connections at once while in-flight requests finish.
 
 use std::time::{Duration, Instant};
 
@@ -66,8 +67,10 @@ impl RawClient {
     }
 
     async fn get(&mut self, path: &str) -> Reply {
-        self.send(&format!("GET {path} HTTP/1.1\r\nHost: gateway.test\r\n\r\n"))
-            .await;
+        self.send(&format!(
+            "GET {path} HTTP/1.1\r\nHost: gateway.test\r\n\r\n"
+        ))
+        .await;
         self.response().await
     }
 
@@ -177,7 +180,39 @@ async fn a_parked_connection_serves_its_next_requests_as_before() {
     assert_eq!(target(&client.response().await), "/split");
 
     assert_eq!(upstream.requests(), 5);
-    assert_eq!(upstream.connections(), 1, "one upstream connection throughout");
+    assert_eq!(
+        upstream.connections(),
+        1,
+        "one upstream connection throughout"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn http_1_0_keep_alive_survives_parking_and_close_is_honoured() {
+    let (gateway, _upstream) = setup("  idle_timeout: 30s", PARKING_LOG).await;
+    let mut client = RawClient::connect(&gateway).await;
+
+    // HTTP/1.0 keeps the connection only when asked to.
+    client
+        .send("GET /old HTTP/1.0\r\nHost: gateway.test\r\nConnection: keep-alive\r\n\r\n")
+        .await;
+    assert_eq!(target(&client.response().await), "/old");
+    wait_for_parked(&gateway, 1).await;
+    client
+        .send("GET /older HTTP/1.0\r\nHost: gateway.test\r\nConnection: keep-alive\r\n\r\n")
+        .await;
+    assert_eq!(target(&client.response().await), "/older");
+
+    // A client that asks to close gets its answer, then the close, parked or not.
+    client
+        .send("GET /last HTTP/1.1\r\nHost: gateway.test\r\nConnection: close\r\n\r\n")
+        .await;
+    assert_eq!(target(&client.response().await), "/last");
+    let closed = client.closed_within(WAIT).await;
+    assert!(
+        closed.is_some_and(|after| after < Duration::from_secs(1)),
+        "closed after {closed:?}, not right after the answer"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -258,11 +293,18 @@ async fn shutdown_closes_parked_connections_and_finishes_requests_in_flight() {
         "the parked connection closed after {closed:?}, not at once"
     );
     let reply = busy.response().await;
-    assert_eq!(target(&reply), "/slow?ms=800", "the request in flight finished");
+    assert_eq!(
+        target(&reply),
+        "/slow?ms=800",
+        "the request in flight finished"
+    );
 
     let deadline = Instant::now() + WAIT;
     while gateway.is_running() {
-        assert!(Instant::now() < deadline, "still running {WAIT:?} after SIGTERM");
+        assert!(
+            Instant::now() < deadline,
+            "still running {WAIT:?} after SIGTERM"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }

@@ -113,7 +113,11 @@ pub(super) async fn serve(
             return;
         }
         // Everything hyper had goes here, its read buffer included: only the socket is kept.
-        let http1::Parts { io: parked, read_buf, .. } = Pin::into_inner(connection).into_parts();
+        let http1::Parts {
+            io: parked,
+            read_buf,
+            ..
+        } = Pin::into_inner(connection).into_parts();
         io = parked.into_inner();
         if !io.parked || *shutdown.borrow() {
             return;
@@ -209,7 +213,12 @@ impl Exchange {
     /// After the socket reported a completed flush: true if that finished a response.
     fn flushed(&self) -> bool {
         self.0
-            .compare_exchange(Self::FLUSHING, Self::IDLE, Ordering::Relaxed, Ordering::Relaxed)
+            .compare_exchange(
+                Self::FLUSHING,
+                Self::IDLE,
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            )
             .is_ok()
     }
 }
@@ -402,7 +411,11 @@ impl AsyncRead for ClientIo {
 }
 
 impl AsyncWrite for ClientIo {
-    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
         Pin::new(&mut self.get_mut().sniffer).poll_write(cx, buf)
     }
 

@@ -175,7 +175,12 @@ async fn serve(
                     }
                 };
                 let _ = stream.set_nodelay(true);
-                tokio::spawn(connection::serve(live.clone(), stream, client, stopping.clone()));
+                tokio::spawn(connection::serve(
+                    live.clone(),
+                    stream,
+                    client,
+                    stopping.clone(),
+                ));
             }
         });
     }
