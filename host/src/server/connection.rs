@@ -340,7 +340,8 @@ impl ClientIo {
         let Some(timer) = &mut self.quiet_timer else {
             return false;
         };
-        if timer.as_mut().poll(cx).is_pending() {
+        // Not polled while pending: it was polled, with this task's waker, when it was armed.
+        if !timer.is_elapsed() {
             return false;
         }
         let due = self.quiet_since + park_after;
