@@ -1,5 +1,6 @@
 //! Upstream connections end to end: kept alive and reused, never reused with part of a response
-//! still on them, and replaced without a failed request when the instance closes them.
+//! still on them, replaced without a failed request when the instance closes them, and closed on
+//! the gateway's side too when that happens while nothing needs them.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -29,18 +30,27 @@ routes:
 }
 
 /// A raw HTTP/1.1 upstream that answers one request per connection with a keep-alive response,
-/// then, after `linger`, closes the connection: an instance with a short idle timeout.
-async fn closing_upstream(linger: Duration) -> (String, Arc<AtomicUsize>) {
+/// then, after `linger`, closes its side of the connection: an instance with a short idle
+/// timeout. It counts the connections it accepted, and those the gateway then closed too.
+struct ClosingUpstream {
+    url: String,
+    accepted: Arc<AtomicUsize>,
+    closed_by_gateway: Arc<AtomicUsize>,
+}
+
+async fn closing_upstream(linger: Duration) -> ClosingUpstream {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let address = listener.local_addr().expect("address");
     let accepted = Arc::new(AtomicUsize::new(0));
-    let counter = accepted.clone();
+    let closed_by_gateway = Arc::new(AtomicUsize::new(0));
+    let (accepted_count, closed_count) = (accepted.clone(), closed_by_gateway.clone());
     tokio::spawn(async move {
         loop {
             let Ok((mut stream, _)) = listener.accept().await else {
                 continue;
             };
-            let number = counter.fetch_add(1, Ordering::SeqCst) + 1;
+            let number = accepted_count.fetch_add(1, Ordering::SeqCst) + 1;
+            let closed_count = closed_count.clone();
             tokio::spawn(async move {
                 let mut head = Vec::new();
                 let mut buffer = [0u8; 1024];
@@ -58,10 +68,17 @@ async fn closing_upstream(linger: Duration) -> (String, Arc<AtomicUsize>) {
                 let _ = stream.write_all(response.as_bytes()).await;
                 tokio::time::sleep(linger).await;
                 let _ = stream.shutdown().await;
+                // Until the gateway closes its side, its socket sits in CLOSE_WAIT.
+                while matches!(stream.read(&mut buffer).await, Ok(read) if read > 0) {}
+                closed_count.fetch_add(1, Ordering::SeqCst);
             });
         }
     });
-    (format!("http://{address}"), accepted)
+    ClosingUpstream {
+        url: format!("http://{address}"),
+        accepted,
+        closed_by_gateway,
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -124,8 +141,8 @@ async fn a_response_the_client_abandons_does_not_leak_into_the_next() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn connections_the_upstream_closed_while_idle_are_replaced_unnoticed() {
-    let (url, accepted) = closing_upstream(Duration::from_millis(20)).await;
-    let gateway = Gateway::start(&one_service(&url));
+    let upstream = closing_upstream(Duration::from_millis(20)).await;
+    let gateway = Gateway::start(&one_service(&upstream.url));
     let client = http1_client();
     for index in 1..=10 {
         let request = Request::get(gateway.url("/idle"))
@@ -137,7 +154,26 @@ async fn connections_the_upstream_closed_while_idle_are_replaced_unnoticed() {
         // Long enough for the upstream's close to arrive before the next request.
         tokio::time::sleep(Duration::from_millis(80)).await;
     }
-    assert_eq!(accepted.load(Ordering::SeqCst), 10);
+    assert_eq!(upstream.accepted.load(Ordering::SeqCst), 10);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn idle_connections_the_upstream_closed_are_closed_on_the_gateway_side_too() {
+    let upstream = closing_upstream(Duration::from_millis(50)).await;
+    let gateway = Gateway::start(&one_service(&upstream.url));
+    let reply = get(&gateway.url("/once")).await;
+    assert_eq!(reply.status, 200);
+    // No request comes to pick the connection up again: the worker's sweep (every 5 s) must
+    // notice the close on its own.
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    while upstream.closed_by_gateway.load(Ordering::SeqCst) < 1 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the gateway still holds the connection the upstream closed"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(upstream.accepted.load(Ordering::SeqCst), 1);
 }
 
 #[tokio::test(flavor = "multi_thread")]

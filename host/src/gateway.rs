@@ -152,4 +152,14 @@ impl Gateway {
             plugin_dir: config.plugin_dir.clone(),
         })
     }
+
+    /// Closes the calling worker's idle upstream connections that their instance closed or that
+    /// went unused too long.
+    pub fn sweep_idle_upstream_connections(&self) {
+        for service in self.services.values() {
+            for instance in &service.instances {
+                instance.sweep_idle_connections();
+            }
+        }
+    }
 }

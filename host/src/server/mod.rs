@@ -35,6 +35,9 @@ use self::framing::FramingVerdicts;
 /// How long in-flight requests get to finish after a shutdown signal.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// How often a worker closes the idle upstream connections their instance has closed.
+const UPSTREAM_SWEEP_INTERVAL: Duration = Duration::from_secs(5);
+
 /// What the request pipeline knows about the connection a request came on.
 #[derive(Debug, Clone)]
 pub struct Connection {
@@ -185,12 +188,25 @@ async fn serve(
         });
     }
     drop(connections_stopping);
+    let sweeper = tokio::spawn(sweep_idle_upstream_connections(live));
 
     shutdown.await;
+    sweeper.abort();
     accept_loops.shutdown().await;
     let _ = stop_connections.send(true);
     match tokio::time::timeout(DRAIN_TIMEOUT, stop_connections.closed()).await {
         Ok(()) => tracing::debug!("this worker's connections are closed"),
         Err(_) => tracing::warn!("gave up waiting for connections after {DRAIN_TIMEOUT:?}"),
+    }
+}
+
+/// Every [`UPSTREAM_SWEEP_INTERVAL`], closes this worker's idle upstream connections that their
+/// instance closed (or that went stale), so they do not hold sockets until they are next picked.
+async fn sweep_idle_upstream_connections(live: Arc<LiveGateway>) {
+    let mut ticks = tokio::time::interval(UPSTREAM_SWEEP_INTERVAL);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticks.tick().await;
+        live.current().sweep_idle_upstream_connections();
     }
 }

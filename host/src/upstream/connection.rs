@@ -8,14 +8,15 @@
 //! body; once the body has been read to its end, the connection goes back to the idle list of
 //! the thread that opened it. Only that thread picks it up again: its socket is registered with
 //! that thread's runtime, so on any other every readiness event would cross threads, and it
-//! would fail outright once the opening thread's runtime shut down. Nothing reads an idle
-//! connection, so one the instance closed is noticed, and dropped, when it is next checked out.
+//! would fail outright once the opening thread's runtime shut down. Nothing waits on an idle
+//! connection: one the instance closed is noticed, and dropped, when it is next checked out or
+//! when its thread next sweeps its idle lists, whichever comes first.
 
 use std::future::poll_fn;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::task::{Context, Poll, ready};
+use std::task::{Context, Poll, Waker, ready};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -121,6 +122,19 @@ impl ConnectionPool {
             if poll_fn(|cx| Poll::Ready(connection.poll_usable(cx))).await {
                 return Some(connection);
             }
+        }
+    }
+
+    /// Closes this thread's idle connections that the instance has closed or that have been
+    /// unused past [`IDLE_TIMEOUT`]. Nothing else reads an idle connection, so without this
+    /// one the instance closed would hold a socket (in `CLOSE_WAIT`) until it was next picked.
+    pub fn sweep(&self) {
+        let thread = ThreadKey::current();
+        // Polled only to learn their state: a wake-up is of no use to anyone here.
+        let mut cx = Context::from_waker(Waker::noop());
+        if let Some(list) = self.lock().iter_mut().find(|list| list.thread == thread) {
+            list.connections
+                .retain_mut(|connection| connection.poll_usable(&mut cx));
         }
     }
 

@@ -70,6 +70,11 @@ pub struct Instance {
 }
 
 impl Instance {
+    /// Closes the calling worker's idle connections to this instance that are closed or stale.
+    pub fn sweep_idle_connections(&self) {
+        self.pool.sweep();
+    }
+
     /// Sends `request`, whose URI holds only path and query, and returns the response once its
     /// head has arrived; the body streams as the client reads it.
     pub async fn send(
