@@ -7,7 +7,7 @@
 
 use std::time::{Duration, Instant};
 
-use gateway_tests::{Gateway, RawReplies, Reply, Upstream};
+use gateway_tests::{Gateway, RawReplies, Reply, Upstream, route_everything_to};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -23,22 +23,7 @@ const WAIT: Duration = Duration::from_secs(10);
 
 async fn setup(limits: &str, log: &str) -> (Gateway, Upstream) {
     let upstream = Upstream::start("echo").await;
-    let config = format!(
-        r#"
-listeners:
-  - address: 127.0.0.1:0
-limits:
-{limits}
-services:
-  echo:
-    instances: ["{upstream}"]
-routes:
-  - name: all
-    match: {{ path_prefix: / }}
-    service: echo
-"#,
-        upstream = upstream.url(),
-    );
+    let config = route_everything_to(&upstream.url(), &format!("limits:\n{limits}"));
     (Gateway::start_logging(&config, log), upstream)
 }
 

@@ -14,7 +14,7 @@
 use std::time::Duration;
 
 use gateway_tests::upstream::checksum;
-use gateway_tests::{Gateway, RawReplies, Reply, Upstream, get, raw_replies};
+use gateway_tests::{Gateway, RawReplies, Reply, Upstream, get, raw_replies, route_everything_to};
 
 /// Pipelined behind each request in the same write: a server that kept reading after a refusal
 /// would answer it (and then close), and a smuggled prefix glued to it would reach the upstream.
@@ -36,26 +36,15 @@ struct Setup {
 /// A gateway routing everything to one echo upstream, with small edge limits.
 async fn setup(header_read_timeout: &str) -> Setup {
     let upstream = Upstream::start("echo").await;
-    let config = format!(
-        r#"
-listeners:
-  - address: 127.0.0.1:0
-limits:
+    let limits = format!(
+        "limits:
   max_header_bytes: 1KiB
   max_headers: 10
   max_uri_bytes: 256
   header_read_timeout: {header_read_timeout}
-  body_read_timeout: 500ms
-services:
-  echo:
-    instances: ["{upstream}"]
-routes:
-  - name: all
-    match: {{ path_prefix: / }}
-    service: echo
-"#,
-        upstream = upstream.url(),
+  body_read_timeout: 500ms"
     );
+    let config = route_everything_to(&upstream.url(), &limits);
     Setup {
         gateway: Gateway::start(&config),
         upstream,

@@ -7,27 +7,13 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
-use gateway_tests::{GATEWAY_WORKERS, Gateway, Upstream, get, http1_client, send};
+use gateway_tests::{
+    GATEWAY_WORKERS, Gateway, Upstream, get, http1_client, route_everything_to, send,
+};
 use http::{Method, Request};
 use http_body_util::{BodyExt, Full};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
-
-fn one_service(upstream: &str) -> String {
-    format!(
-        r#"
-listeners:
-  - address: 127.0.0.1:0
-services:
-  backend:
-    instances: ["{upstream}"]
-routes:
-  - name: all
-    match: {{ path_prefix: / }}
-    service: backend
-"#
-    )
-}
 
 /// A raw HTTP/1.1 upstream that answers one request per connection with a keep-alive response,
 /// then, after `linger`, closes its side of the connection: an instance with a short idle
@@ -84,7 +70,7 @@ async fn closing_upstream(linger: Duration) -> ClosingUpstream {
 #[tokio::test(flavor = "multi_thread")]
 async fn sequential_requests_share_one_upstream_connection() {
     let upstream = Upstream::start("kept").await;
-    let gateway = Gateway::start(&one_service(&upstream.url()));
+    let gateway = Gateway::start(&route_everything_to(&upstream.url(), ""));
     let client = http1_client();
     for index in 0..30 {
         // Bodiless answers (204, HEAD) end without the body being read: they must not cost
@@ -114,7 +100,7 @@ async fn sequential_requests_share_one_upstream_connection() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_response_the_client_abandons_does_not_leak_into_the_next() {
     let upstream = Upstream::start("abandoned").await;
-    let gateway = Gateway::start(&one_service(&upstream.url()));
+    let gateway = Gateway::start(&route_everything_to(&upstream.url(), ""));
     for round in 0..3 {
         // Read a little of a large body, then go away.
         let request = Request::get(gateway.url("/stream?bytes=67108864"))
@@ -142,7 +128,7 @@ async fn a_response_the_client_abandons_does_not_leak_into_the_next() {
 #[tokio::test(flavor = "multi_thread")]
 async fn connections_the_upstream_closed_while_idle_are_replaced_unnoticed() {
     let upstream = closing_upstream(Duration::from_millis(20)).await;
-    let gateway = Gateway::start(&one_service(&upstream.url));
+    let gateway = Gateway::start(&route_everything_to(&upstream.url, ""));
     let client = http1_client();
     for index in 1..=10 {
         let request = Request::get(gateway.url("/idle"))
@@ -160,7 +146,7 @@ async fn connections_the_upstream_closed_while_idle_are_replaced_unnoticed() {
 #[tokio::test(flavor = "multi_thread")]
 async fn idle_connections_the_upstream_closed_are_closed_on_the_gateway_side_too() {
     let upstream = closing_upstream(Duration::from_millis(50)).await;
-    let gateway = Gateway::start(&one_service(&upstream.url));
+    let gateway = Gateway::start(&route_everything_to(&upstream.url, ""));
     let reply = get(&gateway.url("/once")).await;
     assert_eq!(reply.status, 200);
     // No request comes to pick the connection up again: the worker's sweep (every 5 s) must
@@ -179,7 +165,7 @@ async fn idle_connections_the_upstream_closed_are_closed_on_the_gateway_side_too
 #[tokio::test(flavor = "multi_thread")]
 async fn concurrent_requests_reuse_a_bounded_set_of_connections() {
     let upstream = Upstream::start("busy").await;
-    let gateway = Gateway::start(&one_service(&upstream.url()));
+    let gateway = Gateway::start(&route_everything_to(&upstream.url(), ""));
     let client = http1_client();
     let mut clients = tokio::task::JoinSet::new();
     for worker in 0..8 {

@@ -97,6 +97,25 @@ filters:
     )
 }
 
+/// A config with one listener on an ephemeral port that routes every path to the one instance
+/// at `upstream`, plus `sections` (top-level YAML such as a `limits:` block; may be empty).
+pub fn route_everything_to(upstream: &str, sections: &str) -> String {
+    format!(
+        r#"
+listeners:
+  - address: 127.0.0.1:0
+{sections}
+services:
+  backend:
+    instances: ["{upstream}"]
+routes:
+  - name: all
+    match: {{ path_prefix: / }}
+    service: backend
+"#
+    )
+}
+
 /// The worker threads every test gateway runs with: more than one, as in production.
 pub const GATEWAY_WORKERS: usize = 2;
 
