@@ -47,7 +47,9 @@ use crate::proxy::{self, body::ResponseBody};
 /// idle ones give their buffers back soon.
 const PARK_AFTER: Duration = Duration::from_millis(100);
 
-/// The HTTP/2 connection preface starts with this method; no HTTP/1 client sends it.
+/// The HTTP/2 connection preface starts with this method. A connection whose first bytes could
+/// be it goes to hyper's own protocol detection, which also serves an HTTP/1 request that
+/// happens to use such a method; it is just never parked.
 const HTTP2_PREFACE_METHOD: &[u8] = b"PRI";
 
 /// Serves one accepted connection until the client closes it, a limit closes it, or `shutdown`
