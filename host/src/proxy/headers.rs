@@ -1,8 +1,10 @@
 //! The headers a proxy owes both sides: hop-by-hop headers removed, `X-Forwarded-*` set, and a
 //! request id carried from the client to the upstream and back.
 
+use std::fmt::Write;
 use std::net::IpAddr;
 
+use bytes::Bytes;
 use http::HeaderMap;
 use http::header::{self, HeaderName, HeaderValue};
 
@@ -12,9 +14,11 @@ const FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 const FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 
+const HOP_BY_HOP_COUNT: usize = 9;
+
 /// Headers that describe one connection, never the message (RFC 9110 7.6.1), plus the
 /// non-standard ones clients and proxies still send.
-const HOP_BY_HOP: [HeaderName; 9] = [
+const HOP_BY_HOP: [HeaderName; HOP_BY_HOP_COUNT] = [
     header::CONNECTION,
     HeaderName::from_static("keep-alive"),
     HeaderName::from_static("proxy-connection"),
@@ -28,11 +32,31 @@ const HOP_BY_HOP: [HeaderName; 9] = [
 
 /// Removes hop-by-hop headers and every header the `Connection` header names.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    // Most messages carry none, and comparing a few names is cheaper than nine hashed lookups.
-    if !headers.keys().any(|name| HOP_BY_HOP.contains(name)) {
+    // One pass over the names finds which hop-by-hop headers are there, usually none or just
+    // `connection`: cheaper than nine hashed removals.
+    let mut present = [false; HOP_BY_HOP_COUNT];
+    for name in headers.keys() {
+        if let Some(index) = HOP_BY_HOP.iter().position(|hop| hop == name) {
+            present[index] = true;
+        }
+    }
+    if !present.contains(&true) {
         return;
     }
-    if headers.contains_key(header::CONNECTION) {
+    // Nearly every `Connection` value is `keep-alive` (itself removed below) or `close` (which
+    // names no header in practice): only look further when it names something else.
+    let names_others = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .flat_map(|value| value.as_bytes().split(|&b| b == b','))
+        .map(<[u8]>::trim_ascii)
+        .any(|token| match token {
+            b"" => false,
+            _ if token.eq_ignore_ascii_case(b"keep-alive") => false,
+            _ if token.eq_ignore_ascii_case(b"close") => headers.contains_key("close"),
+            _ => true,
+        });
+    if names_others {
         let named: Vec<HeaderName> = headers
             .get_all(header::CONNECTION)
             .iter()
@@ -44,8 +68,10 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
             headers.remove(name);
         }
     }
-    for name in HOP_BY_HOP {
-        headers.remove(name);
+    for (name, present) in HOP_BY_HOP.into_iter().zip(present) {
+        if present {
+            headers.remove(name);
+        }
     }
 }
 
@@ -76,19 +102,20 @@ pub fn request_id(headers: &HeaderMap) -> HeaderValue {
 /// `X-Forwarded-Host`; the upstream gets its own host in `Host`.
 pub fn set_forwarded(headers: &mut HeaderMap, client_ip: IpAddr, host: Option<&HeaderValue>) {
     // Earlier proxies may each have added a line rather than extended one: keep them all.
-    let mut forwarded_for = headers
+    let mut forwarded_for = String::new();
+    for earlier in headers
         .get_all(&FORWARDED_FOR)
         .iter()
         .filter_map(|value| value.to_str().ok())
         .map(str::trim)
         .filter(|value| !value.is_empty())
-        .collect::<Vec<_>>()
-        .join(", ");
-    if !forwarded_for.is_empty() {
+    {
+        forwarded_for.push_str(earlier);
         forwarded_for.push_str(", ");
     }
-    forwarded_for.push_str(&client_ip.to_string());
-    if let Ok(value) = HeaderValue::from_str(&forwarded_for) {
+    // Written into the one buffer that becomes the header value, without a copy.
+    let _ = write!(forwarded_for, "{client_ip}");
+    if let Ok(value) = HeaderValue::from_maybe_shared(Bytes::from(forwarded_for)) {
         headers.insert(FORWARDED_FOR, value);
     }
     headers.insert(FORWARDED_PROTO, HeaderValue::from_static("http"));
@@ -126,6 +153,36 @@ mod tests {
     }
 
     #[test]
+    fn a_connection_header_naming_only_its_own_options_goes_with_the_hop_by_hop_ones() {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("Keep-Alive, close"),
+        );
+        headers.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        headers.insert(
+            header::TRANSFER_ENCODING,
+            HeaderValue::from_static("chunked"),
+        );
+        headers.insert("x-kept", HeaderValue::from_static("1"));
+        strip_hop_by_hop(&mut headers);
+        let left: Vec<&str> = headers.keys().map(|k| k.as_str()).collect();
+        assert_eq!(left, ["x-kept"]);
+
+        // Even `close` names a header, should one have that name.
+        let mut odd = HeaderMap::new();
+        odd.insert(header::CONNECTION, HeaderValue::from_static("close"));
+        odd.insert("close", HeaderValue::from_static("1"));
+        strip_hop_by_hop(&mut odd);
+        assert!(odd.is_empty(), "{odd:?}");
+
+        let mut untouched = HeaderMap::new();
+        untouched.insert("x-kept", HeaderValue::from_static("1"));
+        strip_hop_by_hop(&mut untouched);
+        assert_eq!(untouched.len(), 1);
+    }
+
+    #[test]
     fn request_ids_are_kept_when_sane_and_replaced_otherwise() {
         let mut headers = HeaderMap::new();
         headers.insert(REQUEST_ID, HeaderValue::from_static("abc-123"));
@@ -157,5 +214,10 @@ mod tests {
         assert_eq!(headers[&FORWARDED_PROTO], "http");
         assert_eq!(headers[&FORWARDED_HOST], "example.com");
         assert!(!headers.contains_key(header::HOST));
+
+        let mut first_hop = HeaderMap::new();
+        set_forwarded(&mut first_hop, "::1".parse().expect("ip"), None);
+        assert_eq!(first_hop[&FORWARDED_FOR], "::1");
+        assert!(!first_hop.contains_key(&FORWARDED_HOST));
     }
 }
