@@ -2,12 +2,16 @@
 //! lets go of it and its buffers) and picks up its next request as if nothing happened, whatever
 //! arrives next: a request, a pipelined pair, a head in pieces, an HTTP/1.0 keep-alive request.
 //! A client's `Connection: close` is honoured. Parking never cuts a request that is still being
-//! read or answered, idle connections close after `idle_timeout`, and a shutdown closes parked
-//! connections at once while in-flight requests finish.
+//! read or answered, idle connections (HTTP/2 ones too) close after `idle_timeout`, and a
+//! shutdown closes parked connections at once while in-flight requests finish.
 
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use gateway_tests::{Gateway, RawReplies, Reply, Upstream, route_everything_to};
+use http::Request;
+use http_body_util::{BodyExt, Empty};
+use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -292,4 +296,42 @@ async fn shutdown_closes_parked_connections_and_finishes_requests_in_flight() {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_http2_connection_closes_after_idle_timeout_but_not_under_a_long_stream() {
+    let (gateway, _upstream) = setup("  idle_timeout: 1s", "info").await;
+    let stream = TcpStream::connect(gateway.address).await.expect("connects");
+    let (mut sender, connection) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+            .await
+            .expect("HTTP/2 handshake");
+    let mut connection = tokio::spawn(connection);
+    let get = |path: &str| {
+        Request::get(gateway.url(path))
+            .body(Empty::<Bytes>::new())
+            .expect("request")
+    };
+
+    // A stream that outlasts the idle timeout keeps the connection.
+    let response = sender
+        .send_request(get("/slow?ms=1600"))
+        .await
+        .expect("an answer");
+    assert_eq!(response.status(), 200);
+    let body = response.into_body().collect().await.expect("whole body");
+    assert!(!body.to_bytes().is_empty());
+
+    // Then, with nothing in flight, the gateway closes it.
+    let quiet_since = Instant::now();
+    tokio::time::timeout(WAIT, &mut connection)
+        .await
+        .expect("closed by the gateway")
+        .expect("connection task")
+        .expect("a clean close");
+    let closed_after = quiet_since.elapsed();
+    assert!(
+        closed_after >= Duration::from_millis(900) && closed_after < Duration::from_secs(4),
+        "closed {closed_after:?} after the last stream, not at the 1s idle_timeout"
+    );
 }

@@ -11,14 +11,15 @@
 //!   `idle_timeout` passes, when it is closed.
 //!
 //! A busy connection is never parked: the check costs a clock read per response. HTTP/2
-//! connections stay with hyper for their whole life, since their streams interleave.
+//! connections stay with hyper for their whole life, since their streams interleave; one that
+//! has had no stream for `idle_timeout` is closed (hyper has no such timeout of its own).
 
 use std::convert::Infallible;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 use std::task::{Context, Poll, Waker, ready};
 use std::time::Duration;
 
@@ -78,7 +79,7 @@ pub(super) async fn serve(
             }
         })
     };
-    let mut io = ClientIo::new(sniffer, exchange);
+    let mut io = ClientIo::new(sniffer, exchange.clone());
 
     // A head must be complete within `header_read_timeout` of its start: the accept for the
     // first request, the first byte for a later one (which may come `idle_timeout` after the
@@ -96,7 +97,15 @@ pub(super) async fn serve(
                 .serve_connection(TokioIo::new(io), service)
                 .into_owned(),
         );
-        if let Err(error) = until_shutdown(connection.as_mut(), &mut shutdown).await {
+        // hyper has no idle timeout for HTTP/2: close the connection when no stream has run for
+        // `idle_timeout`.
+        let stop = async {
+            tokio::select! {
+                () = shutting_down(&mut shutdown) => {}
+                () = exchange.quiet_for(limits.idle_timeout) => {}
+            }
+        };
+        if let Err(error) = run_until(connection.as_mut(), stop).await {
             tracing::debug!(%client, %error, "connection ended with an error");
         }
         return;
@@ -110,7 +119,7 @@ pub(super) async fn serve(
             http1_builder(&limits, head_time_left(&limits, head_started))
                 .serve_connection(TokioIo::new(io), service.clone()),
         );
-        if let Err(error) = until_shutdown(connection.as_mut(), &mut shutdown).await {
+        if let Err(error) = run_until(connection.as_mut(), shutting_down(&mut shutdown)).await {
             tracing::debug!(%client, %error, "connection ended with an error");
             return;
         }
@@ -179,26 +188,36 @@ fn auto_builder(limits: &EdgeLimits, head_timeout: Duration) -> auto::Builder<To
     builder
 }
 
-/// Runs `connection` to its end; once `shutdown` turns true (or its sender is gone), asks it to
-/// finish what is in flight and stop.
-async fn until_shutdown<C: GracefulConnection>(
+/// Runs `connection` to its end; if `stop` resolves first, asks it to finish what is in flight
+/// and stop.
+async fn run_until<C: GracefulConnection>(
     mut connection: Pin<&mut C>,
-    shutdown: &mut watch::Receiver<bool>,
+    stop: impl Future<Output = ()>,
 ) -> Result<(), C::Error> {
-    if !*shutdown.borrow() {
-        tokio::select! {
-            result = connection.as_mut() => return result,
-            _ = shutdown.wait_for(|stop| *stop) => {}
-        }
+    tokio::select! {
+        result = connection.as_mut() => return result,
+        () = stop => {}
     }
     connection.as_mut().graceful_shutdown();
     connection.await
 }
 
-/// Where the connection's current request stands, as the request pipeline and the socket
-/// see it. hyper serves one HTTP/1 request at a time, so one state is enough.
+/// Resolves once the gateway is shutting down (or the signal's sender is gone).
+async fn shutting_down(shutdown: &mut watch::Receiver<bool>) {
+    let _ = shutdown.wait_for(|stop| *stop).await;
+}
+
+/// Where the connection's requests stand, as the request pipeline and the socket see them.
 #[derive(Debug, Default)]
-struct Exchange(AtomicU8);
+struct Exchange {
+    /// For HTTP/1, which serves one request at a time: [`Self::IDLE`], [`Self::SERVING`] or
+    /// [`Self::FLUSHING`].
+    state: AtomicU8,
+    /// Requests begun so far, and those whose response hyper still holds: how an HTTP/2
+    /// connection, whose streams interleave, is known to be idle.
+    begun: AtomicU64,
+    in_flight: AtomicU64,
+}
 
 impl Exchange {
     /// No request in progress and every byte of the last response handed to the socket.
@@ -209,12 +228,12 @@ impl Exchange {
     const FLUSHING: u8 = 2;
 
     fn is_idle(&self) -> bool {
-        self.0.load(Ordering::Relaxed) == Self::IDLE
+        self.state.load(Ordering::Relaxed) == Self::IDLE
     }
 
     /// After the socket reported a completed flush: true if that finished a response.
     fn flushed(&self) -> bool {
-        self.0
+        self.state
             .compare_exchange(
                 Self::FLUSHING,
                 Self::IDLE,
@@ -222,6 +241,31 @@ impl Exchange {
                 Ordering::Relaxed,
             )
             .is_ok()
+    }
+
+    /// Resolves once the connection has had no request in flight, and begun none, for at least
+    /// `timeout` (and at most a quarter more): checked a few times per timeout rather than
+    /// timed per request.
+    async fn quiet_for(&self, timeout: Duration) {
+        const CHECKS: u32 = 4;
+        let mut ticks = tokio::time::interval(timeout / CHECKS);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut quiet_checks = 0;
+        let mut begun = self.begun.load(Ordering::Relaxed);
+        loop {
+            ticks.tick().await;
+            let now_begun = self.begun.load(Ordering::Relaxed);
+            if now_begun == begun && self.in_flight.load(Ordering::Relaxed) == 0 {
+                quiet_checks += 1;
+            } else {
+                quiet_checks = 0;
+            }
+            begun = now_begun;
+            // The first tick is immediate, so CHECKS + 1 quiet ones span a whole timeout.
+            if quiet_checks > CHECKS {
+                return;
+            }
+        }
     }
 }
 
@@ -232,14 +276,17 @@ struct InExchange(Arc<Exchange>);
 
 impl InExchange {
     fn begin(exchange: Arc<Exchange>) -> InExchange {
-        exchange.0.store(Exchange::SERVING, Ordering::Relaxed);
+        exchange.state.store(Exchange::SERVING, Ordering::Relaxed);
+        exchange.begun.fetch_add(1, Ordering::Relaxed);
+        exchange.in_flight.fetch_add(1, Ordering::Relaxed);
         InExchange(exchange)
     }
 }
 
 impl Drop for InExchange {
     fn drop(&mut self) {
-        self.0.0.store(Exchange::FLUSHING, Ordering::Relaxed);
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+        self.0.state.store(Exchange::FLUSHING, Ordering::Relaxed);
     }
 }
 
