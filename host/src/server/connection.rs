@@ -62,7 +62,7 @@ pub(super) async fn serve(
     mut shutdown: watch::Receiver<bool>,
 ) {
     let accepted = Instant::now();
-    let limits = live.current().limits.clone();
+    let mut limits = live.current().limits.clone();
     let (sniffer, framing) = FramingSniffer::new(stream, super::framing_scan_limit(&limits));
     let exchange = Arc::new(Exchange::default());
     let peer = Connection { client, framing };
@@ -113,7 +113,6 @@ pub(super) async fn serve(
 
     let mut head_started = accepted;
     loop {
-        let limits = live.current().limits.clone();
         io.park_after = Some(park_after(&limits));
         let mut connection = Box::pin(
             http1_builder(&limits, head_time_left(&limits, head_started))
@@ -144,6 +143,8 @@ pub(super) async fn serve(
             return;
         }
         head_started = Instant::now();
+        // The next round, like each request, follows the state current when it starts.
+        limits = live.current().limits.clone();
     }
 }
 
