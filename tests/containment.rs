@@ -179,6 +179,22 @@ async fn request_phase_failures_answer_500_without_calling_the_upstream() {
     );
 }
 
+/// The epoch ticker, which call deadlines depend on, sleeps once no filter has been called for
+/// 200 ms; the first call after that must wake it.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_loop_after_a_quiet_spell_is_still_stopped_at_its_deadline() {
+    let s = setup().await;
+    let client = http1_client();
+    for quiet in [Duration::from_millis(600), Duration::from_millis(1500)] {
+        tokio::time::sleep(quiet).await;
+        let started = Instant::now();
+        let reply = call(&client, &s.gateway, "/closed", Some(("x-misbehave", "loop"))).await;
+        let took = started.elapsed();
+        reply.assert_gateway_error(500, "FILTER_FAILED");
+        assert_stopped_at_deadline(took);
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn response_phase_failures_answer_500_after_calling_the_upstream() {
     let mut s = setup().await;

@@ -3,8 +3,6 @@
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
-
 use wasmtime::component::{Component, Linker};
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 
@@ -12,12 +10,10 @@ use super::bindings::{Filter, FilterPre};
 use super::cache::{ComponentCache, ContentHash, Origin};
 use super::instance::InstanceState;
 use super::kv::KvStore;
+use super::ticker::EpochTicker;
 use super::{MAX_MEMORY_LIMIT, WIT_PACKAGE, WIT_VERSION};
 use crate::config::FilterDefinition;
 use crate::{Error, Result};
-
-/// How often the engine's epoch advances; call deadlines are counted in these ticks.
-pub(super) const EPOCH_TICK: Duration = Duration::from_millis(1);
 
 /// Instance slots the pooling allocator reserves up front. Each live filter instance holds one;
 /// past this, new instances fail and requests get `FILTER_UNAVAILABLE`.
@@ -28,6 +24,7 @@ pub struct FilterEngine {
     engine: Engine,
     linker: Linker<InstanceState>,
     kv: Arc<KvStore>,
+    ticker: Arc<EpochTicker>,
     cache: ComponentCache,
 }
 
@@ -41,6 +38,7 @@ pub struct LoadedFilter {
     pub origin: Origin,
     pub(super) pre: FilterPre<InstanceState>,
     pub(super) kv: Arc<KvStore>,
+    pub(super) ticker: Arc<EpochTicker>,
 }
 
 impl LoadedFilter {
@@ -53,6 +51,7 @@ impl LoadedFilter {
             origin: self.origin,
             pre: self.pre.clone(),
             kv,
+            ticker: self.ticker.clone(),
         }
     }
 }
@@ -88,19 +87,7 @@ impl FilterEngine {
             })
             .map_err(|error| Error::Engine(format!("{error:#}")))?;
 
-        // Every deadline depends on this ticker, so it runs for as long as anything holds the
-        // engine (loaded filters and their instances do), not just this `FilterEngine`: a
-        // caller that drops it after building the routes must not leave filters without limits.
-        let ticking = engine.weak();
-        std::thread::Builder::new()
-            .name("wasm-epoch".to_owned())
-            .spawn(move || {
-                while let Some(engine) = ticking.upgrade() {
-                    engine.increment_epoch();
-                    drop(engine);
-                    std::thread::sleep(EPOCH_TICK);
-                }
-            })
+        let ticker = EpochTicker::start(&engine)
             .map_err(|error| Error::Engine(format!("cannot start the epoch ticker: {error}")))?;
 
         Ok(FilterEngine {
@@ -108,6 +95,7 @@ impl FilterEngine {
             engine,
             linker,
             kv: Arc::new(KvStore::new(kv_limits)),
+            ticker,
         })
     }
 
@@ -154,6 +142,7 @@ impl FilterEngine {
             origin,
             pre,
             kv: self.kv.clone(),
+            ticker: self.ticker.clone(),
         })
     }
 

@@ -9,7 +9,8 @@ use wasmtime::{ResourceLimiter, Store, Trap};
 use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
 use super::bindings::{CURRENT, Filter, Registration, RequestAction, ResponseAction};
-use super::engine::{EPOCH_TICK, LoadedFilter};
+use super::engine::LoadedFilter;
+use super::ticker::{EPOCH_TICK, EpochTicker};
 use super::{FilterFailure, RequestHead, ResponseHead};
 use crate::config::ByteSize;
 
@@ -66,6 +67,7 @@ pub struct InstanceState {
     pub(super) last_error: Option<String>,
     pub(super) kv: Arc<super::KvStore>,
     pub(super) exchange: Exchange,
+    ticker: Arc<EpochTicker>,
     cap: MemoryCap,
     wasi: WasiCtx,
     table: ResourceTable,
@@ -105,6 +107,7 @@ impl FilterInstance {
             last_error: None,
             kv: filter.kv.clone(),
             exchange: Exchange::default(),
+            ticker: filter.ticker.clone(),
             cap: MemoryCap {
                 limit: filter.settings.memory_limit.as_usize(),
                 exceeded: false,
@@ -205,6 +208,7 @@ fn guarded<T>(
     timeout: Duration,
     call: impl FnOnce(&mut Store<InstanceState>) -> wasmtime::Result<T>,
 ) -> Result<T, FilterFailure> {
+    store.data().ticker.call_begins();
     let ticks = timeout.as_millis().div_ceil(EPOCH_TICK.as_millis()).max(1);
     // One extra tick: the deadline counts ticks that start after this point, and the next tick
     // may be only moments away.

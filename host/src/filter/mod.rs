@@ -17,6 +17,7 @@ mod exchange;
 mod instance;
 pub mod kv;
 pub mod pool;
+mod ticker;
 
 use std::time::Duration;
 
