@@ -1,7 +1,7 @@
 //! The headers a proxy owes both sides: hop-by-hop headers removed, `X-Forwarded-*` set, and a
 //! request id carried from the client to the upstream and back.
 
-use std::fmt::Write;
+use std::io::Write;
 use std::net::IpAddr;
 
 use bytes::Bytes;
@@ -90,9 +90,11 @@ pub fn request_id(headers: &HeaderMap) -> HeaderValue {
     match headers.get(REQUEST_ID).filter(usable) {
         Some(value) => value.clone(),
         None => {
-            let id = uuid::Uuid::new_v4();
-            let mut buffer = uuid::Uuid::encode_buffer();
-            HeaderValue::from_str(id.hyphenated().encode_lower(&mut buffer))
+            let mut id = [0; uuid::fmt::Hyphenated::LENGTH];
+            uuid::Uuid::new_v4().hyphenated().encode_lower(&mut id);
+            // Owned by the `Bytes`: the copies the upstream request, the response and the log
+            // take are reference counts, not allocations.
+            HeaderValue::from_maybe_shared(Bytes::from_owner(id))
                 .unwrap_or_else(|_| HeaderValue::from_static("invalid-uuid"))
         }
     }
@@ -102,19 +104,29 @@ pub fn request_id(headers: &HeaderMap) -> HeaderValue {
 /// `X-Forwarded-Host`; the upstream gets its own host in `Host`.
 pub fn set_forwarded(headers: &mut HeaderMap, client_ip: IpAddr, host: Option<&HeaderValue>) {
     // Earlier proxies may each have added a line rather than extended one: keep them all.
-    let mut forwarded_for = String::new();
-    for earlier in headers
-        .get_all(&FORWARDED_FOR)
-        .iter()
-        .filter_map(|value| value.to_str().ok())
-        .map(str::trim)
-        .filter(|value| !value.is_empty())
-    {
-        forwarded_for.push_str(earlier);
-        forwarded_for.push_str(", ");
+    let earlier = || {
+        headers
+            .get_all(&FORWARDED_FOR)
+            .iter()
+            .filter_map(|value| value.to_str().ok())
+            .map(str::trim)
+            .filter(|value| !value.is_empty())
+    };
+    // An IPv6 address is at most 45 characters.
+    let mut client = [0; 64];
+    let mut cursor = std::io::Cursor::new(&mut client[..]);
+    let _ = write!(cursor, "{client_ip}");
+    let written = usize::try_from(cursor.position()).unwrap_or(0);
+    let client = &client[..written];
+    // Sized exactly, so the buffer becomes the header value as it is, with no copy or second
+    // allocation.
+    let length = earlier().map(|value| value.len() + 2).sum::<usize>() + client.len();
+    let mut forwarded_for = Vec::with_capacity(length);
+    for value in earlier() {
+        forwarded_for.extend_from_slice(value.as_bytes());
+        forwarded_for.extend_from_slice(b", ");
     }
-    // Written into the one buffer that becomes the header value, without a copy.
-    let _ = write!(forwarded_for, "{client_ip}");
+    forwarded_for.extend_from_slice(client);
     if let Ok(value) = HeaderValue::from_maybe_shared(Bytes::from(forwarded_for)) {
         headers.insert(FORWARDED_FOR, value);
     }
