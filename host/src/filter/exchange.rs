@@ -24,11 +24,13 @@ pub struct RequestHead {
     pub params: Vec<(Arc<str>, String)>,
 }
 
+/// An empty head, which allocates nothing: it is what a head moved into a filter call leaves
+/// behind, twice per filter per request.
 impl Default for RequestHead {
     fn default() -> Self {
         RequestHead {
             method: Method::GET,
-            path: String::from("/"),
+            path: String::new(),
             query: None,
             headers: HeaderMap::new(),
             authority: None,
