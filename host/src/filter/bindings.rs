@@ -5,6 +5,7 @@
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use bytes::Bytes;
 use http::header::{HeaderName, HeaderValue};
 use http::{HeaderMap, StatusCode};
 use wasmtime::component::Resource;
@@ -29,8 +30,9 @@ fn header_name(name: &str) -> Result<HeaderName, String> {
         .map_err(|_| format!("`{name}` is not a valid header name"))
 }
 
-fn header_value(value: &str) -> Result<HeaderValue, String> {
-    HeaderValue::from_str(value)
+/// Takes the string lifted out of the guest as the value's storage: checked, not copied.
+fn header_value(value: String) -> Result<HeaderValue, String> {
+    HeaderValue::from_maybe_shared(Bytes::from(value))
         .map_err(|_| "header value contains a forbidden character".to_owned())
 }
 
@@ -53,12 +55,12 @@ fn names(headers: &HeaderMap) -> Vec<String> {
         .collect()
 }
 
-fn set(headers: &mut HeaderMap, name: &str, value: &str) -> Result<(), String> {
+fn set(headers: &mut HeaderMap, name: &str, value: String) -> Result<(), String> {
     headers.insert(header_name(name)?, header_value(value)?);
     Ok(())
 }
 
-fn append(headers: &mut HeaderMap, name: &str, value: &str) -> Result<(), String> {
+fn append(headers: &mut HeaderMap, name: &str, value: String) -> Result<(), String> {
     headers.append(header_name(name)?, header_value(value)?);
     Ok(())
 }
@@ -97,8 +99,8 @@ pub(super) fn convert_reply(reply: wit_http::Reply) -> Result<Reply, String> {
     let status = StatusCode::from_u16(reply.status)
         .map_err(|_| format!("reply status {} is not a valid status code", reply.status))?;
     let mut headers = HeaderMap::with_capacity(reply.headers.len());
-    for (name, value) in &reply.headers {
-        append(&mut headers, name, value)?;
+    for (name, value) in reply.headers {
+        append(&mut headers, &name, value)?;
     }
     Ok(Reply {
         status,
@@ -197,7 +199,7 @@ impl wit_http::HostRequest for InstanceState {
     ) -> wasmtime::Result<Result<(), String>> {
         Ok(self
             .request_mut()?
-            .and_then(|request| set(&mut request.headers, &name, &value)))
+            .and_then(|request| set(&mut request.headers, &name, value)))
     }
 
     fn append_header(
@@ -208,7 +210,7 @@ impl wit_http::HostRequest for InstanceState {
     ) -> wasmtime::Result<Result<(), String>> {
         Ok(self
             .request_mut()?
-            .and_then(|request| append(&mut request.headers, &name, &value)))
+            .and_then(|request| append(&mut request.headers, &name, value)))
     }
 
     fn remove_header(
@@ -275,7 +277,7 @@ impl wit_http::HostResponse for InstanceState {
         name: String,
         value: String,
     ) -> wasmtime::Result<Result<(), String>> {
-        Ok(set(&mut self.response_mut()?.headers, &name, &value))
+        Ok(set(&mut self.response_mut()?.headers, &name, value))
     }
 
     fn append_header(
@@ -284,7 +286,7 @@ impl wit_http::HostResponse for InstanceState {
         name: String,
         value: String,
     ) -> wasmtime::Result<Result<(), String>> {
-        Ok(append(&mut self.response_mut()?.headers, &name, &value))
+        Ok(append(&mut self.response_mut()?.headers, &name, value))
     }
 
     fn remove_header(
