@@ -188,7 +188,13 @@ async fn a_loop_after_a_quiet_spell_is_still_stopped_at_its_deadline() {
     for quiet in [Duration::from_millis(600), Duration::from_millis(1500)] {
         tokio::time::sleep(quiet).await;
         let started = Instant::now();
-        let reply = call(&client, &s.gateway, "/closed", Some(("x-misbehave", "loop"))).await;
+        let reply = call(
+            &client,
+            &s.gateway,
+            "/closed",
+            Some(("x-misbehave", "loop")),
+        )
+        .await;
         let took = started.elapsed();
         reply.assert_gateway_error(500, "FILTER_FAILED");
         assert_stopped_at_deadline(took);

@@ -1,6 +1,8 @@
 //! Upstream connections end to end: kept alive and reused, never reused with part of a response
 //! still on them, replaced without a failed request when the instance closes them, and closed on
-//! the gateway's side too when that happens while nothing needs them.
+//! the gateway's side too when that happens while nothing needs them; and the HTTP/1.1 the
+//! gateway reads from instances, written by hand: chunked, close-delimited and interim
+//! responses, early answers, and broken ones.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -8,7 +10,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use gateway_tests::{
-    GATEWAY_WORKERS, Gateway, Upstream, get, http1_client, route_everything_to, send,
+    GATEWAY_WORKERS, Gateway, Upstream, get, http1_client, raw_replies, route_everything_to, send,
 };
 use http::{Method, Request};
 use http_body_util::{BodyExt, Full};
@@ -189,4 +191,226 @@ async fn concurrent_requests_reuse_a_bounded_set_of_connections() {
         "8 clients at a time need at most 8 connections per worker, not one per request ({})",
         upstream.connections()
     );
+}
+
+/// How a [`ScriptedUpstream`] answers one request: the pieces it writes, a moment apart so
+/// that the gateway reads them separately, and what it does after.
+struct Script {
+    pieces: Vec<&'static str>,
+    /// Close the connection after answering (after reading what the client still sends, as
+    /// nginx's lingering close does, so that the answer is not lost to a reset).
+    close: bool,
+}
+
+/// A raw HTTP/1.1 upstream that answers each request on a connection, one after another, as
+/// `script` says for its path. It reads a request's head and, when it answers normally, a body
+/// framed by `Content-Length`; it counts the connections it accepted.
+struct ScriptedUpstream {
+    url: String,
+    accepted: Arc<AtomicUsize>,
+}
+
+async fn scripted_upstream(script: fn(&str) -> Script) -> ScriptedUpstream {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let address = listener.local_addr().expect("address");
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let accepted_count = accepted.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut stream, _)) = listener.accept().await else {
+                continue;
+            };
+            accepted_count.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                let mut received = Vec::new();
+                let mut buffer = [0u8; 16 * 1024];
+                loop {
+                    while !received.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match stream.read(&mut buffer).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(read) => received.extend_from_slice(&buffer[..read]),
+                        }
+                    }
+                    let end = received
+                        .windows(4)
+                        .position(|w| w == b"\r\n\r\n")
+                        .unwrap_or(0)
+                        + 4;
+                    let head = String::from_utf8_lossy(&received[..end]).to_lowercase();
+                    let path = head.split(' ').nth(1).unwrap_or("/").to_owned();
+                    let script = script(&path);
+                    if !script.close {
+                        let length: usize = head
+                            .lines()
+                            .find_map(|line| line.strip_prefix("content-length:"))
+                            .map_or(0, |value| value.trim().parse().expect("a length"));
+                        while received.len() < end + length {
+                            match stream.read(&mut buffer).await {
+                                Ok(0) | Err(_) => return,
+                                Ok(read) => received.extend_from_slice(&buffer[..read]),
+                            }
+                        }
+                        received.drain(..end + length);
+                    }
+                    for piece in script.pieces {
+                        if stream.write_all(piece.as_bytes()).await.is_err() {
+                            return;
+                        }
+                        tokio::time::sleep(Duration::from_millis(15)).await;
+                    }
+                    if script.close {
+                        let lingering = async {
+                            while matches!(stream.read(&mut buffer).await, Ok(read) if read > 0) {}
+                        };
+                        let _ = tokio::time::timeout(Duration::from_millis(500), lingering).await;
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    ScriptedUpstream {
+        url: format!("http://{address}"),
+        accepted,
+    }
+}
+
+fn scripts(path: &str) -> Script {
+    let (pieces, close) = match path {
+        "/chunked" => (
+            vec![
+                "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5;ext=1\r\nhel",
+                "lo\r\n6\r\n world\r\n0\r\nX-Trailer: t\r\n",
+                "\r\n",
+            ],
+            false,
+        ),
+        "/until-close" => (vec!["HTTP/1.1 200 OK\r\n\r\nall ", "of it"], true),
+        "/interim" => (
+            vec![
+                "HTTP/1.1 100 Continue\r\n\r\n",
+                "HTTP/1.1 200 OK\r\nContent-Length: 7\r\n\r\nfinally",
+            ],
+            false,
+        ),
+        "/http10" => (
+            vec!["HTTP/1.0 200 OK\r\nContent-Length: 3\r\n\r\nold"],
+            true,
+        ),
+        "/garbage" => (vec!["SSH-2.0-OpenSSH_9.6\r\n\r\n"], true),
+        "/truncated" => (
+            vec!["HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nshort"],
+            true,
+        ),
+        "/early" => (
+            vec![
+                "HTTP/1.1 413 Content Too Large\r\nContent-Length: 8\r\nConnection: close\r\n\r\ntoo long",
+            ],
+            true,
+        ),
+        _ => (
+            vec!["HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"],
+            false,
+        ),
+    };
+    Script { pieces, close }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn chunked_close_delimited_and_interim_responses_arrive_whole() {
+    let upstream = scripted_upstream(scripts).await;
+    let gateway = Gateway::start(&route_everything_to(&upstream.url, ""));
+    for _ in 0..3 {
+        let reply = get(&gateway.url("/chunked")).await;
+        assert_eq!(
+            (reply.status.as_u16(), &reply.body[..]),
+            (200, &b"hello world"[..])
+        );
+        assert!(
+            !reply.headers.contains_key("x-trailer"),
+            "trailers are not relayed"
+        );
+    }
+    assert!(
+        upstream.accepted.load(Ordering::SeqCst) <= GATEWAY_WORKERS,
+        "a chunked response leaves its connection reusable"
+    );
+    let reply = get(&gateway.url("/interim")).await;
+    assert_eq!(
+        (reply.status.as_u16(), &reply.body[..]),
+        (200, &b"finally"[..])
+    );
+    for (path, body) in [("/until-close", "all of it"), ("/http10", "old")] {
+        let before = upstream.accepted.load(Ordering::SeqCst);
+        let requests = 4;
+        for _ in 0..requests {
+            let reply = get(&gateway.url(path)).await;
+            assert_eq!(
+                (reply.status.as_u16(), &reply.body[..]),
+                (200, body.as_bytes()),
+                "{path}"
+            );
+        }
+        // Each worker may still hold one connection from before; these responses end theirs.
+        assert!(
+            upstream.accepted.load(Ordering::SeqCst) >= before + requests - GATEWAY_WORKERS,
+            "{path}: a connection the response ends is not reused"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_broken_response_costs_its_request_only() {
+    let upstream = scripted_upstream(scripts).await;
+    let gateway = Gateway::start(&route_everything_to(&upstream.url, ""));
+    let reply = get(&gateway.url("/garbage")).await;
+    reply.assert_gateway_error(502, "UPSTREAM_FAILED");
+    assert!(
+        gateway
+            .wait_for_log(
+                &["unreadable response", "not an HTTP/1.1 response head"],
+                Duration::from_secs(5)
+            )
+            .is_some(),
+        "the log says why; the log:\n{}",
+        gateway.logs().join("\n")
+    );
+
+    // The head came and the status with it; the body's end never does. The client must see a
+    // broken body, not a short one passed off as complete.
+    let request = Request::get(gateway.url("/truncated"))
+        .body(Full::new(Bytes::new()))
+        .expect("request");
+    let response = http1_client()
+        .request(request)
+        .await
+        .expect("a response head");
+    assert_eq!(response.status(), 200);
+    assert!(
+        response.into_body().collect().await.is_err(),
+        "a truncated body fails"
+    );
+
+    let reply = get(&gateway.url("/after")).await;
+    assert_eq!((reply.status.as_u16(), &reply.body[..]), (200, &b"ok"[..]));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_answer_before_the_whole_body_reaches_the_client() {
+    let upstream = scripted_upstream(scripts).await;
+    let gateway = Gateway::start(&route_everything_to(&upstream.url, ""));
+    // The client announces 4 MiB and sends 64 KiB; the instance answers without reading any.
+    let mut request =
+        b"POST /early HTTP/1.1\r\nHost: a.test\r\nContent-Length: 4194304\r\n\r\n".to_vec();
+    request.resize(request.len() + 64 * 1024, b'x');
+    let replies = raw_replies(gateway.address, &request, Duration::from_secs(10)).await;
+    let responses = replies.responses();
+    assert_eq!(responses.len(), 1, "{}", replies.text);
+    assert_eq!(
+        (responses[0].status.as_u16(), &responses[0].body[..]),
+        (413, &b"too long"[..])
+    );
+
+    let reply = get(&gateway.url("/after")).await;
+    assert_eq!(reply.status, 200);
 }

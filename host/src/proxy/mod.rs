@@ -334,10 +334,18 @@ mod tests {
             ("/a/b?x=1", head("/a/b", Some("x=1")), "/a/b?x=1"),
             ("/a/b?", head("/a/b", Some("")), "/a/b?"),
             ("/a/./b", head("/a/b", None), "/a/b"),
-            ("/api/users?id=7", head("/users", Some("id=7")), "/users?id=7"),
+            (
+                "/api/users?id=7",
+                head("/users", Some("id=7")),
+                "/users?id=7",
+            ),
             ("/a?x=1", head("/a", None), "/a"),
             ("/a", head("/a", Some("y=2")), "/a?y=2"),
-            ("http://example.com/a?x=1", head("/a", Some("x=1")), "/a?x=1"),
+            (
+                "http://example.com/a?x=1",
+                head("/a", Some("x=1")),
+                "/a?x=1",
+            ),
         ];
         for (client, head, expected) in cases {
             let client: Uri = client.parse().expect("a valid URI");

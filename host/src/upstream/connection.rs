@@ -3,36 +3,39 @@
 //!
 //! A client that spawns a task per connection (hyper-util's) hands every request to that task
 //! through a channel and every response back through another: several task wake-ups per request
-//! on the hot path. Here a connection has no task of its own. The request's task polls it while
-//! it waits for the response head, and the response body polls it while the client is sent the
-//! body; once the body has been read to its end, the connection goes back to the idle list of
-//! the thread that opened it. Only that thread picks it up again: its socket is registered with
-//! that thread's runtime, so on any other every readiness event would cross threads, and it
-//! would fail outright once the opening thread's runtime shut down. Nothing waits on an idle
-//! connection: one the instance closed is noticed, and dropped, when it is next checked out or
-//! when its thread next sweeps its idle lists, whichever comes first.
+//! on the hot path. hyper's bare client connection avoids the task but keeps the channels, its
+//! dispatch state and a body channel per response. Here the request's task writes the request
+//! head straight from one reused buffer and reads the response head where it lands (see
+//! [`wire`](super::wire)); a body that arrived with its head (most do) is handed over whole and
+//! the connection goes back at once; a longer one is read by the response body as the client
+//! takes it, and the connection goes back once it has been read to its end.
+//!
+//! Idle connections are kept per thread: only the thread that opened one picks it up again. Its
+//! socket is registered with that thread's runtime, so on any other every readiness event would
+//! cross threads, and it would fail outright once the opening thread's runtime shut down.
+//! Nothing waits on an idle connection: one the instance closed is noticed, and dropped, when it
+//! is next checked out or when its thread next sweeps its idle lists, whichever comes first.
 
 use std::future::poll_fn;
+use std::io;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll, Waker, ready};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-use http::{Request, Response};
+use bytes::{Buf, Bytes, BytesMut};
+use http::{Method, Request, Response};
 use http_body::{Body, Frame, SizeHint};
-use hyper::body::Incoming;
-use hyper::client::conn::http1;
-use hyper_util::rt::TokioIo;
+use http_body_util::BodyExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tokio::net::tcp::{ReadHalf, WriteHalf};
 
 use super::InstanceUrl;
+use super::wire::{self, BodyDecoder, Decoded, Malformed, RequestFraming, ResponseHead};
 use crate::proxy::body::{BodyReadTimeout, RequestBody};
 use crate::{Error, Result};
-
-type Sender = http1::SendRequest<RequestBody>;
-type Driver = http1::Connection<TokioIo<TcpStream>, RequestBody>;
 
 /// How long a connection may sit idle before it is closed rather than reused.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
@@ -54,26 +57,52 @@ impl ThreadKey {
     }
 }
 
-/// One open connection: the handle requests are sent through, and the state machine that has to
-/// be polled for anything to move on the socket. It is always boxed: hyper's state for a
-/// connection is several hundred bytes, and it travels inside every response body.
+/// Room made in a connection's read buffer before each read.
+const READ_CHUNK: usize = 8 * 1024;
+
+/// One open connection, with what has been read from it and not yet consumed. It is always
+/// boxed: it travels inside response bodies, and its buffers make it too big to move around.
 struct Connection {
-    sender: Sender,
-    driver: Driver,
+    stream: TcpStream,
+    read_buffer: BytesMut,
+    /// The request head being written: kept, so a request costs no allocation for it.
+    write_buffer: Vec<u8>,
     idle_since: Instant,
     opened_on: ThreadKey,
+    /// It has carried a request before: one that fails before any answer may only have been
+    /// closed by the instance just as it was picked.
+    reused: bool,
 }
 
 impl Connection {
-    /// Polls the connection once and says whether it can take a request: the instance may have
-    /// closed it, or it may not have finished the previous exchange.
+    /// Says whether an idle connection can take a request: readable while idle means closed by
+    /// the instance, reset, or sending what nobody asked for.
     fn poll_usable(&mut self, cx: &mut Context<'_>) -> bool {
-        if self.idle_since.elapsed() > IDLE_TIMEOUT {
+        if self.idle_since.elapsed() > IDLE_TIMEOUT || !self.read_buffer.is_empty() {
             return false;
         }
-        match Pin::new(&mut self.driver).poll(cx) {
-            Poll::Ready(_) => false,
-            Poll::Pending => self.sender.is_ready(),
+        match self.stream.poll_read_ready(cx) {
+            Poll::Pending => true,
+            Poll::Ready(Err(_)) => false,
+            // Readiness may be left over from the last read: only a read can tell.
+            Poll::Ready(Ok(())) => matches!(
+                self.stream.try_read(&mut [0; 1]),
+                Err(error) if error.kind() == io::ErrorKind::WouldBlock
+            ),
+        }
+    }
+
+    /// Reads what the instance sent next into the read buffer; 0 when it closed the connection.
+    fn poll_read_more(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+        if self.read_buffer.capacity() - self.read_buffer.len() < READ_CHUNK / 4 {
+            self.read_buffer.reserve(READ_CHUNK);
+        }
+        loop {
+            ready!(self.stream.poll_read_ready(cx))?;
+            match self.stream.try_read_buf(&mut self.read_buffer) {
+                Err(error) if error.kind() == io::ErrorKind::WouldBlock => {}
+                read => return Poll::Ready(read),
+            }
         }
     }
 }
@@ -181,89 +210,273 @@ impl ConnectionPool {
             .map_err(|error| unreachable(error.to_string()))?;
         // Requests and responses are written whole; waiting to coalesce them only adds latency.
         let _ = stream.set_nodelay(true);
-        let (sender, driver) = http1::Builder::new()
-            .handshake(TokioIo::new(stream))
-            .await
-            .map_err(|error| unreachable(error.to_string()))?;
         Ok(Box::new(Connection {
-            sender,
-            driver,
+            stream,
+            read_buffer: BytesMut::with_capacity(READ_CHUNK),
+            write_buffer: Vec::new(),
             idle_since: Instant::now(),
             opened_on: ThreadKey::current(),
+            reused: false,
         }))
     }
 
     /// Sends `request` (in origin form, with a Host header) on an idle connection, or on a new
-    /// one, and returns the response once its head has arrived. A request an idle connection
-    /// turned out unable to take (closed as it was picked) is sent again on a new connection:
-    /// it never left the gateway.
+    /// one, and returns the response once its head has arrived. A request without a body that
+    /// met a reused connection just closed by the instance (it failed before any answer came) is
+    /// sent again on a new one, if its method is idempotent: the instance cannot have acted on
+    /// it, or may act twice without harm.
     pub async fn send(
         self: &Arc<Self>,
         instance: &InstanceUrl,
         label: &str,
         request: Request<RequestBody>,
     ) -> Result<Response<UpstreamBody>> {
-        let mut request = request;
+        let (parts, mut body) = request.into_parts();
+        let framing = RequestFraming::for_body(
+            &parts.method,
+            &parts.headers,
+            body.is_end_stream(),
+            &body.size_hint(),
+        );
         if let Some(connection) = self.reuse().await {
-            match self.exchange(connection, request, label).await {
+            match self
+                .exchange(connection, &parts, body, framing, label)
+                .await
+            {
                 Exchange::Done(result) => return result,
-                Exchange::NotSent(unsent) => request = unsent,
+                Exchange::Retry(unsent) => body = unsent,
             }
         }
         let connection = self.open(instance, label).await?;
-        match self.exchange(connection, request, label).await {
+        match self
+            .exchange(connection, &parts, body, framing, label)
+            .await
+        {
             Exchange::Done(result) => result,
-            Exchange::NotSent(_) => Err(Error::UpstreamFailed {
-                instance: label.to_owned(),
-                reason: "a new connection closed before the request could be sent".to_owned(),
-            }),
+            Exchange::Retry(_) => unreachable!("only a reused connection asks for a retry"),
         }
     }
 
-    /// Drives `connection` until the response head arrives.
+    /// Writes the request on `connection` and reads the response head. A body is sent while the
+    /// response is awaited: an instance may answer (413, say) before it has read all of it.
     async fn exchange(
         self: &Arc<Self>,
         mut connection: Box<Connection>,
-        request: Request<RequestBody>,
+        request: &http::request::Parts,
+        mut body: RequestBody,
+        framing: RequestFraming,
         label: &str,
     ) -> Exchange {
-        let mut response = std::pin::pin!(connection.sender.try_send_request(request));
-        let mut driver_done = false;
-        let outcome = poll_fn(|cx| {
-            // The driver writes the request and reads the response; it must be polled first so
-            // that the response future sees what it read. It finishes only when the connection
-            // does, which leaves the response future to report why.
-            if !driver_done && Pin::new(&mut connection.driver).poll(cx).is_ready() {
-                driver_done = true;
+        let failed = |reason: String| {
+            Exchange::Done(Err(Error::UpstreamFailed {
+                instance: label.to_owned(),
+                reason,
+            }))
+        };
+        let Connection {
+            stream,
+            read_buffer,
+            write_buffer,
+            reused,
+            ..
+        } = &mut *connection;
+        wire::encode_request_head(
+            write_buffer,
+            &request.method,
+            &request.uri,
+            &request.headers,
+            framing,
+        );
+        let (mut reader, mut writer) = stream.split();
+        let mut body_sent = true;
+        let answer = if framing == RequestFraming::Empty {
+            match writer.write_all(write_buffer).await {
+                Ok(()) => read_head(&mut reader, read_buffer, &request.method).await,
+                Err(error) => Err(ReadError::Io(error, 0)),
             }
-            response.as_mut().poll(cx)
-        })
-        .await;
-        match outcome {
-            Ok(response) => {
-                let lease = (!driver_done).then(|| Lease {
-                    pool: self.clone(),
-                    connection,
-                });
-                Exchange::Done(Ok(response.map(|body| UpstreamBody { body, lease })))
+        } else {
+            let send = async {
+                writer
+                    .write_all(write_buffer)
+                    .await
+                    .map_err(SendError::Io)?;
+                send_body(&mut writer, &mut body, framing).await
+            };
+            let receive = read_head(&mut reader, read_buffer, &request.method);
+            tokio::pin!(send, receive);
+            tokio::select! {
+                biased;
+                head = &mut receive => {
+                    body_sent = false;
+                    head
+                }
+                sent = &mut send => match sent {
+                    Ok(()) => receive.await,
+                    Err(SendError::Body(error)) => return Exchange::Done(Err(body_error(&*error, label))),
+                    // The instance may have answered and stopped reading: its answer is what
+                    // the client should see.
+                    Err(SendError::Io(error)) => match receive.await {
+                        Ok(head) => {
+                            body_sent = false;
+                            Ok(head)
+                        }
+                        Err(_) => return failed(format!("cannot send the request body: {error}")),
+                    },
+                }
             }
-            Err(mut error) => match error.take_message() {
-                Some(request) => Exchange::NotSent(request),
-                None => Exchange::Done(Err(classify(error.into_error(), label))),
-            },
-        }
+        };
+        let head = match answer {
+            Ok(head) => head,
+            Err(error) => {
+                let retry = *reused
+                    && error.nothing_received()
+                    && framing == RequestFraming::Empty
+                    && request.method.is_idempotent();
+                if retry {
+                    return Exchange::Retry(body);
+                }
+                return failed(error.to_string());
+            }
+        };
+        connection.reused = true;
+        let reusable = head.reusable && body_sent;
+        let mut decoder = BodyDecoder::new(head.body);
+        let body = match decoder.take_whole(&mut connection.read_buffer) {
+            // Read whole with its head: the connection's part is over before the client's
+            // begins.
+            Some(whole) => {
+                if reusable && connection.read_buffer.is_empty() {
+                    self.release(connection);
+                }
+                UpstreamBody::Whole(Some(whole))
+            }
+            None => UpstreamBody::Streaming(Streaming {
+                pool: self.clone(),
+                connection,
+                decoder,
+                reusable,
+            }),
+        };
+        Exchange::Done(Ok(Response::from_parts(head.parts, body)))
     }
 }
 
 enum Exchange {
     Done(Result<Response<UpstreamBody>>),
-    /// The connection could not take the request; here it is, unsent.
-    NotSent(Request<RequestBody>),
+    /// A reused connection failed before any answer; here is the body, untouched.
+    Retry(RequestBody),
 }
 
-/// What a failed exchange means for the client: a body that stalled is the client's fault.
-fn classify(error: hyper::Error, label: &str) -> Error {
-    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(&error);
+/// Why no response head was read.
+enum ReadError {
+    /// With the count of bytes received before it.
+    Io(io::Error, usize),
+    Closed(usize),
+    Malformed(Malformed),
+}
+
+impl ReadError {
+    /// The instance sent nothing at all: it closed or reset the connection as it was picked.
+    fn nothing_received(&self) -> bool {
+        match self {
+            ReadError::Io(error, received) => {
+                *received == 0
+                    && matches!(
+                        error.kind(),
+                        io::ErrorKind::ConnectionReset
+                            | io::ErrorKind::BrokenPipe
+                            | io::ErrorKind::ConnectionAborted
+                    )
+            }
+            ReadError::Closed(received) => *received == 0,
+            ReadError::Malformed(_) => false,
+        }
+    }
+}
+
+impl std::fmt::Display for ReadError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ReadError::Io(error, _) => write!(f, "{error}"),
+            ReadError::Closed(_) => {
+                f.write_str("the instance closed the connection without a response")
+            }
+            ReadError::Malformed(reason) => write!(f, "unreadable response: {reason}"),
+        }
+    }
+}
+
+/// Reads until the final response's head is complete.
+async fn read_head(
+    reader: &mut ReadHalf<'_>,
+    buffer: &mut BytesMut,
+    method: &Method,
+) -> std::result::Result<ResponseHead, ReadError> {
+    let mut received = 0;
+    loop {
+        if !buffer.is_empty()
+            && let Some(head) =
+                wire::parse_response_head(buffer, method).map_err(ReadError::Malformed)?
+        {
+            return Ok(head);
+        }
+        if buffer.capacity() - buffer.len() < READ_CHUNK / 4 {
+            buffer.reserve(READ_CHUNK);
+        }
+        match reader.read_buf(buffer).await {
+            Ok(0) => return Err(ReadError::Closed(received)),
+            Ok(read) => received += read,
+            Err(error) => return Err(ReadError::Io(error, received)),
+        }
+    }
+}
+
+enum SendError {
+    /// Reading the client's body failed, or timed out.
+    Body(Box<dyn std::error::Error + Send + Sync>),
+    Io(io::Error),
+}
+
+/// Sends the client's body as it arrives, framed for this connection. Trailers are dropped:
+/// few upstreams read them, and an HTTP/1 request can only carry them when chunked.
+async fn send_body(
+    writer: &mut WriteHalf<'_>,
+    body: &mut RequestBody,
+    framing: RequestFraming,
+) -> std::result::Result<(), SendError> {
+    while let Some(frame) = body.frame().await {
+        let Ok(mut data) = frame.map_err(SendError::Body)?.into_data() else {
+            continue;
+        };
+        if data.is_empty() {
+            continue;
+        }
+        if framing == RequestFraming::Chunked {
+            let size_line = wire::chunk_size_line(data.len());
+            let mut chunk = Buf::chain(Buf::chain(size_line.as_ref(), data), &b"\r\n"[..]);
+            writer
+                .write_all_buf(&mut chunk)
+                .await
+                .map_err(SendError::Io)?;
+        } else {
+            writer
+                .write_all_buf(&mut data)
+                .await
+                .map_err(SendError::Io)?;
+        }
+    }
+    if framing == RequestFraming::Chunked {
+        writer
+            .write_all(b"0\r\n\r\n")
+            .await
+            .map_err(SendError::Io)?;
+    }
+    Ok(())
+}
+
+/// What a failure to read the client's body means for the client: a stall is its own fault.
+fn body_error(error: &(dyn std::error::Error + 'static), label: &str) -> Error {
+    let mut source = Some(error);
     while let Some(cause) = source {
         if cause.downcast_ref::<BodyReadTimeout>().is_some() {
             return Error::BodyTimeout;
@@ -272,7 +485,7 @@ fn classify(error: hyper::Error, label: &str) -> Error {
     }
     Error::UpstreamFailed {
         instance: label.to_owned(),
-        reason: error_chain(&error),
+        reason: format!("the client's body failed: {}", error_chain(error)),
     }
 }
 
@@ -288,65 +501,118 @@ fn error_chain(error: &dyn std::error::Error) -> String {
     text
 }
 
-/// A connection on loan to one response body; back to its pool once the body has been read.
-struct Lease {
-    pool: Arc<ConnectionPool>,
-    connection: Box<Connection>,
+/// An upstream response body on its way to the client.
+pub enum UpstreamBody {
+    /// Read whole with the head; the connection has already gone back to its pool.
+    Whole(Option<Bytes>),
+    /// Still arriving: reading it drives the connection, which goes back to its pool once the
+    /// body has been read to its end, and is closed if the body is dropped before.
+    Streaming(Streaming),
+    Done,
 }
 
-/// An upstream response body on its way to the client. Polling it also drives the connection
-/// it arrives on; the connection is reused only if the body was read to its end.
-pub struct UpstreamBody {
-    body: Incoming,
-    lease: Option<Lease>,
+pub struct Streaming {
+    pool: Arc<ConnectionPool>,
+    connection: Box<Connection>,
+    decoder: BodyDecoder,
+    /// Whether the connection may carry another request after this body.
+    reusable: bool,
 }
 
 impl Body for UpstreamBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = io::Error;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, io::Error>>> {
         let this = self.get_mut();
-        if let Some(lease) = &mut this.lease
-            && Pin::new(&mut lease.connection.driver).poll(cx).is_ready()
-        {
-            // Closed: what it read is already in the body; nothing more will come.
-            this.lease = None;
+        let streaming = match this {
+            UpstreamBody::Whole(whole) => {
+                let whole = whole.take().filter(|bytes| !bytes.is_empty());
+                *this = UpstreamBody::Done;
+                return Poll::Ready(whole.map(|bytes| Ok(Frame::data(bytes))));
+            }
+            UpstreamBody::Done => return Poll::Ready(None),
+            UpstreamBody::Streaming(streaming) => streaming,
+        };
+        loop {
+            let connection = &mut streaming.connection;
+            let decoded = streaming.decoder.decode(&mut connection.read_buffer);
+            match decoded {
+                Ok(Decoded::Data(bytes)) => {
+                    if streaming.decoder.is_done() {
+                        this.finish();
+                    }
+                    return Poll::Ready(Some(Ok(Frame::data(bytes))));
+                }
+                Ok(Decoded::End) => {
+                    this.finish();
+                    return Poll::Ready(None);
+                }
+                Ok(Decoded::NeedMore) => {}
+                Err(reason) => {
+                    *this = UpstreamBody::Done;
+                    return Poll::Ready(Some(Err(io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        reason,
+                    ))));
+                }
+            }
+            let read = match ready!(connection.poll_read_more(cx)) {
+                Ok(read) => read,
+                Err(error) => {
+                    *this = UpstreamBody::Done;
+                    return Poll::Ready(Some(Err(error)));
+                }
+            };
+            if read == 0 {
+                // Whatever happens next, the connection is spent.
+                streaming.reusable = false;
+                if let Err(reason) = streaming.decoder.closed() {
+                    *this = UpstreamBody::Done;
+                    return Poll::Ready(Some(Err(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        reason,
+                    ))));
+                }
+            }
         }
-        let frame = ready!(Pin::new(&mut this.body).poll_frame(cx));
-        if frame.is_none() {
-            this.release();
-        }
-        Poll::Ready(frame)
     }
 
     fn is_end_stream(&self) -> bool {
-        self.body.is_end_stream()
+        match self {
+            UpstreamBody::Whole(whole) => whole.as_ref().is_none_or(Bytes::is_empty),
+            UpstreamBody::Streaming(streaming) => streaming.decoder.is_done(),
+            UpstreamBody::Done => true,
+        }
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.body.size_hint()
+        match self {
+            UpstreamBody::Whole(whole) => {
+                SizeHint::with_exact(whole.as_ref().map_or(0, |bytes| bytes.len() as u64))
+            }
+            UpstreamBody::Streaming(streaming) => streaming.decoder.size_hint(),
+            UpstreamBody::Done => SizeHint::with_exact(0),
+        }
     }
 }
 
 impl UpstreamBody {
-    fn release(&mut self) {
-        if let Some(Lease { pool, connection }) = self.lease.take() {
+    /// The body has been read to its end: the connection goes back to its pool if it can carry
+    /// another request and nothing past this response arrived on it.
+    fn finish(&mut self) {
+        if let UpstreamBody::Streaming(Streaming {
+            pool,
+            connection,
+            reusable: true,
+            ..
+        }) = std::mem::replace(self, UpstreamBody::Done)
+            && connection.read_buffer.is_empty()
+        {
             pool.release(connection);
-        }
-    }
-}
-
-impl Drop for UpstreamBody {
-    /// hyper stops polling a body that says it has ended (a known length, all read, or none at
-    /// all), so a complete body is often dropped rather than polled to `None`. An incomplete one
-    /// takes its connection with it: what is left of the body would be read as the next response.
-    fn drop(&mut self) {
-        if self.body.is_end_stream() {
-            self.release();
         }
     }
 }

@@ -1,6 +1,7 @@
 //! Upstream services: their instances, how one is picked, and the connections that reach it.
 
 mod connection;
+mod wire;
 
 use std::str::FromStr;
 use std::sync::atomic::{AtomicUsize, Ordering};

@@ -1,0 +1,835 @@
+//! HTTP/1.1 as the gateway speaks it to an instance (RFC 9112): the request head written into
+//! one buffer, the response head parsed where it was read (header values keep sharing its
+//! bytes), and the ways a response body can be delimited.
+//!
+//! Only what a reverse proxy needs: one request at a time per connection, no upgrades, and
+//! trailers read past rather than relayed.
+
+use std::io::Write;
+use std::mem::MaybeUninit;
+
+use bytes::{Buf, Bytes, BytesMut};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, StatusCode, Uri, Version};
+use http_body::SizeHint;
+
+/// Most header lines a response head may have.
+const MAX_HEADERS: usize = 100;
+/// The largest response head read before the instance is judged broken.
+const MAX_HEAD_BYTES: usize = 64 * 1024;
+/// The longest chunk extension, and the most trailer bytes read past.
+const MAX_CHUNK_EXTENSION: usize = 1024;
+const MAX_TRAILER_BYTES: usize = 16 * 1024;
+
+/// Why what the instance sent cannot be read as HTTP/1.1.
+pub(super) type Malformed = &'static str;
+
+/// How a request body is delimited on the way to the instance.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum RequestFraming {
+    /// No body, and no header that says so: a GET and the like.
+    Empty,
+    Length(u64),
+    Chunked,
+}
+
+impl RequestFraming {
+    /// The body's exact length when it is known, chunked when not, and nothing at all when there
+    /// is no body. An empty body still gets `Content-Length: 0` when the method carries one or
+    /// the client said so itself.
+    pub fn for_body(
+        method: &Method,
+        headers: &HeaderMap,
+        end_of_stream: bool,
+        hint: &SizeHint,
+    ) -> RequestFraming {
+        if end_of_stream {
+            let said_so = matches!(*method, Method::POST | Method::PUT | Method::PATCH)
+                || headers.contains_key(header::CONTENT_LENGTH);
+            return if said_so {
+                RequestFraming::Length(0)
+            } else {
+                RequestFraming::Empty
+            };
+        }
+        match hint.exact() {
+            Some(length) => RequestFraming::Length(length),
+            None => RequestFraming::Chunked,
+        }
+    }
+}
+
+/// Writes the request line and headers into `out`. The client's own framing headers give way to
+/// `framing`'s: the body is delimited afresh for this connection.
+pub(super) fn encode_request_head(
+    out: &mut Vec<u8>,
+    method: &Method,
+    uri: &Uri,
+    headers: &HeaderMap,
+    framing: RequestFraming,
+) {
+    out.clear();
+    out.extend_from_slice(method.as_str().as_bytes());
+    out.push(b' ');
+    let target = uri.path_and_query().map_or("/", |target| target.as_str());
+    out.extend_from_slice(target.as_bytes());
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+    for (name, value) in headers {
+        if name == header::CONTENT_LENGTH || name == header::TRANSFER_ENCODING {
+            continue;
+        }
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    match framing {
+        RequestFraming::Empty => {}
+        RequestFraming::Length(length) => {
+            let _ = write!(out, "content-length: {length}\r\n");
+        }
+        RequestFraming::Chunked => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
+/// The line that starts a chunk of `length` bytes.
+pub(super) fn chunk_size_line(length: usize) -> ChunkSizeLine {
+    let mut line = ChunkSizeLine {
+        bytes: [0; 18],
+        length: 0,
+    };
+    let mut cursor = std::io::Cursor::new(&mut line.bytes[..]);
+    let _ = write!(cursor, "{length:x}\r\n");
+    line.length = usize::try_from(cursor.position()).unwrap_or(0);
+    line
+}
+
+/// A chunk-size line, kept on the stack: at most 16 hex digits and CRLF.
+pub(super) struct ChunkSizeLine {
+    bytes: [u8; 18],
+    length: usize,
+}
+
+impl AsRef<[u8]> for ChunkSizeLine {
+    fn as_ref(&self) -> &[u8] {
+        &self.bytes[..self.length]
+    }
+}
+
+/// How a response body is delimited.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum BodyFraming {
+    Empty,
+    Length(u64),
+    Chunked,
+    /// Everything until the instance closes the connection.
+    UntilClose,
+}
+
+/// A response head, read off the connection.
+#[derive(Debug)]
+pub(super) struct ResponseHead {
+    pub parts: http::response::Parts,
+    pub body: BodyFraming,
+    /// Whether the connection may carry another request once this body has been read.
+    pub reusable: bool,
+}
+
+/// Takes the head of the final response for a `method` request off the front of `buffer`,
+/// skipping interim (1xx) responses; `None` while the head is still incomplete.
+pub(super) fn parse_response_head(
+    buffer: &mut BytesMut,
+    method: &Method,
+) -> Result<Option<ResponseHead>, Malformed> {
+    loop {
+        // Where each header's name and value sit in the buffer, so that the values can share
+        // the buffer's bytes once it is frozen.
+        let mut spans = [(0, 0, 0, 0); MAX_HEADERS];
+        let (status, version, head_length, count) = {
+            let mut slots = [const { MaybeUninit::uninit() }; MAX_HEADERS];
+            let mut response = httparse::Response::new(&mut []);
+            let parsed = httparse::ParserConfig::default().parse_response_with_uninit_headers(
+                &mut response,
+                buffer,
+                &mut slots,
+            );
+            let head_length = match parsed {
+                Ok(httparse::Status::Complete(length)) => length,
+                Ok(httparse::Status::Partial) if buffer.len() > MAX_HEAD_BYTES => {
+                    return Err("the response head is too large");
+                }
+                Ok(httparse::Status::Partial) => return Ok(None),
+                Err(httparse::Error::TooManyHeaders) => return Err("too many response headers"),
+                Err(_) => return Err("not an HTTP/1.1 response head"),
+            };
+            let status = response
+                .code
+                .and_then(|code| StatusCode::from_u16(code).ok())
+                .ok_or("invalid status code")?;
+            let version = match response.version {
+                Some(0) => Version::HTTP_10,
+                _ => Version::HTTP_11,
+            };
+            let base = buffer.as_ptr() as usize;
+            // Offsets within a head of at most MAX_HEAD_BYTES: they fit.
+            let offset = |part: &[u8]| (part.as_ptr() as usize - base) as u32;
+            for (span, parsed) in spans.iter_mut().zip(response.headers.iter()) {
+                let name = offset(parsed.name.as_bytes());
+                let value = offset(parsed.value);
+                *span = (
+                    name,
+                    name + parsed.name.len() as u32,
+                    value,
+                    value + parsed.value.len() as u32,
+                );
+            }
+            (status, version, head_length, response.headers.len())
+        };
+        if status.is_informational() {
+            if status == StatusCode::SWITCHING_PROTOCOLS {
+                return Err("the instance switched protocols, which the gateway does not relay");
+            }
+            // 100 Continue, 103 Early Hints: the final response follows.
+            buffer.advance(head_length);
+            continue;
+        }
+        let head = buffer.split_to(head_length).freeze();
+        let mut headers = HeaderMap::with_capacity(count);
+        for &(name_start, name_end, value_start, value_end) in &spans[..count] {
+            let name = HeaderName::from_bytes(&head[name_start as usize..name_end as usize])
+                .map_err(|_| "invalid header name")?;
+            let value = head.slice(value_start as usize..value_end as usize);
+            let value =
+                HeaderValue::from_maybe_shared(value).map_err(|_| "invalid header value")?;
+            headers.append(name, value);
+        }
+        let (body, reusable) = body_framing(method, status, version, &mut headers)?;
+        let mut parts = http::Response::new(()).into_parts().0;
+        parts.status = status;
+        parts.version = version;
+        parts.headers = headers;
+        return Ok(Some(ResponseHead {
+            parts,
+            body,
+            reusable,
+        }));
+    }
+}
+
+/// How the body of a final response is delimited (RFC 9112, 6.3), and whether the connection
+/// outlives it.
+fn body_framing(
+    method: &Method,
+    status: StatusCode,
+    version: Version,
+    headers: &mut HeaderMap,
+) -> Result<(BodyFraming, bool), Malformed> {
+    let mut reusable = match version {
+        Version::HTTP_11 => !has_token(headers, &header::CONNECTION, b"close"),
+        _ => has_token(headers, &header::CONNECTION, b"keep-alive"),
+    };
+    if *method == Method::HEAD
+        || status == StatusCode::NO_CONTENT
+        || status == StatusCode::NOT_MODIFIED
+    {
+        return Ok((BodyFraming::Empty, reusable));
+    }
+    if headers.contains_key(header::TRANSFER_ENCODING) {
+        // Both framings at once is how responses are smuggled: the length is ignored, and the
+        // connection goes with this response.
+        if headers.remove(header::CONTENT_LENGTH).is_some() {
+            reusable = false;
+        }
+        let last_coding = tokens(headers, &header::TRANSFER_ENCODING).last();
+        return Ok(
+            if last_coding.is_some_and(|last| last.eq_ignore_ascii_case(b"chunked")) {
+                (BodyFraming::Chunked, reusable)
+            } else {
+                (BodyFraming::UntilClose, false)
+            },
+        );
+    }
+    let mut length = None;
+    for value in headers.get_all(header::CONTENT_LENGTH) {
+        for part in value.as_bytes().split(|&byte| byte == b',') {
+            let part = part.trim_ascii();
+            let parsed = std::str::from_utf8(part)
+                .ok()
+                .filter(|text| !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit()))
+                .and_then(|text| text.parse::<u64>().ok())
+                .ok_or("invalid content-length")?;
+            if length.is_some_and(|earlier| earlier != parsed) {
+                return Err("conflicting content-length values");
+            }
+            length = Some(parsed);
+        }
+    }
+    Ok(match length {
+        Some(0) => (BodyFraming::Empty, reusable),
+        Some(length) => (BodyFraming::Length(length), reusable),
+        None => (BodyFraming::UntilClose, false),
+    })
+}
+
+/// The comma-separated tokens of every `name` header, in order.
+fn tokens<'h>(headers: &'h HeaderMap, name: &HeaderName) -> impl Iterator<Item = &'h [u8]> {
+    headers
+        .get_all(name)
+        .into_iter()
+        .flat_map(|value| value.as_bytes().split(|&byte| byte == b','))
+        .map(<[u8]>::trim_ascii)
+        .filter(|token| !token.is_empty())
+}
+
+fn has_token(headers: &HeaderMap, name: &HeaderName, token: &[u8]) -> bool {
+    tokens(headers, name).any(|found| found.eq_ignore_ascii_case(token))
+}
+
+/// What the buffer gave of a body.
+#[derive(Debug, PartialEq, Eq)]
+pub(super) enum Decoded {
+    Data(Bytes),
+    /// Nothing more until more is read.
+    NeedMore,
+    /// The body is complete.
+    End,
+}
+
+/// Reads a response body out of what the connection delivers.
+#[derive(Debug)]
+pub(super) struct BodyDecoder {
+    state: DecoderState,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum DecoderState {
+    Length(u64),
+    Chunked(Chunk),
+    UntilClose,
+    Done,
+}
+
+/// Where a chunked body's reading stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Chunk {
+    /// In the hex digits of a chunk size.
+    Size {
+        size: u64,
+        digits: u8,
+    },
+    /// After the size, in an extension we skip.
+    Extension {
+        size: u64,
+        length: usize,
+    },
+    /// The size line's CR has been read.
+    SizeEnd {
+        size: u64,
+    },
+    Data {
+        left: u64,
+    },
+    /// Expecting the CR, then the LF, that close a chunk's data.
+    DataCr,
+    DataLf,
+    /// At the start of a trailer line, or after the last chunk; `seen` counts trailer bytes.
+    TrailerStart {
+        seen: usize,
+    },
+    Trailer {
+        seen: usize,
+    },
+    TrailerLf {
+        seen: usize,
+    },
+    /// The CR of the empty line that ends the body has been read.
+    EndLf,
+}
+
+impl BodyDecoder {
+    pub fn new(framing: BodyFraming) -> BodyDecoder {
+        let state = match framing {
+            BodyFraming::Empty => DecoderState::Done,
+            BodyFraming::Length(length) => DecoderState::Length(length),
+            BodyFraming::Chunked => DecoderState::Chunked(Chunk::Size { size: 0, digits: 0 }),
+            BodyFraming::UntilClose => DecoderState::UntilClose,
+        };
+        BodyDecoder { state }
+    }
+
+    pub fn is_done(&self) -> bool {
+        self.state == DecoderState::Done
+    }
+
+    pub fn size_hint(&self) -> SizeHint {
+        match self.state {
+            DecoderState::Length(left) => SizeHint::with_exact(left),
+            DecoderState::Done => SizeHint::with_exact(0),
+            DecoderState::Chunked(_) | DecoderState::UntilClose => SizeHint::default(),
+        }
+    }
+
+    /// The whole body, if `buffer` already holds all of it; the buffer keeps what follows.
+    pub fn take_whole(&mut self, buffer: &mut BytesMut) -> Option<Bytes> {
+        match self.state {
+            DecoderState::Done => Some(Bytes::new()),
+            DecoderState::Length(length) if buffer.len() as u64 >= length => {
+                self.state = DecoderState::Done;
+                // Fits: it is no more than the buffer's length.
+                Some(buffer.split_to(length as usize).freeze())
+            }
+            _ => None,
+        }
+    }
+
+    /// Takes what `buffer` holds of the body.
+    pub fn decode(&mut self, buffer: &mut BytesMut) -> Result<Decoded, Malformed> {
+        match &mut self.state {
+            DecoderState::Done => Ok(Decoded::End),
+            DecoderState::Length(left) => {
+                if buffer.is_empty() {
+                    return Ok(Decoded::NeedMore);
+                }
+                let take = (*left).min(buffer.len() as u64);
+                *left -= take;
+                if *left == 0 {
+                    self.state = DecoderState::Done;
+                }
+                // Fits: it is no more than the buffer's length.
+                Ok(Decoded::Data(buffer.split_to(take as usize).freeze()))
+            }
+            DecoderState::UntilClose => Ok(if buffer.is_empty() {
+                Decoded::NeedMore
+            } else {
+                Decoded::Data(buffer.split().freeze())
+            }),
+            DecoderState::Chunked(chunk) => {
+                let decoded = decode_chunked(chunk, buffer)?;
+                if decoded == Decoded::End {
+                    self.state = DecoderState::Done;
+                }
+                Ok(decoded)
+            }
+        }
+    }
+
+    /// The instance closed the connection: the end of a body that runs until then, and a
+    /// truncated one otherwise.
+    pub fn closed(&mut self) -> Result<(), Malformed> {
+        match self.state {
+            DecoderState::UntilClose | DecoderState::Done => {
+                self.state = DecoderState::Done;
+                Ok(())
+            }
+            DecoderState::Length(_) | DecoderState::Chunked(_) => {
+                Err("the instance closed the connection before the end of the body")
+            }
+        }
+    }
+}
+
+/// Steps through a chunked body: the framing byte by byte (a few per chunk), the data in bulk.
+fn decode_chunked(chunk: &mut Chunk, buffer: &mut BytesMut) -> Result<Decoded, Malformed> {
+    loop {
+        if let Chunk::Data { left } = chunk {
+            if buffer.is_empty() {
+                return Ok(Decoded::NeedMore);
+            }
+            let take = (*left).min(buffer.len() as u64);
+            *left -= take;
+            if *left == 0 {
+                *chunk = Chunk::DataCr;
+            }
+            // Fits: it is no more than the buffer's length.
+            return Ok(Decoded::Data(buffer.split_to(take as usize).freeze()));
+        }
+        let Some(&byte) = buffer.first() else {
+            return Ok(Decoded::NeedMore);
+        };
+        buffer.advance(1);
+        *chunk = match (*chunk, byte) {
+            (Chunk::Size { size, digits }, _) if byte.is_ascii_hexdigit() => {
+                if digits == 16 {
+                    return Err("chunk size too large");
+                }
+                Chunk::Size {
+                    size: size << 4 | hex_value(byte),
+                    digits: digits + 1,
+                }
+            }
+            (Chunk::Size { digits: 0, .. }, _) => return Err("invalid chunk size"),
+            (Chunk::Size { size, .. }, b'\r') => Chunk::SizeEnd { size },
+            (Chunk::Size { size, .. }, b';' | b' ' | b'\t') => Chunk::Extension { size, length: 0 },
+            (Chunk::Extension { size, .. }, b'\r') => Chunk::SizeEnd { size },
+            (Chunk::Extension { size, length }, _) if byte != b'\n' => {
+                if length == MAX_CHUNK_EXTENSION {
+                    return Err("chunk extension too long");
+                }
+                Chunk::Extension {
+                    size,
+                    length: length + 1,
+                }
+            }
+            (Chunk::SizeEnd { size: 0 }, b'\n') => Chunk::TrailerStart { seen: 0 },
+            (Chunk::SizeEnd { size }, b'\n') => Chunk::Data { left: size },
+            (Chunk::DataCr, b'\r') => Chunk::DataLf,
+            (Chunk::DataLf, b'\n') => Chunk::Size { size: 0, digits: 0 },
+            (Chunk::TrailerStart { .. }, b'\r') => Chunk::EndLf,
+            (Chunk::Trailer { seen }, b'\r') => Chunk::TrailerLf { seen },
+            (Chunk::TrailerStart { seen } | Chunk::Trailer { seen }, _) if byte != b'\n' => {
+                if seen == MAX_TRAILER_BYTES {
+                    return Err("chunked trailers too large");
+                }
+                Chunk::Trailer { seen: seen + 1 }
+            }
+            (Chunk::TrailerLf { seen }, b'\n') => Chunk::TrailerStart { seen },
+            (Chunk::EndLf, b'\n') => return Ok(Decoded::End),
+            (Chunk::Size { .. } | Chunk::Extension { .. } | Chunk::SizeEnd { .. }, _) => {
+                return Err("invalid chunk size line");
+            }
+            _ => return Err("invalid chunked framing"),
+        };
+    }
+}
+
+/// The value of an ASCII hex digit.
+fn hex_value(digit: u8) -> u64 {
+    u64::from(match digit {
+        b'0'..=b'9' => digit - b'0',
+        b'a'..=b'f' => digit - b'a' + 10,
+        _ => digit - b'A' + 10,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn head_of(bytes: &str, method: &Method) -> Result<Option<ResponseHead>, Malformed> {
+        parse_response_head(&mut BytesMut::from(bytes), method)
+    }
+
+    fn framing_of(bytes: &str) -> (BodyFraming, bool) {
+        let head = head_of(bytes, &Method::GET)
+            .expect("a valid head")
+            .expect("a complete head");
+        (head.body, head.reusable)
+    }
+
+    /// Everything `decoder` makes of `wire`, fed `step` bytes at a time, and what is left over.
+    fn decode_all(
+        framing: BodyFraming,
+        wire: &[u8],
+        step: usize,
+    ) -> Result<(Vec<u8>, Vec<u8>), Malformed> {
+        let mut decoder = BodyDecoder::new(framing);
+        let mut buffer = BytesMut::new();
+        let mut body = Vec::new();
+        let mut fed = 0;
+        loop {
+            match decoder.decode(&mut buffer)? {
+                Decoded::Data(bytes) => body.extend_from_slice(&bytes),
+                Decoded::End => return Ok((body, buffer.to_vec())),
+                Decoded::NeedMore if fed < wire.len() => {
+                    let next = (fed + step).min(wire.len());
+                    buffer.extend_from_slice(&wire[fed..next]);
+                    fed = next;
+                }
+                Decoded::NeedMore => {
+                    decoder.closed()?;
+                    return Ok((body, buffer.to_vec()));
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn request_bodies_are_framed_by_what_is_known_of_them() {
+        let none = HeaderMap::new();
+        let mut said_zero = HeaderMap::new();
+        said_zero.insert(header::CONTENT_LENGTH, HeaderValue::from_static("0"));
+        let exact = SizeHint::with_exact(5);
+        let unknown = SizeHint::default();
+        let cases = [
+            (Method::GET, &none, true, &exact, RequestFraming::Empty),
+            (Method::DELETE, &none, true, &unknown, RequestFraming::Empty),
+            (
+                Method::POST,
+                &none,
+                true,
+                &unknown,
+                RequestFraming::Length(0),
+            ),
+            (
+                Method::GET,
+                &said_zero,
+                true,
+                &unknown,
+                RequestFraming::Length(0),
+            ),
+            (Method::PUT, &none, false, &exact, RequestFraming::Length(5)),
+            (
+                Method::POST,
+                &none,
+                false,
+                &unknown,
+                RequestFraming::Chunked,
+            ),
+        ];
+        for (method, headers, end, hint, expected) in cases {
+            assert_eq!(
+                RequestFraming::for_body(&method, headers, end, hint),
+                expected,
+                "{method} end={end}"
+            );
+        }
+    }
+
+    #[test]
+    fn request_heads_carry_their_own_framing() {
+        let mut headers = HeaderMap::new();
+        headers.insert(header::HOST, HeaderValue::from_static("up.test"));
+        headers.append("x-two", HeaderValue::from_static("a"));
+        headers.append("x-two", HeaderValue::from_static("b"));
+        headers.insert(header::CONTENT_LENGTH, HeaderValue::from_static("99"));
+        headers.insert(
+            header::TRANSFER_ENCODING,
+            HeaderValue::from_static("chunked"),
+        );
+        let uri: Uri = "/a/b?c=d".parse().expect("a valid URI");
+        let mut out = b"left over".to_vec();
+        let cases = [
+            (RequestFraming::Empty, ""),
+            (RequestFraming::Length(12), "content-length: 12\r\n"),
+            (RequestFraming::Chunked, "transfer-encoding: chunked\r\n"),
+        ];
+        for (framing, framing_line) in cases {
+            encode_request_head(&mut out, &Method::PUT, &uri, &headers, framing);
+            assert_eq!(
+                String::from_utf8_lossy(&out),
+                format!(
+                    "PUT /a/b?c=d HTTP/1.1\r\nhost: up.test\r\nx-two: a\r\nx-two: b\r\n{framing_line}\r\n"
+                )
+            );
+        }
+        assert_eq!(chunk_size_line(0).as_ref(), b"0\r\n");
+        assert_eq!(chunk_size_line(0x1f2e).as_ref(), b"1f2e\r\n");
+        assert_eq!(chunk_size_line(usize::MAX).as_ref().len(), 18);
+    }
+
+    #[test]
+    fn a_response_head_is_taken_off_the_buffer_once_complete() {
+        let wire = "HTTP/1.1 200 OK\r\nContent-Length: 2\r\nX-A: 1\r\nx-a: 2\r\n\r\nhiHTTP/1.1";
+        let mut buffer = BytesMut::new();
+        for end in 1..wire.find("\r\n\r\n").expect("a head") + 4 {
+            buffer.clear();
+            buffer.extend_from_slice(&wire.as_bytes()[..end]);
+            assert!(
+                parse_response_head(&mut buffer, &Method::GET)
+                    .expect("valid so far")
+                    .is_none(),
+                "complete at {end} bytes"
+            );
+        }
+        let mut buffer = BytesMut::from(wire);
+        let head = parse_response_head(&mut buffer, &Method::GET)
+            .expect("valid")
+            .expect("complete");
+        assert_eq!(head.parts.status, StatusCode::OK);
+        assert_eq!(head.parts.version, Version::HTTP_11);
+        let values: Vec<_> = head.parts.headers.get_all("x-a").iter().collect();
+        assert_eq!(values, ["1", "2"]);
+        assert_eq!((head.body, head.reusable), (BodyFraming::Length(2), true));
+        assert_eq!(&buffer[..], b"hiHTTP/1.1", "the body and what follows stay");
+    }
+
+    #[test]
+    fn interim_responses_are_skipped_and_upgrades_refused() {
+        let head = head_of(
+            "HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\nHTTP/1.1 201 Created\r\nContent-Length: 0\r\n\r\n",
+            &Method::POST,
+        )
+        .expect("valid")
+        .expect("complete");
+        assert_eq!(head.parts.status, StatusCode::CREATED);
+        assert!(!head.parts.headers.contains_key("link"));
+        assert!(
+            head_of("HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 2", &Method::POST)
+                .expect("valid so far")
+                .is_none()
+        );
+        assert!(
+            head_of(
+                "HTTP/1.1 101 Switching Protocols\r\nUpgrade: x\r\n\r\n",
+                &Method::GET
+            )
+            .is_err()
+        );
+    }
+
+    #[test]
+    fn response_bodies_are_delimited_as_rfc_9112_says() {
+        let cases = [
+            (
+                "HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n",
+                (BodyFraming::Length(10), true),
+            ),
+            (
+                "HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n",
+                (BodyFraming::Empty, true),
+            ),
+            (
+                "HTTP/1.1 200 OK\r\nContent-Length: 7, 7\r\nContent-Length: 7\r\n\r\n",
+                (BodyFraming::Length(7), true),
+            ),
+            (
+                "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n",
+                (BodyFraming::Chunked, true),
+            ),
+            (
+                "HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, Chunked\r\n\r\n",
+                (BodyFraming::Chunked, true),
+            ),
+            (
+                "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 5\r\n\r\n",
+                (BodyFraming::Chunked, false),
+            ),
+            (
+                "HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\n",
+                (BodyFraming::UntilClose, false),
+            ),
+            ("HTTP/1.1 200 OK\r\n\r\n", (BodyFraming::UntilClose, false)),
+            (
+                "HTTP/1.1 204 No Content\r\nContent-Length: 5\r\n\r\n",
+                (BodyFraming::Empty, true),
+            ),
+            (
+                "HTTP/1.1 304 Not Modified\r\n\r\n",
+                (BodyFraming::Empty, true),
+            ),
+            (
+                "HTTP/1.1 200 OK\r\nConnection: keep-alive, Close\r\nContent-Length: 1\r\n\r\n",
+                (BodyFraming::Length(1), false),
+            ),
+            (
+                "HTTP/1.0 200 OK\r\nContent-Length: 1\r\n\r\n",
+                (BodyFraming::Length(1), false),
+            ),
+            (
+                "HTTP/1.0 200 OK\r\nConnection: Keep-Alive\r\nContent-Length: 1\r\n\r\n",
+                (BodyFraming::Length(1), true),
+            ),
+        ];
+        for (wire, expected) in cases {
+            assert_eq!(framing_of(wire), expected, "{wire:?}");
+        }
+        let head = head_of(
+            "HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n",
+            &Method::HEAD,
+        )
+        .expect("valid")
+        .expect("complete");
+        assert_eq!(head.body, BodyFraming::Empty, "a HEAD response has no body");
+        assert_eq!(
+            head.parts.headers[header::CONTENT_LENGTH],
+            "10",
+            "but keeps its length"
+        );
+        let smuggled = head_of(
+            "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 5\r\n\r\n",
+            &Method::GET,
+        )
+        .expect("valid")
+        .expect("complete");
+        assert!(!smuggled.parts.headers.contains_key(header::CONTENT_LENGTH));
+    }
+
+    #[test]
+    fn unreadable_response_heads_are_refused() {
+        let too_many: String = (0..=MAX_HEADERS).map(|n| format!("x-{n}: 1\r\n")).collect();
+        let endless = format!("HTTP/1.1 200 OK\r\nx: {}", "a".repeat(MAX_HEAD_BYTES));
+        let cases = [
+            "SSH-2.0-OpenSSH\r\n\r\n".to_owned(),
+            "HTTP/1.1 2000 OK\r\n\r\n".to_owned(),
+            "HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\n".to_owned(),
+            "HTTP/1.1 200 OK\r\nContent-Length: +5\r\n\r\n".to_owned(),
+            "HTTP/1.1 200 OK\r\nContent-Length: 99999999999999999999999\r\n\r\n".to_owned(),
+            "HTTP/1.1 200 OK\r\nBad Name: 1\r\n\r\n".to_owned(),
+            format!("HTTP/1.1 200 OK\r\n{too_many}\r\n"),
+            endless,
+        ];
+        for wire in cases {
+            assert!(
+                head_of(&wire, &Method::GET).is_err(),
+                "{:?}",
+                &wire[..wire.len().min(60)]
+            );
+        }
+    }
+
+    #[test]
+    fn length_bodies_end_at_their_length() {
+        for step in [1, 3, 100] {
+            let (body, rest) =
+                decode_all(BodyFraming::Length(5), b"hello, next", step).expect("valid");
+            assert_eq!(body, b"hello", "step {step}");
+            assert!(b", next".starts_with(&rest), "step {step}: {rest:?} left");
+        }
+        assert!(
+            decode_all(BodyFraming::Length(5), b"hel", 2).is_err(),
+            "a truncated body"
+        );
+        let mut whole = BodyDecoder::new(BodyFraming::Length(2));
+        let mut buffer = BytesMut::from(&b"hi!"[..]);
+        assert_eq!(whole.take_whole(&mut buffer).as_deref(), Some(&b"hi"[..]));
+        assert!(whole.is_done());
+        assert_eq!(&buffer[..], b"!");
+        let mut partial = BodyDecoder::new(BodyFraming::Length(4));
+        assert_eq!(partial.take_whole(&mut buffer), None);
+        assert_eq!(partial.size_hint().exact(), Some(4));
+    }
+
+    #[test]
+    fn chunked_bodies_decode_whatever_the_reads_split() {
+        let wire = b"5;name=value\r\nhello\r\n1A\r\nabcdefghijklmnopqrstuvwxyz\r\n0\r\nTrailer: x\r\nMore: y\r\n\r\nNEXT";
+        for step in [1, 2, 7, wire.len()] {
+            let (body, rest) = decode_all(BodyFraming::Chunked, wire, step).expect("valid");
+            assert_eq!(body, b"helloabcdefghijklmnopqrstuvwxyz", "step {step}");
+            assert!(b"NEXT".starts_with(&rest), "step {step}: {rest:?} left");
+        }
+        let (body, _) = decode_all(BodyFraming::Chunked, b"0\r\n\r\n", 1).expect("valid");
+        assert!(body.is_empty());
+        let malformed: [&[u8]; 7] = [
+            b"x\r\n",
+            b"\r\n",
+            b"5\r\nhelloX\r\n0\r\n\r\n",
+            b"5\nhello\r\n",
+            b"11111111111111111\r\n",
+            b"5\r\nhel",
+            b"0\r\nTrailer\n\r\n",
+        ];
+        for wire in malformed {
+            assert!(
+                decode_all(BodyFraming::Chunked, wire, 1).is_err(),
+                "{:?}",
+                String::from_utf8_lossy(wire)
+            );
+        }
+        let long_extension = format!(
+            "1;{}\r\na\r\n0\r\n\r\n",
+            "e".repeat(MAX_CHUNK_EXTENSION + 1)
+        );
+        assert!(decode_all(BodyFraming::Chunked, long_extension.as_bytes(), 64).is_err());
+        let long_trailer = format!("0\r\nT: {}\r\n\r\n", "t".repeat(MAX_TRAILER_BYTES));
+        assert!(decode_all(BodyFraming::Chunked, long_trailer.as_bytes(), 64).is_err());
+    }
+
+    #[test]
+    fn a_body_until_close_is_everything_until_the_close() {
+        assert_eq!(
+            decode_all(BodyFraming::UntilClose, b"all of it", 4),
+            Ok((b"all of it".to_vec(), Vec::new()))
+        );
+    }
+}
