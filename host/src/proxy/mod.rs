@@ -197,26 +197,17 @@ async fn call_upstream<'g>(
         instance: instance.label.clone(),
         reason: format!("cannot build the upstream URI: {error}"),
     })?;
-    // The response phase needs the request as sent; only keep a copy if a filter will look.
-    let headers = if route.chain.has_response_phase() {
-        head.headers.clone()
-    } else {
-        std::mem::take(&mut head.headers)
-    };
-    let mut upstream_request =
-        Request::new(RequestBody::new(body, gateway.limits.body_read_timeout));
-    *upstream_request.method_mut() = head.method.clone();
-    *upstream_request.uri_mut() = uri;
-    *upstream_request.version_mut() = Version::HTTP_11;
-    *upstream_request.headers_mut() = headers;
-
+    let body = RequestBody::new(body, gateway.limits.body_read_timeout);
     let timeout = service.request_timeout;
-    let response = tokio::time::timeout(timeout, instance.send(upstream_request))
-        .await
-        .map_err(|_| Error::UpstreamTimeout {
-            instance: instance.label.clone(),
-            timeout,
-        })??;
+    let response = tokio::time::timeout(
+        timeout,
+        instance.send(&head.method, &uri, &head.headers, body),
+    )
+    .await
+    .map_err(|_| Error::UpstreamTimeout {
+        instance: instance.label.clone(),
+        timeout,
+    })??;
     let (mut parts, body) = response.into_parts();
     headers::strip_hop_by_hop(&mut parts.headers);
     Ok(Response::from_parts(parts, Either::Left(body)))

@@ -25,7 +25,7 @@ use std::task::{Context, Poll, Waker, ready};
 use std::time::{Duration, Instant};
 
 use bytes::{Buf, Bytes, BytesMut};
-use http::{Method, Request, Response};
+use http::{Method, Response};
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::BodyExt;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -33,7 +33,9 @@ use tokio::net::TcpStream;
 use tokio::net::tcp::{ReadHalf, WriteHalf};
 
 use super::InstanceUrl;
-use super::wire::{self, BodyDecoder, Decoded, Malformed, RequestFraming, ResponseHead};
+use super::wire::{
+    self, BodyDecoder, Decoded, Malformed, OutgoingHead, RequestFraming, ResponseHead,
+};
 use crate::proxy::body::{BodyReadTimeout, RequestBody};
 use crate::{Error, Result};
 
@@ -229,31 +231,29 @@ impl ConnectionPool {
         self: &Arc<Self>,
         instance: &InstanceUrl,
         label: &str,
-        request: Request<RequestBody>,
+        head: OutgoingHead<'_>,
+        mut body: RequestBody,
     ) -> Result<Response<UpstreamBody>> {
-        let (parts, mut body) = request.into_parts();
         let framing = RequestFraming::for_body(
-            &parts.method,
-            &parts.headers,
+            head.method,
+            head.headers,
             body.is_end_stream(),
             &body.size_hint(),
         );
         if let Some(connection) = self.reuse().await {
-            match self
-                .exchange(connection, &parts, body, framing, label)
-                .await
-            {
+            match self.exchange(connection, head, body, framing, label).await {
                 Exchange::Done(result) => return result,
                 Exchange::Retry(unsent) => body = unsent,
             }
         }
         let connection = self.open(instance, label).await?;
-        match self
-            .exchange(connection, &parts, body, framing, label)
-            .await
-        {
+        match self.exchange(connection, head, body, framing, label).await {
             Exchange::Done(result) => result,
-            Exchange::Retry(_) => unreachable!("only a reused connection asks for a retry"),
+            // Only a reused connection asks for a retry; on a new one it is a failure.
+            Exchange::Retry(_) => Err(Error::UpstreamFailed {
+                instance: label.to_owned(),
+                reason: "the instance closed a new connection without an answer".to_owned(),
+            }),
         }
     }
 
@@ -262,7 +262,7 @@ impl ConnectionPool {
     async fn exchange(
         self: &Arc<Self>,
         mut connection: Box<Connection>,
-        request: &http::request::Parts,
+        request: OutgoingHead<'_>,
         mut body: RequestBody,
         framing: RequestFraming,
         label: &str,
@@ -280,18 +280,12 @@ impl ConnectionPool {
             reused,
             ..
         } = &mut *connection;
-        wire::encode_request_head(
-            write_buffer,
-            &request.method,
-            &request.uri,
-            &request.headers,
-            framing,
-        );
+        wire::encode_request_head(write_buffer, request, framing);
         let (mut reader, mut writer) = stream.split();
         let mut body_sent = true;
         let answer = if framing == RequestFraming::Empty {
             match writer.write_all(write_buffer).await {
-                Ok(()) => read_head(&mut reader, read_buffer, &request.method).await,
+                Ok(()) => read_head(&mut reader, read_buffer, request.method).await,
                 Err(error) => Err(ReadError::Io(error, 0)),
             }
         } else {
@@ -302,7 +296,7 @@ impl ConnectionPool {
                     .map_err(SendError::Io)?;
                 send_body(&mut writer, &mut body, framing).await
             };
-            let receive = read_head(&mut reader, read_buffer, &request.method);
+            let receive = read_head(&mut reader, read_buffer, request.method);
             tokio::pin!(send, receive);
             tokio::select! {
                 biased;

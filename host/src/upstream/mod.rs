@@ -9,15 +9,16 @@ use std::time::Duration;
 
 use std::sync::Arc;
 
-use http::header::{self, HeaderValue};
+use http::header::HeaderValue;
 use http::uri::{Authority, Scheme};
-use http::{Request, Response};
+use http::{HeaderMap, Method, Response, Uri};
 
 use crate::config;
 use crate::proxy::body::RequestBody;
 
 use self::connection::ConnectionPool;
 pub use self::connection::UpstreamBody;
+use self::wire::OutgoingHead;
 
 /// The base URL of one instance: scheme and authority, nothing else.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -76,18 +77,23 @@ impl Instance {
         self.pool.sweep();
     }
 
-    /// Sends `request`, whose URI holds only path and query, and returns the response once its
-    /// head has arrived; the body streams as the client reads it.
+    /// Sends the request (`uri` in origin form; the instance's own host goes as `Host` when
+    /// `headers` has none) and returns the response once its head has arrived; the body streams
+    /// as the client reads it. The head is only borrowed: the response phase still sees it.
     pub async fn send(
         &self,
-        mut request: Request<RequestBody>,
+        method: &Method,
+        uri: &Uri,
+        headers: &HeaderMap,
+        body: RequestBody,
     ) -> crate::Result<Response<UpstreamBody>> {
-        if !request.headers().contains_key(header::HOST) {
-            request
-                .headers_mut()
-                .insert(header::HOST, self.host.clone());
-        }
-        self.pool.send(&self.url, &self.label, request).await
+        let head = OutgoingHead {
+            method,
+            uri,
+            headers,
+            host: &self.host,
+        };
+        self.pool.send(&self.url, &self.label, head, body).await
     }
 }
 

@@ -59,22 +59,39 @@ impl RequestFraming {
     }
 }
 
+/// What goes into a request's head, borrowed from the request as the filters left it.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct OutgoingHead<'r> {
+    pub method: &'r Method,
+    /// In origin form.
+    pub uri: &'r Uri,
+    pub headers: &'r HeaderMap,
+    /// Sent as `Host` when `headers` has none.
+    pub host: &'r HeaderValue,
+}
+
 /// Writes the request line and headers into `out`. The client's own framing headers give way to
 /// `framing`'s: the body is delimited afresh for this connection.
 pub(super) fn encode_request_head(
     out: &mut Vec<u8>,
-    method: &Method,
-    uri: &Uri,
-    headers: &HeaderMap,
+    head: OutgoingHead<'_>,
     framing: RequestFraming,
 ) {
     out.clear();
-    out.extend_from_slice(method.as_str().as_bytes());
+    out.extend_from_slice(head.method.as_str().as_bytes());
     out.push(b' ');
-    let target = uri.path_and_query().map_or("/", |target| target.as_str());
+    let target = head
+        .uri
+        .path_and_query()
+        .map_or("/", |target| target.as_str());
     out.extend_from_slice(target.as_bytes());
     out.extend_from_slice(b" HTTP/1.1\r\n");
-    for (name, value) in headers {
+    if !head.headers.contains_key(header::HOST) {
+        out.extend_from_slice(b"host: ");
+        out.extend_from_slice(head.host.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    for (name, value) in head.headers {
         if name == header::CONTENT_LENGTH || name == header::TRANSFER_ENCODING {
             continue;
         }
@@ -598,6 +615,13 @@ mod tests {
             HeaderValue::from_static("chunked"),
         );
         let uri: Uri = "/a/b?c=d".parse().expect("a valid URI");
+        let instance_host = HeaderValue::from_static("instance.test");
+        let head = OutgoingHead {
+            method: &Method::PUT,
+            uri: &uri,
+            headers: &headers,
+            host: &instance_host,
+        };
         let mut out = b"left over".to_vec();
         let cases = [
             (RequestFraming::Empty, ""),
@@ -605,7 +629,7 @@ mod tests {
             (RequestFraming::Chunked, "transfer-encoding: chunked\r\n"),
         ];
         for (framing, framing_line) in cases {
-            encode_request_head(&mut out, &Method::PUT, &uri, &headers, framing);
+            encode_request_head(&mut out, head, framing);
             assert_eq!(
                 String::from_utf8_lossy(&out),
                 format!(
@@ -613,6 +637,17 @@ mod tests {
                 )
             );
         }
+        let mut hostless = headers.clone();
+        hostless.remove(header::HOST);
+        let head = OutgoingHead {
+            headers: &hostless,
+            ..head
+        };
+        encode_request_head(&mut out, head, RequestFraming::Empty);
+        assert!(
+            out.starts_with(b"PUT /a/b?c=d HTTP/1.1\r\nhost: instance.test\r\n"),
+            "the instance's own host when the request has none"
+        );
         assert_eq!(chunk_size_line(0).as_ref(), b"0\r\n");
         assert_eq!(chunk_size_line(0x1f2e).as_ref(), b"1f2e\r\n");
         assert_eq!(chunk_size_line(usize::MAX).as_ref().len(), 18);
