@@ -306,7 +306,9 @@ impl ConnectionPool {
                 }
                 sent = &mut send => match sent {
                     Ok(()) => receive.await,
-                    Err(SendError::Body(error)) => return Exchange::Done(Err(body_error(&*error, label))),
+                    Err(SendError::Body(error)) => {
+                        return Exchange::Done(Err(body_error(&*error, label)));
+                    }
                     // The instance may have answered and stopped reading: its answer is what
                     // the client should see.
                     Err(SendError::Io(error)) => match receive.await {
@@ -314,7 +316,9 @@ impl ConnectionPool {
                             body_sent = false;
                             Ok(head)
                         }
-                        Err(_) => return failed(format!("cannot send the request body: {error}")),
+                        Err(_) => {
+                            return failed(format!("cannot send the request body: {error}"));
+                        }
                     },
                 }
             }

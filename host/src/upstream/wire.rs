@@ -682,7 +682,9 @@ mod tests {
     #[test]
     fn interim_responses_are_skipped_and_upgrades_refused() {
         let head = head_of(
-            "HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\nHTTP/1.1 201 Created\r\nContent-Length: 0\r\n\r\n",
+            "HTTP/1.1 100 Continue\r\n\r\n\
+             HTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\n\
+             HTTP/1.1 201 Created\r\nContent-Length: 0\r\n\r\n",
             &Method::POST,
         )
         .expect("valid")
@@ -827,7 +829,8 @@ mod tests {
 
     #[test]
     fn chunked_bodies_decode_whatever_the_reads_split() {
-        let wire = b"5;name=value\r\nhello\r\n1A\r\nabcdefghijklmnopqrstuvwxyz\r\n0\r\nTrailer: x\r\nMore: y\r\n\r\nNEXT";
+        let wire = b"5;name=value\r\nhello\r\n1A\r\nabcdefghijklmnopqrstuvwxyz\r\n\
+                     0\r\nTrailer: x\r\nMore: y\r\n\r\nNEXT";
         for step in [1, 2, 7, wire.len()] {
             let (body, rest) = decode_all(BodyFraming::Chunked, wire, step).expect("valid");
             assert_eq!(body, b"helloabcdefghijklmnopqrstuvwxyz", "step {step}");
