@@ -63,7 +63,8 @@ impl ThreadKey {
 const READ_CHUNK: usize = 8 * 1024;
 
 /// One open connection, with what has been read from it and not yet consumed. It is always
-/// boxed: it travels inside response bodies, and its buffers make it too big to move around.
+/// boxed: it travels inside response bodies, which hyper moves as it serves them, and a pointer
+/// keeps them small.
 struct Connection {
     stream: TcpStream,
     read_buffer: BytesMut,
@@ -96,9 +97,7 @@ impl Connection {
 
     /// Reads what the instance sent next into the read buffer; 0 when it closed the connection.
     fn poll_read_more(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
-        if self.read_buffer.capacity() - self.read_buffer.len() < READ_CHUNK / 4 {
-            self.read_buffer.reserve(READ_CHUNK);
-        }
+        make_room(&mut self.read_buffer);
         loop {
             ready!(self.stream.poll_read_ready(cx))?;
             match self.stream.try_read_buf(&mut self.read_buffer) {
@@ -106,6 +105,14 @@ impl Connection {
                 read => return Poll::Ready(read),
             }
         }
+    }
+}
+
+/// Makes room for the next read, unless a good part of [`READ_CHUNK`] is still free: most reads
+/// are small, and the buffer's memory is shared with the bodies and header values taken from it.
+fn make_room(buffer: &mut BytesMut) {
+    if buffer.capacity() - buffer.len() < READ_CHUNK / 4 {
+        buffer.reserve(READ_CHUNK);
     }
 }
 
@@ -418,9 +425,7 @@ async fn read_head(
         {
             return Ok(head);
         }
-        if buffer.capacity() - buffer.len() < READ_CHUNK / 4 {
-            buffer.reserve(READ_CHUNK);
-        }
+        make_room(buffer);
         match reader.read_buf(buffer).await {
             Ok(0) => return Err(ReadError::Closed(received)),
             Ok(read) => received += read,
