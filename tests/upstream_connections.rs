@@ -414,3 +414,78 @@ async fn an_answer_before_the_whole_body_reaches_the_client() {
     let reply = get(&gateway.url("/after")).await;
     assert_eq!(reply.status, 200);
 }
+
+/// An upstream that answers the first request on each connection and closes the connection,
+/// unanswered, when a second one arrives on it: the instance that closes an idle connection
+/// just as the gateway picks it. It counts the requests it dropped that way.
+async fn one_answer_per_connection() -> (String, Arc<AtomicUsize>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let address = listener.local_addr().expect("address");
+    let dropped = Arc::new(AtomicUsize::new(0));
+    let dropped_count = dropped.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut stream, _)) = listener.accept().await else {
+                continue;
+            };
+            let dropped_count = dropped_count.clone();
+            tokio::spawn(async move {
+                let mut buffer = [0u8; 16 * 1024];
+                // Heads only: the requests that get an answer here have no body.
+                for answered in [true, false] {
+                    let mut head = Vec::new();
+                    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match stream.read(&mut buffer).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(read) => head.extend_from_slice(&buffer[..read]),
+                        }
+                    }
+                    if !answered {
+                        dropped_count.fetch_add(1, Ordering::SeqCst);
+                        return;
+                    }
+                    let response = "HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nfresh";
+                    if stream.write_all(response.as_bytes()).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (format!("http://{address}"), dropped)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_request_met_by_a_just_closed_connection_is_resent_only_if_that_is_safe() {
+    let (upstream, dropped) = one_answer_per_connection().await;
+    let gateway = Gateway::start(&route_everything_to(&upstream, ""));
+    // One client connection, so one worker and its one idle upstream connection at a time:
+    // every request after the first meets a connection the instance is about to close.
+    let client = http1_client();
+    for (index, method) in [Method::GET, Method::GET, Method::OPTIONS, Method::DELETE]
+        .into_iter()
+        .enumerate()
+    {
+        let request = Request::builder()
+            .method(method.clone())
+            .uri(gateway.url(&format!("/safe/{index}")))
+            .body(Full::new(Bytes::new()))
+            .expect("request");
+        let reply = send(&client, request).await;
+        assert_eq!(reply.status, 200, "{method} is resent on a new connection");
+    }
+    assert_eq!(
+        dropped.load(Ordering::SeqCst),
+        3,
+        "three requests met a closing connection"
+    );
+
+    // A POST may have been acted on: it is not sent twice.
+    let request = Request::post(gateway.url("/unsafe"))
+        .body(Full::new(Bytes::from_static(b"pay once")))
+        .expect("request");
+    send(&client, request)
+        .await
+        .assert_gateway_error(502, "UPSTREAM_FAILED");
+    assert_eq!(dropped.load(Ordering::SeqCst), 4);
+}
