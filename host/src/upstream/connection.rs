@@ -59,8 +59,10 @@ impl ThreadKey {
     }
 }
 
-/// Room made in a connection's read buffer before each read.
+/// Room made in a connection's read buffer before a read: to begin with, for heads and small
+/// bodies, and at most, for a long body whose reads keep filling what room there is.
 const READ_CHUNK: usize = 8 * 1024;
+const MAX_READ_CHUNK: usize = 256 * 1024;
 
 /// One open connection, with what has been read from it and not yet consumed. It is always
 /// boxed: it travels inside response bodies, which hyper moves as it serves them, and a pointer
@@ -70,6 +72,9 @@ struct Connection {
     read_buffer: BytesMut,
     /// The request head being written: kept, so a request costs no allocation for it.
     write_buffer: Vec<u8>,
+    /// Room made for the next body read: doubled each time a read fills it, so a long body
+    /// moves in large reads (and large writes to the client) rather than 8 KiB ones.
+    read_chunk: usize,
     idle_since: Instant,
     opened_on: ThreadKey,
     /// It has carried a request before: one that fails before any answer may only have been
@@ -97,22 +102,28 @@ impl Connection {
 
     /// Reads what the instance sent next into the read buffer; 0 when it closed the connection.
     fn poll_read_more(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
-        make_room(&mut self.read_buffer);
+        make_room(&mut self.read_buffer, self.read_chunk);
+        let room = self.read_buffer.capacity() - self.read_buffer.len();
         loop {
             ready!(self.stream.poll_read_ready(cx))?;
             match self.stream.try_read_buf(&mut self.read_buffer) {
                 Err(error) if error.kind() == io::ErrorKind::WouldBlock => {}
+                Ok(read) if read == room => {
+                    self.read_chunk = (self.read_chunk * 2).min(MAX_READ_CHUNK);
+                    return Poll::Ready(Ok(read));
+                }
                 read => return Poll::Ready(read),
             }
         }
     }
 }
 
-/// Makes room for the next read, unless a good part of [`READ_CHUNK`] is still free: most reads
-/// are small, and the buffer's memory is shared with the bodies and header values taken from it.
-fn make_room(buffer: &mut BytesMut) {
-    if buffer.capacity() - buffer.len() < READ_CHUNK / 4 {
-        buffer.reserve(READ_CHUNK);
+/// Makes `chunk` bytes of room for the next read, unless a good part of that is still free: the
+/// buffer's memory is shared with the bodies and header values taken from it, so a new
+/// allocation is made only when the old one is nearly used up.
+fn make_room(buffer: &mut BytesMut, chunk: usize) {
+    if buffer.capacity() - buffer.len() < chunk / 4 {
+        buffer.reserve(chunk);
     }
 }
 
@@ -178,6 +189,11 @@ impl ConnectionPool {
 
     fn release(&self, mut connection: Box<Connection>) {
         connection.idle_since = Instant::now();
+        // A long body grew the buffer; an idle connection keeps only the usual room.
+        if connection.read_buffer.capacity() > 2 * READ_CHUNK {
+            connection.read_buffer = BytesMut::with_capacity(READ_CHUNK);
+        }
+        connection.read_chunk = READ_CHUNK;
         let thread = connection.opened_on;
         let mut idle = self.lock();
         let index = match idle.iter().position(|list| list.thread == thread) {
@@ -223,6 +239,7 @@ impl ConnectionPool {
             stream,
             read_buffer: BytesMut::with_capacity(READ_CHUNK),
             write_buffer: Vec::new(),
+            read_chunk: READ_CHUNK,
             idle_since: Instant::now(),
             opened_on: ThreadKey::current(),
             reused: false,
@@ -425,7 +442,7 @@ async fn read_head(
         {
             return Ok(head);
         }
-        make_room(buffer);
+        make_room(buffer, READ_CHUNK);
         match reader.read_buf(buffer).await {
             Ok(0) => return Err(ReadError::Closed(received)),
             Ok(read) => received += read,
