@@ -5,12 +5,12 @@ use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use wasmtime::component::{Resource, ResourceTable};
-use wasmtime::{ResourceLimiter, Store, Trap};
+use wasmtime::{ResourceLimiter, Store, Trap, UpdateDeadline};
 use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
 use super::bindings::{CURRENT, Filter, Registration, RequestAction, ResponseAction};
 use super::engine::LoadedFilter;
-use super::ticker::{EPOCH_TICK, EpochTicker};
+use super::ticker::EpochTicker;
 use super::{FilterFailure, RequestHead, ResponseHead};
 use crate::config::ByteSize;
 
@@ -68,6 +68,8 @@ pub struct InstanceState {
     pub(super) kv: Arc<super::KvStore>,
     pub(super) exchange: Exchange,
     ticker: Arc<EpochTicker>,
+    /// When the call in progress runs out of time.
+    call_deadline: Instant,
     cap: MemoryCap,
     wasi: WasiCtx,
     table: ResourceTable,
@@ -108,6 +110,7 @@ impl FilterInstance {
             kv: filter.kv.clone(),
             exchange: Exchange::default(),
             ticker: filter.ticker.clone(),
+            call_deadline: Instant::now(),
             cap: MemoryCap {
                 limit: filter.settings.memory_limit.as_usize(),
                 exceeded: false,
@@ -117,7 +120,15 @@ impl FilterInstance {
         };
         let mut store = Store::new(filter.pre.engine(), state);
         store.limiter(|state| &mut state.cap);
-        store.epoch_deadline_trap();
+        // Each tick during a call asks whether its time is up: the tick's length then decides
+        // only how soon after its deadline a call is stopped, not how long it may run.
+        store.epoch_deadline_callback(|store| {
+            Ok(if Instant::now() >= store.data().call_deadline {
+                UpdateDeadline::Interrupt
+            } else {
+                UpdateDeadline::Continue(1)
+            })
+        });
         // Init may compile patterns or parse large configs; give it more room than a request.
         let init_timeout = filter.settings.timeout.max(Duration::from_secs(1));
         let mut instance = guarded(&mut store, init_timeout, |store| {
@@ -208,11 +219,9 @@ fn guarded<T>(
     timeout: Duration,
     call: impl FnOnce(&mut Store<InstanceState>) -> wasmtime::Result<T>,
 ) -> Result<T, FilterFailure> {
-    store.data().ticker.call_begins();
-    let ticks = timeout.as_millis().div_ceil(EPOCH_TICK.as_millis()).max(1);
-    // One extra tick: the deadline counts ticks that start after this point, and the next tick
-    // may be only moments away.
-    store.set_epoch_deadline(u64::try_from(ticks).unwrap_or(u64::MAX).saturating_add(1));
+    store.data().ticker.call_begins(timeout);
+    store.data_mut().call_deadline = Instant::now() + timeout;
+    store.set_epoch_deadline(1);
     store.data_mut().last_error = None;
     // A panic in host code called by the guest (e.g. WASI stdio, which blocks on the async
     // runtime) must cost this instance, not the worker thread.

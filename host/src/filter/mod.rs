@@ -2,7 +2,7 @@
 //!
 //! - [`engine`]: one wasmtime engine with the pooling allocator; loading a component checks its
 //!   WIT version and imports before anything runs.
-//! - `ticker`: advances the engine's epoch, which call deadlines count, while filters are called.
+//! - `ticker`: advances the engine's epoch, at which running calls check their deadlines.
 //! - `bindings`: the host side of `wit/filter.wit` (handles, log, clock, kv).
 //! - [`cache`]: compiled components by content hash, in memory and on disk.
 //! - `instance`: one instance in its own store, every call under a deadline and a memory cap.

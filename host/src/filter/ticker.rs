@@ -1,19 +1,25 @@
-//! The thread that advances the engine's epoch, which is what call deadlines are counted in.
+//! The thread that advances the engine's epoch, which is how a call past its deadline is
+//! noticed.
 //!
-//! It ticks every [`EPOCH_TICK`] while filters are being called, and sleeps once none has been
-//! for [`QUIET_BEFORE_SLEEP`]: on a small machine a thread waking a thousand times a second for
-//! nothing costs the gateway a measurable share of its throughput, because every wake-up takes
-//! a core from the threads serving requests. The first call after a sleep wakes it again.
+//! Each call records its deadline as a time; each tick makes the calls in progress check theirs
+//! (see `guarded` in `instance`), so a tick only decides how soon after its deadline a call is
+//! stopped. The ticker therefore ticks no faster than the calls need: every tenth of the
+//! shortest timeout among them, between [`MIN_TICK`] and [`MAX_TICK`] (every 5 ms for the default
+//! 50 ms timeout). It sleeps once no call has begun for [`QUIET_BEFORE_SLEEP`], and the first call
+//! after that wakes it. On a small machine a thread that wakes a thousand times a second costs
+//! the gateway a measurable share of its throughput: every wake-up takes a core from the threads
+//! serving requests.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::thread::{self, Thread};
 use std::time::Duration;
 
 use wasmtime::Engine;
 
-/// How often the epoch advances while filters are being called.
-pub(super) const EPOCH_TICK: Duration = Duration::from_millis(1);
+/// The bounds of the tick: the precision a 1 ms timeout needs, and what a long one can bear.
+const MIN_TICK: Duration = Duration::from_millis(1);
+const MAX_TICK: Duration = Duration::from_millis(10);
 
 /// How long the ticker keeps ticking after the last call began.
 const QUIET_BEFORE_SLEEP: Duration = Duration::from_millis(200);
@@ -27,6 +33,8 @@ pub(super) struct EpochTicker {
     called: AtomicBool,
     /// The ticker is parked, or about to be: the next call must unpark it.
     asleep: AtomicBool,
+    /// The current tick, in microseconds: the shortest any call since the last sleep asked for.
+    tick_micros: AtomicU64,
     thread: Thread,
 }
 
@@ -42,26 +50,33 @@ impl EpochTicker {
                 let ticker = Arc::new(EpochTicker {
                     called: AtomicBool::new(false),
                     asleep: AtomicBool::new(false),
+                    tick_micros: AtomicU64::new(micros(MAX_TICK)),
                     thread: thread::current(),
                 });
                 // The receiver is waiting: `start` returns only once it has this handle.
                 let _ = handle_sender.send(ticker.clone());
-                let quiet_ticks = QUIET_BEFORE_SLEEP.as_millis() / EPOCH_TICK.as_millis();
-                let mut quiet = 0;
+                let mut quiet = Duration::ZERO;
                 while let Some(engine) = engine.upgrade() {
-                    if quiet < quiet_ticks {
+                    if quiet < QUIET_BEFORE_SLEEP {
                         engine.increment_epoch();
                         drop(engine);
-                        thread::sleep(EPOCH_TICK);
+                        let tick =
+                            Duration::from_micros(ticker.tick_micros.load(Ordering::Relaxed));
+                        thread::sleep(tick);
                         quiet = if ticker.called.swap(false, Ordering::SeqCst) {
-                            0
+                            Duration::ZERO
                         } else {
-                            quiet + 1
+                            quiet + tick
                         };
                     } else {
                         drop(engine);
+                        // Whatever asked for a fast tick may be gone: the calls after the
+                        // sleep set it anew.
+                        ticker
+                            .tick_micros
+                            .store(micros(MAX_TICK), Ordering::Relaxed);
                         if ticker.sleep() {
-                            quiet = 0;
+                            quiet = Duration::ZERO;
                         }
                     }
                 }
@@ -71,9 +86,14 @@ impl EpochTicker {
             .map_err(|_| std::io::Error::other("the epoch ticker stopped as it started"))
     }
 
-    /// Says a call is about to begin; wakes the ticker if it sleeps. A relaxed load when the
-    /// flag is already set, which is every call but the first in each tick.
-    pub fn call_begins(&self) {
+    /// Says a call with `timeout` is about to begin: wakes the ticker if it sleeps, and makes it
+    /// tick fast enough for this call. Relaxed loads only, for every call but the first in each
+    /// tick and the first with a shorter timeout.
+    pub fn call_begins(&self, timeout: Duration) {
+        let tick = micros(timeout / 10).clamp(micros(MIN_TICK), micros(MAX_TICK));
+        if tick < self.tick_micros.load(Ordering::Relaxed) {
+            self.tick_micros.fetch_min(tick, Ordering::Relaxed);
+        }
         if !self.called.load(Ordering::Relaxed) {
             self.called.store(true, Ordering::SeqCst);
         }
@@ -97,4 +117,8 @@ impl EpochTicker {
         called |= self.called.swap(false, Ordering::SeqCst);
         called || unparked
     }
+}
+
+fn micros(duration: Duration) -> u64 {
+    u64::try_from(duration.as_micros()).unwrap_or(u64::MAX)
 }
