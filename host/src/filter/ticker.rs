@@ -3,11 +3,11 @@
 //!
 //! Each call records its deadline as a time; each tick makes the calls in progress check theirs
 //! (see `guarded` in `instance`), so a tick only decides how soon after its deadline a call is
-//! stopped. The ticker therefore ticks no faster than the calls need: every tenth of the
-//! shortest timeout among them, between [`MIN_TICK`] and [`MAX_TICK`] (every 5 ms for the default
-//! 50 ms timeout). It sleeps once no call has begun for [`QUIET_BEFORE_SLEEP`], and the first call
-//! after that wakes it. On a small machine a thread that wakes a thousand times a second costs
-//! the gateway a measurable share of its throughput: every wake-up takes a core from the threads
+//! stopped. The ticker therefore ticks no faster than the calls need: every tenth of the shortest
+//! timeout any call has had, between [`MIN_TICK`] and [`MAX_TICK`] (every 5 ms for the default 50
+//! ms timeout). It sleeps once no call has begun for [`QUIET_BEFORE_SLEEP`], and the first call
+//! after that wakes it. On a small machine a thread that wakes a thousand times a second costs the
+//! gateway a measurable share of its throughput: every wake-up takes a core from the threads
 //! serving requests.
 
 use std::sync::Arc;
@@ -33,7 +33,9 @@ pub(super) struct EpochTicker {
     called: AtomicBool,
     /// The ticker is parked, or about to be: the next call must unpark it.
     asleep: AtomicBool,
-    /// The current tick, in microseconds: the shortest any call since the last sleep asked for.
+    /// The current tick, in microseconds: the shortest any call has asked for. It never grows
+    /// back: lowering it is one atomic operation a call can do on its own, while raising it
+    /// again safely would need to know every timeout still in use.
     tick_micros: AtomicU64,
     thread: Thread,
 }
@@ -70,11 +72,6 @@ impl EpochTicker {
                         };
                     } else {
                         drop(engine);
-                        // Whatever asked for a fast tick may be gone: the calls after the
-                        // sleep set it anew.
-                        ticker
-                            .tick_micros
-                            .store(micros(MAX_TICK), Ordering::Relaxed);
                         if ticker.sleep() {
                             quiet = Duration::ZERO;
                         }
@@ -121,4 +118,49 @@ impl EpochTicker {
 
 fn micros(duration: Duration) -> u64 {
     u64::try_from(duration.as_micros()).unwrap_or(u64::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Instant;
+
+    use super::*;
+
+    fn wait_until(what: &str, condition: impl Fn() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !condition() {
+            assert!(Instant::now() < deadline, "{what}");
+            thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    #[test]
+    fn the_tick_follows_the_shortest_timeout_and_the_ticker_sleeps_between_calls() {
+        let engine =
+            Engine::new(wasmtime::Config::new().epoch_interruption(true)).expect("an engine");
+        let ticker = EpochTicker::start(&engine).expect("a ticker");
+        let tick = || ticker.tick_micros.load(Ordering::Relaxed);
+        assert_eq!(tick(), 10_000, "no call yet: the longest tick");
+        ticker.call_begins(Duration::from_secs(2));
+        assert_eq!(tick(), 10_000, "a long timeout bears the longest tick");
+        ticker.call_begins(Duration::from_millis(50));
+        assert_eq!(tick(), 5_000);
+        ticker.call_begins(Duration::from_secs(1));
+        assert_eq!(
+            tick(),
+            5_000,
+            "a longer timeout later does not slow it down"
+        );
+        ticker.call_begins(Duration::from_millis(1));
+        assert_eq!(tick(), 1_000, "never under 1 ms");
+
+        wait_until("asleep after a quiet spell", || {
+            ticker.asleep.load(Ordering::SeqCst)
+        });
+        ticker.call_begins(Duration::from_millis(50));
+        wait_until("awake once a call begins", || {
+            !ticker.asleep.load(Ordering::SeqCst)
+        });
+        assert_eq!(tick(), 1_000, "the tick is kept across a sleep");
+    }
 }
