@@ -15,7 +15,34 @@ use gateway_tests::{
 use http::{Method, Request};
 use http_body_util::{BodyExt, Full};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
+
+/// Reads from `stream` into `received` until it holds at least `wanted` bytes; false if the
+/// gateway closed the connection first.
+async fn read_at_least(stream: &mut TcpStream, received: &mut Vec<u8>, wanted: usize) -> bool {
+    let mut buffer = [0u8; 16 * 1024];
+    while received.len() < wanted {
+        match stream.read(&mut buffer).await {
+            Ok(0) | Err(_) => return false,
+            Ok(read) => received.extend_from_slice(&buffer[..read]),
+        }
+    }
+    true
+}
+
+/// Reads from `stream` into `received` until it holds a whole request head, and says where the
+/// head ends; `None` if the gateway closed the connection first.
+async fn read_request_head(stream: &mut TcpStream, received: &mut Vec<u8>) -> Option<usize> {
+    loop {
+        if let Some(at) = received.windows(4).position(|w| w == b"\r\n\r\n") {
+            return Some(at + 4);
+        }
+        let wanted = received.len() + 1;
+        if !read_at_least(stream, received, wanted).await {
+            return None;
+        }
+    }
+}
 
 /// A raw HTTP/1.1 upstream that answers one request per connection with a keep-alive response,
 /// then, after `linger`, closes its side of the connection: an instance with a short idle
@@ -40,13 +67,11 @@ async fn closing_upstream(linger: Duration) -> ClosingUpstream {
             let number = accepted_count.fetch_add(1, Ordering::SeqCst) + 1;
             let closed_count = closed_count.clone();
             tokio::spawn(async move {
-                let mut head = Vec::new();
-                let mut buffer = [0u8; 1024];
-                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match stream.read(&mut buffer).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(read) => head.extend_from_slice(&buffer[..read]),
-                    }
+                if read_request_head(&mut stream, &mut Vec::new())
+                    .await
+                    .is_none()
+                {
+                    return;
                 }
                 let body = format!("connection {number}");
                 let response = format!(
@@ -57,6 +82,7 @@ async fn closing_upstream(linger: Duration) -> ClosingUpstream {
                 tokio::time::sleep(linger).await;
                 let _ = stream.shutdown().await;
                 // Until the gateway closes its side, its socket sits in CLOSE_WAIT.
+                let mut buffer = [0u8; 1024];
                 while matches!(stream.read(&mut buffer).await, Ok(read) if read > 0) {}
                 closed_count.fetch_add(1, Ordering::SeqCst);
             });
@@ -223,19 +249,10 @@ async fn scripted_upstream(script: fn(&str) -> Script) -> ScriptedUpstream {
             accepted_count.fetch_add(1, Ordering::SeqCst);
             tokio::spawn(async move {
                 let mut received = Vec::new();
-                let mut buffer = [0u8; 16 * 1024];
                 loop {
-                    while !received.windows(4).any(|w| w == b"\r\n\r\n") {
-                        match stream.read(&mut buffer).await {
-                            Ok(0) | Err(_) => return,
-                            Ok(read) => received.extend_from_slice(&buffer[..read]),
-                        }
-                    }
-                    let end = received
-                        .windows(4)
-                        .position(|w| w == b"\r\n\r\n")
-                        .unwrap_or(0)
-                        + 4;
+                    let Some(end) = read_request_head(&mut stream, &mut received).await else {
+                        return;
+                    };
                     let head = String::from_utf8_lossy(&received[..end]).to_lowercase();
                     let path = head.split(' ').nth(1).unwrap_or("/").to_owned();
                     let script = script(&path);
@@ -244,11 +261,8 @@ async fn scripted_upstream(script: fn(&str) -> Script) -> ScriptedUpstream {
                             .lines()
                             .find_map(|line| line.strip_prefix("content-length:"))
                             .map_or(0, |value| value.trim().parse().expect("a length"));
-                        while received.len() < end + length {
-                            match stream.read(&mut buffer).await {
-                                Ok(0) | Err(_) => return,
-                                Ok(read) => received.extend_from_slice(&buffer[..read]),
-                            }
+                        if !read_at_least(&mut stream, &mut received, end + length).await {
+                            return;
                         }
                         received.drain(..end + length);
                     }
@@ -260,6 +274,7 @@ async fn scripted_upstream(script: fn(&str) -> Script) -> ScriptedUpstream {
                     }
                     if script.close {
                         let lingering = async {
+                            let mut buffer = [0u8; 16 * 1024];
                             while matches!(stream.read(&mut buffer).await, Ok(read) if read > 0) {}
                         };
                         let _ = tokio::time::timeout(Duration::from_millis(500), lingering).await;
@@ -430,15 +445,13 @@ async fn one_answer_per_connection() -> (String, Arc<AtomicUsize>) {
             };
             let dropped_count = dropped_count.clone();
             tokio::spawn(async move {
-                let mut buffer = [0u8; 16 * 1024];
                 // Heads only: the requests that get an answer here have no body.
                 for answered in [true, false] {
-                    let mut head = Vec::new();
-                    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-                        match stream.read(&mut buffer).await {
-                            Ok(0) | Err(_) => return,
-                            Ok(read) => head.extend_from_slice(&buffer[..read]),
-                        }
+                    if read_request_head(&mut stream, &mut Vec::new())
+                        .await
+                        .is_none()
+                    {
+                        return;
                     }
                     if !answered {
                         dropped_count.fetch_add(1, Ordering::SeqCst);
