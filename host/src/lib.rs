@@ -6,6 +6,7 @@
 //! - [`routing`]: which route takes the request;
 //! - [`filter`]: the Wasm filter runtime (engine, bindings, instance pools, limits, chains);
 //! - [`upstream`]: the service's instances, balancing and the pooled client;
+//! - [`wire`]: HTTP/1.1 as the gateway reads and writes it, towards clients and instances;
 //! - [`proxy`]: the pipeline tying those together, and the headers a proxy owes both sides;
 //! - [`reload`]: rebuilding the state when files change, and swapping it in atomically;
 //! - [`admin`]: the admin API (reload status and trigger);
@@ -23,5 +24,6 @@ pub mod routing;
 pub mod server;
 pub mod telemetry;
 pub mod upstream;
+pub mod wire;
 
 pub use error::{Error, Result};

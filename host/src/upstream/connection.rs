@@ -6,7 +6,7 @@
 //! on the hot path. hyper's bare client connection avoids the task but keeps the channels, its
 //! dispatch state and a body channel per response. Here the request's task writes the request
 //! head straight from one reused buffer and reads the response head where it lands (see
-//! [`wire`](super::wire)); a body that arrived with its head (most do) is handed over whole and
+//! [`wire::upstream`](crate::wire::upstream)); a body that arrived with its head (most do) is handed over whole and
 //! the connection goes back at once; a longer one is read by the response body as the client
 //! takes it, and the connection goes back once it has been read to its end.
 //!
@@ -33,10 +33,9 @@ use tokio::net::TcpStream;
 use tokio::net::tcp::{ReadHalf, WriteHalf};
 
 use super::InstanceUrl;
-use super::wire::{
-    self, BodyDecoder, Decoded, Malformed, OutgoingHead, RequestFraming, ResponseHead,
-};
 use crate::proxy::body::{BodyReadTimeout, RequestBody};
+use crate::wire::upstream::{self, OutgoingHead, RequestFraming, ResponseHead};
+use crate::wire::{self, BodyDecoder, Decoded, Malformed};
 use crate::{Error, Result};
 
 /// How long a connection may sit idle before it is closed rather than reused.
@@ -304,7 +303,7 @@ impl ConnectionPool {
             reused,
             ..
         } = &mut *connection;
-        wire::encode_request_head(write_buffer, request, framing);
+        upstream::encode_request_head(write_buffer, request, framing);
         let (mut reader, mut writer) = stream.split();
         let mut body_sent = true;
         let answer = if framing == RequestFraming::Empty {
@@ -438,7 +437,7 @@ async fn read_head(
     loop {
         if !buffer.is_empty()
             && let Some(head) =
-                wire::parse_response_head(buffer, method).map_err(ReadError::Malformed)?
+                upstream::parse_response_head(buffer, method).map_err(ReadError::Malformed)?
         {
             return Ok(head);
         }

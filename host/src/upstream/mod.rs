@@ -1,7 +1,6 @@
 //! Upstream services: their instances, how one is picked, and the connections that reach it.
 
 mod connection;
-mod wire;
 
 use std::str::FromStr;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -18,7 +17,7 @@ use crate::proxy::body::RequestBody;
 
 use self::connection::ConnectionPool;
 pub use self::connection::UpstreamBody;
-use self::wire::OutgoingHead;
+use crate::wire::upstream::OutgoingHead;
 
 /// The base URL of one instance: scheme and authority, nothing else.
 #[derive(Debug, Clone, PartialEq, Eq)]
