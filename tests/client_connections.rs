@@ -1,5 +1,5 @@
-//! Client connections end to end, over raw TCP: an idle keep-alive connection is parked (hyper
-//! lets go of it and its buffers) and picks up its next request as if nothing happened, whatever
+//! Client connections end to end, over raw TCP: an idle keep-alive connection is parked (its
+//! buffers and request state are dropped) and picks up its next request as if nothing happened, whatever
 //! arrives next: a request, a pipelined pair, a head in pieces, an HTTP/1.0 keep-alive request.
 //! A client's `Connection: close` is honoured. Parking never cuts a request that is still being
 //! read or answered, idle connections (HTTP/2 ones too) close after `idle_timeout`, and a
@@ -16,10 +16,10 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 /// The log filter that shows parking.
-const PARKING_LOG: &str = "info,gateway_host::server::connection=trace";
+const PARKING_LOG: &str = "info,gateway_host::server::http1=trace";
 const PARKED: &str = "connection parked";
 
-/// Longer than a quiet connection stays with hyper before it is parked (100ms).
+/// Longer than a quiet connection waits before it is parked (100ms).
 const PAST_PARKING: Duration = Duration::from_millis(400);
 
 /// How long a test waits for an answer or a close.
@@ -334,4 +334,198 @@ async fn an_http2_connection_closes_after_idle_timeout_but_not_under_a_long_stre
         closed_after >= Duration::from_millis(900) && closed_after < Duration::from_secs(4),
         "closed {closed_after:?} after the last stream, not at the 1s idle_timeout"
     );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn expect_100_continue_is_answered_once_the_body_is_wanted() {
+    let (gateway, upstream) = setup("  idle_timeout: 30s", "info").await;
+    let mut client = RawClient::connect(&gateway).await;
+    client
+        .send(
+            "PUT /upload HTTP/1.1\r\nHost: gateway.test\r\nExpect: 100-continue\r\n\
+             Content-Length: 11\r\n\r\n",
+        )
+        .await;
+    let mut interim = [0u8; 25];
+    tokio::time::timeout(WAIT, client.stream.read_exact(&mut interim))
+        .await
+        .expect("an interim answer in time")
+        .expect("the connection stays readable");
+    assert_eq!(&interim, b"HTTP/1.1 100 Continue\r\n\r\n");
+    client.send("hello world").await;
+    let reply = client.response().await;
+    assert_eq!(target(&reply), "/upload");
+    assert_eq!(reply.json()["body_bytes"], 11, "{reply:?}");
+
+    // Refused before the body is wanted: no 100, and the connection closes after the answer,
+    // since the unread body would be taken for the next request.
+    let mut client = RawClient::connect(&gateway).await;
+    client
+        .send("PUT /upload HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 11\r\n\r\n")
+        .await;
+    let reply = client.response().await;
+    reply.assert_gateway_error(400, "BAD_HOST");
+    assert!(client.closed_within(WAIT).await.is_some());
+    assert!(!String::from_utf8_lossy(&client.received).contains("100 Continue"));
+    assert_eq!(upstream.requests(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_body_the_answer_left_unread_closes_the_connection() {
+    let (gateway, upstream) = setup("  idle_timeout: 30s", "info").await;
+    let mut client = RawClient::connect(&gateway).await;
+    // `/health` answers without reading the body, half of which has not even been sent.
+    client
+        .send("POST /health HTTP/1.1\r\nHost: gateway.test\r\nContent-Length: 100\r\n\r\nhalf")
+        .await;
+    let reply = client.response().await;
+    assert_eq!(reply.status, 200, "{reply:?}");
+    assert_eq!(reply.header("connection"), Some("close"));
+    assert!(
+        client.closed_within(WAIT).await.is_some(),
+        "the rest of the body must not be read as a request"
+    );
+    assert_eq!(upstream.requests(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_unreadable_head_gets_a_json_400_and_the_connection_closes() {
+    let (gateway, upstream) = setup("  idle_timeout: 30s", "info").await;
+    for head in [
+        "GET / HTTP/1.1\r\nHost: gateway.test\r\nBad Name: x\r\n\r\n",
+        "GET / HTTP/3.0\r\nHost: gateway.test\r\n\r\n",
+        "\u{1}\u{2}\u{3} garbage\r\n\r\n",
+    ] {
+        let mut client = RawClient::connect(&gateway).await;
+        client.send(head).await;
+        let reply = client.response().await;
+        let error = reply.assert_gateway_error(400, "BAD_REQUEST");
+        assert!(
+            error["request_id"]
+                .as_str()
+                .is_some_and(|id| !id.is_empty())
+        );
+        assert_eq!(reply.header("connection"), Some("close"), "{head:?}");
+        assert!(client.closed_within(WAIT).await.is_some(), "{head:?}");
+    }
+    assert_eq!(upstream.requests(), 0);
+    assert_eq!(
+        target(&RawClient::connect(&gateway).await.get("/after").await),
+        "/after"
+    );
+}
+
+/// Reads from `client` until `done` says what arrived is complete.
+async fn read_until(client: &mut RawClient, done: impl Fn(&[u8]) -> bool) -> (String, Vec<u8>) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !done(&client.received) {
+        let mut buffer = [0u8; 64 * 1024];
+        let read = tokio::time::timeout_at(deadline, client.stream.read(&mut buffer))
+            .await
+            .expect("an answer in time")
+            .expect("the connection stays readable");
+        if read == 0 {
+            break;
+        }
+        client.received.extend_from_slice(&buffer[..read]);
+    }
+    let received = std::mem::take(&mut client.received);
+    let head_end = received
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("a head");
+    let head = String::from_utf8_lossy(&received[..head_end]).into_owned();
+    (head, received[head_end + 4..].to_vec())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bodies_of_unknown_length_are_chunked_for_http_1_1_and_closed_for_http_1_0() {
+    let (gateway, _upstream) = setup("  idle_timeout: 30s", "info").await;
+    let bytes = 200_000;
+    let expected: Vec<u8> = (0..bytes)
+        .map(gateway_tests::upstream::pattern_byte)
+        .collect();
+
+    let mut client = RawClient::connect(&gateway).await;
+    client
+        .send(&format!(
+            "GET /stream?bytes={bytes} HTTP/1.1\r\nHost: gateway.test\r\n\r\n"
+        ))
+        .await;
+    let (head, chunked) =
+        read_until(&mut client, |received| received.ends_with(b"\r\n0\r\n\r\n")).await;
+    assert!(head.starts_with("HTTP/1.1 200 OK\r\n"), "{head}");
+    assert!(head.contains("transfer-encoding: chunked"), "{head}");
+    let mut body = Vec::new();
+    let mut rest = &chunked[..];
+    loop {
+        let line_end = rest
+            .windows(2)
+            .position(|w| w == b"\r\n")
+            .expect("a size line");
+        let size = usize::from_str_radix(std::str::from_utf8(&rest[..line_end]).expect("hex"), 16)
+            .expect("a chunk size");
+        rest = &rest[line_end + 2..];
+        if size == 0 {
+            break;
+        }
+        body.extend_from_slice(&rest[..size]);
+        rest = &rest[size + 2..];
+    }
+    assert!(body == expected, "the chunked body differs");
+
+    // The connection carries on: a HEAD answer keeps its length and has no body.
+    client
+        .send("HEAD /users HTTP/1.1\r\nHost: gateway.test\r\n\r\n")
+        .await;
+    let (head, body) = read_until(&mut client, |received| {
+        received.windows(4).any(|w| w == b"\r\n\r\n")
+    })
+    .await;
+    assert!(head.starts_with("HTTP/1.1 200 OK\r\n"), "{head}");
+    assert!(
+        head.lines()
+            .any(|line| line.starts_with("content-length: ") && line != "content-length: 0"),
+        "{head}"
+    );
+    assert!(body.is_empty(), "a body after a HEAD answer");
+    assert_eq!(target(&client.get("/after-head").await), "/after-head");
+
+    let mut old = RawClient::connect(&gateway).await;
+    old.send(&format!(
+        "GET /stream?bytes={bytes} HTTP/1.0\r\nConnection: keep-alive\r\n\r\n"
+    ))
+    .await;
+    let (head, body) = read_until(&mut old, |_| false).await;
+    assert!(head.contains("connection: close"), "{head}");
+    assert!(
+        !head.contains("transfer-encoding") && !head.contains("content-length"),
+        "{head}"
+    );
+    assert!(body == expected, "the body ends with the connection");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_chunked_body_sent_in_pieces_reaches_the_upstream_whole() {
+    let (gateway, _upstream) = setup("  idle_timeout: 30s", "info").await;
+    let mut client = RawClient::connect(&gateway).await;
+    let pieces = [
+        "POST /upload HTTP/1.1\r\nHost: gateway.test\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhel",
+        "lo\r\n",
+        "6;ext=1\r\n world\r\n0\r\n",
+        "\r\nGET /next HTTP/1.1\r\nHost: gateway.test\r\n\r\n",
+    ];
+    for piece in pieces {
+        client.send(piece).await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let reply = client.response().await;
+    assert_eq!(target(&reply), "/upload");
+    let echo = reply.json();
+    assert_eq!(echo["body_bytes"], 11, "{echo}");
+    assert_eq!(
+        echo["body_checksum"],
+        gateway_tests::upstream::checksum(b"hello world", 0)
+    );
+    assert_eq!(target(&client.response().await), "/next");
 }

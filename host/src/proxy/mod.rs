@@ -11,14 +11,11 @@ use bytes::Bytes;
 use http::header::{self, HeaderValue};
 use http::{Request, Response, StatusCode, Uri, Version};
 use http_body_util::Either;
-use hyper::body::Incoming;
 
-use self::body::{RequestBody, ResponseBody, full};
+use self::body::{ClientBody, RequestBody, ResponseBody, full};
 use crate::filter::{FilterChain, Reply, RequestHead, ResponseHead};
 use crate::gateway::Gateway;
 use crate::routing::{Route, Target};
-use crate::server::framing::Framing;
-use crate::server::hygiene::Violation;
 use crate::server::{Connection, hygiene, normalize};
 use crate::upstream::{Instance, Service};
 use crate::{Error, Result};
@@ -36,7 +33,7 @@ struct Outcome<'g> {
 pub async fn serve(
     gateway: &Gateway,
     connection: &Connection,
-    request: Request<Incoming>,
+    request: Request<ClientBody>,
 ) -> Response<ResponseBody> {
     let client = connection.client;
     let started = Instant::now();
@@ -50,19 +47,9 @@ pub async fn serve(
         .flatten();
     let mut outcome = Outcome::default();
 
-    // Every HTTP/1 request takes its verdict, so that the next request gets the next one.
-    // hyper has already dropped the evidence from the request itself.
-    let framing = if version < Version::HTTP_2 {
-        connection.framing.next()
-    } else {
-        Framing::Clear
-    };
     // The edge checks come before `/health` too: a request with ambiguous framing must never
     // be answered on a connection that is then kept, whatever it asks for.
-    let checked = match framing {
-        Framing::Ambiguous => Err(Violation::AmbiguousFraming),
-        Framing::Clear => hygiene::check_request(&request, &gateway.edge_limits),
-    };
+    let checked = hygiene::check_request(&request, &gateway.edge_limits);
     let answer = match checked {
         Err(violation) => Err(Error::Edge(violation)),
         Ok(()) if request.uri().path() == "/health" => Ok(health()),
@@ -95,6 +82,25 @@ pub async fn serve(
     response
 }
 
+/// The answer to a request whose head could not be read, so that it never reached [`serve`]:
+/// the JSON error, with a request id of its own, and a log line.
+pub fn refuse_unreadable(client: SocketAddr, error: Error) -> Response<ResponseBody> {
+    let request_id = headers::request_id(&http::HeaderMap::new());
+    let mut response = error_response(&error, &request_id, Version::HTTP_11);
+    tracing::info!(
+        target: "access",
+        request_id = request_id.to_str().unwrap_or("-"),
+        client = %client.ip(),
+        status = response.status().as_u16(),
+        error = %error,
+        "unreadable request head",
+    );
+    response
+        .headers_mut()
+        .insert(headers::REQUEST_ID, request_id);
+    response
+}
+
 fn health() -> Response<ResponseBody> {
     let mut response = Response::new(full(r#"{"status":"ok"}"#));
     response.headers_mut().insert(
@@ -107,7 +113,7 @@ fn health() -> Response<ResponseBody> {
 async fn forward<'g>(
     gateway: &'g Gateway,
     client: SocketAddr,
-    request: Request<Incoming>,
+    request: Request<ClientBody>,
     request_id: &HeaderValue,
     outcome: &mut Outcome<'g>,
 ) -> Result<Response<ResponseBody>> {
@@ -176,7 +182,7 @@ async fn call_upstream<'g>(
     route: &'g Route,
     head: &mut RequestHead,
     client_uri: &Uri,
-    body: Incoming,
+    body: ClientBody,
     outcome: &mut Outcome<'g>,
 ) -> Result<Response<ResponseBody>> {
     let service: &'g Service = match &route.target {

@@ -1,21 +1,15 @@
-//! Request-framing and Host checks that hyper leaves to the embedder.
+//! Request-framing, Host and size checks every request meets before routing.
 //!
-//! hyper's HTTP/1 parser settles part of framing itself. It folds repeated identical
-//! `Content-Length` lines into one, and refuses (with a bare 400, then closing the connection)
-//! differing or list-valued lengths, a `Transfer-Encoding` whose last coding is not `chunked`,
-//! and `Transfer-Encoding` in HTTP/1.0. Given both `Content-Length` and `Transfer-Encoding` it
-//! drops the length and frames by chunked, which leaves no trace in the parsed request: the
-//! [`framing`](super::framing) sniffer sees the pair on the wire instead, and the request
-//! pipeline refuses it with [`Violation::AmbiguousFraming`] before these checks run.
-//!
-//! What hyper lets through because it is legal to parse, yet dangerous for a gateway to
-//! forward, is checked here: stacked transfer codings (`gzip, chunked`), a repeated
-//! `Transfer-Encoding`, and a `Host` that is missing, repeated, malformed or disagrees with the
-//! URI; HTTP/2 requests, which never meet the HTTP/1 parser, get the full set of framing rules.
-//! A gateway and its upstream can frame such a request differently, which is the root of
-//! request smuggling, and can disagree on which virtual host it targets. [`check_request`]
-//! refuses all of these before any routing or forwarding happens, and also enforces the
-//! gateway's own size limits on the request target and header block.
+//! The HTTP/1 parser ([`wire::client`](crate::wire::client)) keeps the framing headers exactly
+//! as the client sent them, folding only repeated identical `Content-Length` lines into one, so
+//! these checks see what is on the wire. A gateway and its upstream can frame a request
+//! differently, which is the root of request smuggling, and can disagree on which virtual host
+//! it targets. [`check_request`] refuses those requests before any routing or forwarding
+//! happens: both `Content-Length` and `Transfer-Encoding`, stacked or repeated codings
+//! (`gzip, chunked`), `Transfer-Encoding` outside HTTP/1.1, a length that is not plain digits,
+//! and a `Host` that is missing, repeated, malformed or disagrees with the URI. HTTP/2 requests
+//! get the same rules. It also enforces the gateway's own size limits on the request target
+//! and header block.
 //!
 //! A framing or Host violation means the gateway can no longer trust where the next request on
 //! the connection starts, so [`Violation::closes_connection`] tells the server to close it after
@@ -24,7 +18,7 @@
 use http::header::{CONTENT_LENGTH, HOST, TRANSFER_ENCODING};
 use http::{Request, StatusCode, Uri, Version};
 
-/// Size limits enforced on every request, in addition to hyper's own parser limits.
+/// Size limits enforced on every request, in addition to the parser's own bounds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct EdgeLimits {
     /// Upper bound on the header block, counting each header as `name: value\r\n`.
@@ -50,6 +44,9 @@ impl Default for EdgeLimits {
 /// problem without quoting the offending values.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Violation {
+    /// The request head is not HTTP/1.x as RFC 9112 writes it.
+    #[error("request is not well-formed HTTP/1.1: {0}")]
+    Malformed(&'static str),
     /// The request target is longer than [`EdgeLimits::max_uri_bytes`].
     #[error("request URI is too long")]
     UriTooLong,
@@ -90,7 +87,8 @@ impl Violation {
             Self::HeadersTooMany | Self::HeadersTooLarge => {
                 StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE
             }
-            Self::AmbiguousFraming
+            Self::Malformed(_)
+            | Self::AmbiguousFraming
             | Self::BadTransferEncoding
             | Self::BadContentLength
             | Self::MissingHost
@@ -104,6 +102,7 @@ impl Violation {
     /// the kind of problem without tracking every variant.
     pub fn code(&self) -> &'static str {
         match self {
+            Self::Malformed(_) => "BAD_REQUEST",
             Self::UriTooLong => "URI_TOO_LONG",
             Self::HeadersTooMany | Self::HeadersTooLarge => "HEADERS_TOO_LARGE",
             Self::AmbiguousFraming | Self::BadTransferEncoding | Self::BadContentLength => {

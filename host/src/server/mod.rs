@@ -7,13 +7,13 @@
 //! connection it drives and the timers it sets all live on one thread, with no work-stealing
 //! scheduler in between. The control plane (reloads, the admin API, signals) runs elsewhere.
 //!
-//! - [`connection`]: one connection's life, parked without hyper's buffers while it is idle;
-//! - [`framing`]: watches the bytes hyper reads for framing ambiguities its parse hides;
-//! - [`hygiene`]: request framing, host and size checks that hyper leaves to the embedder;
+//! - [`connection`]: one connection's life, from the first bytes that say its protocol;
+//! - [`http1`]: HTTP/1.1 served by the gateway's own loop, parked without buffers when idle;
+//! - [`hygiene`]: request framing, host and size checks every request meets before routing;
 //! - [`normalize`]: the one path normalisation every later step sees.
 
 mod connection;
-pub mod framing;
+pub mod http1;
 pub mod hygiene;
 pub mod normalize;
 
@@ -30,8 +30,6 @@ use crate::config::EdgeLimits;
 use crate::gateway::LiveGateway;
 use crate::{Error, Result};
 
-use self::framing::FramingVerdicts;
-
 /// How long in-flight requests get to finish after a shutdown signal.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -43,8 +41,6 @@ const UPSTREAM_SWEEP_INTERVAL: Duration = Duration::from_secs(5);
 pub struct Connection {
     /// The peer address.
     pub client: SocketAddr,
-    /// The framing verdict of each HTTP/1 request on the connection, taken one per request.
-    pub framing: FramingVerdicts,
 }
 
 /// Binds every configured listener; fails on the first address that cannot be bound.
@@ -59,18 +55,10 @@ pub async fn bind(addresses: &[SocketAddr]) -> Result<Vec<TcpListener>> {
     Ok(listeners)
 }
 
-/// The cap on hyper's HTTP/1 read buffer, and so on the longest request head it will parse.
+/// The longest request head read before it is refused: room for the configured header block
+/// twice over (the limit counts `name: value` pairs, not the bytes on the wire) and the target.
 fn read_buffer_cap(limits: &EdgeLimits) -> usize {
     (limits.max_header_bytes.as_usize() * 2).max(8192) + limits.max_uri_bytes.as_usize()
-}
-
-/// The longest head the framing scanner follows. It must not give up on a head hyper could
-/// still parse: hyper refuses a head once its buffer holds [`read_buffer_cap`] bytes, but a read
-/// fills whatever spare capacity the buffer has, and growing the buffer can leave about the cap
-/// again spare, so a parse can see up to about twice the cap. Past this bound hyper has refused
-/// the head, whatever the configuration.
-fn framing_scan_limit(limits: &EdgeLimits) -> usize {
-    (read_buffer_cap(limits) * 4).max(1 << 20)
 }
 
 /// The worker threads serving traffic, and the signal that stops them.

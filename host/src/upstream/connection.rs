@@ -35,7 +35,7 @@ use tokio::net::tcp::{ReadHalf, WriteHalf};
 use super::InstanceUrl;
 use crate::proxy::body::{BodyReadTimeout, RequestBody};
 use crate::wire::upstream::{self, OutgoingHead, RequestFraming, ResponseHead};
-use crate::wire::{self, BodyDecoder, Decoded, Malformed};
+use crate::wire::{self, BodyDecoder, Decoded, Malformed, make_room};
 use crate::{Error, Result};
 
 /// How long a connection may sit idle before it is closed rather than reused.
@@ -114,15 +114,6 @@ impl Connection {
                 read => return Poll::Ready(read),
             }
         }
-    }
-}
-
-/// Makes `chunk` bytes of room for the next read, unless a good part of that is still free: the
-/// buffer's memory is shared with the bodies and header values taken from it, so a new
-/// allocation is made only when the old one is nearly used up.
-fn make_room(buffer: &mut BytesMut, chunk: usize) {
-    if buffer.capacity() - buffer.len() < chunk / 4 {
-        buffer.reserve(chunk);
     }
 }
 

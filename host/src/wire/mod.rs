@@ -1,9 +1,11 @@
-//! HTTP/1.1 on the wire (RFC 9112), as the gateway speaks it:
+//! HTTP/1.1 on the wire (RFC 9112), as the gateway speaks it on both of its sides:
+//! - [`client`]: requests read from clients and the responses written back to them;
 //! - [`upstream`]: requests written to instances and the responses read from them.
 //!
 //! What every side shares lives here: header tokens, chunk-size lines, and reading a body out
 //! of whatever the connection has delivered, however the reads split it.
 
+pub mod client;
 pub mod upstream;
 
 use std::io::Write;
@@ -51,6 +53,15 @@ pub enum BodyFraming {
     Chunked,
     /// Everything until the instance closes the connection.
     UntilClose,
+}
+
+/// Makes `chunk` bytes of room for the next read, unless a good part of that is still free: the
+/// buffer's memory is shared with the bodies and header values taken from it, so a new
+/// allocation is made only when the old one is nearly used up.
+pub fn make_room(buffer: &mut BytesMut, chunk: usize) {
+    if buffer.capacity() - buffer.len() < chunk / 4 {
+        buffer.reserve(chunk);
+    }
 }
 
 /// The comma-separated tokens of every `name` header, in order.
