@@ -112,11 +112,8 @@ pub fn set_forwarded(headers: &mut HeaderMap, client_ip: IpAddr, host: Option<&H
             .map(str::trim)
             .filter(|value| !value.is_empty())
     };
-    // An IPv6 address is at most 45 characters.
     let mut client = [0; 64];
-    let mut cursor = std::io::Cursor::new(&mut client[..]);
-    let _ = write!(cursor, "{client_ip}");
-    let written = usize::try_from(cursor.position()).unwrap_or(0);
+    let written = ip_text(client_ip, &mut client);
     let client = &client[..written];
     // Sized exactly, so the buffer becomes the header value as it is, with no copy or second
     // allocation.
@@ -142,9 +139,53 @@ pub fn set_forwarded(headers: &mut HeaderMap, client_ip: IpAddr, host: Option<&H
     headers.remove(header::HOST);
 }
 
+/// Writes `ip` as text into `out` (an IPv6 address takes at most 45 bytes) and returns the
+/// length. IPv4, nearly every client, is written digit by digit: `Display` costs several times
+/// as much, once per request.
+fn ip_text(ip: IpAddr, out: &mut [u8; 64]) -> usize {
+    match ip {
+        IpAddr::V4(v4) => {
+            let mut length = 0;
+            for (index, octet) in v4.octets().into_iter().enumerate() {
+                if index > 0 {
+                    out[length] = b'.';
+                    length += 1;
+                }
+                let mut digits = itoa::Buffer::new();
+                let digits = digits.format(octet).as_bytes();
+                out[length..length + digits.len()].copy_from_slice(digits);
+                length += digits.len();
+            }
+            length
+        }
+        IpAddr::V6(_) => {
+            let mut cursor = std::io::Cursor::new(&mut out[..]);
+            let _ = write!(cursor, "{ip}");
+            usize::try_from(cursor.position()).unwrap_or(0)
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn client_addresses_are_written_as_display_writes_them() {
+        for ip in [
+            "0.0.0.0",
+            "127.0.0.1",
+            "255.255.255.255",
+            "10.20.3.0",
+            "::1",
+            "2001:db8::ff",
+        ] {
+            let ip: IpAddr = ip.parse().expect("an address");
+            let mut out = [0; 64];
+            let length = ip_text(ip, &mut out);
+            assert_eq!(&out[..length], ip.to_string().as_bytes());
+        }
+    }
 
     #[test]
     fn hop_by_hop_and_connection_named_headers_are_removed() {

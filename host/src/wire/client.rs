@@ -8,7 +8,6 @@
 //! refused there. Such a body is never read ([`IncomingHead::body`] is `None`), and the
 //! connection closes after the answer, so nothing smuggled behind it is ever parsed as a request.
 
-use std::io::Write;
 use std::mem::MaybeUninit;
 
 use bytes::BytesMut;
@@ -20,6 +19,10 @@ use super::{BodyFraming, has_token};
 
 /// Header lines parsed into a stack array; a configuration allowing more uses the heap.
 const STACK_HEADER_LINES: usize = 128;
+
+/// Headers the proxy adds to every forwarded request (`X-Forwarded-For`, `-Proto`, `-Host`,
+/// `X-Request-Id`): the parsed map has room for them, so adding them does not regrow it.
+const ADDED_BY_PROXY: usize = 4;
 
 /// The bounds on a request head, which the parse enforces before anything is built from it.
 #[derive(Debug, Clone, Copy)]
@@ -127,7 +130,7 @@ pub fn parse_request_head(
     let head = buffer.split_to(head_length).freeze();
     let uri = Uri::from_maybe_shared(head.slice(target.0 as usize..target.1 as usize))
         .map_err(|_| HeadError::Malformed("invalid request target"))?;
-    let mut headers = HeaderMap::with_capacity(count);
+    let mut headers = HeaderMap::with_capacity(count + ADDED_BY_PROXY);
     for &(name_start, name_end, value_start, value_end) in &spans[..count] {
         let name = HeaderName::from_bytes(&head[name_start as usize..name_end as usize])
             .map_err(|_| HeadError::Malformed("invalid header name"))?;
@@ -297,7 +300,9 @@ pub fn encode_response_head(out: &mut Vec<u8>, response: OutgoingResponse<'_>) {
     match framing {
         ResponseFraming::NoBody | ResponseFraming::UntilClose => {}
         ResponseFraming::Length(length) => {
-            let _ = write!(out, "content-length: {length}\r\n");
+            out.extend_from_slice(b"content-length: ");
+            out.extend_from_slice(itoa::Buffer::new().format(length).as_bytes());
+            out.extend_from_slice(b"\r\n");
         }
         ResponseFraming::Chunked => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
     }

@@ -4,7 +4,6 @@
 //! Only what a reverse proxy needs: one request at a time per connection, no upgrades, and
 //! trailers read past rather than relayed.
 
-use std::io::Write;
 use std::mem::MaybeUninit;
 
 use bytes::{Buf, BytesMut};
@@ -94,7 +93,9 @@ pub fn encode_request_head(out: &mut Vec<u8>, head: OutgoingHead<'_>, framing: R
     match framing {
         RequestFraming::Empty => {}
         RequestFraming::Length(length) => {
-            let _ = write!(out, "content-length: {length}\r\n");
+            out.extend_from_slice(b"content-length: ");
+            out.extend_from_slice(itoa::Buffer::new().format(length).as_bytes());
+            out.extend_from_slice(b"\r\n");
         }
         RequestFraming::Chunked => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
     }
@@ -169,7 +170,8 @@ pub fn parse_response_head(
             continue;
         }
         let head = buffer.split_to(head_length).freeze();
-        let mut headers = HeaderMap::with_capacity(count);
+        // Room for the `X-Request-Id` the proxy adds, so that adding it does not regrow the map.
+        let mut headers = HeaderMap::with_capacity(count + 1);
         for &(name_start, name_end, value_start, value_end) in &spans[..count] {
             let name = HeaderName::from_bytes(&head[name_start as usize..name_end as usize])
                 .map_err(|_| "invalid header name")?;
