@@ -529,3 +529,27 @@ async fn a_chunked_body_sent_in_pieces_reaches_the_upstream_whole() {
     );
     assert_eq!(target(&client.response().await), "/next");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_client_that_leaves_cancels_its_request() {
+    let (gateway, upstream) = setup(
+        "  idle_timeout: 30s",
+        "info,gateway_host::server::http1=debug",
+    )
+    .await;
+    let mut client = RawClient::connect(&gateway).await;
+    client
+        .send("GET /slow?ms=5000 HTTP/1.1\r\nHost: gateway.test\r\n\r\n")
+        .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    drop(client);
+    let noticed = gateway.wait_for_log(
+        &["the client closed the connection before the answer"],
+        Duration::from_secs(3),
+    );
+    assert!(noticed.is_some(), "the request went on without its client");
+    assert_eq!(upstream.requests(), 1);
+
+    let mut next = RawClient::connect(&gateway).await;
+    assert_eq!(target(&next.get("/after").await), "/after");
+}

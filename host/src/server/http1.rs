@@ -19,7 +19,9 @@
 //!
 //! The connection closes after an answer when the client or the answer asks for it, when the
 //! request's framing cannot be trusted or its body was left unread, and once the gateway is
-//! shutting down: a request in flight is answered first, a parked connection closes at once.
+//! shutting down: a request in flight is answered first, a parked connection closes at once. A
+//! client that closes its connection while its request is served cancels the request, upstream
+//! exchange and all, as hyper's server did.
 
 use std::cell::RefCell;
 use std::io;
@@ -186,7 +188,10 @@ impl ClientConnection {
             let gateway = live.current();
             let method = head.parts.method.clone();
             let version = head.parts.version;
-            let (response, body_read) = self.run_pipeline(&gateway, &peer, head).await;
+            let Some((response, body_read)) = self.run_pipeline(&gateway, &peer, head).await else {
+                tracing::debug!(%client, "the client closed the connection before the answer");
+                return None;
+            };
             let keep = body_read
                 && !says_close(response.headers())
                 && !*shutdown.borrow()
@@ -212,39 +217,64 @@ impl ClientConnection {
 
     /// Runs the request pipeline on `head`, reading the body from the connection meanwhile if
     /// it did not arrive whole. Returns the response, and whether the request is read to its
-    /// end, so that the connection knows where the next one starts.
+    /// end, so that the connection knows where the next one starts; `None` if the client left
+    /// before the answer.
     async fn run_pipeline(
         &mut self,
         gateway: &crate::gateway::Gateway,
         peer: &Connection,
         head: IncomingHead,
-    ) -> (Response<ResponseBody>, bool) {
+    ) -> Option<(Response<ResponseBody>, bool)> {
         let IncomingHead {
             parts,
             body: framing,
             keep_alive,
             expects_continue,
         } = head;
-        let Some(framing) = framing else {
-            let request = Request::from_parts(parts, ClientBody::Whole(None));
-            return (proxy::serve(gateway, peer, request).await, false);
+        let (body, pump, mut read_to_end) = match framing {
+            None => (ClientBody::Whole(None), None, false),
+            Some(framing) => {
+                let mut decoder = BodyDecoder::new(framing);
+                match decoder.take_whole(&mut self.read_buffer) {
+                    Some(whole) => (ClientBody::whole(whole), None, true),
+                    None => {
+                        let (body, pump) = streaming_body(decoder, expects_continue);
+                        (ClientBody::Http1(body), Some(pump), false)
+                    }
+                }
+            }
         };
-        let mut decoder = BodyDecoder::new(framing);
-        if let Some(whole) = decoder.take_whole(&mut self.read_buffer) {
-            let request = Request::from_parts(parts, ClientBody::whole(whole));
-            return (proxy::serve(gateway, peer, request).await, keep_alive);
-        }
-        let (body, pump) = streaming_body(decoder, expects_continue);
-        let request = Request::from_parts(parts, ClientBody::Http1(body));
-        let serving = proxy::serve(gateway, peer, request);
+        let max_buffered = super::read_buffer_cap(&gateway.limits);
+        let serving = proxy::serve(gateway, peer, Request::from_parts(parts, body));
         tokio::pin!(serving);
-        let reading = pump.run(&mut self.stream, &mut self.read_buffer);
-        tokio::select! {
-            biased;
-            // Answered before the body was read to its end: where the next request starts is
-            // unknown.
-            response = &mut serving => (response, false),
-            read = reading => (serving.await, keep_alive && read == BodyRead::Complete),
+        if let Some(pump) = pump {
+            let reading = pump.run(&mut self.stream, &mut self.read_buffer);
+            tokio::select! {
+                biased;
+                // Answered before the body was read to its end: where the next request starts
+                // is unknown.
+                response = &mut serving => return Some((response, false)),
+                read = reading => read_to_end = read == BodyRead::Complete,
+            }
+        }
+        // The request is read; the connection is watched while its answer is prepared, so that
+        // a client that leaves cancels the request and its upstream exchange instead of holding
+        // them until an answer nobody reads. What a client pipelines meanwhile is kept, up to
+        // the size of a head.
+        loop {
+            let room = self.read_buffer.len() < max_buffered;
+            if room {
+                make_room(&mut self.read_buffer, READ_CHUNK);
+            }
+            tokio::select! {
+                biased;
+                response = &mut serving => return Some((response, keep_alive && read_to_end)),
+                read = self.stream.read_buf(&mut self.read_buffer), if room => {
+                    if matches!(read, Ok(0) | Err(_)) {
+                        return None;
+                    }
+                }
+            }
         }
     }
 

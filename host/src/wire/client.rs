@@ -20,9 +20,10 @@ use super::{BodyFraming, has_token};
 /// Header lines parsed into a stack array; a configuration allowing more uses the heap.
 const STACK_HEADER_LINES: usize = 128;
 
-/// Headers the proxy adds to every forwarded request (`X-Forwarded-For`, `-Proto`, `-Host`,
-/// `X-Request-Id`): the parsed map has room for them, so adding them does not regrow it.
-const ADDED_BY_PROXY: usize = 4;
+/// Room in a parsed header map for the headers added on the way: the proxy's `X-Forwarded-For`,
+/// `-Proto`, `-Host` and `X-Request-Id`, and a few from filters. Growing the map would cost two
+/// allocations and a rehash on every request.
+const ROOM_FOR_ADDED: usize = 8;
 
 /// The bounds on a request head, which the parse enforces before anything is built from it.
 #[derive(Debug, Clone, Copy)]
@@ -130,7 +131,7 @@ pub fn parse_request_head(
     let head = buffer.split_to(head_length).freeze();
     let uri = Uri::from_maybe_shared(head.slice(target.0 as usize..target.1 as usize))
         .map_err(|_| HeadError::Malformed("invalid request target"))?;
-    let mut headers = HeaderMap::with_capacity(count + ADDED_BY_PROXY);
+    let mut headers = HeaderMap::with_capacity(count + ROOM_FOR_ADDED);
     for &(name_start, name_end, value_start, value_end) in &spans[..count] {
         let name = HeaderName::from_bytes(&head[name_start as usize..name_end as usize])
             .map_err(|_| HeadError::Malformed("invalid header name"))?;

@@ -170,8 +170,9 @@ pub fn parse_response_head(
             continue;
         }
         let head = buffer.split_to(head_length).freeze();
-        // Room for the `X-Request-Id` the proxy adds, so that adding it does not regrow the map.
-        let mut headers = HeaderMap::with_capacity(count + 1);
+        // Room for the `X-Request-Id` the proxy adds and a few headers from filters, so that
+        // adding them does not regrow the map.
+        let mut headers = HeaderMap::with_capacity(count + 4);
         for &(name_start, name_end, value_start, value_end) in &spans[..count] {
             let name = HeaderName::from_bytes(&head[name_start as usize..name_end as usize])
                 .map_err(|_| "invalid header name")?;
