@@ -260,12 +260,11 @@ impl ClientConnection {
         // The request is read; the connection is watched while its answer is prepared, so that
         // a client that leaves cancels the request and its upstream exchange instead of holding
         // them until an answer nobody reads. What a client pipelines meanwhile is kept, up to
-        // the size of a head.
+        // the size of a head; the buffer is not grown for it while the request's head, which
+        // shares it, is alive, since that would mean a new allocation.
         loop {
-            let room = self.read_buffer.len() < max_buffered;
-            if room {
-                make_room(&mut self.read_buffer, READ_CHUNK);
-            }
+            let room = self.read_buffer.len() < max_buffered
+                && self.read_buffer.capacity() > self.read_buffer.len();
             tokio::select! {
                 biased;
                 response = &mut serving => return Some((response, keep_alive && read_to_end)),
