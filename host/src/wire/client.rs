@@ -61,78 +61,55 @@ pub struct IncomingHead {
 }
 
 /// Takes the next request head off the front of `buffer`; `None` while it is incomplete.
+///
+/// Nearly every head fits the stack arrays; only one with more lines than they hold, under a
+/// limit that allows it, is parsed again into arrays on the heap.
 pub fn parse_request_head(
     buffer: &mut BytesMut,
     limits: HeadLimits,
 ) -> Result<Option<IncomingHead>, HeadError> {
     let lines = limits.max_header_lines.max(1);
-    let mut on_stack =
-        [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; STACK_HEADER_LINES];
-    let mut on_heap = Vec::new();
-    let slots = if lines <= STACK_HEADER_LINES {
-        &mut on_stack[..lines]
-    } else {
-        on_heap.resize_with(lines, MaybeUninit::uninit);
-        &mut on_heap[..]
-    };
-    // Where each part lies in the buffer, so that it can be sliced once the buffer is frozen.
+    let on_stack = lines.min(STACK_HEADER_LINES);
     let mut spans = [(0u32, 0u32, 0u32, 0u32); STACK_HEADER_LINES];
     let mut spans_on_heap = Vec::new();
-    let spans = if lines <= STACK_HEADER_LINES {
-        &mut spans[..lines]
-    } else {
-        spans_on_heap.resize(lines, (0, 0, 0, 0));
-        &mut spans_on_heap[..]
+    let located = {
+        let mut slots =
+            [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; STACK_HEADER_LINES];
+        match locate(
+            buffer,
+            limits,
+            &mut slots[..on_stack],
+            &mut spans[..on_stack],
+        ) {
+            Err(HeadError::TooManyLines) if lines > STACK_HEADER_LINES => {
+                let mut slots = Vec::new();
+                slots.resize_with(lines, MaybeUninit::uninit);
+                spans_on_heap = vec![(0, 0, 0, 0); lines];
+                locate(buffer, limits, &mut slots, &mut spans_on_heap)
+            }
+            located => located,
+        }
     };
-    let (method, target, version, head_length, count) = {
-        let mut request = httparse::Request::new(&mut []);
-        let parsed = request.parse_with_uninit_headers(buffer, slots);
-        let head_length = match parsed {
-            Ok(httparse::Status::Complete(length)) => length,
-            Ok(httparse::Status::Partial) if buffer.len() < limits.max_head_bytes => {
-                return Ok(None);
-            }
-            Ok(httparse::Status::Partial) => {
-                return Err(if buffer.contains(&b'\n') {
-                    HeadError::TooLarge
-                } else {
-                    HeadError::TargetTooLong
-                });
-            }
-            Err(httparse::Error::TooManyHeaders) => return Err(HeadError::TooManyLines),
-            Err(error) => return Err(HeadError::Malformed(parse_error(error))),
-        };
-        if head_length > limits.max_head_bytes {
-            return Err(HeadError::TooLarge);
-        }
-        let version = match request.version {
-            Some(0) => Version::HTTP_10,
-            _ => Version::HTTP_11,
-        };
-        let method = Method::from_bytes(request.method.unwrap_or_default().as_bytes())
-            .map_err(|_| HeadError::Malformed("invalid method"))?;
-        let base = buffer.as_ptr() as usize;
-        // Fits: the head is no longer than `max_head_bytes`, far below 4 GiB.
-        let offset = |part: &[u8]| (part.as_ptr() as usize - base) as u32;
-        let path = request.path.unwrap_or_default().as_bytes();
-        let target = (offset(path), offset(path) + path.len() as u32);
-        for (span, parsed) in spans.iter_mut().zip(request.headers.iter()) {
-            let name = offset(parsed.name.as_bytes());
-            let value = offset(parsed.value);
-            *span = (
-                name,
-                name + parsed.name.len() as u32,
-                value,
-                value + parsed.value.len() as u32,
-            );
-        }
-        (method, target, version, head_length, request.headers.len())
+    let Some(Located {
+        method,
+        target,
+        version,
+        head_length,
+        count,
+    }) = located?
+    else {
+        return Ok(None);
+    };
+    let spans = if spans_on_heap.is_empty() {
+        &spans[..count]
+    } else {
+        &spans_on_heap[..count]
     };
     let head = buffer.split_to(head_length).freeze();
     let uri = Uri::from_maybe_shared(head.slice(target.0 as usize..target.1 as usize))
         .map_err(|_| HeadError::Malformed("invalid request target"))?;
     let mut headers = HeaderMap::with_capacity(count + ROOM_FOR_ADDED);
-    for &(name_start, name_end, value_start, value_end) in &spans[..count] {
+    for &(name_start, name_end, value_start, value_end) in spans {
         let name = HeaderName::from_bytes(&head[name_start as usize..name_end as usize])
             .map_err(|_| HeadError::Malformed("invalid header name"))?;
         let value = head.slice(value_start as usize..value_end as usize);
@@ -164,6 +141,75 @@ pub fn parse_request_head(
         body,
         keep_alive,
         expects_continue,
+    }))
+}
+
+/// Where a request head's parts lie in the buffer it was read into.
+struct Located {
+    method: Method,
+    /// The request target's start and end.
+    target: (u32, u32),
+    version: Version,
+    head_length: usize,
+    /// Header lines, whose spans were written to the start of `spans`.
+    count: usize,
+}
+
+/// Parses the head at the front of `buffer` with room for `slots.len()` header lines, and
+/// writes where each line's name and value lie into `spans` (as long), so that they can be
+/// sliced once the buffer is frozen.
+fn locate<'b>(
+    buffer: &'b [u8],
+    limits: HeadLimits,
+    slots: &mut [MaybeUninit<httparse::Header<'b>>],
+    spans: &mut [(u32, u32, u32, u32)],
+) -> Result<Option<Located>, HeadError> {
+    let mut request = httparse::Request::new(&mut []);
+    let head_length = match request.parse_with_uninit_headers(buffer, slots) {
+        Ok(httparse::Status::Complete(length)) => length,
+        Ok(httparse::Status::Partial) if buffer.len() < limits.max_head_bytes => {
+            return Ok(None);
+        }
+        Ok(httparse::Status::Partial) => {
+            return Err(if buffer.contains(&b'\n') {
+                HeadError::TooLarge
+            } else {
+                HeadError::TargetTooLong
+            });
+        }
+        Err(httparse::Error::TooManyHeaders) => return Err(HeadError::TooManyLines),
+        Err(error) => return Err(HeadError::Malformed(parse_error(error))),
+    };
+    if head_length > limits.max_head_bytes {
+        return Err(HeadError::TooLarge);
+    }
+    let version = match request.version {
+        Some(0) => Version::HTTP_10,
+        _ => Version::HTTP_11,
+    };
+    let method = Method::from_bytes(request.method.unwrap_or_default().as_bytes())
+        .map_err(|_| HeadError::Malformed("invalid method"))?;
+    let base = buffer.as_ptr() as usize;
+    // Fits: the head is no longer than `max_head_bytes`, far below 4 GiB.
+    let offset = |part: &[u8]| (part.as_ptr() as usize - base) as u32;
+    let path = request.path.unwrap_or_default().as_bytes();
+    let target = (offset(path), offset(path) + path.len() as u32);
+    for (span, parsed) in spans.iter_mut().zip(request.headers.iter()) {
+        let name = offset(parsed.name.as_bytes());
+        let value = offset(parsed.value);
+        *span = (
+            name,
+            name + parsed.name.len() as u32,
+            value,
+            value + parsed.value.len() as u32,
+        );
+    }
+    Ok(Some(Located {
+        method,
+        target,
+        version,
+        head_length,
+        count: request.headers.len(),
     }))
 }
 
@@ -497,6 +543,15 @@ mod tests {
             .expect("valid")
             .expect("complete");
         assert_eq!(parsed.parts.headers.len(), STACK_HEADER_LINES + 5);
+        let lines: String = (0..STACK_HEADER_LINES + 11)
+            .map(|i| format!("x-{i}: 1\r\n"))
+            .collect();
+        let wire = format!("GET / HTTP/1.1\r\n{lines}\r\n");
+        assert_eq!(
+            parse_request_head(&mut BytesMut::from(&wire[..]), many).map(|_| ()),
+            Err(HeadError::TooManyLines),
+            "past a limit above the stack arrays"
+        );
     }
 
     fn encoded(
