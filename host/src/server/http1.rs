@@ -44,7 +44,7 @@ use super::Connection;
 use super::hygiene::Violation;
 use crate::Error;
 use crate::config::EdgeLimits;
-use crate::gateway::LiveGateway;
+use crate::gateway::{Gateway, LiveGateway};
 use crate::proxy::{self, body::ClientBody, body::ResponseBody};
 use crate::wire::client::{
     ConnectionHeader, HeadError, HeadLimits, IncomingHead, OutgoingResponse, ResponseFraming,
@@ -221,7 +221,7 @@ impl ClientConnection {
     /// before the answer.
     async fn run_pipeline(
         &mut self,
-        gateway: &crate::gateway::Gateway,
+        gateway: &Gateway,
         peer: &Connection,
         head: IncomingHead,
     ) -> Option<(Response<ResponseBody>, bool)> {
