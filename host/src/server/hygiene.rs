@@ -18,6 +18,8 @@
 use http::header::{CONTENT_LENGTH, HOST, TRANSFER_ENCODING};
 use http::{Request, StatusCode, Uri, Version};
 
+use crate::wire;
+
 /// Size limits enforced on every request, in addition to the parser's own bounds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct EdgeLimits {
@@ -228,20 +230,11 @@ fn check_framing<B>(request: &Request<B>) -> Result<(), Violation> {
     }
 
     if let Some(value) = content_length
-        && (content_lengths.next().is_some() || !is_plain_length(value.as_bytes()))
+        && (content_lengths.next().is_some() || wire::plain_length(value.as_bytes()).is_none())
     {
         return Err(Violation::BadContentLength);
     }
     Ok(())
-}
-
-/// Decimal digits only, and small enough to be a real length. `str::parse` alone would accept a
-/// leading `+`, which other parsers do not.
-fn is_plain_length(value: &[u8]) -> bool {
-    let digits = value.trim_ascii();
-    !digits.is_empty()
-        && digits.iter().all(u8::is_ascii_digit)
-        && std::str::from_utf8(digits).is_ok_and(|d| d.parse::<u64>().is_ok())
 }
 
 fn check_host<B>(request: &Request<B>) -> Result<(), Violation> {

@@ -15,7 +15,7 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, StatusCode, Uri, Version, request};
 use http_body::SizeHint;
 
-use super::{BodyFraming, has_token};
+use super::{BodyFraming, has_token, plain_length};
 
 /// Header lines parsed into a stack array; a configuration allowing more uses the heap.
 const STACK_HEADER_LINES: usize = 128;
@@ -242,11 +242,7 @@ fn request_body_framing(version: Version, headers: &HeaderMap) -> Option<BodyFra
             lone_chunked.then_some(BodyFraming::Chunked)
         }
         (None, Some(length)) if lengths.next().is_none() => {
-            let digits = length.as_bytes().trim_ascii();
-            if digits.is_empty() || !digits.iter().all(u8::is_ascii_digit) {
-                return None;
-            }
-            match std::str::from_utf8(digits).ok()?.parse::<u64>().ok()? {
+            match plain_length(length.as_bytes())? {
                 0 => Some(BodyFraming::Empty),
                 length => Some(BodyFraming::Length(length)),
             }

@@ -64,6 +64,17 @@ pub fn make_room(buffer: &mut BytesMut, chunk: usize) {
     }
 }
 
+/// A `Content-Length` value as every reader takes it: decimal digits only (around them, spaces),
+/// small enough to be a real length. `str::parse` alone would accept a leading `+`, which other
+/// parsers do not.
+pub fn plain_length(value: &[u8]) -> Option<u64> {
+    let digits = value.trim_ascii();
+    if digits.is_empty() || !digits.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    std::str::from_utf8(digits).ok()?.parse().ok()
+}
+
 /// The comma-separated tokens of every `name` header, in order.
 pub fn tokens<'h>(headers: &'h HeaderMap, name: &HeaderName) -> impl Iterator<Item = &'h [u8]> {
     headers
