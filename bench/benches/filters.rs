@@ -20,6 +20,7 @@ use std::sync::Arc;
 use criterion::{BatchSize, Criterion, criterion_group};
 use gateway_host::config::{FailurePolicy, FilterDefinition, Isolation};
 use gateway_host::filter::{FilterChain, FilterEngine, FilterPool, RequestHead, ResponseHead};
+use gateway_host::wire;
 use http::header::{HeaderName, HeaderValue};
 use http::{HeaderMap, Method, StatusCode};
 use serde_json::json;
@@ -108,18 +109,21 @@ fn ip_filter_config() -> serde_json::Value {
     json!({ "allow": ["127.0.0.1/32"] })
 }
 
-/// A request as the proxy hands it to the chain: a few client headers plus the ones the
-/// gateway itself adds before the filters run.
+/// A request as the proxy hands it to the chain: the client's headers in a map sized the way the
+/// gateway's parser sizes it, then the headers the gateway itself adds before the filters run.
 fn request() -> RequestHead {
-    let mut headers = HeaderMap::new();
-    for (name, value) in [
+    let client = [
         ("host", "127.0.0.1:8080"),
         ("user-agent", "wrk"),
         ("accept", "*/*"),
+    ];
+    let added = [
         ("x-forwarded-for", "127.0.0.1"),
         ("x-forwarded-proto", "http"),
         ("x-request-id", "0f57bec5-1306-4d15-a916-30fd85678a29"),
-    ] {
+    ];
+    let mut headers = HeaderMap::with_capacity(client.len() + wire::client::ROOM_FOR_ADDED);
+    for (name, value) in client.into_iter().chain(added) {
         headers.insert(
             HeaderName::from_static(name),
             HeaderValue::from_static(value),
@@ -136,11 +140,20 @@ fn request() -> RequestHead {
     }
 }
 
+/// An upstream's response, its header map sized the way the gateway's parser sizes it.
 fn response() -> ResponseHead {
-    let mut headers = HeaderMap::new();
-    headers.insert("content-type", HeaderValue::from_static("text/plain"));
-    headers.insert("content-length", HeaderValue::from_static("3"));
-    headers.insert("server", HeaderValue::from_static("nginx"));
+    let upstream = [
+        ("content-type", "text/plain"),
+        ("content-length", "3"),
+        ("server", "nginx"),
+    ];
+    let mut headers = HeaderMap::with_capacity(upstream.len() + wire::upstream::ROOM_FOR_ADDED);
+    for (name, value) in upstream {
+        headers.insert(
+            HeaderName::from_static(name),
+            HeaderValue::from_static(value),
+        );
+    }
     ResponseHead {
         status: StatusCode::OK,
         headers,

@@ -23,7 +23,7 @@ const STACK_HEADER_LINES: usize = 128;
 /// Room in a parsed header map for the headers added on the way: the proxy's `X-Forwarded-For`,
 /// `-Proto`, `-Host` and `X-Request-Id`, and a few from filters. Growing the map would cost two
 /// allocations and a rehash on every request.
-const ROOM_FOR_ADDED: usize = 8;
+pub const ROOM_FOR_ADDED: usize = 8;
 
 /// The bounds on a request head, which the parse enforces before anything is built from it.
 #[derive(Debug, Clone, Copy)]

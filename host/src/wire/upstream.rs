@@ -18,6 +18,10 @@ const MAX_HEADERS: usize = 100;
 /// The largest response head read before the instance is judged broken.
 const MAX_HEAD_BYTES: usize = 64 * 1024;
 
+/// Room in a parsed response's header map for the `X-Request-Id` the proxy adds and a few
+/// headers from filters, so that adding them does not regrow the map.
+pub const ROOM_FOR_ADDED: usize = 4;
+
 /// How a request body is delimited on the way to the instance.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RequestFraming {
@@ -170,9 +174,7 @@ pub fn parse_response_head(
             continue;
         }
         let head = buffer.split_to(head_length).freeze();
-        // Room for the `X-Request-Id` the proxy adds and a few headers from filters, so that
-        // adding them does not regrow the map.
-        let mut headers = HeaderMap::with_capacity(count + 4);
+        let mut headers = HeaderMap::with_capacity(count + ROOM_FOR_ADDED);
         for &(name_start, name_end, value_start, value_end) in &spans[..count] {
             let name = HeaderName::from_bytes(&head[name_start as usize..name_end as usize])
                 .map_err(|_| "invalid header name")?;
