@@ -160,7 +160,7 @@ impl wit_http::HostRequest for InstanceState {
     }
 
     fn client_ip(&mut self, _: Resource<wit_http::Request>) -> wasmtime::Result<String> {
-        Ok(self.request()?.client_ip.to_string())
+        Ok(crate::proxy::headers::ip_string(self.request()?.client_ip))
     }
 
     fn route_param(

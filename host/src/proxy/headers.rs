@@ -166,6 +166,14 @@ fn ip_text(ip: IpAddr, out: &mut [u8; 64]) -> usize {
     }
 }
 
+/// `ip` as text, as [`ip_text`] writes it: for filters asking for the client's address.
+pub(crate) fn ip_string(ip: IpAddr) -> String {
+    let mut out = [0; 64];
+    let length = ip_text(ip, &mut out);
+    // Digits, dots, colons and hex letters: always ASCII.
+    String::from_utf8_lossy(&out[..length]).into_owned()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -184,6 +192,7 @@ mod tests {
             let mut out = [0; 64];
             let length = ip_text(ip, &mut out);
             assert_eq!(&out[..length], ip.to_string().as_bytes());
+            assert_eq!(ip_string(ip), ip.to_string());
         }
     }
 
