@@ -11,7 +11,7 @@ use http::{HeaderMap, StatusCode};
 use wasmtime::component::Resource;
 
 use super::exchange::Reply;
-use super::instance::InstanceState;
+use super::instance::{Exchange, InstanceState};
 
 wasmtime::component::bindgen!({
     path: "../wit",
@@ -55,20 +55,46 @@ fn names(headers: &HeaderMap) -> Vec<String> {
         .collect()
 }
 
-fn set(headers: &mut HeaderMap, name: &str, value: String) -> Result<(), String> {
-    headers.insert(header_name(name)?, header_value(value)?);
-    Ok(())
-}
+/// Names kept per instance. A filter that sets more distinct names parses the others each time.
+const KEPT_HEADER_NAMES: usize = 32;
 
-fn append(headers: &mut HeaderMap, name: &str, value: String) -> Result<(), String> {
-    headers.append(header_name(name)?, header_value(value)?);
-    Ok(())
-}
+/// The header names an instance's filter has set, kept for the next requests. A filter sets the
+/// same few names on every request, and making a name the `http` crate does not know
+/// (`x-served-by`) costs an allocation each time; a kept one is a reference count.
+#[derive(Default)]
+pub(super) struct HeaderNames(Vec<HeaderName>);
 
-fn remove(headers: &mut HeaderMap, name: &str) {
-    if let Ok(name) = HeaderName::from_bytes(name.as_bytes()) {
-        headers.remove(name);
+impl HeaderNames {
+    fn name(&mut self, name: &str) -> Result<HeaderName, String> {
+        // Kept names are valid and lower-case, so a name equal to one but for case is that name.
+        if let Some(kept) = self
+            .0
+            .iter()
+            .find(|kept| kept.as_str().eq_ignore_ascii_case(name))
+        {
+            return Ok(kept.clone());
+        }
+        let parsed = header_name(name)?;
+        if self.0.len() < KEPT_HEADER_NAMES {
+            self.0.push(parsed.clone());
+        }
+        Ok(parsed)
     }
+
+    fn set(&mut self, headers: &mut HeaderMap, name: &str, value: String) -> Result<(), String> {
+        headers.insert(self.name(name)?, header_value(value)?);
+        Ok(())
+    }
+
+    fn append(&mut self, headers: &mut HeaderMap, name: &str, value: String) -> Result<(), String> {
+        headers.append(self.name(name)?, header_value(value)?);
+        Ok(())
+    }
+}
+
+/// Removes every value of `name`; a name that is not valid is in no map.
+fn remove(headers: &mut HeaderMap, name: &str) {
+    headers.remove(name);
 }
 
 fn valid_path(path: &str) -> Result<(), String> {
@@ -100,7 +126,7 @@ pub(super) fn convert_reply(reply: wit_http::Reply) -> Result<Reply, String> {
         .map_err(|_| format!("reply status {} is not a valid status code", reply.status))?;
     let mut headers = HeaderMap::with_capacity(reply.headers.len());
     for (name, value) in reply.headers {
-        append(&mut headers, &name, value)?;
+        headers.append(header_name(&name)?, header_value(value)?);
     }
     Ok(Reply {
         status,
@@ -118,11 +144,11 @@ impl wit_http::Host for InstanceState {}
 
 impl wit_http::HostRequest for InstanceState {
     fn method(&mut self, _: Resource<wit_http::Request>) -> wasmtime::Result<String> {
-        Ok(self.request()?.method.as_str().to_owned())
+        Ok(self.exchange.request()?.method.as_str().to_owned())
     }
 
     fn path(&mut self, _: Resource<wit_http::Request>) -> wasmtime::Result<String> {
-        Ok(self.request()?.path.clone())
+        Ok(self.exchange.request()?.path.clone())
     }
 
     fn set_path(
@@ -130,7 +156,7 @@ impl wit_http::HostRequest for InstanceState {
         _: Resource<wit_http::Request>,
         path: String,
     ) -> wasmtime::Result<Result<(), String>> {
-        Ok(self.request_mut()?.and_then(|request| {
+        Ok(self.exchange.request_mut()?.and_then(|request| {
             valid_path(&path)?;
             request.path = path;
             Ok(())
@@ -138,7 +164,7 @@ impl wit_http::HostRequest for InstanceState {
     }
 
     fn query(&mut self, _: Resource<wit_http::Request>) -> wasmtime::Result<Option<String>> {
-        Ok(self.request()?.query.clone())
+        Ok(self.exchange.request()?.query.clone())
     }
 
     fn set_query(
@@ -146,7 +172,7 @@ impl wit_http::HostRequest for InstanceState {
         _: Resource<wit_http::Request>,
         query: Option<String>,
     ) -> wasmtime::Result<Result<(), String>> {
-        Ok(self.request_mut()?.and_then(|request| {
+        Ok(self.exchange.request_mut()?.and_then(|request| {
             if let Some(query) = &query {
                 valid_query(query)?;
             }
@@ -156,11 +182,11 @@ impl wit_http::HostRequest for InstanceState {
     }
 
     fn authority(&mut self, _: Resource<wit_http::Request>) -> wasmtime::Result<Option<String>> {
-        Ok(self.request()?.authority.clone())
+        Ok(self.exchange.request()?.authority.clone())
     }
 
     fn client_ip(&mut self, _: Resource<wit_http::Request>) -> wasmtime::Result<String> {
-        Ok(crate::proxy::headers::ip_string(self.request()?.client_ip))
+        Ok(crate::proxy::headers::ip_string(self.exchange.request()?.client_ip))
     }
 
     fn route_param(
@@ -168,7 +194,7 @@ impl wit_http::HostRequest for InstanceState {
         _: Resource<wit_http::Request>,
         name: String,
     ) -> wasmtime::Result<Option<String>> {
-        Ok(self.request()?.param(&name).map(str::to_owned))
+        Ok(self.exchange.request()?.param(&name).map(str::to_owned))
     }
 
     fn header(
@@ -176,7 +202,7 @@ impl wit_http::HostRequest for InstanceState {
         _: Resource<wit_http::Request>,
         name: String,
     ) -> wasmtime::Result<Option<String>> {
-        Ok(first_value(&self.request()?.headers, &name))
+        Ok(first_value(&self.exchange.request()?.headers, &name))
     }
 
     fn header_values(
@@ -184,11 +210,11 @@ impl wit_http::HostRequest for InstanceState {
         _: Resource<wit_http::Request>,
         name: String,
     ) -> wasmtime::Result<Vec<String>> {
-        Ok(all_values(&self.request()?.headers, &name))
+        Ok(all_values(&self.exchange.request()?.headers, &name))
     }
 
     fn header_names(&mut self, _: Resource<wit_http::Request>) -> wasmtime::Result<Vec<String>> {
-        Ok(names(&self.request()?.headers))
+        Ok(names(&self.exchange.request()?.headers))
     }
 
     fn set_header(
@@ -198,8 +224,9 @@ impl wit_http::HostRequest for InstanceState {
         value: String,
     ) -> wasmtime::Result<Result<(), String>> {
         Ok(self
+            .exchange
             .request_mut()?
-            .and_then(|request| set(&mut request.headers, &name, value)))
+            .and_then(|request| self.names.set(&mut request.headers, &name, value)))
     }
 
     fn append_header(
@@ -209,8 +236,9 @@ impl wit_http::HostRequest for InstanceState {
         value: String,
     ) -> wasmtime::Result<Result<(), String>> {
         Ok(self
+            .exchange
             .request_mut()?
-            .and_then(|request| append(&mut request.headers, &name, value)))
+            .and_then(|request| self.names.append(&mut request.headers, &name, value)))
     }
 
     fn remove_header(
@@ -220,7 +248,7 @@ impl wit_http::HostRequest for InstanceState {
     ) -> wasmtime::Result<()> {
         // Removing in the response phase is refused like any other edit, but silently: the
         // WIT signature has no error to return, and the request is already gone.
-        if let Ok(request) = self.request_mut()? {
+        if let Ok(request) = self.exchange.request_mut()? {
             remove(&mut request.headers, &name);
         }
         Ok(())
@@ -233,7 +261,7 @@ impl wit_http::HostRequest for InstanceState {
 
 impl wit_http::HostResponse for InstanceState {
     fn status(&mut self, _: Resource<wit_http::Response>) -> wasmtime::Result<u16> {
-        Ok(self.response()?.status.as_u16())
+        Ok(self.exchange.response()?.status.as_u16())
     }
 
     fn set_status(
@@ -241,7 +269,7 @@ impl wit_http::HostResponse for InstanceState {
         _: Resource<wit_http::Response>,
         status: u16,
     ) -> wasmtime::Result<Result<(), String>> {
-        let response = self.response_mut()?;
+        let response = self.exchange.response_mut()?;
         Ok(match StatusCode::from_u16(status) {
             Ok(status) => {
                 response.status = status;
@@ -256,7 +284,7 @@ impl wit_http::HostResponse for InstanceState {
         _: Resource<wit_http::Response>,
         name: String,
     ) -> wasmtime::Result<Option<String>> {
-        Ok(first_value(&self.response()?.headers, &name))
+        Ok(first_value(&self.exchange.response()?.headers, &name))
     }
 
     fn header_values(
@@ -264,11 +292,11 @@ impl wit_http::HostResponse for InstanceState {
         _: Resource<wit_http::Response>,
         name: String,
     ) -> wasmtime::Result<Vec<String>> {
-        Ok(all_values(&self.response()?.headers, &name))
+        Ok(all_values(&self.exchange.response()?.headers, &name))
     }
 
     fn header_names(&mut self, _: Resource<wit_http::Response>) -> wasmtime::Result<Vec<String>> {
-        Ok(names(&self.response()?.headers))
+        Ok(names(&self.exchange.response()?.headers))
     }
 
     fn set_header(
@@ -277,7 +305,8 @@ impl wit_http::HostResponse for InstanceState {
         name: String,
         value: String,
     ) -> wasmtime::Result<Result<(), String>> {
-        Ok(set(&mut self.response_mut()?.headers, &name, value))
+        let response = self.exchange.response_mut()?;
+        Ok(self.names.set(&mut response.headers, &name, value))
     }
 
     fn append_header(
@@ -286,7 +315,8 @@ impl wit_http::HostResponse for InstanceState {
         name: String,
         value: String,
     ) -> wasmtime::Result<Result<(), String>> {
-        Ok(append(&mut self.response_mut()?.headers, &name, value))
+        let response = self.exchange.response_mut()?;
+        Ok(self.names.append(&mut response.headers, &name, value))
     }
 
     fn remove_header(
@@ -294,7 +324,7 @@ impl wit_http::HostResponse for InstanceState {
         _: Resource<wit_http::Response>,
         name: String,
     ) -> wasmtime::Result<()> {
-        remove(&mut self.response_mut()?.headers, &name);
+        remove(&mut self.exchange.response_mut()?.headers, &name);
         Ok(())
     }
 
@@ -386,19 +416,17 @@ impl kv::Host for InstanceState {
     }
 }
 
-impl InstanceState {
+impl Exchange {
     fn request(&self) -> wasmtime::Result<&super::RequestHead> {
-        self.exchange
-            .request
+        self.request
             .as_ref()
             .ok_or_else(|| wasmtime::format_err!(NO_REQUEST))
     }
 
     /// The request for an edit: a trap if there is none, a refusal if it was already sent.
     fn request_mut(&mut self) -> wasmtime::Result<Result<&mut super::RequestHead, String>> {
-        let sent = self.exchange.response.is_some();
+        let sent = self.response.is_some();
         let request = self
-            .exchange
             .request
             .as_mut()
             .ok_or_else(|| wasmtime::format_err!(NO_REQUEST))?;
@@ -410,16 +438,51 @@ impl InstanceState {
     }
 
     fn response(&self) -> wasmtime::Result<&super::ResponseHead> {
-        self.exchange
-            .response
+        self.response
             .as_ref()
             .ok_or_else(|| wasmtime::format_err!(NO_RESPONSE))
     }
 
     fn response_mut(&mut self) -> wasmtime::Result<&mut super::ResponseHead> {
-        self.exchange
-            .response
+        self.response
             .as_mut()
             .ok_or_else(|| wasmtime::format_err!(NO_RESPONSE))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kept_header_names_are_reused_whatever_their_case() {
+        let mut names = HeaderNames::default();
+        let mut headers = HeaderMap::new();
+        names
+            .set(&mut headers, "X-Served-By", "a".to_owned())
+            .expect("a valid name");
+        names
+            .append(&mut headers, "x-served-by", "b".to_owned())
+            .expect("a valid name");
+        names
+            .set(&mut headers, "content-type", "text/plain".to_owned())
+            .expect("a valid name");
+        assert_eq!(names.0.len(), 2, "one kept name per distinct name");
+        let values: Vec<_> = headers.get_all("x-served-by").iter().collect();
+        assert_eq!(values, ["a", "b"]);
+
+        assert!(names.set(&mut headers, "bad name", "x".to_owned()).is_err());
+        assert!(names.set(&mut headers, "x-ok", "bad\nvalue".to_owned()).is_err());
+        assert_eq!(names.0.len(), 3, "a refused value still leaves a valid name kept");
+
+        // Past the bound, names still work; they are only not kept.
+        for index in 0..2 * KEPT_HEADER_NAMES {
+            let name = format!("x-name-{index}");
+            names
+                .set(&mut headers, &name, index.to_string())
+                .expect("a valid name");
+            assert_eq!(headers[name.as_str()], index.to_string().as_str());
+        }
+        assert_eq!(names.0.len(), KEPT_HEADER_NAMES);
     }
 }

@@ -8,7 +8,7 @@ use wasmtime::component::{Resource, ResourceTable};
 use wasmtime::{ResourceLimiter, Store, Trap, UpdateDeadline};
 use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
-use super::bindings::{CURRENT, Filter, Registration, RequestAction, ResponseAction};
+use super::bindings::{CURRENT, Filter, HeaderNames, Registration, RequestAction, ResponseAction};
 use super::engine::LoadedFilter;
 use super::ticker::EpochTicker;
 use super::{FilterFailure, RequestHead, ResponseHead};
@@ -67,6 +67,8 @@ pub struct InstanceState {
     pub(super) last_error: Option<String>,
     pub(super) kv: Arc<super::KvStore>,
     pub(super) exchange: Exchange,
+    /// The header names the filter has set, kept across requests.
+    pub(super) names: HeaderNames,
     ticker: Arc<EpochTicker>,
     /// When the call in progress runs out of time.
     call_deadline: Instant,
@@ -109,6 +111,7 @@ impl FilterInstance {
             last_error: None,
             kv: filter.kv.clone(),
             exchange: Exchange::default(),
+            names: HeaderNames::default(),
             ticker: filter.ticker.clone(),
             call_deadline: Instant::now(),
             cap: MemoryCap {
