@@ -186,7 +186,9 @@ impl wit_http::HostRequest for InstanceState {
     }
 
     fn client_ip(&mut self, _: Resource<wit_http::Request>) -> wasmtime::Result<String> {
-        Ok(crate::proxy::headers::ip_string(self.exchange.request()?.client_ip))
+        Ok(crate::proxy::headers::ip_string(
+            self.exchange.request()?.client_ip,
+        ))
     }
 
     fn route_param(
@@ -472,8 +474,16 @@ mod tests {
         assert_eq!(values, ["a", "b"]);
 
         assert!(names.set(&mut headers, "bad name", "x".to_owned()).is_err());
-        assert!(names.set(&mut headers, "x-ok", "bad\nvalue".to_owned()).is_err());
-        assert_eq!(names.0.len(), 3, "a refused value still leaves a valid name kept");
+        assert!(
+            names
+                .set(&mut headers, "x-ok", "bad\nvalue".to_owned())
+                .is_err()
+        );
+        assert_eq!(
+            names.0.len(),
+            3,
+            "a refused value still leaves a valid name kept"
+        );
 
         // Past the bound, names still work; they are only not kept.
         for index in 0..2 * KEPT_HEADER_NAMES {
