@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use http::header::HeaderValue;
 use http::uri::{Authority, Scheme};
-use http::{HeaderMap, Method, Response, Uri};
+use http::{HeaderMap, Method, Response};
 
 use crate::config;
 use crate::proxy::body::RequestBody;
@@ -82,13 +82,13 @@ impl Instance {
     pub async fn send(
         &self,
         method: &Method,
-        uri: &Uri,
+        target: &str,
         headers: &HeaderMap,
         body: RequestBody,
     ) -> crate::Result<Response<UpstreamBody>> {
         let head = OutgoingHead {
             method,
-            uri,
+            target,
             headers,
             host: &self.host,
         };

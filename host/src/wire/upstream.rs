@@ -8,7 +8,7 @@ use std::mem::MaybeUninit;
 
 use bytes::{Buf, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use http::{Method, StatusCode, Uri, Version};
+use http::{Method, StatusCode, Version};
 use http_body::SizeHint;
 
 use super::{BodyFraming, Malformed, has_token, tokens};
@@ -61,8 +61,10 @@ impl RequestFraming {
 #[derive(Debug, Clone, Copy)]
 pub struct OutgoingHead<'r> {
     pub method: &'r Method,
-    /// In origin form.
-    pub uri: &'r Uri,
+    /// The request target in origin form: the path and the query. It holds only printable
+    /// ASCII: the client's target was parsed as a URI, normalising decodes only unreserved
+    /// characters, and filters' paths and queries are checked as they are set.
+    pub target: &'r str,
     pub headers: &'r HeaderMap,
     /// Sent as `Host` when `headers` has none.
     pub host: &'r HeaderValue,
@@ -74,11 +76,12 @@ pub fn encode_request_head(out: &mut Vec<u8>, head: OutgoingHead<'_>, framing: R
     out.clear();
     out.extend_from_slice(head.method.as_str().as_bytes());
     out.push(b' ');
-    let target = head
-        .uri
-        .path_and_query()
-        .map_or("/", |target| target.as_str());
-    out.extend_from_slice(target.as_bytes());
+    debug_assert!(
+        head.target.bytes().all(|b| b.is_ascii_graphic()),
+        "a request target that could break the head: {:?}",
+        head.target
+    );
+    out.extend_from_slice(head.target.as_bytes());
     out.extend_from_slice(b" HTTP/1.1\r\n");
     if !head.headers.contains_key(header::HOST) {
         out.extend_from_slice(b"host: ");
@@ -320,11 +323,10 @@ mod tests {
             header::TRANSFER_ENCODING,
             HeaderValue::from_static("chunked"),
         );
-        let uri: Uri = "/a/b?c=d".parse().expect("a valid URI");
         let instance_host = HeaderValue::from_static("instance.test");
         let head = OutgoingHead {
             method: &Method::PUT,
-            uri: &uri,
+            target: "/a/b?c=d",
             headers: &headers,
             host: &instance_host,
         };
