@@ -8,11 +8,11 @@
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use gateway_tests::{Gateway, RawReplies, Reply, Upstream, route_everything_to};
+use gateway_tests::{Gateway, RawClient, Reply, Upstream, route_everything_to};
 use http::Request;
 use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 
 /// The log filter that shows parking.
@@ -29,86 +29,6 @@ async fn setup(limits: &str, log: &str) -> (Gateway, Upstream) {
     let upstream = Upstream::start("echo").await;
     let config = route_everything_to(&upstream.url(), &format!("limits:\n{limits}"));
     (Gateway::start_logging(&config, log), upstream)
-}
-
-/// One raw client connection, read response by response.
-struct RawClient {
-    stream: TcpStream,
-    received: Vec<u8>,
-    /// Responses already returned, counted from the start of `received`.
-    taken: usize,
-}
-
-impl RawClient {
-    async fn connect(gateway: &Gateway) -> RawClient {
-        RawClient {
-            stream: TcpStream::connect(gateway.address).await.expect("connects"),
-            received: Vec::new(),
-            taken: 0,
-        }
-    }
-
-    async fn send(&mut self, bytes: &str) {
-        self.stream
-            .write_all(bytes.as_bytes())
-            .await
-            .expect("request written");
-    }
-
-    async fn get(&mut self, path: &str) -> Reply {
-        self.send(&format!(
-            "GET {path} HTTP/1.1\r\nHost: gateway.test\r\n\r\n"
-        ))
-        .await;
-        self.response().await
-    }
-
-    /// The next response on the connection; panics if the gateway closes it first.
-    async fn response(&mut self) -> Reply {
-        let deadline = tokio::time::Instant::now() + WAIT;
-        loop {
-            let parsed = RawReplies {
-                text: String::from_utf8_lossy(&self.received).into_owned(),
-                closed: false,
-                elapsed: Duration::ZERO,
-            }
-            .responses();
-            if let Some(reply) = parsed.into_iter().nth(self.taken) {
-                self.taken += 1;
-                return reply;
-            }
-            let mut buffer = [0u8; 4096];
-            let read = tokio::time::timeout_at(deadline, self.stream.read(&mut buffer))
-                .await
-                .expect("an answer in time")
-                .expect("the connection stays readable");
-            assert!(
-                read > 0,
-                "the gateway closed the connection; it had sent:\n{}",
-                String::from_utf8_lossy(&self.received)
-            );
-            self.received.extend_from_slice(&buffer[..read]);
-        }
-    }
-
-    /// How long after the call the gateway closed the connection, having sent nothing more;
-    /// `None` if it was still open after `within`.
-    async fn closed_within(&mut self, within: Duration) -> Option<Duration> {
-        let started = Instant::now();
-        let mut rest = Vec::new();
-        match tokio::time::timeout(within, self.stream.read_to_end(&mut rest)).await {
-            Ok(Ok(_)) => {
-                assert!(
-                    rest.is_empty(),
-                    "unexpected bytes: {}",
-                    String::from_utf8_lossy(&rest)
-                );
-                Some(started.elapsed())
-            }
-            Ok(Err(error)) => panic!("reading the close: {error}"),
-            Err(_) => None,
-        }
-    }
 }
 
 fn target(reply: &Reply) -> String {

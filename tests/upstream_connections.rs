@@ -10,7 +10,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use gateway_tests::{
-    GATEWAY_WORKERS, Gateway, Upstream, get, http1_client, raw_replies, route_everything_to, send,
+    GATEWAY_WORKERS, Gateway, RawClient, Upstream, get, http1_client, raw_replies,
+    route_everything_to, send,
 };
 use http::{Method, Request};
 use http_body_util::{BodyExt, Full};
@@ -473,18 +474,16 @@ async fn a_request_met_by_a_just_closed_connection_is_resent_only_if_that_is_saf
     let (upstream, dropped) = one_answer_per_connection().await;
     let gateway = Gateway::start(&route_everything_to(&upstream, ""));
     // One client connection, so one worker and its one idle upstream connection at a time:
-    // every request after the first meets a connection the instance is about to close.
-    let client = http1_client();
-    for (index, method) in [Method::GET, Method::GET, Method::OPTIONS, Method::DELETE]
-        .into_iter()
-        .enumerate()
-    {
-        let request = Request::builder()
-            .method(method.clone())
-            .uri(gateway.url(&format!("/safe/{index}")))
-            .body(Full::new(Bytes::new()))
-            .expect("request");
-        let reply = send(&client, request).await;
+    // every request after the first meets a connection the instance is about to close. A
+    // pooled client would not do: it may open a second connection, which another worker takes.
+    let mut client = RawClient::connect(&gateway).await;
+    for (index, method) in ["GET", "GET", "OPTIONS", "DELETE"].into_iter().enumerate() {
+        client
+            .send(&format!(
+                "{method} /safe/{index} HTTP/1.1\r\nHost: gateway.test\r\n\r\n"
+            ))
+            .await;
+        let reply = client.response().await;
         assert_eq!(reply.status, 200, "{method} is resent on a new connection");
     }
     assert_eq!(
@@ -494,10 +493,11 @@ async fn a_request_met_by_a_just_closed_connection_is_resent_only_if_that_is_saf
     );
 
     // A POST may have been acted on: it is not sent twice.
-    let request = Request::post(gateway.url("/unsafe"))
-        .body(Full::new(Bytes::from_static(b"pay once")))
-        .expect("request");
-    send(&client, request)
+    client
+        .send("POST /unsafe HTTP/1.1\r\nHost: gateway.test\r\nContent-Length: 8\r\n\r\npay once")
+        .await;
+    client
+        .response()
         .await
         .assert_gateway_error(502, "UPSTREAM_FAILED");
     assert_eq!(dropped.load(Ordering::SeqCst), 4);

@@ -447,6 +447,91 @@ pub async fn raw_replies(address: SocketAddr, bytes: &[u8], within: Duration) ->
     }
 }
 
+/// How long a [`RawClient`] waits for a response.
+const RESPONSE_WAIT: Duration = Duration::from_secs(10);
+
+/// One raw client connection to a gateway, read response by response: every request on it goes
+/// to the same worker, in order.
+pub struct RawClient {
+    pub stream: TcpStream,
+    /// Everything the gateway has sent on the connection so far.
+    pub received: Vec<u8>,
+    /// Responses already returned, counted from the start of `received`.
+    taken: usize,
+}
+
+impl RawClient {
+    pub async fn connect(gateway: &Gateway) -> RawClient {
+        RawClient {
+            stream: TcpStream::connect(gateway.address).await.expect("connects"),
+            received: Vec::new(),
+            taken: 0,
+        }
+    }
+
+    pub async fn send(&mut self, bytes: &str) {
+        self.stream
+            .write_all(bytes.as_bytes())
+            .await
+            .expect("request written");
+    }
+
+    pub async fn get(&mut self, path: &str) -> Reply {
+        self.send(&format!(
+            "GET {path} HTTP/1.1\r\nHost: gateway.test\r\n\r\n"
+        ))
+        .await;
+        self.response().await
+    }
+
+    /// The next response on the connection; panics if the gateway closes it first.
+    pub async fn response(&mut self) -> Reply {
+        let deadline = tokio::time::Instant::now() + RESPONSE_WAIT;
+        loop {
+            let parsed = RawReplies {
+                text: String::from_utf8_lossy(&self.received).into_owned(),
+                closed: false,
+                elapsed: Duration::ZERO,
+            }
+            .responses();
+            if let Some(reply) = parsed.into_iter().nth(self.taken) {
+                self.taken += 1;
+                return reply;
+            }
+            let mut buffer = [0u8; 4096];
+            let read = tokio::time::timeout_at(deadline, self.stream.read(&mut buffer))
+                .await
+                .expect("an answer in time")
+                .expect("the connection stays readable");
+            assert!(
+                read > 0,
+                "the gateway closed the connection; it had sent:\n{}",
+                String::from_utf8_lossy(&self.received)
+            );
+            self.received.extend_from_slice(&buffer[..read]);
+        }
+    }
+
+    /// How long after the call the gateway closed the connection, having sent nothing more;
+    /// `None` if it was still open after `within`.
+    pub async fn closed_within(&mut self, within: Duration) -> Option<Duration> {
+        let started = Instant::now();
+        let mut rest = Vec::new();
+        match tokio::time::timeout(within, self.stream.read_to_end(&mut rest)).await {
+            Ok(Ok(_)) => {
+                assert!(
+                    rest.is_empty(),
+                    "unexpected bytes: {}",
+                    String::from_utf8_lossy(&rest)
+                );
+                Some(started.elapsed())
+            }
+            Ok(Err(error)) => panic!("reading the close: {error}"),
+            Err(_) => None,
+        }
+    }
+}
+
 /// How a command that ran to its end finished, with everything it printed.
 #[derive(Debug)]
 pub struct Run {
