@@ -69,7 +69,7 @@ struct Filters {
 
 impl Filters {
     fn new() -> Filters {
-        let engine = FilterEngine::new(gateway_kv::Limits::default(), None)
+        let engine = FilterEngine::new(gateway_rules::kv::Limits::default(), None)
             .unwrap_or_else(|error| panic!("cannot start the filter engine: {error}"));
         Filters {
             engine,

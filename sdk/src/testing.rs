@@ -335,7 +335,7 @@ pub(crate) struct HostState {
     logs: Vec<LogLine>,
     pub now_ms: u64,
     pub monotonic_ns: u64,
-    pub kv: gateway_kv::KvMap,
+    pub kv: gateway_rules::kv::KvMap,
 }
 
 impl Default for HostState {
@@ -344,7 +344,7 @@ impl Default for HostState {
             logs: Vec::new(),
             now_ms: 0,
             monotonic_ns: 0,
-            kv: gateway_kv::KvMap::new(gateway_kv::Limits::default()),
+            kv: gateway_rules::kv::KvMap::new(gateway_rules::kv::Limits::default()),
         }
     }
 }

@@ -152,7 +152,7 @@ pub struct KvSettings {
 
 impl Default for KvSettings {
     fn default() -> Self {
-        let limits = gateway_kv::Limits::default();
+        let limits = gateway_rules::kv::Limits::default();
         KvSettings {
             max_entries: limits.max_entries,
             max_value_size: ByteSize(limits.max_value_bytes as u64),
@@ -161,11 +161,11 @@ impl Default for KvSettings {
 }
 
 impl KvSettings {
-    pub fn limits(&self) -> gateway_kv::Limits {
-        gateway_kv::Limits {
+    pub fn limits(&self) -> gateway_rules::kv::Limits {
+        gateway_rules::kv::Limits {
             max_entries: self.max_entries,
             max_value_bytes: self.max_value_size.as_usize(),
-            ..gateway_kv::Limits::default()
+            ..gateway_rules::kv::Limits::default()
         }
     }
 }

@@ -60,7 +60,7 @@ impl LoadedFilter {
 impl FilterEngine {
     /// The engine, with a key-value store bounded by `kv_limits` shared by every filter it loads,
     /// and compiled components kept in `cache_dir` (memory only if `None`).
-    pub fn new(kv_limits: gateway_kv::Limits, cache_dir: Option<PathBuf>) -> Result<FilterEngine> {
+    pub fn new(kv_limits: gateway_rules::kv::Limits, cache_dir: Option<PathBuf>) -> Result<FilterEngine> {
         let mut pooling = PoolingAllocationConfig::default();
         pooling
             .total_component_instances(INSTANCE_SLOTS)

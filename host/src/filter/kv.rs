@@ -1,11 +1,11 @@
 //! The gateway's key-value store behind the `kv` capability: the shared semantics of
-//! `gateway-kv`, sharded behind locks so concurrent requests on different keys rarely contend.
+//! `gateway-rules`, sharded behind locks so concurrent requests on different keys rarely contend.
 
 use std::hash::{BuildHasher, RandomState};
 use std::sync::{Mutex, OnceLock};
 use std::time::Instant;
 
-use gateway_kv::{KvError, KvMap, Limits};
+use gateway_rules::kv::{KvError, KvMap, Limits};
 
 const SHARDS: usize = 16;
 

@@ -226,7 +226,7 @@ pub fn run(component: &Path, cases_file: &Path) -> Result<Report> {
             path: cases_file.to_owned(),
             problems: vec![format!("{}: {}", error.path(), error.inner())],
         })?;
-    let engine = FilterEngine::new(gateway_kv::Limits::default(), None)?;
+    let engine = FilterEngine::new(gateway_rules::kv::Limits::default(), None)?;
     let name = component.file_stem().map_or_else(
         || "filter".to_owned(),
         |stem| stem.to_string_lossy().into_owned(),
@@ -270,7 +270,7 @@ pub fn run(component: &Path, cases_file: &Path) -> Result<Report> {
 fn run_case(filter: &LoadedFilter, case: &Case) -> Vec<String> {
     let mut mismatches = Vec::new();
     // Every case starts from its own store, holding only what the case preloads.
-    let kv = Arc::new(KvStore::new(gateway_kv::Limits::default()));
+    let kv = Arc::new(KvStore::new(gateway_rules::kv::Limits::default()));
     for (key, value) in &case.kv {
         if let Err(error) = kv.set(&filter.name, key, value.as_bytes().to_vec(), None) {
             return vec![format!("kv {key}: {error}")];

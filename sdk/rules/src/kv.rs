@@ -15,7 +15,7 @@
 //!   entry is evicted, as a cache does.
 //!
 //! ```
-//! use gateway_kv::{KvMap, Limits};
+//! use gateway_rules::kv::{KvMap, Limits};
 //!
 //! let mut map = KvMap::new(Limits::default());
 //! assert_eq!(map.increment("hits", 1, Some(1_000), 0), Ok(1));

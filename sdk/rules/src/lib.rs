@@ -1,0 +1,6 @@
+//! The rules a filter meets, written once: the gateway applies them and so does the SDK's test
+//! host, so a filter's unit tests and production agree.
+//!
+//! - [`kv`]: the semantics of the key-value capability (TTL, increment, compare-and-swap, bounds).
+
+pub mod kv;
