@@ -3,9 +3,10 @@
 //! In native builds every host call of the SDK goes to an in-process test host instead of the
 //! gateway. A [`TestHost`] creates the filter from a configuration, runs its phases on a
 //! [`TestRequest`] and a [`TestResponse`], records what the filter logged, and keeps its
-//! key-value state; the test sets the clock and may preload state. The test host applies the gateway's rules to edits (valid header names and values,
-//! paths starting with `/`, a read-only request in the response phase), so a filter meets the
-//! same refusals in its tests as in production.
+//! key-value state; the test sets the clock and may preload state. The test host checks edits
+//! with the gateway's own rules (`gateway_rules::edit`: header names and values, paths, queries,
+//! statuses) and keeps the request read-only in the response phase, so a filter meets the same
+//! refusals in its tests as in production.
 //!
 //! ```
 //! use gateway_sdk::testing::{TestHost, TestRequest};
@@ -659,5 +660,91 @@ impl<F: Filter> TestHost<F> {
         host.monotonic_ns = host
             .monotonic_ns
             .saturating_add(u64::try_from(by.as_nanos()).unwrap_or(u64::MAX));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    /// Sets the configured header on the request and appends it to the response, answering
+    /// with the test host's refusal if there is one.
+    struct SetHeader {
+        name: String,
+        value: String,
+    }
+
+    impl Filter for SetHeader {
+        type Config = (String, String);
+
+        fn new((name, value): (String, String)) -> Result<Self, String> {
+            Ok(SetHeader { name, value })
+        }
+
+        fn on_request(&self, request: &mut Request) -> Action {
+            match request.set_header(&self.name, &self.value) {
+                Ok(()) => Action::Continue,
+                Err(error) => Action::Respond(crate::Reply::text(500, error.to_string())),
+            }
+        }
+
+        fn on_response(&self, _: &Request, response: &mut Response) -> Action {
+            match response.append_header(&self.name, &self.value) {
+                Ok(()) => Action::Continue,
+                Err(error) => Action::Respond(crate::Reply::text(500, error.to_string())),
+            }
+        }
+    }
+
+    /// What the test host answers when the filter sets `name: value` in each phase: `None` if
+    /// both edits were accepted, else the refusals.
+    fn refusals(name: &str, value: &str) -> Option<(String, String)> {
+        let mut host = TestHost::<SetHeader>::new(json!([name, value])).expect("config accepted");
+        let mut request = TestRequest::get("/");
+        let mut response = TestResponse::new(200);
+        let on_request = host.on_request(&mut request);
+        let on_response = host.on_response(&request, &mut response);
+        if on_request.is_continue() && on_response.is_continue() {
+            assert_eq!(request.header(name).as_deref(), Some(value));
+            assert_eq!(response.header(name).as_deref(), Some(value));
+            return None;
+        }
+        let reason = |action: &Action| action.reply().map(crate::Reply::body_text);
+        Some((
+            reason(&on_request).unwrap_or_default(),
+            reason(&on_response).unwrap_or_default(),
+        ))
+    }
+
+    #[test]
+    fn header_edits_meet_the_gateways_rules() {
+        // obs-text (bytes 0x80-0xFF, so UTF-8) and tabs pass, as the gateway passes them.
+        for value in ["café", "a\tb", "plain"] {
+            assert_eq!(refusals("x-note", value), None, "{value:?}");
+        }
+        for value in ["\x01", "\x7f", "a\r\nx-evil: 1"] {
+            let refused = "header value contains a forbidden character".to_owned();
+            assert_eq!(
+                refusals("x-note", value),
+                Some((refused.clone(), refused)),
+                "{value:?}"
+            );
+        }
+        let refused = "`bad name` is not a valid header name".to_owned();
+        assert_eq!(refusals("bad name", "x"), Some((refused.clone(), refused)));
+    }
+
+    #[test]
+    fn names_are_stored_lower_case() {
+        let mut host = TestHost::<SetHeader>::new(json!(["X-Note", "x"])).expect("config accepted");
+        let mut request = TestRequest::get("/");
+        assert!(host.on_request(&mut request).is_continue());
+        assert!(
+            request
+                .headers()
+                .contains(&("x-note".to_owned(), "x".to_owned()))
+        );
     }
 }

@@ -1,8 +1,10 @@
 //! Host calls in native builds: answered by the in-process test host of [`crate::testing`], with
-//! the same rules the gateway applies, so a filter behaves in its unit tests as it does in the
-//! gateway.
+//! the rules the gateway applies (`gateway_rules::edit`, `gateway_rules::kv`), so a filter behaves
+//! in its unit tests as it does in the gateway.
 
 use std::cell::RefCell;
+
+use gateway_rules::edit;
 
 use crate::log::Level;
 use crate::testing::{self, RequestState, ResponseState};
@@ -10,47 +12,12 @@ use crate::testing::{self, RequestState, ResponseState};
 const REQUEST_SENT: &str =
     "the request was already sent upstream; it cannot be changed in the response phase";
 
-fn header_name(name: &str) -> Result<String, String> {
-    let token = |b: u8| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b);
-    if !name.is_empty() && name.bytes().all(token) {
-        Ok(name.to_ascii_lowercase())
-    } else {
-        Err(format!("`{name}` is not a valid header name"))
-    }
-}
-
-fn header_value(value: &str) -> Result<(), String> {
-    if value
-        .bytes()
-        .all(|b| b == b'\t' || (0x20..0x7f).contains(&b))
-    {
-        Ok(())
-    } else {
-        Err("header value contains a forbidden character".to_owned())
-    }
-}
-
-fn valid_path(path: &str) -> Result<(), String> {
-    if path.starts_with('/')
-        && path
-            .bytes()
-            .all(|b| b.is_ascii_graphic() && b != b'?' && b != b'#')
-    {
-        Ok(())
-    } else {
-        Err(
-            "a path must start with `/` and hold only printable ASCII, without `?` or `#`"
-                .to_owned(),
-        )
-    }
-}
-
-fn valid_query(query: &str) -> Result<(), String> {
-    if query.bytes().all(|b| b.is_ascii_graphic() && b != b'#') {
-        Ok(())
-    } else {
-        Err("a query may hold only printable ASCII, without `#`".to_owned())
-    }
+/// A header as the test host stores it, checked with the gateway's rules: the lower-case name
+/// and the value as the filter wrote it.
+fn checked(name: &str, value: &str) -> Result<(String, String), String> {
+    let name = edit::header_name(name).map_err(|error| error.to_string())?;
+    edit::header_value(value.to_owned()).map_err(|error| error.to_string())?;
+    Ok((name.as_str().to_owned(), value.to_owned()))
 }
 
 /// Every value of a header, from storage shared by requests and responses (lower-case names,
@@ -75,17 +42,14 @@ fn names(headers: &[(String, String)]) -> Vec<String> {
 }
 
 fn set(headers: &mut Vec<(String, String)>, name: &str, value: &str) -> Result<(), String> {
-    let name = header_name(name)?;
-    header_value(value)?;
+    let (name, value) = checked(name, value)?;
     headers.retain(|(key, _)| *key != name);
-    headers.push((name, value.to_owned()));
+    headers.push((name, value));
     Ok(())
 }
 
 fn append(headers: &mut Vec<(String, String)>, name: &str, value: &str) -> Result<(), String> {
-    let name = header_name(name)?;
-    header_value(value)?;
-    headers.push((name, value.to_owned()));
+    headers.push(checked(name, value)?);
     Ok(())
 }
 
@@ -124,7 +88,7 @@ impl<'a> RequestRef<'a> {
     }
     pub fn set_path(&mut self, path: &str) -> Result<(), String> {
         self.edit(|state| {
-            valid_path(path)?;
+            edit::path(path).map_err(|error| error.to_string())?;
             state.path = path.to_owned();
             Ok(())
         })
@@ -135,7 +99,7 @@ impl<'a> RequestRef<'a> {
     pub fn set_query(&mut self, query: Option<&str>) -> Result<(), String> {
         self.edit(|state| {
             if let Some(query) = query {
-                valid_query(query)?;
+                edit::query(query).map_err(|error| error.to_string())?;
             }
             state.query = query.map(str::to_owned);
             Ok(())
@@ -195,9 +159,7 @@ impl<'a> ResponseRef<'a> {
         self.state.borrow().status
     }
     pub fn set_status(&mut self, status: u16) -> Result<(), String> {
-        if !(100..=999).contains(&status) {
-            return Err(format!("{status} is not a valid status code"));
-        }
+        edit::status(status).map_err(|error| error.to_string())?;
         self.state.borrow_mut().status = status;
         Ok(())
     }
