@@ -1,7 +1,8 @@
 //! Request and response handles, and the reply a filter answers with.
 //!
 //! The handles are thin: every method asks the gateway for exactly what it needs, so reading one
-//! header costs one header, not the whole list.
+//! header costs one header, not the whole list. Both handles edit headers through one trait,
+//! [`Headers`], so a filter writes a header edit once for requests and responses.
 
 use std::fmt;
 
@@ -10,6 +11,8 @@ use crate::backend::{RequestRef, ResponseRef};
 /// Something the gateway refused (an edit, a key-value write), with its reason.
 ///
 /// ```
+/// use gateway_sdk::Headers;
+///
 /// # fn demo(request: &mut gateway_sdk::Request) {
 /// if let Err(error) = request.set_header("bad header", "x") {
 ///     gateway_sdk::log::warn(&format!("cannot set header: {error}"));
@@ -46,17 +49,137 @@ impl fmt::Display for Error {
 
 impl std::error::Error for Error {}
 
-fn media_type(content_type: Option<String>) -> Option<String> {
-    let content_type = content_type?;
-    let media = content_type.split(';').next()?.trim();
-    (!media.is_empty()).then(|| media.to_ascii_lowercase())
-}
-
 fn refused(result: Result<(), String>) -> Result<(), Error> {
     result.map_err(Error::new)
 }
 
-/// The request being proxied, as the gateway normalised it.
+mod sealed {
+    /// Keeps [`super::Headers`] to the SDK's handles, so a method can join it without breaking
+    /// filters.
+    pub trait Sealed {}
+}
+
+/// The headers of a request or a response, read and edited the same way on both.
+///
+/// Names are case-insensitive, and the names the gateway hands back are lower-case. Take
+/// `&mut impl Headers` to write an edit once for both phases:
+///
+/// ```
+/// use gateway_sdk::{Error, Headers};
+///
+/// /// Hides what the inside says about itself, on the way up and on the way back.
+/// fn scrub(headers: &mut impl Headers) -> Result<(), Error> {
+///     headers.remove_header("x-internal-trace");
+///     headers.set_header("x-served-by", "gateway")
+/// }
+/// ```
+///
+/// [`Request`] and [`Response`] implement it; no other type can.
+pub trait Headers: sealed::Sealed {
+    /// The first value of a header.
+    ///
+    /// ```
+    /// use gateway_sdk::Headers;
+    ///
+    /// # fn demo(request: &gateway_sdk::Request) {
+    /// let agent = request.header("User-Agent").unwrap_or_default();
+    /// # }
+    /// ```
+    fn header(&self, name: &str) -> Option<String>;
+
+    /// Every value of a header, in order.
+    ///
+    /// ```
+    /// use gateway_sdk::Headers;
+    ///
+    /// # fn demo(response: &gateway_sdk::Response) {
+    /// let cookies = response.header_values("set-cookie");
+    /// # }
+    /// ```
+    fn header_values(&self, name: &str) -> Vec<String>;
+
+    /// The distinct header names present, lower-case.
+    ///
+    /// ```
+    /// use gateway_sdk::Headers;
+    ///
+    /// # fn demo(request: &gateway_sdk::Request) {
+    /// let custom = request.header_names().into_iter().filter(|n| n.starts_with("x-")).count();
+    /// # }
+    /// ```
+    fn header_names(&self) -> Vec<String>;
+
+    /// Replaces every value of a header with this one. Refused if the name is not a token, if
+    /// the value holds a control character other than tab, or, on the request, in the response
+    /// phase.
+    ///
+    /// ```
+    /// use gateway_sdk::Headers;
+    ///
+    /// # fn demo(request: &mut gateway_sdk::Request) -> Result<(), gateway_sdk::Error> {
+    /// request.set_header("x-tenant", "acme")?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    fn set_header(&mut self, name: &str, value: &str) -> Result<(), Error>;
+
+    /// Adds a value to a header, keeping the existing ones. Refused as
+    /// [`set_header`](Headers::set_header) is.
+    ///
+    /// ```
+    /// use gateway_sdk::Headers;
+    ///
+    /// # fn demo(response: &mut gateway_sdk::Response) -> Result<(), gateway_sdk::Error> {
+    /// response.append_header("vary", "accept-encoding")?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    fn append_header(&mut self, name: &str, value: &str) -> Result<(), Error>;
+
+    /// Removes every value of a header. On the request in the response phase, nothing happens:
+    /// the request has gone upstream.
+    ///
+    /// ```
+    /// use gateway_sdk::Headers;
+    ///
+    /// # fn demo(request: &mut gateway_sdk::Request) {
+    /// request.remove_header("cookie");
+    /// # }
+    /// ```
+    fn remove_header(&mut self, name: &str);
+
+    /// The `Content-Type`, without parameters and lower-case: `application/json` for
+    /// `Application/JSON; charset=utf-8`.
+    ///
+    /// ```
+    /// use gateway_sdk::Headers;
+    ///
+    /// # fn demo(request: &gateway_sdk::Request) {
+    /// let is_json = request.content_type().as_deref() == Some("application/json");
+    /// # }
+    /// ```
+    fn content_type(&self) -> Option<String> {
+        let content_type = self.header("content-type")?;
+        let media = content_type.split(';').next()?.trim();
+        (!media.is_empty()).then(|| media.to_ascii_lowercase())
+    }
+
+    /// The `Content-Length`, if present and a number.
+    ///
+    /// ```
+    /// use gateway_sdk::Headers;
+    ///
+    /// # fn demo(response: &gateway_sdk::Response) {
+    /// let empty = response.content_length() == Some(0);
+    /// # }
+    /// ```
+    fn content_length(&self) -> Option<u64> {
+        self.header("content-length")?.trim().parse().ok()
+    }
+}
+
+/// The request being proxied, as the gateway normalised it. Its headers are read and edited
+/// through [`Headers`].
 ///
 /// ```
 /// # fn demo(request: &mut gateway_sdk::Request) -> Result<(), gateway_sdk::Error> {
@@ -181,74 +304,6 @@ impl<'a> Request<'a> {
         self.handle.route_param(name)
     }
 
-    /// The first value of a header (names are case-insensitive).
-    ///
-    /// ```
-    /// # fn demo(request: &gateway_sdk::Request) {
-    /// let agent = request.header("User-Agent").unwrap_or_default();
-    /// # }
-    /// ```
-    pub fn header(&self, name: &str) -> Option<String> {
-        self.handle.header(name)
-    }
-
-    /// Every value of a header, in order.
-    ///
-    /// ```
-    /// # fn demo(request: &gateway_sdk::Request) {
-    /// let forwarded_hops = request.header_values("via").len();
-    /// # }
-    /// ```
-    pub fn header_values(&self, name: &str) -> Vec<String> {
-        self.handle.header_values(name)
-    }
-
-    /// The distinct header names present, lower-case.
-    ///
-    /// ```
-    /// # fn demo(request: &gateway_sdk::Request) {
-    /// let custom = request.header_names().into_iter().filter(|n| n.starts_with("x-")).count();
-    /// # }
-    /// ```
-    pub fn header_names(&self) -> Vec<String> {
-        self.handle.header_names()
-    }
-
-    /// Replaces every value of a header with this one.
-    ///
-    /// ```
-    /// # fn demo(request: &mut gateway_sdk::Request) -> Result<(), gateway_sdk::Error> {
-    /// request.set_header("x-tenant", "acme")?;
-    /// # Ok(())
-    /// # }
-    /// ```
-    pub fn set_header(&mut self, name: &str, value: &str) -> Result<(), Error> {
-        refused(self.handle.set_header(name, value))
-    }
-
-    /// Adds a value to a header, keeping the existing ones.
-    ///
-    /// ```
-    /// # fn demo(request: &mut gateway_sdk::Request) -> Result<(), gateway_sdk::Error> {
-    /// request.append_header("via", "1.1 gateway")?;
-    /// # Ok(())
-    /// # }
-    /// ```
-    pub fn append_header(&mut self, name: &str, value: &str) -> Result<(), Error> {
-        refused(self.handle.append_header(name, value))
-    }
-
-    /// Removes every value of a header.
-    ///
-    /// ```
-    /// # fn demo(request: &mut gateway_sdk::Request) {
-    /// request.remove_header("cookie");
-    /// # }
-    /// ```
-    pub fn remove_header(&mut self, name: &str) {
-        self.handle.remove_header(name)
-    }
-
     /// The request id the gateway assigned (or kept from the client), for logs and replies.
     ///
     /// ```
@@ -258,29 +313,6 @@ impl<'a> Request<'a> {
     /// ```
     pub fn request_id(&self) -> Option<String> {
         self.header("x-request-id")
-    }
-
-    /// The `Content-Type`, without parameters and lower-case: `application/json` for
-    /// `Application/JSON; charset=utf-8`.
-    ///
-    /// ```
-    /// # fn demo(request: &gateway_sdk::Request) {
-    /// let is_json = request.content_type().as_deref() == Some("application/json");
-    /// # }
-    /// ```
-    pub fn content_type(&self) -> Option<String> {
-        media_type(self.header("content-type"))
-    }
-
-    /// The `Content-Length`, if present and a number.
-    ///
-    /// ```
-    /// # fn demo(request: &gateway_sdk::Request) {
-    /// let too_big = request.content_length().is_some_and(|length| length > 1 << 20);
-    /// # }
-    /// ```
-    pub fn content_length(&self) -> Option<u64> {
-        self.header("content-length")?.trim().parse().ok()
     }
 
     /// The token of an `Authorization: Bearer <token>` header (scheme case-insensitive).
@@ -328,9 +360,40 @@ impl<'a> Request<'a> {
     }
 }
 
-/// The response on its way back to the client.
+impl sealed::Sealed for Request<'_> {}
+
+impl Headers for Request<'_> {
+    fn header(&self, name: &str) -> Option<String> {
+        self.handle.header(name)
+    }
+
+    fn header_values(&self, name: &str) -> Vec<String> {
+        self.handle.header_values(name)
+    }
+
+    fn header_names(&self) -> Vec<String> {
+        self.handle.header_names()
+    }
+
+    fn set_header(&mut self, name: &str, value: &str) -> Result<(), Error> {
+        refused(self.handle.set_header(name, value))
+    }
+
+    fn append_header(&mut self, name: &str, value: &str) -> Result<(), Error> {
+        refused(self.handle.append_header(name, value))
+    }
+
+    fn remove_header(&mut self, name: &str) {
+        self.handle.remove_header(name)
+    }
+}
+
+/// The response on its way back to the client. Its headers are read and edited through
+/// [`Headers`].
 ///
 /// ```
+/// use gateway_sdk::Headers;
+///
 /// # fn demo(response: &mut gateway_sdk::Response) -> Result<(), gateway_sdk::Error> {
 /// if response.status() >= 500 {
 ///     response.set_header("cache-control", "no-store")?;
@@ -379,95 +442,33 @@ impl<'a> Response<'a> {
     pub fn set_status(&mut self, status: u16) -> Result<(), Error> {
         refused(self.handle.set_status(status))
     }
+}
 
-    /// The first value of a header (names are case-insensitive).
-    ///
-    /// ```
-    /// # fn demo(response: &gateway_sdk::Response) {
-    /// let kind = response.header("content-type");
-    /// # }
-    /// ```
-    pub fn header(&self, name: &str) -> Option<String> {
+impl sealed::Sealed for Response<'_> {}
+
+impl Headers for Response<'_> {
+    fn header(&self, name: &str) -> Option<String> {
         self.handle.header(name)
     }
 
-    /// Every value of a header, in order.
-    ///
-    /// ```
-    /// # fn demo(response: &gateway_sdk::Response) {
-    /// let cookies = response.header_values("set-cookie");
-    /// # }
-    /// ```
-    pub fn header_values(&self, name: &str) -> Vec<String> {
+    fn header_values(&self, name: &str) -> Vec<String> {
         self.handle.header_values(name)
     }
 
-    /// The distinct header names present, lower-case.
-    ///
-    /// ```
-    /// # fn demo(response: &gateway_sdk::Response) {
-    /// let names = response.header_names();
-    /// # }
-    /// ```
-    pub fn header_names(&self) -> Vec<String> {
+    fn header_names(&self) -> Vec<String> {
         self.handle.header_names()
     }
 
-    /// Replaces every value of a header with this one.
-    ///
-    /// ```
-    /// # fn demo(response: &mut gateway_sdk::Response) -> Result<(), gateway_sdk::Error> {
-    /// response.set_header("x-frame-options", "DENY")?;
-    /// # Ok(())
-    /// # }
-    /// ```
-    pub fn set_header(&mut self, name: &str, value: &str) -> Result<(), Error> {
+    fn set_header(&mut self, name: &str, value: &str) -> Result<(), Error> {
         refused(self.handle.set_header(name, value))
     }
 
-    /// Adds a value to a header, keeping the existing ones.
-    ///
-    /// ```
-    /// # fn demo(response: &mut gateway_sdk::Response) -> Result<(), gateway_sdk::Error> {
-    /// response.append_header("vary", "accept-encoding")?;
-    /// # Ok(())
-    /// # }
-    /// ```
-    pub fn append_header(&mut self, name: &str, value: &str) -> Result<(), Error> {
+    fn append_header(&mut self, name: &str, value: &str) -> Result<(), Error> {
         refused(self.handle.append_header(name, value))
     }
 
-    /// Removes every value of a header.
-    ///
-    /// ```
-    /// # fn demo(response: &mut gateway_sdk::Response) {
-    /// response.remove_header("server");
-    /// # }
-    /// ```
-    pub fn remove_header(&mut self, name: &str) {
+    fn remove_header(&mut self, name: &str) {
         self.handle.remove_header(name)
-    }
-
-    /// The `Content-Type`, without parameters and lower-case.
-    ///
-    /// ```
-    /// # fn demo(response: &gateway_sdk::Response) {
-    /// let html = response.content_type().as_deref() == Some("text/html");
-    /// # }
-    /// ```
-    pub fn content_type(&self) -> Option<String> {
-        media_type(self.header("content-type"))
-    }
-
-    /// The `Content-Length`, if present and a number.
-    ///
-    /// ```
-    /// # fn demo(response: &gateway_sdk::Response) {
-    /// let empty = response.content_length() == Some(0);
-    /// # }
-    /// ```
-    pub fn content_length(&self) -> Option<u64> {
-        self.header("content-length")?.trim().parse().ok()
     }
 }
 

@@ -5,7 +5,7 @@
 //! configuration once, and then calls it for requests and responses:
 //!
 //! ```no_run
-//! use gateway_sdk::{Action, Filter, Phases, Request};
+//! use gateway_sdk::{Action, Filter, Headers, Phases, Request};
 //! use serde::Deserialize;
 //!
 //! #[derive(Deserialize)]
@@ -39,6 +39,12 @@
 //!
 //! gateway_sdk::export_filter!(Stamp);
 //! ```
+//!
+//! The public surface: [`Filter`] and [`export_filter!`]; the handles [`Request`] and
+//! [`Response`], whose headers are read and edited through the [`Headers`] trait they share; the
+//! answers [`Action`] and [`Reply`]; the capabilities [`log`], [`clock`] and [`kv`]; and, in
+//! native builds, `testing`. `Headers` is sealed: only the SDK's handles implement it, so a
+//! method can join it without breaking filters.
 #![deny(missing_docs)]
 
 // The generated bindings name their runtime by the absolute path `gateway_sdk::...`, which has to
@@ -62,7 +68,7 @@ pub mod runtime;
 #[cfg(not(target_family = "wasm"))]
 pub mod testing;
 
-pub use http::{Error, Reply, Request, Response};
+pub use http::{Error, Headers, Reply, Request, Response};
 pub use serde;
 pub use serde_json;
 pub use wit_bindgen;

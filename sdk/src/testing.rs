@@ -10,7 +10,7 @@
 //!
 //! ```
 //! use gateway_sdk::testing::{TestHost, TestRequest};
-//! use gateway_sdk::{Action, Filter, Request};
+//! use gateway_sdk::{Action, Filter, Headers, Request};
 //! use gateway_sdk::serde_json::json;
 //!
 //! struct Tag {
@@ -396,7 +396,7 @@ impl Drop for Entered {
 ///
 /// ```
 /// use gateway_sdk::testing::{TestHost, TestRequest, TestResponse};
-/// use gateway_sdk::{Action, Filter, Phases, Request, Response};
+/// use gateway_sdk::{Action, Filter, Headers, Phases, Request, Response};
 /// use gateway_sdk::serde_json::json;
 ///
 /// struct NoServer;
@@ -668,6 +668,7 @@ mod tests {
     use serde_json::json;
 
     use super::*;
+    use crate::Headers;
 
     /// Sets the configured header on the request and appends it to the response, answering
     /// with the test host's refusal if there is one.

@@ -48,7 +48,7 @@ mod policy;
 use std::fmt;
 use std::net::IpAddr;
 
-use gateway_sdk::{Action, Filter, Phases, Reply, Request};
+use gateway_sdk::{Action, Filter, Headers, Phases, Reply, Request};
 
 use crate::config::Config;
 use crate::policy::Policy;

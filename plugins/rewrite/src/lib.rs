@@ -15,7 +15,7 @@ mod rules;
 #[cfg(test)]
 mod tests;
 
-use gateway_sdk::{Action, Filter, Phases, Reply, Request, Response};
+use gateway_sdk::{Action, Filter, Headers, Phases, Reply, Request, Response};
 
 use crate::config::Config;
 use crate::rules::Rules;

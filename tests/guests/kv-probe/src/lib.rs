@@ -7,7 +7,7 @@
 
 use std::time::Duration;
 
-use gateway_sdk::{Action, Filter, Reply, Request, Response, kv};
+use gateway_sdk::{Action, Filter, Headers, Reply, Request, Response, kv};
 use serde::Deserialize;
 
 #[derive(Deserialize)]

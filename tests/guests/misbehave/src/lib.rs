@@ -12,7 +12,7 @@
 
 use std::cell::Cell;
 
-use gateway_sdk::{Action, Filter, Request, Response};
+use gateway_sdk::{Action, Filter, Headers, Request, Response};
 use serde::Deserialize;
 
 #[derive(Deserialize)]

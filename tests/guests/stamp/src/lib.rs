@@ -5,7 +5,7 @@
 // Natively the export is compiled out and nothing else uses the filter: it exists for Wasm.
 #![cfg_attr(not(target_family = "wasm"), allow(dead_code))]
 
-use gateway_sdk::{Action, Filter, Phases, Request, Response};
+use gateway_sdk::{Action, Filter, Headers, Phases, Request, Response};
 use serde::Deserialize;
 
 const STAMP: &str = if cfg!(feature = "green") {
