@@ -15,7 +15,7 @@ mod rules;
 #[cfg(test)]
 mod tests;
 
-use gateway_sdk::{Action, Filter, Headers, Phases, Reply, Request, Response};
+use gateway_sdk::{Action, Filter, Phases, Reply, Request, Response};
 
 use crate::config::Config;
 use crate::rules::Rules;
@@ -53,7 +53,7 @@ impl Filter for Rewrite {
     }
 
     fn on_response(&self, request: &Request, response: &mut Response) -> Action {
-        match self.rewrite_response(response) {
+        match self.rules.response_headers.apply(response) {
             Ok(()) => Action::Continue,
             Err(reason) => failed(&reason, request),
         }
@@ -80,41 +80,7 @@ impl Rewrite {
                     .map_err(|reason| format!("cannot set query: {reason}"))?;
             }
         }
-        let headers = &self.rules.request_headers;
-        for name in &headers.remove {
-            request.remove_header(name);
-        }
-        for (name, value) in &headers.set {
-            request
-                .set_header(name, value)
-                .map_err(|reason| format!("cannot set header `{name}`: {reason}"))?;
-        }
-        for (name, value) in &headers.add {
-            request
-                .append_header(name, value)
-                .map_err(|reason| format!("cannot add header `{name}`: {reason}"))?;
-        }
-        Ok(())
-    }
-
-    /// The same header edits as [`Rewrite::rewrite_request`], on the response: the SDK's
-    /// `Request` and `Response` share no trait.
-    fn rewrite_response(&self, response: &mut Response) -> Result<(), String> {
-        let headers = &self.rules.response_headers;
-        for name in &headers.remove {
-            response.remove_header(name);
-        }
-        for (name, value) in &headers.set {
-            response
-                .set_header(name, value)
-                .map_err(|reason| format!("cannot set header `{name}`: {reason}"))?;
-        }
-        for (name, value) in &headers.add {
-            response
-                .append_header(name, value)
-                .map_err(|reason| format!("cannot add header `{name}`: {reason}"))?;
-        }
-        Ok(())
+        self.rules.request_headers.apply(request)
     }
 }
 

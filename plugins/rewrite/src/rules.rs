@@ -1,9 +1,10 @@
 //! The rewrite rules, checked and compiled once from the configuration. The path and query
-//! rewrites work on plain strings; the header edits are lists the filter applies through the
-//! SDK's handles.
+//! rewrites work on plain strings; the header edits apply to a request or a response alike,
+//! through the SDK's `Headers`.
 
 use std::borrow::Cow;
 
+use gateway_sdk::Headers;
 use regex::Regex;
 
 use crate::config::{Config, HeaderOps, PathOps, QueryOps};
@@ -278,11 +279,11 @@ fn percent_encode(text: &str) -> String {
 /// The checked header edits of one phase, applied in field order: `remove`, `set`, `add`.
 pub struct HeaderRules {
     /// Names whose every value is removed.
-    pub remove: Vec<String>,
+    remove: Vec<String>,
     /// Names and the one value each is left with, in name order.
-    pub set: Vec<(String, String)>,
+    set: Vec<(String, String)>,
     /// Names and a value to append to each, in name order.
-    pub add: Vec<(String, String)>,
+    add: Vec<(String, String)>,
 }
 
 impl HeaderRules {
@@ -313,6 +314,25 @@ impl HeaderRules {
     /// Whether there is no header edit.
     pub fn is_empty(&self) -> bool {
         self.remove.is_empty() && self.set.is_empty() && self.add.is_empty()
+    }
+
+    /// Edits the headers of a request or a response. Stops at the first edit the host refuses
+    /// and says which.
+    pub fn apply(&self, headers: &mut impl Headers) -> Result<(), String> {
+        for name in &self.remove {
+            headers.remove_header(name);
+        }
+        for (name, value) in &self.set {
+            headers
+                .set_header(name, value)
+                .map_err(|reason| format!("cannot set header `{name}`: {reason}"))?;
+        }
+        for (name, value) in &self.add {
+            headers
+                .append_header(name, value)
+                .map_err(|reason| format!("cannot add header `{name}`: {reason}"))?;
+        }
+        Ok(())
     }
 }
 
