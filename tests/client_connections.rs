@@ -16,7 +16,7 @@ use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 
 /// The log filter that shows parking.
-const PARKING_LOG: &str = "info,gateway_host::server::http1=trace";
+const PARKING_LOG: &str = "info,gateway_server::http1=trace";
 const PARKED: &str = "connection parked";
 
 /// Longer than a quiet connection waits before it is parked (100ms).
@@ -452,11 +452,8 @@ async fn a_chunked_body_sent_in_pieces_reaches_the_upstream_whole() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_client_that_leaves_cancels_its_request() {
-    let (gateway, upstream) = setup(
-        "  idle_timeout: 30s",
-        "info,gateway_host::server::http1=debug",
-    )
-    .await;
+    let (gateway, upstream) =
+        setup("  idle_timeout: 30s", "info,gateway_server::http1=debug").await;
     let mut client = RawClient::connect(&gateway).await;
     client
         .send("GET /slow?ms=5000 HTTP/1.1\r\nHost: gateway.test\r\n\r\n")

@@ -18,9 +18,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use criterion::{BatchSize, Criterion, criterion_group};
-use gateway_host::config::{FailurePolicy, FilterDefinition, Isolation};
-use gateway_host::filter::{FilterChain, FilterEngine, FilterPool, RequestHead, ResponseHead};
-use gateway_host::wire;
+use gateway_config::{FailurePolicy, FilterDefinition, Isolation};
+use gateway_filter::{FilterChain, FilterEngine, FilterPool, RequestHead, ResponseHead};
+use gateway_wire as wire;
 use http::header::{HeaderName, HeaderValue};
 use http::{HeaderMap, Method, StatusCode};
 use serde_json::json;

@@ -1,4 +1,36 @@
 //! `gateway`: serve traffic from a YAML configuration, check one, or test a plugin.
+//!
+//! This crate is the control plane and the command line; the request path lives in the crates
+//! below it, one per layer, each depending only on those under it:
+//!
+//! ```text
+//! gateway-wire, gateway-routing      HTTP/1.1 on the wire; the generic router
+//!   -> gateway-config                the file, checked into typed, bounded values
+//!   -> gateway-filter                the Wasm filter runtime (the only crate linking wasmtime)
+//!      gateway-upstream              instances, their connections, errors with a kind
+//!   -> gateway-proxy                 the serving state and the request pipeline
+//!   -> gateway-server                listeners, the HTTP/1 and HTTP/2 connection loops
+//!   -> gateway-host (this binary)    reload and watch, the admin API, plugin tools
+//! ```
+//!
+//! - `reload`: rebuilding the serving state when files change, and swapping it in atomically;
+//! - `admin`: the admin API (reload status and trigger);
+//! - `plugin`: tools for plugin authors (`gateway plugin new`, `gateway plugin test`);
+//! - `telemetry`: log lines, human or JSON.
+//!
+//! Glossary:
+//! - **instance**: one server of an upstream service (`service@host:port`). A **filter
+//!   instance** is something else: one instantiated Wasm component, in its own store.
+//! - **state** (serving state): everything built from one configuration (routes, their filter
+//!   chains, services); a reload builds a new one and swaps it in whole. Each applied state
+//!   is one **generation**.
+//! - **head**: a request's or response's method or status, target and headers: what filters
+//!   see, without the body.
+//! - **phase**: one pass of a request through a filter, the request phase on the way in and
+//!   the response phase on the way back.
+//! - **chain**: a route's filters in order; the request phase runs front to back, the response
+//!   phase back to front.
+//! - **pool**: a route's initialised filter instances of one filter, reused across requests.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -7,12 +39,18 @@ use std::sync::Arc;
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
 
-use gateway_host::config::Config;
-use gateway_host::filter::FilterEngine;
-use gateway_host::plugin::scaffold::{self, SdkSource};
-use gateway_host::reload::{self, Reloader, Trigger};
-use gateway_host::telemetry::{self, LogFormat};
-use gateway_host::{admin, server};
+use gateway_config::Config;
+use gateway_filter::FilterEngine;
+
+use crate::plugin::scaffold::{self, SdkSource};
+use crate::reload::{Reloader, Trigger};
+use crate::telemetry::LogFormat;
+
+mod admin;
+mod error;
+mod plugin;
+mod reload;
+mod telemetry;
 
 #[derive(Parser)]
 #[command(
@@ -119,7 +157,14 @@ fn run(command: Command) -> anyhow::Result<()> {
                 (None, None) => None,
             };
             let scaffold = scaffold::create(&name, &path, sdk)?;
-            println!("created {}", scaffold.dir.display());
+            if scaffold.member {
+                println!(
+                    "created {} (a member of this workspace)",
+                    scaffold.dir.display()
+                );
+            } else {
+                println!("created {}", scaffold.dir.display());
+            }
             for file in &scaffold.files {
                 println!("  {}", file.display());
             }
@@ -131,7 +176,7 @@ fn run(command: Command) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Plugin(PluginCommand::Test { component, cases }) => {
-            let report = gateway_host::plugin::cases::run(&component, &cases)?;
+            let report = plugin::cases::run(&component, &cases)?;
             print!("{}", report.text);
             if report.failed > 0 {
                 bail!(
@@ -175,9 +220,9 @@ async fn serve(path: &Path, workers: usize) -> anyhow::Result<()> {
     let started = std::time::Instant::now();
     let (reloader, config) = Reloader::start(path)?;
     let addresses: Vec<_> = config.listeners.iter().map(|l| l.address).collect();
-    let listeners = server::bind(&addresses).await?;
+    let listeners = gateway_server::bind(&addresses).await?;
     if let Some(admin) = &config.admin {
-        let listener = server::bind(&[admin.address]).await?.remove(0);
+        let listener = gateway_server::bind(&[admin.address]).await?.remove(0);
         let address = listener
             .local_addr()
             .context("cannot read the admin address")?;
@@ -202,7 +247,7 @@ async fn serve(path: &Path, workers: usize) -> anyhow::Result<()> {
         .map(|listener| listener.into_std())
         .collect::<std::io::Result<Vec<_>>>()
         .context("cannot hand the listeners to the workers")?;
-    let workers = server::Workers::start(reloader.live(), &listeners, workers)?;
+    let workers = gateway_server::Workers::start(reloader.live(), &listeners, workers)?;
     shutdown_signal().await;
     tracing::info!("shutting down: no new connections; draining in-flight requests");
     tokio::task::spawn_blocking(move || workers.stop())

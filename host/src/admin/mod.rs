@@ -17,9 +17,9 @@ use hyper_util::rt::TokioIo;
 use serde::Serialize;
 use tokio::net::TcpListener;
 
-use crate::Error;
-use crate::proxy::body::{ResponseBody, full};
-use crate::proxy::{error_response, headers};
+use gateway_proxy::{Error, ResponseBody, error_response, full, request_id};
+use gateway_wire::fields::REQUEST_ID;
+
 use crate::reload::{Reloader, Trigger};
 
 fn json(status: StatusCode, value: &impl Serialize) -> Response<ResponseBody> {
@@ -49,12 +49,10 @@ async fn handle(reloader: Arc<Reloader>, request: Request<Incoming>) -> Response
         }
         (&Method::GET, "/health") => json(StatusCode::OK, &serde_json::json!({ "status": "ok" })),
         _ => {
-            let request_id = headers::request_id(request.headers());
+            let request_id = request_id(request.headers());
             let mut response = error_response(&Error::NoRoute, &request_id, Version::HTTP_11);
             // As on the traffic listener: the id the error names is one the client was given.
-            response
-                .headers_mut()
-                .insert(headers::REQUEST_ID, request_id);
+            response.headers_mut().insert(REQUEST_ID, request_id);
             response
         }
     }

@@ -36,11 +36,12 @@ use http::header::{HeaderName, HeaderValue};
 use http::{HeaderMap, Method, StatusCode};
 use serde::Deserialize;
 
-use crate::config::{FailurePolicy, FilterDefinition};
-use crate::filter::{
-    FilterEngine, FilterPool, KvStore, LoadedFilter, Phases, Reply, RequestHead, ResponseHead,
+use gateway_config::{FailurePolicy, FilterDefinition};
+use gateway_filter::{
+    FilterEngine, FilterPool, FilterReply, KvStore, LoadedFilter, Phases, RequestHead, ResponseHead,
 };
-use crate::{Error, Result};
+
+use crate::error::Result;
 
 /// The cases file.
 #[derive(Debug, Deserialize)]
@@ -216,16 +217,18 @@ pub struct Report {
 
 /// Loads the component once and runs every case against fresh instances of it.
 pub fn run(component: &Path, cases_file: &Path) -> Result<Report> {
-    let text = std::fs::read_to_string(cases_file).map_err(|source| Error::ConfigRead {
-        path: cases_file.to_owned(),
-        source,
-    })?;
+    let text =
+        std::fs::read_to_string(cases_file).map_err(|source| gateway_config::Error::Read {
+            path: cases_file.to_owned(),
+            source,
+        })?;
     let deserializer = serde_yaml_ng::Deserializer::from_str(&text);
-    let file: CaseFile =
-        serde_path_to_error::deserialize(deserializer).map_err(|error| Error::Config {
+    let file: CaseFile = serde_path_to_error::deserialize(deserializer).map_err(|error| {
+        gateway_config::Error::Invalid {
             path: cases_file.to_owned(),
             problems: vec![format!("{}: {}", error.path(), error.inner())],
-        })?;
+        }
+    })?;
     let engine = FilterEngine::new(gateway_rules::kv::Limits::default(), None)?;
     let name = component.file_stem().map_or_else(
         || "filter".to_owned(),
@@ -376,7 +379,7 @@ fn request_head(request: &CaseRequest) -> Result<RequestHead, String> {
     };
     let mut headers = headers_from(&request.headers)?;
     headers
-        .entry(crate::proxy::headers::REQUEST_ID)
+        .entry(gateway_wire::fields::REQUEST_ID)
         .or_insert(HeaderValue::from_static("plugin-test"));
     Ok(RequestHead {
         method: Method::from_bytes(request.method.as_bytes())
@@ -440,7 +443,7 @@ fn check_headers(
     }
 }
 
-fn check_reply(expect: &Expectation, reply: &Reply, mismatches: &mut Vec<String>) {
+fn check_reply(expect: &Expectation, reply: &FilterReply, mismatches: &mut Vec<String>) {
     if let Some(status) = expect.status
         && reply.status.as_u16() != status
     {
@@ -468,7 +471,7 @@ fn check_reply(expect: &Expectation, reply: &Reply, mismatches: &mut Vec<String>
 fn check_request_phase(
     expect: &Expectation,
     head: &RequestHead,
-    answer: Option<&Reply>,
+    answer: Option<&FilterReply>,
     mismatches: &mut Vec<String>,
 ) {
     match (expect.action, answer) {
@@ -499,7 +502,7 @@ fn check_request_phase(
 fn check_response_phase(
     expect: &Expectation,
     response: ResponseHead,
-    replacement: Option<Reply>,
+    replacement: Option<FilterReply>,
     mismatches: &mut Vec<String>,
 ) {
     match (expect.action, &replacement) {
@@ -511,7 +514,7 @@ fn check_response_phase(
         }
         _ => {}
     }
-    let outcome = replacement.unwrap_or(Reply {
+    let outcome = replacement.unwrap_or(FilterReply {
         status: response.status,
         headers: response.headers,
         body: bytes::Bytes::new(),

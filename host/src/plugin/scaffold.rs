@@ -8,7 +8,7 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::{Error, Result};
+use crate::error::{Error, Result};
 
 const CARGO_TOML: &str = include_str!("../../templates/plugin/Cargo.toml.in");
 const STANDALONE_TOML: &str = include_str!("../../templates/plugin/standalone.toml.in");

@@ -2,7 +2,7 @@
 //! swapped in only if every step succeeds.
 //!
 //! Steps: read and validate the configuration; load every filter component (compiling only
-//! what changed, see [`crate::filter::cache`]); create and initialise an instance of each
+//! what changed: compiled components are cached by content hash); create and initialise an instance of each
 //! filter with each route's configuration; build the routes. Any failure leaves the current
 //! state serving and is recorded, with its reason, in the status the admin API shows. Reloads
 //! are triggered by [`watch`] (file changes), `POST /admin/reload` and SIGHUP, and run one at a
@@ -18,11 +18,11 @@ use std::time::{Instant, SystemTime};
 
 use serde::Serialize;
 
-use crate::config::Config;
-use crate::filter::FilterEngine;
-use crate::filter::cache::Origin;
-use crate::gateway::{Gateway, LiveGateway};
-use crate::{Error, Result};
+use gateway_config::Config;
+use gateway_filter::{FilterEngine, Origin};
+use gateway_proxy::{LiveState, ServingState};
+
+use crate::error::{Error, Result};
 
 /// What started a reload.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -75,7 +75,7 @@ pub struct ReloadStatus {
 pub struct Reloader {
     config_path: PathBuf,
     engine: FilterEngine,
-    live: Arc<LiveGateway>,
+    live: Arc<LiveState>,
     /// What can only change with a restart, as started.
     fixed: Fixed,
     status: Mutex<ReloadStatus>,
@@ -120,8 +120,8 @@ impl Fixed {
 }
 
 /// Builds a state from a valid configuration, or says everything that stops it.
-fn build_state(config_path: &Path, config: &Config, engine: &FilterEngine) -> Result<Gateway> {
-    Gateway::build(config, engine).map_err(|errors| Error::Unservable {
+fn build_state(config_path: &Path, config: &Config, engine: &FilterEngine) -> Result<ServingState> {
+    ServingState::build(config, engine).map_err(|errors| Error::Unservable {
         path: config_path.to_owned(),
         // A problem may span lines (a regex error points at the bad character); indent its
         // continuation lines so they read as part of it, not as problems of their own.
@@ -133,13 +133,13 @@ fn build_state(config_path: &Path, config: &Config, engine: &FilterEngine) -> Re
 }
 
 /// Reads and validates the configuration and builds a state from it.
-pub fn build(config_path: &Path, engine: &FilterEngine) -> Result<(Config, Gateway)> {
+pub(crate) fn build(config_path: &Path, engine: &FilterEngine) -> Result<(Config, ServingState)> {
     let config = Config::load(config_path)?;
     let gateway = build_state(config_path, &config, engine)?;
     Ok((config, gateway))
 }
 
-fn filter_infos(gateway: &Gateway) -> Vec<FilterInfo> {
+fn filter_infos(gateway: &ServingState) -> Vec<FilterInfo> {
     let mut infos: Vec<FilterInfo> = gateway
         .filters
         .iter()
@@ -188,7 +188,7 @@ impl Reloader {
         let reloader = Reloader {
             config_path: config_path.to_owned(),
             engine,
-            live: Arc::new(LiveGateway::new(gateway)),
+            live: Arc::new(LiveState::new(gateway)),
             fixed: Fixed::of(&config),
             status: Mutex::new(status),
             running: tokio::sync::Mutex::new(()),
@@ -198,7 +198,7 @@ impl Reloader {
     }
 
     /// The slot requests take their state from.
-    pub fn live(&self) -> Arc<LiveGateway> {
+    pub fn live(&self) -> Arc<LiveState> {
         self.live.clone()
     }
 
@@ -235,7 +235,7 @@ impl Reloader {
         // Compiling and initialising filters is CPU work: keep it off the request threads.
         let built = tokio::task::spawn_blocking(move || build(&this.config_path, &this.engine))
             .await
-            .unwrap_or_else(|error| Err(Error::Engine(format!("the reload task failed: {error}"))));
+            .unwrap_or_else(|error| Err(Error::ReloadTask(error.to_string())));
         let mut attempt = Attempt {
             trigger,
             at: String::new(),

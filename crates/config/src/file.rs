@@ -1,0 +1,312 @@
+//! The configuration file as serde reads it: every key the YAML may hold, with its default and
+//! what it does. This is the configuration reference; checking turns it into
+//! the checked [`Config`](crate::Config) the gateway builds from.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer, de};
+
+use crate::ByteSize;
+
+/// The whole configuration file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConfigFile {
+    /// Addresses to accept client traffic on. Fixed at start-up: a reload that changes them
+    /// applies everything else and says a restart is needed for these.
+    pub listeners: Vec<Listener>,
+    /// The admin API (reload status and trigger), on its own listener. Off unless given.
+    #[serde(default)]
+    pub admin: Option<Admin>,
+    /// Reload automatically when this file or a component in `plugin_dir` changes.
+    #[serde(default = "yes")]
+    pub watch: bool,
+    /// Folder for compiled components, so a restart with unchanged plugins compiles nothing;
+    /// `~` keeps them in memory only. Read at start-up.
+    #[serde(default = "default_cache_dir")]
+    pub cache_dir: Option<PathBuf>,
+    /// Limits applied to every client request at the edge, before routing.
+    #[serde(default)]
+    pub limits: EdgeLimits,
+    /// Bounds on the key-value state filters keep (the `kv` capability).
+    #[serde(default)]
+    pub kv: KvSettings,
+    /// Folder holding the filter components, relative to the config file.
+    #[serde(default = "default_plugin_dir")]
+    pub plugin_dir: PathBuf,
+    /// The filter components, by the name routes use for them.
+    #[serde(default)]
+    pub filters: BTreeMap<String, FilterDefinition>,
+    /// Upstream services, by the name routes use for them.
+    #[serde(default)]
+    pub services: BTreeMap<String, ServiceFile>,
+    /// Routes, tried in order; the first that matches a request handles it.
+    pub routes: Vec<RouteFile>,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// `$XDG_CACHE_HOME/wasm-gateway`, else `$HOME/.cache/wasm-gateway`, else none.
+fn default_cache_dir() -> Option<PathBuf> {
+    let base = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".cache")))?;
+    Some(base.join("wasm-gateway").join("components"))
+}
+
+/// The admin listener.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Admin {
+    /// `IP:port` of the admin API; loopback by default, since it can trigger reloads.
+    #[serde(default = "default_admin_address")]
+    pub address: SocketAddr,
+}
+
+fn default_admin_address() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 9901))
+}
+
+fn default_plugin_dir() -> PathBuf {
+    PathBuf::from("plugins")
+}
+
+/// One listening socket.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Listener {
+    /// `IP:port` to bind; port 0 picks a free port (the bound address is logged).
+    #[serde(deserialize_with = "socket_address")]
+    pub address: SocketAddr,
+}
+
+/// `IP:port`, refused with the expected form rather than std's bare "invalid syntax".
+fn socket_address<'de, D: Deserializer<'de>>(deserializer: D) -> Result<SocketAddr, D::Error> {
+    let text = String::deserialize(deserializer)?;
+    text.parse().map_err(|_| {
+        de::Error::custom(format!(
+            "`{text}` is not an address: write IP:port, e.g. 0.0.0.0:8080 or 127.0.0.1:0"
+        ))
+    })
+}
+
+/// Limits on what a client may send. Requests over a limit are refused at the edge with the
+/// documented JSON error and never reach a filter or an upstream.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EdgeLimits {
+    /// Largest request head (all header names and values) accepted; larger gets 431.
+    pub max_header_bytes: ByteSize,
+    /// Most header lines accepted; more gets 431.
+    pub max_headers: usize,
+    /// Longest request target (path and query) accepted; longer gets 414.
+    pub max_uri_bytes: ByteSize,
+    /// Time a client has to send a complete request head before the connection is closed.
+    #[serde(with = "humantime_serde")]
+    pub header_read_timeout: Duration,
+    /// How long a keep-alive connection may sit idle between requests before it is closed.
+    #[serde(with = "humantime_serde")]
+    pub idle_timeout: Duration,
+    /// Longest pause allowed between two pieces of a request body; a slower client gets 408.
+    #[serde(with = "humantime_serde")]
+    pub body_read_timeout: Duration,
+}
+
+impl Default for EdgeLimits {
+    fn default() -> Self {
+        EdgeLimits {
+            max_header_bytes: ByteSize(16 * 1024),
+            max_headers: 100,
+            max_uri_bytes: ByteSize(8 * 1024),
+            header_read_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(60),
+            body_read_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Bounds on the in-memory key-value store shared by the filters.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct KvSettings {
+    /// Most entries held across all filters; past it, expired entries and then arbitrary ones
+    /// are evicted, as a cache does.
+    pub max_entries: usize,
+    /// Largest value a filter may store.
+    pub max_value_size: ByteSize,
+}
+
+impl Default for KvSettings {
+    fn default() -> Self {
+        let limits = gateway_rules::kv::Limits::default();
+        KvSettings {
+            max_entries: limits.max_entries,
+            max_value_size: ByteSize(limits.max_value_bytes as u64),
+        }
+    }
+}
+
+impl KvSettings {
+    pub fn limits(&self) -> gateway_rules::kv::Limits {
+        gateway_rules::kv::Limits {
+            max_entries: self.max_entries,
+            max_value_bytes: self.max_value_size.as_usize(),
+            ..gateway_rules::kv::Limits::default()
+        }
+    }
+}
+
+/// A filter component and how its instances run.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FilterDefinition {
+    /// The `.wasm` component file, relative to `plugin_dir`.
+    pub module: PathBuf,
+    /// `pooled` (default) reuses instances across requests; `per-request` gives every call a
+    /// fresh instance (the request and response phases of one request each get their own), for
+    /// code that must not see traces of other requests.
+    #[serde(default)]
+    pub isolation: Isolation,
+    /// A pooled instance is replaced after serving this many requests, bounding what leaks can
+    /// accumulate.
+    #[serde(default = "default_max_uses")]
+    pub max_uses: u64,
+    /// Longest a single call into the filter may run before it is stopped.
+    #[serde(default = "default_call_timeout", with = "humantime_serde")]
+    pub timeout: Duration,
+    /// Most linear memory one instance may grow to.
+    #[serde(default = "default_memory_limit")]
+    pub memory_limit: ByteSize,
+}
+
+impl FilterDefinition {
+    /// A filter with every setting at its default.
+    pub fn with_module(module: &Path) -> FilterDefinition {
+        FilterDefinition {
+            module: module.to_owned(),
+            isolation: Isolation::default(),
+            max_uses: default_max_uses(),
+            timeout: default_call_timeout(),
+            memory_limit: default_memory_limit(),
+        }
+    }
+}
+
+fn default_max_uses() -> u64 {
+    10_000
+}
+
+fn default_call_timeout() -> Duration {
+    Duration::from_millis(50)
+}
+
+fn default_memory_limit() -> ByteSize {
+    ByteSize(16 * 1024 * 1024)
+}
+
+/// How filter instances are shared between requests.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Isolation {
+    /// Instances are reused from a pool and replaced after `max_uses` requests or any failure.
+    #[default]
+    Pooled,
+    /// Every call gets a fresh instance, dropped afterwards.
+    PerRequest,
+}
+
+/// An upstream service.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceFile {
+    /// Base URLs of the service's instances, e.g. `http://127.0.0.1:9000`; requests are spread
+    /// over them round robin.
+    pub instances: Vec<String>,
+    /// Longest wait for a TCP connection to an instance; past it the request gets 502.
+    #[serde(default = "default_connect_timeout", with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    /// Longest wait for an instance's response head after the request was sent; past it the
+    /// request gets 504.
+    #[serde(default = "default_request_timeout", with = "humantime_serde")]
+    pub request_timeout: Duration,
+}
+
+fn default_connect_timeout() -> Duration {
+    Duration::from_secs(5)
+}
+
+fn default_request_timeout() -> Duration {
+    Duration::from_secs(30)
+}
+
+/// A route: which requests it takes, the filters they pass through, where they go.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteFile {
+    /// Name used in logs and errors; defaults to `route-N` (N counting from 0).
+    #[serde(default)]
+    pub name: Option<String>,
+    /// Which requests this route takes.
+    #[serde(rename = "match")]
+    pub matcher: RouteMatch,
+    /// The service requests go to: a name from `services`, or `{param}` to take the name from a
+    /// parameter of the path pattern. May be omitted only if a filter always answers.
+    #[serde(default)]
+    pub service: Option<String>,
+    /// Filters run in this order on the request and in reverse order on the response.
+    #[serde(default)]
+    pub filters: Vec<RouteFilter>,
+}
+
+/// The conditions a request must meet to take a route. All given conditions must hold.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteMatch {
+    /// Path prefix, matched on whole segments: `/api` takes `/api` and `/api/x`, not `/apis`.
+    #[serde(default)]
+    pub path_prefix: Option<String>,
+    /// Path pattern: literal segments, `{name}` for one segment, `{*name}` for the rest.
+    #[serde(default)]
+    pub path: Option<String>,
+    /// Host the client asked for, without port; `*.example.com` matches any subdomain.
+    #[serde(default)]
+    pub host: Option<String>,
+    /// Methods accepted; any method when omitted.
+    #[serde(default)]
+    pub methods: Option<Vec<String>>,
+}
+
+/// A filter's place in a route's chain.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteFilter {
+    /// A name from `filters`.
+    pub filter: String,
+    /// The filter's configuration for this route, handed to its `init` as JSON.
+    #[serde(default = "empty_object")]
+    pub config: serde_json::Value,
+    /// What a request gets when this filter fails (traps, times out, exceeds its memory):
+    /// `closed` answers with a JSON error, `open` skips the filter and goes on.
+    #[serde(default)]
+    pub on_failure: FailurePolicy,
+}
+
+fn empty_object() -> serde_json::Value {
+    serde_json::Value::Object(serde_json::Map::new())
+}
+
+/// What happens to a request when a filter fails on it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum FailurePolicy {
+    /// Answer with a JSON error (500, or 503 when no instance could be made).
+    #[default]
+    Closed,
+    /// Skip the filter, log it, and go on as if it had passed the request.
+    Open,
+}

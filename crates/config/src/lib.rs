@@ -1,0 +1,175 @@
+//! The gateway's YAML configuration: what the file may say, and the checked, typed form the
+//! gateway builds its state from.
+//!
+//! Loading happens in two steps. Parsing ([`file`]) turns the text into the file's types; a
+//! syntax error, a wrong type or an unknown key stops it at the first problem, named with its
+//! field path and line. Checking ([`validate`]) then turns the file into a [`Config`]: instance
+//! URLs, path patterns, service references and methods become typed values, every number is
+//! bounded both ways, and the parts must fit together (routes name services and filters that
+//! exist). It reports every problem it finds at once, so one run of `gateway validate` shows
+//! everything to fix. Whatever builds from a [`Config`] can take it as it is: nothing in it is
+//! left for a later step to check.
+
+mod file;
+mod instance;
+mod size;
+mod validate;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use http::Method;
+
+pub use file::{
+    Admin, ConfigFile, EdgeLimits, FailurePolicy, FilterDefinition, Isolation, KvSettings,
+    Listener, RouteFile, RouteFilter, RouteMatch, ServiceFile,
+};
+pub use gateway_routing::pattern::PathPattern;
+pub use instance::InstanceUrl;
+pub use size::ByteSize;
+
+/// The largest `memory_limit` a filter may be given.
+pub const MAX_MEMORY_LIMIT: ByteSize = ByteSize(256 << 20);
+
+/// Why a configuration cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The configuration file could not be read.
+    #[error("cannot read {}: {source}", path.display())]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+
+    /// The configuration file has problems; each names its field path.
+    #[error("{} is not a valid configuration:\n  - {}", path.display(), problems.join("\n  - "))]
+    Invalid {
+        path: PathBuf,
+        problems: Vec<String>,
+    },
+}
+
+impl Error {
+    /// The separate problems this error reports, for lists such as the reload status.
+    pub fn problems(&self) -> Vec<String> {
+        match self {
+            Error::Invalid { path, problems } => problems
+                .iter()
+                .map(|problem| format!("{}: {problem}", path.display()))
+                .collect(),
+            Error::Read { .. } => vec![self.to_string()],
+        }
+    }
+}
+
+/// `Result` with this crate's [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// A checked configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub listeners: Vec<Listener>,
+    pub admin: Option<Admin>,
+    pub watch: bool,
+    /// Resolved against the configuration file's folder.
+    pub cache_dir: Option<PathBuf>,
+    pub limits: EdgeLimits,
+    pub kv: KvSettings,
+    /// Resolved against the configuration file's folder.
+    pub plugin_dir: PathBuf,
+    pub filters: BTreeMap<String, FilterDefinition>,
+    pub services: BTreeMap<String, Service>,
+    pub routes: Vec<Route>,
+}
+
+/// An upstream service: its instances and its timeouts (see [`ServiceFile`]).
+#[derive(Debug, Clone)]
+pub struct Service {
+    /// Never empty.
+    pub instances: Vec<InstanceUrl>,
+    pub connect_timeout: Duration,
+    pub request_timeout: Duration,
+}
+
+/// A route (see [`RouteFile`]).
+#[derive(Debug, Clone)]
+pub struct Route {
+    /// Its own, or `route-N`; unique.
+    pub name: String,
+    pub path: PathMatch,
+    /// Lower-case host, or `*.` and a lower-case domain.
+    pub host: Option<String>,
+    /// Any method when `None`.
+    pub methods: Option<Vec<Method>>,
+    /// `None` only for a route with filters.
+    pub service: Option<ServiceRef>,
+    /// Each names a filter of [`Config::filters`].
+    pub filters: Vec<RouteFilter>,
+}
+
+/// How a route matches paths.
+#[derive(Debug, Clone)]
+pub enum PathMatch {
+    /// A whole-segment prefix, starting with `/`.
+    Prefix(String),
+    Pattern(PathPattern),
+}
+
+/// The service a route forwards to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ServiceRef {
+    /// A name from [`Config::services`].
+    Named(String),
+    /// The service named by this parameter of the route's path pattern.
+    FromParam(String),
+}
+
+impl Config {
+    /// Reads, parses and checks a configuration file. Relative paths in it are resolved
+    /// against the file's folder.
+    pub fn load(path: &Path) -> Result<Config> {
+        let text = std::fs::read_to_string(path).map_err(|source| Error::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        let invalid = |problems| Error::Invalid {
+            path: path.to_owned(),
+            problems,
+        };
+        let mut file = ConfigFile::parse(&text).map_err(invalid)?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        file.plugin_dir = base.join(&file.plugin_dir);
+        file.cache_dir = file.cache_dir.map(|dir| base.join(dir));
+        validate::check(file).map_err(invalid)
+    }
+}
+
+impl ConfigFile {
+    /// Parses configuration text; a problem is named with its field path and position.
+    pub fn parse(text: &str) -> Result<ConfigFile, Vec<String>> {
+        let deserializer = serde_yaml_ng::Deserializer::from_str(text);
+        serde_path_to_error::deserialize(deserializer).map_err(|error| {
+            let path = error.path().to_string();
+            let message = error.into_inner().to_string();
+            // serde_yaml_ng ends the message with the line and column, and starts it with its own
+            // field path when it has one: the path of the node it was reading, which for an
+            // unknown key is the map around it. Keep the position, and only the fuller path.
+            let message = match message.split_once(": ") {
+                Some((its_path, rest)) if is_same_or_parent(its_path, &path) => rest.to_owned(),
+                _ => message,
+            };
+            vec![if path == "." {
+                message
+            } else {
+                format!("{path}: {message}")
+            }]
+        })
+    }
+}
+
+/// Whether field path `parent` is `path` or leads to it (`routes[1]` leads to `routes[1].name`).
+fn is_same_or_parent(parent: &str, path: &str) -> bool {
+    path.strip_prefix(parent)
+        .is_some_and(|rest| rest.is_empty() || rest.starts_with(['.', '[']))
+}

@@ -1,0 +1,472 @@
+//! Checking a parsed file and turning it into a [`Config`]. Each problem is reported with its
+//! field path, and all of them are reported together so one run of `gateway validate` shows
+//! everything to fix.
+//!
+//! Every number is bounded both ways: a limit that is too small breaks ordinary traffic, and
+//! one that is too large lets a client make the gateway allocate or wait without end (the head
+//! parser, say, keeps spans as `u32`).
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use http::Method;
+
+use crate::file::{ConfigFile, RouteFile, ServiceFile};
+use crate::{
+    ByteSize, Config, InstanceUrl, MAX_MEMORY_LIMIT, PathMatch, Route, Service, ServiceRef,
+};
+use gateway_routing::pattern::{self, PathPattern};
+
+/// The bounds on the edge limits and the kv settings.
+const HEADER_BYTES: (ByteSize, ByteSize) = (ByteSize(1024), ByteSize(1 << 20));
+const HEADER_LINES: (usize, usize) = (1, 10_000);
+const URI_BYTES: (ByteSize, ByteSize) = (ByteSize(64), ByteSize(1 << 20));
+const CLIENT_TIMEOUT: (Duration, Duration) = (Duration::from_millis(1), Duration::from_secs(3600));
+const KV_ENTRIES: (usize, usize) = (1, 100_000_000);
+const KV_VALUE: (ByteSize, ByteSize) = (ByteSize(1), ByteSize(64 << 20));
+const FILTER_TIMEOUT: (Duration, Duration) = (Duration::from_millis(1), Duration::from_secs(60));
+const FILTER_MEMORY: (ByteSize, ByteSize) = (ByteSize(1 << 20), MAX_MEMORY_LIMIT);
+const UPSTREAM_TIMEOUT: (Duration, Duration) =
+    (Duration::from_millis(1), Duration::from_secs(3600));
+
+/// Collects problems while walking the configuration.
+#[derive(Default)]
+struct Problems(Vec<String>);
+
+impl Problems {
+    fn add(&mut self, path: impl std::fmt::Display, message: impl std::fmt::Display) {
+        self.0.push(format!("{path}: {message}"));
+    }
+
+    /// Adds a problem unless `value` lies within `bounds`.
+    fn bounded<T: PartialOrd + std::fmt::Debug>(
+        &mut self,
+        path: impl std::fmt::Display,
+        value: T,
+        (low, high): (T, T),
+        describe: impl Fn(&T) -> String,
+    ) {
+        if value < low || value > high {
+            self.add(
+                path,
+                format_args!("must be between {} and {}", describe(&low), describe(&high)),
+            );
+        }
+    }
+}
+
+fn known<'a>(names: impl Iterator<Item = &'a String>) -> String {
+    let names: Vec<&str> = names.map(String::as_str).collect();
+    if names.is_empty() {
+        "none are defined".to_owned()
+    } else {
+        format!("known: {}", names.join(", "))
+    }
+}
+
+/// `1ms`, `60s`: how the bounds were always written.
+fn duration(value: &Duration) -> String {
+    if value.subsec_millis() == 0 {
+        format!("{}s", value.as_secs())
+    } else {
+        format!("{}ms", value.as_millis())
+    }
+}
+
+fn size(value: &ByteSize) -> String {
+    value.to_string()
+}
+
+fn count(value: &usize) -> String {
+    value.to_string()
+}
+
+/// The configuration `file` describes, or every problem that stops it.
+pub(crate) fn check(file: ConfigFile) -> Result<Config, Vec<String>> {
+    let mut problems = Problems::default();
+    check_listeners(&file, &mut problems);
+    check_limits(&file, &mut problems);
+    check_filters(&file, &mut problems);
+    let services = file
+        .services
+        .iter()
+        .filter_map(|(name, service)| {
+            let service = check_service(name, service, &mut problems)?;
+            Some((name.clone(), service))
+        })
+        .collect();
+    let mut names = BTreeSet::new();
+    let routes = file
+        .routes
+        .iter()
+        .enumerate()
+        .filter_map(|(index, route)| check_route(&file, index, route, &mut names, &mut problems))
+        .collect();
+    if file.routes.is_empty() {
+        problems.add("routes", "at least one route is required");
+    }
+    if !problems.0.is_empty() {
+        return Err(problems.0);
+    }
+    Ok(Config {
+        listeners: file.listeners,
+        admin: file.admin,
+        watch: file.watch,
+        cache_dir: file.cache_dir,
+        limits: file.limits,
+        kv: file.kv,
+        plugin_dir: file.plugin_dir,
+        filters: file.filters,
+        services,
+        routes,
+    })
+}
+
+fn check_listeners(config: &ConfigFile, problems: &mut Problems) {
+    if config.listeners.is_empty() {
+        problems.add("listeners", "at least one listener is required");
+    }
+    let mut seen = BTreeSet::new();
+    for (index, listener) in config.listeners.iter().enumerate() {
+        if listener.address.port() != 0 && !seen.insert(listener.address) {
+            problems.add(
+                format_args!("listeners[{index}].address"),
+                format_args!("{} is listed twice", listener.address),
+            );
+        }
+    }
+    if let Some(admin) = &config.admin
+        && admin.address.port() != 0
+        && seen.contains(&admin.address)
+    {
+        problems.add(
+            "admin.address",
+            format_args!("{} is also a traffic listener", admin.address),
+        );
+    }
+}
+
+fn check_limits(config: &ConfigFile, problems: &mut Problems) {
+    let limits = &config.limits;
+    // The lower bounds keep the messages they have always had.
+    if limits.max_header_bytes < HEADER_BYTES.0 {
+        problems.add("limits.max_header_bytes", "must be at least 1KiB");
+    } else {
+        problems.bounded(
+            "limits.max_header_bytes",
+            limits.max_header_bytes,
+            HEADER_BYTES,
+            size,
+        );
+    }
+    if limits.max_headers < HEADER_LINES.0 {
+        problems.add("limits.max_headers", "must be at least 1");
+    } else {
+        problems.bounded(
+            "limits.max_headers",
+            limits.max_headers,
+            HEADER_LINES,
+            count,
+        );
+    }
+    if limits.max_uri_bytes < URI_BYTES.0 {
+        problems.add("limits.max_uri_bytes", "must be at least 64B");
+    } else {
+        problems.bounded(
+            "limits.max_uri_bytes",
+            limits.max_uri_bytes,
+            URI_BYTES,
+            size,
+        );
+    }
+    for (field, value) in [
+        ("header_read_timeout", limits.header_read_timeout),
+        ("idle_timeout", limits.idle_timeout),
+        ("body_read_timeout", limits.body_read_timeout),
+    ] {
+        if value.is_zero() {
+            problems.add(format_args!("limits.{field}"), "must be more than 0");
+        } else {
+            problems.bounded(
+                format_args!("limits.{field}"),
+                value,
+                CLIENT_TIMEOUT,
+                duration,
+            );
+        }
+    }
+}
+
+fn check_filters(config: &ConfigFile, problems: &mut Problems) {
+    if config.kv.max_entries == 0 {
+        problems.add("kv.max_entries", "must be at least 1");
+    } else {
+        problems.bounded("kv.max_entries", config.kv.max_entries, KV_ENTRIES, count);
+    }
+    problems.bounded(
+        "kv.max_value_size",
+        config.kv.max_value_size,
+        KV_VALUE,
+        size,
+    );
+    for (name, filter) in &config.filters {
+        // Names appear in logs, metrics and key-value namespaces: keep them plain.
+        let plain = !name.is_empty()
+            && name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+        if !plain {
+            problems.add(
+                format_args!("filters.{name}"),
+                "a filter name may hold only letters, digits, `-`, `_` and `.`",
+            );
+        }
+        let path = config.plugin_dir.join(&filter.module);
+        if !path.is_file() {
+            problems.add(
+                format_args!("filters.{name}.module"),
+                format_args!("no file at {}", path.display()),
+            );
+        }
+        if filter.max_uses == 0 {
+            problems.add(
+                format_args!("filters.{name}.max_uses"),
+                "must be at least 1",
+            );
+        }
+        problems.bounded(
+            format_args!("filters.{name}.timeout"),
+            filter.timeout,
+            FILTER_TIMEOUT,
+            duration,
+        );
+        problems.bounded(
+            format_args!("filters.{name}.memory_limit"),
+            filter.memory_limit,
+            FILTER_MEMORY,
+            size,
+        );
+    }
+}
+
+fn check_service(name: &str, service: &ServiceFile, problems: &mut Problems) -> Option<Service> {
+    let before = problems.0.len();
+    if service.instances.is_empty() {
+        problems.add(
+            format_args!("services.{name}.instances"),
+            "at least one instance is required",
+        );
+    }
+    let mut instances = Vec::with_capacity(service.instances.len());
+    for (index, url) in service.instances.iter().enumerate() {
+        match url.parse::<InstanceUrl>() {
+            Ok(url) => instances.push(url),
+            Err(reason) => problems.add(format_args!("services.{name}.instances[{index}]"), reason),
+        }
+    }
+    for (field, value) in [
+        ("connect_timeout", service.connect_timeout),
+        ("request_timeout", service.request_timeout),
+    ] {
+        if value.is_zero() {
+            problems.add(
+                format_args!("services.{name}.{field}"),
+                "must be more than 0",
+            );
+        } else {
+            problems.bounded(
+                format_args!("services.{name}.{field}"),
+                value,
+                UPSTREAM_TIMEOUT,
+                duration,
+            );
+        }
+    }
+    (problems.0.len() == before).then(|| Service {
+        instances,
+        connect_timeout: service.connect_timeout,
+        request_timeout: service.request_timeout,
+    })
+}
+
+/// The route, if it has no problems; every problem it has goes to `problems`.
+fn check_route(
+    config: &ConfigFile,
+    index: usize,
+    route: &RouteFile,
+    names: &mut BTreeSet<String>,
+    problems: &mut Problems,
+) -> Option<Route> {
+    let before = problems.0.len();
+    let at = format!("routes[{index}]");
+    let name = route
+        .name
+        .clone()
+        .unwrap_or_else(|| format!("route-{index}"));
+    if !names.insert(name.clone()) {
+        problems.add(
+            format_args!("{at}.name"),
+            format_args!("`{name}` is used by an earlier route"),
+        );
+    }
+
+    let matcher = &route.matcher;
+    let path = match (&matcher.path_prefix, &matcher.path) {
+        (Some(_), Some(_)) => {
+            problems.add(
+                format_args!("{at}.match"),
+                "give either `path_prefix` or `path`, not both",
+            );
+            None
+        }
+        (None, None) => {
+            problems.add(format_args!("{at}.match"), "give `path_prefix` or `path`");
+            None
+        }
+        (Some(prefix), None) => {
+            if prefix.starts_with('/') {
+                Some(PathMatch::Prefix(prefix.clone()))
+            } else {
+                problems.add(
+                    format_args!("{at}.match.path_prefix"),
+                    "must start with `/`",
+                );
+                None
+            }
+        }
+        (None, Some(path)) => match pattern::parse(path) {
+            Ok(pattern) => Some(PathMatch::Pattern(pattern)),
+            Err(error) => {
+                problems.add(format_args!("{at}.match.path"), error);
+                None
+            }
+        },
+    };
+    let host = matcher.host.as_ref().and_then(|host| {
+        let bare = host.strip_prefix("*.").unwrap_or(host);
+        let valid = !bare.is_empty()
+            && bare
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.');
+        if !valid {
+            problems.add(
+                format_args!("{at}.match.host"),
+                format_args!("`{host}` is not a host name (ports are not part of it)"),
+            );
+        }
+        valid.then(|| host.to_ascii_lowercase())
+    });
+    let methods = matcher.methods.as_ref().map(|methods| {
+        methods
+            .iter()
+            .enumerate()
+            .filter_map(|(position, method)| {
+                check_method(&format!("{at}.match.methods[{position}]"), method, problems)
+            })
+            .collect()
+    });
+    let pattern = match &path {
+        Some(PathMatch::Pattern(pattern)) => Some(pattern),
+        _ => None,
+    };
+    let service = check_service_ref(config, &at, route, pattern, problems);
+    for (position, filter) in route.filters.iter().enumerate() {
+        if !config.filters.contains_key(&filter.filter) {
+            problems.add(
+                format_args!("{at}.filters[{position}].filter"),
+                format_args!(
+                    "unknown filter `{}` ({})",
+                    filter.filter,
+                    known(config.filters.keys())
+                ),
+            );
+        }
+    }
+    if problems.0.len() != before {
+        return None;
+    }
+    Some(Route {
+        name,
+        path: path?,
+        host,
+        methods,
+        service,
+        filters: route.filters.clone(),
+    })
+}
+
+fn check_method(field: &str, method: &str, problems: &mut Problems) -> Option<Method> {
+    let Ok(parsed) = Method::from_bytes(method.as_bytes()) else {
+        problems.add(field, format_args!("`{method}` is not an HTTP method"));
+        return None;
+    };
+    if method.chars().any(|c| c.is_ascii_lowercase()) {
+        // `post` is a valid token, but methods are case-sensitive and no client sends it.
+        problems.add(
+            field,
+            format_args!(
+                "methods are case-sensitive: write `{}`, not `{method}`",
+                method.to_ascii_uppercase()
+            ),
+        );
+        return None;
+    }
+    Some(parsed)
+}
+
+/// The route's service; `pattern` is its path pattern, when it has one that parsed.
+fn check_service_ref(
+    config: &ConfigFile,
+    at: &str,
+    route: &RouteFile,
+    pattern: Option<&PathPattern>,
+    problems: &mut Problems,
+) -> Option<ServiceRef> {
+    let Some(service) = &route.service else {
+        if route.filters.is_empty() {
+            problems.add(
+                format_args!("{at}.service"),
+                "required: a route without filters must forward to a service",
+            );
+        }
+        return None;
+    };
+    let Some(param) = service.strip_prefix('{').and_then(|s| s.strip_suffix('}')) else {
+        if !config.services.contains_key(service) {
+            problems.add(
+                format_args!("{at}.service"),
+                format_args!(
+                    "unknown service `{service}` ({})",
+                    known(config.services.keys())
+                ),
+            );
+        }
+        return Some(ServiceRef::Named(service.clone()));
+    };
+    if route.matcher.path.is_none() {
+        problems.add(
+            format_args!("{at}.service"),
+            format_args!(
+                "`{{{param}}}` takes the service from a path parameter, so the route \
+                 needs a `match.path` pattern with `{{{param}}}` in it"
+            ),
+        );
+    } else if let Some(pattern) = pattern {
+        // A pattern that did not parse was reported with the match.
+        let params: Vec<&str> = pattern.param_names().collect();
+        if !params.contains(&param) {
+            problems.add(
+                format_args!("{at}.service"),
+                format_args!(
+                    "`{{{param}}}` is not a parameter of `match.path` ({})",
+                    if params.is_empty() {
+                        "it has none".to_owned()
+                    } else {
+                        format!("it has: {}", params.join(", "))
+                    }
+                ),
+            );
+        }
+    }
+    Some(ServiceRef::FromParam(param.to_owned()))
+}

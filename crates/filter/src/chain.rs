@@ -1,0 +1,108 @@
+//! A route's filters in order: the request phase front to back, the response phase back to
+//! front, and each filter's failure policy applied on the way.
+
+use bytes::Bytes;
+
+use gateway_config::FailurePolicy;
+
+use crate::pool::FilterPool;
+use crate::{Error, FilterFailure, FilterReply, Phases, RequestHead, ResponseHead};
+
+/// The filters of one route.
+#[derive(Default)]
+pub struct FilterChain {
+    pub filters: Vec<FilterPool>,
+}
+
+/// How the request phase ended.
+pub struct RequestPhase {
+    /// How many filters, from the front, took part; their response phases run later.
+    pub ran: usize,
+    pub outcome: Result<Option<FilterReply>, Error>,
+}
+
+impl FilterChain {
+    /// Runs the request phase of every filter in order until one answers or fails closed.
+    pub fn on_request(&self, head: &mut RequestHead) -> RequestPhase {
+        for (index, pool) in self.filters.iter().enumerate() {
+            if !pool.phases.contains(Phases::REQUEST) {
+                continue;
+            }
+            match pool.on_request(head) {
+                Ok(None) => {}
+                Ok(Some(reply)) => {
+                    return RequestPhase {
+                        ran: index + 1,
+                        outcome: Ok(Some(reply)),
+                    };
+                }
+                Err(failure) => {
+                    if let Some(error) = apply_policy(pool, head, failure, "request") {
+                        return RequestPhase {
+                            ran: index,
+                            outcome: Err(error),
+                        };
+                    }
+                }
+            }
+        }
+        RequestPhase {
+            ran: self.filters.len(),
+            outcome: Ok(None),
+        }
+    }
+
+    /// Runs the response phase of the first `ran` filters, last to first. Returns the body of
+    /// the reply a filter replaced the response with, if one did.
+    pub fn on_response(
+        &self,
+        ran: usize,
+        request: &mut RequestHead,
+        response: &mut ResponseHead,
+    ) -> Result<Option<Bytes>, Error> {
+        let mut replaced_body = None;
+        for pool in self.filters[..ran.min(self.filters.len())].iter().rev() {
+            if !pool.phases.contains(Phases::RESPONSE) {
+                continue;
+            }
+            match pool.on_response(request, response) {
+                Ok(None) => {}
+                Ok(Some(reply)) => {
+                    response.status = reply.status;
+                    response.headers = reply.headers;
+                    replaced_body = Some(reply.body);
+                }
+                Err(failure) => {
+                    if let Some(error) = apply_policy(pool, request, failure, "response") {
+                        return Err(error);
+                    }
+                }
+            }
+        }
+        Ok(replaced_body)
+    }
+}
+
+/// Logs a failure and decides: `None` to go on without the filter, `Some` to fail the request.
+fn apply_policy(
+    pool: &FilterPool,
+    head: &RequestHead,
+    failure: FilterFailure,
+    phase: &str,
+) -> Option<Error> {
+    let filter = pool.name();
+    let request_id = head.request_id();
+    match pool.policy {
+        FailurePolicy::Open => {
+            tracing::warn!(filter, request_id, phase, %failure, "filter failed; skipped (fail open)");
+            None
+        }
+        FailurePolicy::Closed => {
+            tracing::error!(filter, request_id, phase, %failure, "filter failed; request refused (fail closed)");
+            Some(Error::Failed {
+                filter: filter.to_owned(),
+                failure,
+            })
+        }
+    }
+}

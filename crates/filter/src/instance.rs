@@ -1,0 +1,254 @@
+//! One filter instance: its store, its limits, and the calls into it.
+
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use wasmtime::component::{Resource, ResourceTable};
+use wasmtime::{ResourceLimiter, Store, Trap, UpdateDeadline};
+use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
+
+use gateway_config::ByteSize;
+
+use crate::bindings::{CURRENT, Filter, HeaderNames, Registration, RequestAction, ResponseAction};
+use crate::engine::LoadedFilter;
+use crate::kv::KvStore;
+use crate::ticker::EpochTicker;
+use crate::{FilterFailure, RequestHead, ResponseHead};
+
+pub(crate) fn process_start() -> Instant {
+    static START: OnceLock<Instant> = OnceLock::new();
+    *START.get_or_init(Instant::now)
+}
+
+/// The request and response of the call in progress, moved in for the call and out after it.
+#[derive(Default)]
+pub(crate) struct CallHeads {
+    pub request: Option<RequestHead>,
+    /// Present only during the response phase; its presence makes the request read-only.
+    pub response: Option<ResponseHead>,
+}
+
+/// Caps an instance's memory and remembers that it tried to go past the cap, so the failure can
+/// be reported as what it was rather than as a generic trap.
+pub(crate) struct MemoryCap {
+    limit: usize,
+    exceeded: bool,
+}
+
+impl ResourceLimiter for MemoryCap {
+    fn memory_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        if desired > self.limit {
+            self.exceeded = true;
+            wasmtime::bail!("memory limit of {} exceeded", ByteSize(self.limit as u64));
+        }
+        Ok(true)
+    }
+
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        // Tables hold function references; a filter never needs many.
+        Ok(desired <= 100_000)
+    }
+}
+
+/// Everything a filter instance's store holds.
+pub(crate) struct InstanceState {
+    pub(crate) filter: Arc<str>,
+    /// The last error the filter logged during the current call: when the call traps, this is
+    /// usually why (the SDK logs a panic's message before the trap).
+    pub(crate) last_error: Option<String>,
+    pub(crate) kv: Arc<KvStore>,
+    pub(crate) heads: CallHeads,
+    /// The header names the filter has set, kept across requests.
+    pub(crate) names: HeaderNames,
+    ticker: Arc<EpochTicker>,
+    /// When the call in progress runs out of time.
+    call_deadline: Instant,
+    cap: MemoryCap,
+    wasi: WasiCtx,
+    table: ResourceTable,
+}
+
+impl WasiView for InstanceState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+/// A live, initialised instance of a filter.
+pub(crate) struct FilterInstance {
+    store: Store<InstanceState>,
+    bindings: Filter,
+    /// Requests served: request phases run. A response phase is part of its request's use.
+    pub(crate) uses: u64,
+}
+
+impl FilterInstance {
+    /// Instantiates the filter and hands it its configuration.
+    pub(crate) fn new(
+        filter: &LoadedFilter,
+        config_json: &str,
+    ) -> Result<(FilterInstance, Registration), FilterFailure> {
+        // Filters get no environment, arguments, files or sockets: an empty, locked-down WASI.
+        let wasi = WasiCtxBuilder::new()
+            .allow_tcp(false)
+            .allow_udp(false)
+            .allow_ip_name_lookup(false)
+            .build();
+        let state = InstanceState {
+            filter: filter.name.clone(),
+            last_error: None,
+            kv: filter.kv.clone(),
+            heads: CallHeads::default(),
+            names: HeaderNames::default(),
+            ticker: filter.ticker.clone(),
+            call_deadline: Instant::now(),
+            cap: MemoryCap {
+                limit: filter.settings.memory_limit.as_usize(),
+                exceeded: false,
+            },
+            wasi,
+            table: ResourceTable::new(),
+        };
+        let mut store = Store::new(filter.pre.engine(), state);
+        store.limiter(|state| &mut state.cap);
+        // Each tick during a call asks whether its time is up: the tick's length then decides
+        // only how soon after its deadline a call is stopped, not how long it may run.
+        store.epoch_deadline_callback(|store| {
+            Ok(if Instant::now() >= store.data().call_deadline {
+                UpdateDeadline::Interrupt
+            } else {
+                UpdateDeadline::Continue(1)
+            })
+        });
+        // Init may compile patterns or parse large configs; give it more room than a request.
+        let init_timeout = filter.settings.timeout.max(Duration::from_secs(1));
+        let mut instance = guarded(&mut store, init_timeout, |store| {
+            filter.pre.instantiate(store)
+        })
+        .map_err(|failure| match failure {
+            FilterFailure::Trap(reason) => FilterFailure::Unavailable(reason),
+            other => other,
+        })
+        .map(|bindings| FilterInstance {
+            store,
+            bindings,
+            uses: 0,
+        })?;
+        let handler = instance.bindings.gateway_filter_handler().clone();
+        let registration = guarded(&mut instance.store, init_timeout, |store| {
+            handler.call_init(store, config_json)
+        })?
+        .map_err(FilterFailure::Rejected)?;
+        Ok((instance, registration))
+    }
+
+    /// Runs the request phase on `head`, which is moved in for the call and back out after it,
+    /// whatever the outcome, so edits made before a failure are kept.
+    pub(crate) fn on_request(
+        &mut self,
+        head: &mut RequestHead,
+        timeout: Duration,
+    ) -> Result<RequestAction, FilterFailure> {
+        self.uses += 1;
+        self.store.data_mut().heads.request = Some(std::mem::take(head));
+        let handler = self.bindings.gateway_filter_handler().clone();
+        let outcome = guarded(&mut self.store, timeout, |store| {
+            handler.call_on_request(store, Resource::new_borrow(CURRENT))
+        });
+        if let Some(request) = self.store.data_mut().heads.request.take() {
+            *head = request;
+        }
+        outcome
+    }
+
+    /// Runs the response phase; both heads are moved in for the call and back out after it.
+    pub(crate) fn on_response(
+        &mut self,
+        request: &mut RequestHead,
+        response: &mut ResponseHead,
+        timeout: Duration,
+    ) -> Result<ResponseAction, FilterFailure> {
+        let heads = &mut self.store.data_mut().heads;
+        heads.request = Some(std::mem::take(request));
+        heads.response = Some(std::mem::take(response));
+        let handler = self.bindings.gateway_filter_handler().clone();
+        let outcome = guarded(&mut self.store, timeout, |store| {
+            handler.call_on_response(
+                store,
+                Resource::new_borrow(CURRENT),
+                Resource::new_borrow(CURRENT),
+            )
+        });
+        let heads = &mut self.store.data_mut().heads;
+        if let Some(head) = heads.request.take() {
+            *request = head;
+        }
+        if let Some(head) = heads.response.take() {
+            *response = head;
+        }
+        outcome
+    }
+}
+
+/// A trap in a line an operator can act on: what the filter said before it (its panic message,
+/// if it panicked), and the kind of trap, without the wasm backtrace of anonymous functions.
+fn describe_trap(error: &wasmtime::Error, last_error: Option<String>) -> String {
+    let kind = match error.downcast_ref::<Trap>() {
+        Some(trap) => trap.to_string(),
+        None => error.to_string(),
+    };
+    match last_error {
+        Some(said) => format!("{said} ({kind})"),
+        None => kind,
+    }
+}
+
+/// Runs one call into Wasm under the deadline, turning every way it can fail into a
+/// [`FilterFailure`]: traps, the deadline, the memory cap, and a panic in host code it called.
+fn guarded<T>(
+    store: &mut Store<InstanceState>,
+    timeout: Duration,
+    call: impl FnOnce(&mut Store<InstanceState>) -> wasmtime::Result<T>,
+) -> Result<T, FilterFailure> {
+    store.data().ticker.call_begins(timeout);
+    store.data_mut().call_deadline = Instant::now() + timeout;
+    store.set_epoch_deadline(1);
+    store.data_mut().last_error = None;
+    // A panic in host code called by the guest (e.g. WASI stdio, which blocks on the async
+    // runtime) must cost this instance, not the worker thread.
+    let outcome = catch_unwind(AssertUnwindSafe(|| call(&mut *store)));
+    match outcome {
+        Ok(Ok(value)) => Ok(value),
+        Ok(Err(error)) => {
+            if store.data().cap.exceeded {
+                Err(FilterFailure::MemoryLimit(ByteSize(
+                    store.data().cap.limit as u64,
+                )))
+            } else if matches!(error.downcast_ref::<Trap>(), Some(Trap::Interrupt)) {
+                Err(FilterFailure::Timeout(timeout))
+            } else {
+                Err(FilterFailure::Trap(describe_trap(
+                    &error,
+                    store.data_mut().last_error.take(),
+                )))
+            }
+        }
+        Err(_) => Err(FilterFailure::Trap(
+            "host code called by the filter panicked (see the log)".to_owned(),
+        )),
+    }
+}

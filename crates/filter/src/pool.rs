@@ -1,0 +1,125 @@
+//! Initialised instances of one filter for one route, reused across requests.
+//!
+//! Calls into Wasm are synchronous and never cross an `.await`, so at most one instance per
+//! worker thread is checked out at a time and a small lock-free queue is enough. An instance is
+//! replaced after serving `max_uses` requests, and dropped after any failure: a trapped store is
+//! poisoned, and a store that ran out of time or memory is not worth trusting again.
+
+use std::sync::Arc;
+
+use crossbeam_queue::ArrayQueue;
+
+use gateway_config::{FailurePolicy, Isolation};
+
+use crate::bindings::{Phases, RequestAction, ResponseAction, convert_reply};
+use crate::engine::LoadedFilter;
+use crate::instance::FilterInstance;
+use crate::{Error, FilterFailure, FilterReply, RequestHead, ResponseHead, Result};
+
+/// One filter in one route's chain, with its pool of instances.
+pub struct FilterPool {
+    filter: Arc<LoadedFilter>,
+    config_json: String,
+    /// What a request gets when this filter fails.
+    pub policy: FailurePolicy,
+    /// The phases the filter registered for with this route's config.
+    pub phases: Phases,
+    idle: ArrayQueue<FilterInstance>,
+}
+
+/// Idle instances kept per pool: enough for every worker thread to be in a call at once.
+fn idle_capacity() -> usize {
+    std::thread::available_parallelism().map_or(4, |n| n.get() * 2)
+}
+
+impl FilterPool {
+    /// Makes the first instance, which validates the route's config for this filter.
+    pub fn new(
+        filter: Arc<LoadedFilter>,
+        route: &str,
+        config: &serde_json::Value,
+        policy: FailurePolicy,
+    ) -> Result<FilterPool> {
+        let config_json = config.to_string();
+        let (instance, registration) =
+            FilterInstance::new(&filter, &config_json).map_err(|failure| Error::Init {
+                route: route.to_owned(),
+                filter: filter.name.to_string(),
+                reason: failure.to_string(),
+            })?;
+        let pool = FilterPool {
+            filter,
+            config_json,
+            policy,
+            phases: registration.phases,
+            idle: ArrayQueue::new(idle_capacity()),
+        };
+        pool.check_in(instance, Phases::REQUEST);
+        Ok(pool)
+    }
+
+    pub fn name(&self) -> &str {
+        &self.filter.name
+    }
+
+    fn check_out(&self) -> Result<FilterInstance, FilterFailure> {
+        if let Some(instance) = self.idle.pop() {
+            return Ok(instance);
+        }
+        FilterInstance::new(&self.filter, &self.config_json)
+            .map(|(instance, _)| instance)
+            .map_err(|failure| match failure {
+                FilterFailure::Unavailable(reason) => FilterFailure::Unavailable(reason),
+                other => FilterFailure::Unavailable(format!("a new instance {other}")),
+            })
+    }
+
+    fn check_in(&self, instance: FilterInstance, after: Phases) {
+        let settings = &self.filter.settings;
+        if settings.isolation != Isolation::Pooled {
+            return;
+        }
+        // Retiring an instance as soon as its last request phase ends would hand that request's
+        // response phase to a brand-new instance; keep it for the response phase, unless that
+        // phase never came (the client left) and the instance is already past its limit.
+        let worn_out = if after == Phases::REQUEST && self.phases.contains(Phases::RESPONSE) {
+            instance.uses > settings.max_uses
+        } else {
+            instance.uses >= settings.max_uses
+        };
+        if !worn_out {
+            // A full queue means more instances exist than threads can use: drop the extra.
+            let _ = self.idle.push(instance);
+        }
+    }
+
+    /// Runs the request phase; `Some` is the filter's early answer.
+    pub fn on_request(&self, head: &mut RequestHead) -> Result<Option<FilterReply>, FilterFailure> {
+        let mut instance = self.check_out()?;
+        let action = instance.on_request(head, self.filter.settings.timeout)?;
+        self.check_in(instance, Phases::REQUEST);
+        match action {
+            RequestAction::Continue => Ok(None),
+            RequestAction::Respond(reply) => convert_reply(reply)
+                .map(Some)
+                .map_err(FilterFailure::BadReply),
+        }
+    }
+
+    /// Runs the response phase; `Some` is a reply that replaces the response.
+    pub fn on_response(
+        &self,
+        request: &mut RequestHead,
+        response: &mut ResponseHead,
+    ) -> Result<Option<FilterReply>, FilterFailure> {
+        let mut instance = self.check_out()?;
+        let action = instance.on_response(request, response, self.filter.settings.timeout)?;
+        self.check_in(instance, Phases::RESPONSE);
+        match action {
+            ResponseAction::Continue => Ok(None),
+            ResponseAction::Respond(reply) => convert_reply(reply)
+                .map(Some)
+                .map_err(FilterFailure::BadReply),
+        }
+    }
+}

@@ -1,0 +1,165 @@
+//! The proxy's one error type, and the single place that decides what a client sees for each.
+
+use std::borrow::Cow;
+
+use gateway_filter::FilterFailure;
+use gateway_upstream::ErrorKind;
+use http::StatusCode;
+
+use crate::body::BodyReadTimeout;
+use crate::hygiene::Violation;
+use crate::normalize::PathError;
+
+/// Why a request got the gateway's own answer, or why a state could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The request broke an edge rule (framing, size, host).
+    #[error("request refused at the edge: {0}")]
+    Edge(Violation),
+
+    /// The request path cannot be normalised safely.
+    #[error("bad request path: {0}")]
+    BadPath(PathError),
+
+    /// No route takes the request.
+    #[error("no route for the request")]
+    NoRoute,
+
+    /// The route takes the service name from the path, and no service has that name.
+    #[error("no service named `{0}`")]
+    UnknownService(String),
+
+    /// The route has no service and no filter answered the request.
+    #[error("route `{0}` has no service and no filter answered")]
+    NoService(String),
+
+    /// A filter could not be loaded or initialised, or failed on the request (policy
+    /// `closed`).
+    #[error(transparent)]
+    Filter(gateway_filter::Error),
+
+    /// The upstream could not be reached, failed, or did not answer in time.
+    #[error(transparent)]
+    Upstream(gateway_upstream::Error),
+
+    /// The client paused too long while sending the request body.
+    #[error("client stopped sending the request body")]
+    BodyTimeout,
+
+    /// A route names a service the state does not have.
+    #[error("route `{route}` forwards to service `{service}`, which is not defined")]
+    RouteService { route: String, service: String },
+}
+
+/// `Result` with this crate's [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl From<gateway_upstream::Error> for Error {
+    /// A client body that stalled is the client's timeout, whichever layer noticed it.
+    fn from(error: gateway_upstream::Error) -> Error {
+        let mut cause = error
+            .source
+            .as_deref()
+            .map(|source| source as &(dyn std::error::Error + 'static));
+        let mut stalled = false;
+        while let Some(error) = cause {
+            stalled |= error.is::<BodyReadTimeout>();
+            cause = error.source();
+        }
+        if stalled {
+            Error::BodyTimeout
+        } else {
+            Error::Upstream(error)
+        }
+    }
+}
+
+/// What a client is told about an error: never addresses, stack traces or secrets.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientError {
+    pub status: StatusCode,
+    pub code: &'static str,
+    pub message: Cow<'static, str>,
+    /// The connection cannot be trusted for another request (framing was ambiguous).
+    pub close: bool,
+}
+
+impl Error {
+    /// The status, code and message a client gets for this error: the one place they are chosen.
+    pub fn to_client(&self) -> ClientError {
+        let plain = |status, code, message: &'static str| ClientError {
+            status,
+            code,
+            message: Cow::Borrowed(message),
+            close: false,
+        };
+        match self {
+            Error::Edge(violation) => ClientError {
+                status: violation.status(),
+                code: violation.code(),
+                message: Cow::Owned(violation.to_string()),
+                close: violation.closes_connection(),
+            },
+            Error::BadPath(reason) => ClientError {
+                status: StatusCode::BAD_REQUEST,
+                code: "BAD_PATH",
+                message: Cow::Owned(reason.to_string()),
+                close: false,
+            },
+            Error::NoRoute | Error::UnknownService(_) => plain(
+                StatusCode::NOT_FOUND,
+                "NO_ROUTE",
+                "no route matches the request",
+            ),
+            Error::NoService(_) => plain(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "NO_UPSTREAM",
+                "no upstream is configured for this route",
+            ),
+            Error::Filter(gateway_filter::Error::Failed {
+                failure: FilterFailure::Unavailable(_),
+                ..
+            }) => plain(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "FILTER_UNAVAILABLE",
+                "a filter on this route is unavailable",
+            ),
+            Error::Filter(gateway_filter::Error::Failed { .. }) => plain(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "FILTER_FAILED",
+                "a filter on this route failed",
+            ),
+            Error::Upstream(error) => match error.kind {
+                ErrorKind::ConnectRefused | ErrorKind::ConnectTimeout => plain(
+                    StatusCode::BAD_GATEWAY,
+                    "UPSTREAM_UNAVAILABLE",
+                    "the upstream service could not be reached",
+                ),
+                ErrorKind::ResponseTimeout => plain(
+                    StatusCode::GATEWAY_TIMEOUT,
+                    "UPSTREAM_TIMEOUT",
+                    "the upstream service did not answer in time",
+                ),
+                ErrorKind::ResetBeforeSent
+                | ErrorKind::ResetAfterSent
+                | ErrorKind::Protocol
+                | ErrorKind::ClientBody => plain(
+                    StatusCode::BAD_GATEWAY,
+                    "UPSTREAM_FAILED",
+                    "the upstream service failed to answer",
+                ),
+            },
+            Error::BodyTimeout => ClientError {
+                status: StatusCode::REQUEST_TIMEOUT,
+                code: "REQUEST_TIMEOUT",
+                message: Cow::Borrowed("the request body was not received in time"),
+                close: true,
+            },
+            Error::Filter(_) | Error::RouteService { .. } => plain(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "INTERNAL",
+                "internal gateway error",
+            ),
+        }
+    }
+}

@@ -1,0 +1,368 @@
+//! The request pipeline: edge checks, path normalisation, routing, the filter chain's request
+//! phase, the upstream call, the response phase, and one access-log line.
+
+use std::borrow::Cow;
+use std::net::SocketAddr;
+use std::time::{Instant, SystemTime};
+
+use bytes::Bytes;
+use gateway_filter::{FilterChain, FilterReply, RequestHead, ResponseHead};
+use gateway_routing::Route;
+use gateway_upstream::{Instance, Service};
+use gateway_wire::fields::REQUEST_ID;
+use http::header::{self, HeaderValue};
+use http::{Request, Response, StatusCode, Uri, Version};
+use http_body::Body;
+use http_body_util::Either;
+
+use crate::body::{RequestBody, ResponseBody, full};
+use crate::state::{RouteEntry, ServingState, Target};
+use crate::{Error, Result, headers, hygiene, normalize};
+
+/// What the pipeline knows about the connection a request came on.
+#[derive(Debug, Clone)]
+pub struct Peer {
+    /// The peer address.
+    pub client: SocketAddr,
+}
+
+/// What the access log says about one request, borrowed from the serving state: nothing is
+/// formatted unless the line is written.
+#[derive(Default)]
+struct Outcome<'g> {
+    route: Option<&'g str>,
+    upstream: Option<&'g Instance>,
+    error: Option<Error>,
+}
+
+/// Serves one client request. Never fails: every error becomes the documented JSON answer.
+pub async fn serve<B>(
+    state: &ServingState,
+    peer: &Peer,
+    request: Request<B>,
+) -> Response<ResponseBody>
+where
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let client = peer.client;
+    let request_id = headers::request_id(request.headers());
+    let method = request.method().clone();
+    let version = request.version();
+    let access_log = tracing::enabled!(target: "access", tracing::Level::INFO);
+    // Only the access log needs the time taken: no clock read without it.
+    let started = access_log.then(Instant::now);
+    // Logged as received: the normalised form may not exist if the path is refused.
+    let target = access_log
+        .then(|| request.uri().path_and_query().map(ToString::to_string))
+        .flatten();
+    let mut outcome = Outcome::default();
+
+    // The edge checks come before `/health` too: a request with ambiguous framing must never
+    // be answered on a connection that is then kept, whatever it asks for.
+    let checked = hygiene::check_request(&request, &state.size_limits);
+    let answer = match checked {
+        Err(violation) => Err(Error::Edge(violation)),
+        Ok(()) if request.uri().path() == "/health" => Ok(health()),
+        Ok(()) => forward(state, client, request, &request_id, &mut outcome).await,
+    };
+    let mut response = answer.unwrap_or_else(|error| {
+        let response = error_response(&error, &request_id, version);
+        outcome.error = Some(error);
+        response
+    });
+    response
+        .headers_mut()
+        .insert(REQUEST_ID, request_id.clone());
+
+    if access_log {
+        tracing::info!(
+            target: "access",
+            request_id = request_id.to_str().unwrap_or("-"),
+            client = %client.ip(),
+            method = %method,
+            target = target.as_deref().unwrap_or("-"),
+            version = ?version,
+            status = response.status().as_u16(),
+            duration_us = started.map_or(0, |started| u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX)),
+            route = outcome.route.unwrap_or("-"),
+            upstream = outcome.upstream.map_or("-", |instance| instance.label.as_str()),
+            error = %outcome.error.as_ref().map(ToString::to_string).unwrap_or_default(),
+        );
+    }
+    response
+}
+
+/// The answer to a request whose head could not be read, so that it never reached [`serve`]:
+/// the JSON error, with a request id of its own, and a log line.
+pub fn refuse_unreadable(client: SocketAddr, error: Error) -> Response<ResponseBody> {
+    let request_id = headers::request_id(&http::HeaderMap::new());
+    let mut response = error_response(&error, &request_id, Version::HTTP_11);
+    tracing::info!(
+        target: "access",
+        request_id = request_id.to_str().unwrap_or("-"),
+        client = %client.ip(),
+        status = response.status().as_u16(),
+        error = %error,
+        "unreadable request head",
+    );
+    response.headers_mut().insert(REQUEST_ID, request_id);
+    response
+}
+
+fn health() -> Response<ResponseBody> {
+    let mut response = Response::new(full(r#"{"status":"ok"}"#));
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    response
+}
+
+async fn forward<'g, B>(
+    state: &'g ServingState,
+    client: SocketAddr,
+    request: Request<B>,
+    request_id: &HeaderValue,
+    outcome: &mut Outcome<'g>,
+) -> Result<Response<ResponseBody>>
+where
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let path = normalize::normalize_path(request.uri().path())
+        .map_err(Error::BadPath)?
+        .into_owned();
+    let authority = hygiene::host_of(&request).map(str::to_owned);
+    let matched = state
+        .router
+        .route(request.method(), authority.as_deref(), &path)
+        .ok_or(Error::NoRoute)?;
+    let route = matched.route;
+    outcome.route = Some(&route.name);
+
+    let (parts, body) = request.into_parts();
+    let mut head = RequestHead {
+        method: parts.method,
+        query: parts.uri.query().map(str::to_owned),
+        path,
+        headers: parts.headers,
+        authority,
+        client_ip: client.ip(),
+        params: matched.params,
+    };
+    let original_host = head.headers.get(header::HOST).cloned().or_else(|| {
+        parts
+            .uri
+            .authority()
+            .and_then(|authority| HeaderValue::from_str(authority.as_str()).ok())
+    });
+    headers::strip_hop_by_hop(&mut head.headers);
+    headers::set_forwarded(&mut head.headers, head.client_ip, original_host.as_ref());
+    head.headers.insert(REQUEST_ID, request_id.clone());
+
+    let chain = &route.value.chain;
+    let phase = chain.on_request(&mut head);
+    let answer = match phase.outcome {
+        Ok(Some(reply)) => Ok(reply_response(reply)),
+        Err(error) => Err(Error::Filter(error)),
+        Ok(None) => call_upstream(state, route, &mut head, &parts.uri, body, outcome).await,
+    };
+    let response = match answer {
+        Ok(response) => response,
+        // Filters that already ran still see the gateway's own error answer.
+        Err(error) if phase.ran > 0 => {
+            let response = error_response(&error, request_id, parts.version);
+            outcome.error = Some(error);
+            response
+        }
+        Err(error) => return Err(error),
+    };
+    respond_through_chain(
+        chain,
+        phase.ran,
+        &mut head,
+        response,
+        request_id,
+        parts.version,
+    )
+}
+
+/// Sends the request to an instance of the route's service and returns its response head and
+/// streaming body.
+async fn call_upstream<'g, B>(
+    state: &'g ServingState,
+    route: &'g Route<RouteEntry>,
+    head: &mut RequestHead,
+    client_uri: &Uri,
+    body: B,
+    outcome: &mut Outcome<'g>,
+) -> Result<Response<ResponseBody>>
+where
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let service: &'g Service = match &route.value.target {
+        Target::Service(service) => service,
+        Target::ServiceFromParam(param) => {
+            let name = head.param(param).unwrap_or_default();
+            state
+                .services
+                .get(name)
+                .ok_or_else(|| Error::UnknownService(name.chars().take(64).collect()))?
+        }
+        Target::None => return Err(Error::NoService(route.name.clone())),
+    };
+    let instance = service.pick();
+    outcome.upstream = Some(instance);
+
+    let target = upstream_target(client_uri, head);
+    let body = RequestBody::new(body, state.limits.body_read_timeout);
+    let response = instance
+        .send(&head.method, &target, &head.headers, body)
+        .await?;
+    let (mut parts, body) = response.into_parts();
+    headers::strip_hop_by_hop(&mut parts.headers);
+    Ok(Response::from_parts(parts, Either::Left(body)))
+}
+
+/// The request target the upstream gets, in origin form: the connection is to the instance
+/// already. That is the client's own when its path needed no normalising and no filter changed
+/// the path or the query, the common case, which costs no allocation.
+fn upstream_target<'u>(client_uri: &'u Uri, head: &RequestHead) -> Cow<'u, str> {
+    let unchanged = client_uri.path() == head.path && client_uri.query() == head.query.as_deref();
+    if unchanged {
+        return Cow::Borrowed(
+            client_uri
+                .path_and_query()
+                .map_or("/", |target| target.as_str()),
+        );
+    }
+    let mut target =
+        String::with_capacity(head.path.len() + 1 + head.query.as_ref().map_or(0, String::len));
+    target.push_str(&head.path);
+    if let Some(query) = &head.query {
+        target.push('?');
+        target.push_str(query);
+    }
+    Cow::Owned(target)
+}
+
+/// Runs the response phase of the filters that took part, then assembles what the client gets.
+fn respond_through_chain(
+    chain: &FilterChain,
+    ran: usize,
+    request: &mut RequestHead,
+    response: Response<ResponseBody>,
+    request_id: &HeaderValue,
+    version: Version,
+) -> Result<Response<ResponseBody>> {
+    if ran == 0 {
+        return Ok(response);
+    }
+    let (mut parts, body) = response.into_parts();
+    let mut head = ResponseHead {
+        status: parts.status,
+        headers: std::mem::take(&mut parts.headers),
+    };
+    match chain.on_response(ran, request, &mut head) {
+        Ok(replaced) => {
+            parts.status = head.status;
+            parts.headers = head.headers;
+            let body = match replaced {
+                Some(bytes) => {
+                    parts.headers.remove(header::CONTENT_LENGTH);
+                    full(bytes)
+                }
+                None => body,
+            };
+            Ok(Response::from_parts(parts, body))
+        }
+        Err(error) => {
+            tracing::debug!(request_id = request_id.to_str().unwrap_or("-"), %error, "response phase refused the response");
+            Ok(error_response(&Error::Filter(error), request_id, version))
+        }
+    }
+}
+
+fn reply_response(reply: FilterReply) -> Response<ResponseBody> {
+    let mut response = Response::new(full(reply.body));
+    *response.status_mut() = reply.status;
+    *response.headers_mut() = reply.headers;
+    response
+}
+
+/// The JSON answer for an error, in the one shape every gateway error has.
+pub fn error_response(
+    error: &Error,
+    request_id: &HeaderValue,
+    version: Version,
+) -> Response<ResponseBody> {
+    let client = error.to_client();
+    let body = serde_json::json!({
+        "error": client.message,
+        "code": client.code,
+        "request_id": request_id.to_str().unwrap_or("-"),
+        "timestamp": humantime::format_rfc3339_millis(SystemTime::now()).to_string(),
+    });
+    let mut response = Response::new(full(Bytes::from(body.to_string())));
+    *response.status_mut() = client.status;
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    // HTTP/2 has no connection header; its streams do not share framing state anyway.
+    if client.close && version < Version::HTTP_2 {
+        headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    if client.status == StatusCode::SERVICE_UNAVAILABLE {
+        headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+    }
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn head(path: &str, query: Option<&str>) -> RequestHead {
+        RequestHead {
+            path: path.to_owned(),
+            query: query.map(str::to_owned),
+            ..RequestHead::default()
+        }
+    }
+
+    #[test]
+    fn the_upstream_gets_the_path_and_query_as_normalised_and_filtered_in_origin_form() {
+        let cases = [
+            ("/a/b?x=1", head("/a/b", Some("x=1")), "/a/b?x=1"),
+            ("/a/b?", head("/a/b", Some("")), "/a/b?"),
+            ("/a/./b", head("/a/b", None), "/a/b"),
+            (
+                "/api/users?id=7",
+                head("/users", Some("id=7")),
+                "/users?id=7",
+            ),
+            ("/a?x=1", head("/a", None), "/a"),
+            ("/a", head("/a", Some("y=2")), "/a?y=2"),
+            (
+                "http://example.com/a?x=1",
+                head("/a", Some("x=1")),
+                "/a?x=1",
+            ),
+        ];
+        for (client, head, expected) in cases {
+            let client: Uri = client.parse().expect("a valid URI");
+            let sent = upstream_target(&client, &head);
+            assert_eq!(sent, expected, "from {client}");
+            let unchanged = client.path() == head.path && client.query() == head.query.as_deref();
+            assert_eq!(
+                matches!(sent, Cow::Borrowed(_)),
+                unchanged,
+                "borrowed exactly when nothing changed, from {client}"
+            );
+        }
+    }
+}
