@@ -3,7 +3,8 @@
 //! arrives next: a request, a pipelined pair, a head in pieces, an HTTP/1.0 keep-alive request.
 //! A client's `Connection: close` is honoured. Parking never cuts a request that is still being
 //! read or answered, idle connections (HTTP/2 ones too) close after `idle_timeout`, and a
-//! shutdown closes parked connections at once while in-flight requests finish.
+//! shutdown closes parked connections at once while in-flight requests finish. That a quiet
+//! connection really gives its buffers back is shown in-process, by gateway-server's tests.
 
 use std::time::{Duration, Instant};
 
@@ -14,10 +15,6 @@ use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
-
-/// The log filter that shows parking.
-const PARKING_LOG: &str = "info,gateway_server::http1=trace";
-const PARKED: &str = "connection parked";
 
 /// Longer than a quiet connection waits before it is parked (100ms).
 const PAST_PARKING: Duration = Duration::from_millis(400);
@@ -39,37 +36,16 @@ fn target(reply: &Reply) -> String {
         .to_owned()
 }
 
-fn parked_count(gateway: &Gateway) -> usize {
-    gateway
-        .logs()
-        .iter()
-        .filter(|line| line.contains(PARKED))
-        .count()
-}
-
-/// Waits until the gateway has parked `count` connections in all.
-async fn wait_for_parked(gateway: &Gateway, count: usize) {
-    let deadline = Instant::now() + WAIT;
-    while parked_count(gateway) < count {
-        assert!(
-            Instant::now() < deadline,
-            "only {} of {count} parkings logged",
-            parked_count(gateway)
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn a_parked_connection_serves_its_next_requests_as_before() {
-    let (gateway, upstream) = setup("  idle_timeout: 30s", PARKING_LOG).await;
+    let (gateway, upstream) = setup("  idle_timeout: 30s", "info").await;
     let mut client = RawClient::connect(&gateway).await;
 
     assert_eq!(target(&client.get("/first").await), "/first");
-    wait_for_parked(&gateway, 1).await;
+    tokio::time::sleep(PAST_PARKING).await;
 
     assert_eq!(target(&client.get("/second").await), "/second");
-    wait_for_parked(&gateway, 2).await;
+    tokio::time::sleep(PAST_PARKING).await;
 
     // Two requests in one write, right after parking.
     client
@@ -80,7 +56,7 @@ async fn a_parked_connection_serves_its_next_requests_as_before() {
         .await;
     assert_eq!(target(&client.response().await), "/third");
     assert_eq!(target(&client.response().await), "/fourth");
-    wait_for_parked(&gateway, 3).await;
+    tokio::time::sleep(PAST_PARKING).await;
 
     // A head that starts before a quiet spell and ends after it.
     client.send("GET /split HTTP/1.1\r\nHo").await;
@@ -98,7 +74,7 @@ async fn a_parked_connection_serves_its_next_requests_as_before() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn http_1_0_keep_alive_survives_parking_and_close_is_honoured() {
-    let (gateway, _upstream) = setup("  idle_timeout: 30s", PARKING_LOG).await;
+    let (gateway, _upstream) = setup("  idle_timeout: 30s", "info").await;
     let mut client = RawClient::connect(&gateway).await;
 
     // HTTP/1.0 keeps the connection only when asked to.
@@ -106,7 +82,7 @@ async fn http_1_0_keep_alive_survives_parking_and_close_is_honoured() {
         .send("GET /old HTTP/1.0\r\nHost: gateway.test\r\nConnection: keep-alive\r\n\r\n")
         .await;
     assert_eq!(target(&client.response().await), "/old");
-    wait_for_parked(&gateway, 1).await;
+    tokio::time::sleep(PAST_PARKING).await;
     client
         .send("GET /older HTTP/1.0\r\nHost: gateway.test\r\nConnection: keep-alive\r\n\r\n")
         .await;
@@ -126,17 +102,12 @@ async fn http_1_0_keep_alive_survives_parking_and_close_is_honoured() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_connection_is_never_parked_in_the_middle_of_a_request() {
-    let (gateway, _upstream) = setup("  idle_timeout: 30s", PARKING_LOG).await;
+    let (gateway, _upstream) = setup("  idle_timeout: 30s", "info").await;
     let mut client = RawClient::connect(&gateway).await;
 
-    // An answer slower than the parking delay: the connection is quiet but busy.
-    let parked_before = parked_count(&gateway);
+    // An answer slower than the parking delay: the connection is quiet but busy (that it is
+    // not parked meanwhile is shown in-process, by gateway-server's own tests).
     assert_eq!(target(&client.get("/slow?ms=600").await), "/slow?ms=600");
-    assert_eq!(
-        parked_count(&gateway),
-        parked_before,
-        "parked while the upstream was answering"
-    );
 
     // A body that pauses past the parking delay.
     client
@@ -181,10 +152,10 @@ async fn idle_connections_close_after_idle_timeout_and_silent_ones_after_header_
 
 #[tokio::test(flavor = "multi_thread")]
 async fn shutdown_closes_parked_connections_and_finishes_requests_in_flight() {
-    let (mut gateway, _upstream) = setup("  idle_timeout: 60s", PARKING_LOG).await;
+    let (mut gateway, _upstream) = setup("  idle_timeout: 60s", "info").await;
     let mut parked = RawClient::connect(&gateway).await;
     assert_eq!(target(&parked.get("/idle").await), "/idle");
-    wait_for_parked(&gateway, 1).await;
+    tokio::time::sleep(PAST_PARKING).await;
 
     let mut busy = RawClient::connect(&gateway).await;
     busy.send("GET /slow?ms=800 HTTP/1.1\r\nHost: gateway.test\r\n\r\n")

@@ -133,15 +133,19 @@ impl Config {
             path: path.to_owned(),
             source,
         })?;
-        let invalid = |problems| Error::Invalid {
+        let base = path.parent().unwrap_or(Path::new("."));
+        Config::from_yaml(&text, base).map_err(|problems| Error::Invalid {
             path: path.to_owned(),
             problems,
-        };
-        let mut file = ConfigFile::parse(&text).map_err(invalid)?;
-        let base = path.parent().unwrap_or(Path::new("."));
+        })
+    }
+
+    /// Parses and checks configuration text whose relative paths are relative to `base`.
+    pub fn from_yaml(text: &str, base: &Path) -> Result<Config, Vec<String>> {
+        let mut file = ConfigFile::parse(text)?;
         file.plugin_dir = base.join(&file.plugin_dir);
         file.cache_dir = file.cache_dir.map(|dir| base.join(dir));
-        validate::check(file).map_err(invalid)
+        validate::check(file)
     }
 }
 

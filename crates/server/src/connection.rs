@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use http::Request;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
@@ -23,7 +23,7 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulConnection;
-use tokio::net::TcpStream;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
@@ -32,35 +32,41 @@ use gateway_proxy::{LiveState, Peer, ResponseBody};
 
 use crate::body::ClientBody;
 use crate::http1;
+use crate::rewind::Rewind;
 
 /// The HTTP/2 connection preface starts with this method.
 const HTTP2_PREFACE_METHOD: &[u8] = b"PRI";
 
 /// Serves one accepted connection until the client closes it, a limit closes it, or `shutdown`
 /// turns true (after which in-flight requests finish and idle connections close).
-pub(crate) async fn serve(
+pub(crate) async fn serve<S>(
     live: Arc<LiveState>,
-    stream: TcpStream,
+    mut stream: S,
     client: SocketAddr,
     mut shutdown: watch::Receiver<bool>,
-) {
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let accepted = Instant::now();
     let limits = live.current().limits.clone();
-    // The first head, like every head, must be complete within `header_read_timeout`.
-    let mut first = [0; HTTP2_PREFACE_METHOD.len()];
-    let peeked = tokio::select! {
-        peeked = tokio::time::timeout(limits.header_read_timeout, stream.peek(&mut first)) => {
-            peeked.ok().and_then(Result::ok).filter(|&read| read > 0)
+    // The first head, like every head, must be complete within `header_read_timeout`. What is
+    // read here is read for whichever protocol the bytes turn out to be.
+    let mut first = BytesMut::with_capacity(http1::READ_CHUNK);
+    let read = tokio::select! {
+        read = tokio::time::timeout(limits.header_read_timeout, stream.read_buf(&mut first)) => {
+            read.ok().and_then(Result::ok).filter(|&read| read > 0)
         }
         _ = shutdown.wait_for(|stop| *stop) => None,
     };
-    let Some(read) = peeked else {
-        return;
-    };
-    if !HTTP2_PREFACE_METHOD.starts_with(&first[..read]) {
-        http1::serve(live, stream, client, accepted, shutdown).await;
+    if read.is_none() {
         return;
     }
+    let sniffed = &first[..first.len().min(HTTP2_PREFACE_METHOD.len())];
+    if !HTTP2_PREFACE_METHOD.starts_with(sniffed) {
+        http1::serve(live, stream, first, client, accepted, shutdown).await;
+        return;
+    }
+    let stream = Rewind::new(first.freeze(), stream);
 
     let streams = Arc::new(StreamCounts::default());
     let peer = Peer { client };

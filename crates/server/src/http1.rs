@@ -35,8 +35,7 @@ use bytes::{Buf, Bytes, BytesMut};
 use http::{Method, Request, Response, Version};
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::BodyExt;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::{Instant, Sleep};
 
@@ -56,7 +55,7 @@ use crate::body::ClientBody;
 const PARK_AFTER: Duration = Duration::from_millis(100);
 
 /// Room made in the read buffer for a read; for a long body it doubles up to the maximum.
-const READ_CHUNK: usize = 8 * 1024;
+pub(crate) const READ_CHUNK: usize = 8 * 1024;
 const MAX_READ_CHUNK: usize = 256 * 1024;
 
 /// Body bytes up to this size are copied beside the head, so that both go in one write.
@@ -68,15 +67,18 @@ const INLINE_BODY: usize = 16 * 1024;
 const LINGER: Duration = Duration::from_millis(500);
 const LINGER_BYTES: usize = 64 * 1024;
 
-/// Serves one HTTP/1 connection, whose first bytes have arrived, until it closes.
-pub(crate) async fn serve(
+/// Serves one HTTP/1 connection, whose first bytes have arrived in `first`, until it closes.
+pub(crate) async fn serve<S>(
     live: Arc<LiveState>,
-    stream: TcpStream,
+    stream: S,
+    first: BytesMut,
     client: SocketAddr,
     accepted: Instant,
     mut shutdown: watch::Receiver<bool>,
-) {
-    let mut connection = ClientConnection::new(stream);
+) where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let mut connection = ClientConnection::new(stream, first);
     let mut first_head_started = Some(accepted);
     loop {
         let busy = Box::pin(connection.serve_until_quiet(
@@ -99,8 +101,8 @@ pub(crate) async fn serve(
 }
 
 /// One client connection and the memory it reads and writes through.
-struct ClientConnection {
-    stream: TcpStream,
+struct ClientConnection<S> {
+    stream: S,
     read_buffer: BytesMut,
     write_buffer: Vec<u8>,
     /// Wakes the connection at its next deadline while it waits for a head. Re-armed only when
@@ -140,11 +142,11 @@ enum Next {
     Closed,
 }
 
-impl ClientConnection {
-    fn new(stream: TcpStream) -> ClientConnection {
+impl<S: AsyncRead + AsyncWrite + Unpin> ClientConnection<S> {
+    fn new(stream: S, read_buffer: BytesMut) -> ClientConnection<S> {
         ClientConnection {
             stream,
-            read_buffer: BytesMut::with_capacity(READ_CHUNK),
+            read_buffer,
             write_buffer: Vec::new(),
             watchdog: None,
         }
@@ -359,10 +361,17 @@ impl ClientConnection {
         if *shutdown.borrow() {
             return false;
         }
+        // Without a buffer, the wait reads the first byte on its own: the buffer is made only
+        // once there is something to put in it.
+        let mut first = [0; 1];
         tokio::select! {
-            ready = self.stream.readable() => {
-                self.read_buffer.reserve(READ_CHUNK);
-                ready.is_ok()
+            read = self.stream.read(&mut first) => {
+                let arrived = matches!(read, Ok(1));
+                if arrived {
+                    self.read_buffer.reserve(READ_CHUNK);
+                    self.read_buffer.extend_from_slice(&first);
+                }
+                arrived
             }
             () = tokio::time::sleep_until(close_at) => false,
             _ = shutdown.changed() => false,
@@ -630,7 +639,10 @@ struct BodyPump {
 }
 
 impl BodyPump {
-    async fn run(mut self, stream: &mut TcpStream, buffer: &mut BytesMut) -> BodyRead {
+    async fn run<S>(mut self, stream: &mut S, buffer: &mut BytesMut) -> BodyRead
+    where
+        S: AsyncRead + AsyncWrite + Unpin,
+    {
         if self.want.await.is_err() {
             return BodyRead::Unfinished;
         }
@@ -675,5 +687,161 @@ impl BodyPump {
             let _ = self.pieces.send(Err(failure)).await;
             return BodyRead::Unfinished;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use gateway_config::Config;
+    use gateway_filter::FilterEngine;
+    use gateway_proxy::ServingState;
+    use tokio::io::DuplexStream;
+
+    use super::*;
+
+    const CLIENT: SocketAddr =
+        SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 1);
+
+    /// A serving state forwarding everything to `upstream`, with no filters.
+    fn live(upstream: &str) -> Arc<LiveState> {
+        let yaml = format!(
+            "listeners: [{{ address: 127.0.0.1:0 }}]\n\
+             cache_dir: ~\n\
+             services: {{ echo: {{ instances: [\"{upstream}\"] }} }}\n\
+             routes: [{{ match: {{ path_prefix: / }}, service: echo }}]\n"
+        );
+        let config = Config::from_yaml(&yaml, Path::new(".")).expect("a valid configuration");
+        let engine = FilterEngine::new(gateway_rules::kv::Limits::default(), None)
+            .expect("the filter engine starts");
+        let state = ServingState::build(&config, &engine)
+            .unwrap_or_else(|problems| panic!("cannot build the state: {problems:?}"));
+        Arc::new(LiveState::new(state))
+    }
+
+    /// Reads one whole response with a `Content-Length` off `far`.
+    async fn response(far: &mut DuplexStream) -> String {
+        let mut received = Vec::new();
+        loop {
+            let mut piece = [0; 4096];
+            let read = far.read(&mut piece).await.expect("readable");
+            assert!(
+                read > 0,
+                "closed after {:?}",
+                String::from_utf8_lossy(&received)
+            );
+            received.extend_from_slice(&piece[..read]);
+            let text = String::from_utf8_lossy(&received).into_owned();
+            if let Some((head, body)) = text.split_once("\r\n\r\n") {
+                let length = head
+                    .lines()
+                    .find_map(|line| line.strip_prefix("content-length: "))
+                    .and_then(|length| length.parse::<usize>().ok())
+                    .expect("a content-length");
+                if body.len() >= length {
+                    return text;
+                }
+            }
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_quiet_connection_parks_without_its_buffers_and_serves_its_next_request() {
+        let live = live("http://127.0.0.1:9");
+        let (near, mut far) = tokio::io::duplex(64 * 1024);
+        let (_stop, mut shutdown) = watch::channel(false);
+        let mut connection = ClientConnection::new(near, BytesMut::new());
+
+        far.write_all(b"GET /health HTTP/1.1\r\nHost: a\r\n\r\n")
+            .await
+            .expect("written");
+        let started = Instant::now();
+        let quiet = connection
+            .serve_until_quiet(&live, CLIENT, Some(started), &mut shutdown)
+            .await
+            .expect("parked, not closed");
+        assert!(response(&mut far).await.contains(r#"{"status":"ok"}"#));
+        assert!(
+            Instant::now() >= quiet + PARK_AFTER,
+            "parked before it was quiet long enough"
+        );
+        assert_eq!(
+            connection.read_buffer.capacity(),
+            0,
+            "the read buffer is given back"
+        );
+        assert_eq!(
+            connection.write_buffer.capacity(),
+            0,
+            "the write buffer is given back"
+        );
+
+        // The next request wakes it, a second after it parked.
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        far.write_all(b"GET /health HTTP/1.1\r\nHost: a\r\n\r\n")
+            .await
+            .expect("written");
+        assert!(
+            connection
+                .wait_parked(quiet + Duration::from_secs(60), &mut shutdown)
+                .await
+        );
+        connection
+            .serve_until_quiet(&live, CLIENT, None, &mut shutdown)
+            .await
+            .expect("parked again");
+        assert!(response(&mut far).await.starts_with("HTTP/1.1 200 OK\r\n"));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_parked_connection_closes_at_its_idle_timeout_or_at_shutdown() {
+        let (near, _far) = tokio::io::duplex(1024);
+        let (stop, mut shutdown) = watch::channel(false);
+        let mut connection = ClientConnection::new(near, BytesMut::new());
+        connection.park();
+        let parked = Instant::now();
+        assert!(
+            !connection
+                .wait_parked(parked + Duration::from_secs(30), &mut shutdown)
+                .await
+        );
+        assert_eq!(Instant::now(), parked + Duration::from_secs(30));
+
+        let waiting =
+            connection.wait_parked(Instant::now() + Duration::from_secs(30), &mut shutdown);
+        let stopping = async {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            stop.send_replace(true);
+        };
+        let (woken, ()) = tokio::join!(waiting, stopping);
+        assert!(!woken, "a shutdown closes a parked connection");
+        assert_eq!(Instant::now(), parked + Duration::from_secs(31), "at once");
+    }
+
+    /// A slow answer is no quiet spell: the connection parks only once it has answered.
+    #[tokio::test]
+    async fn a_connection_is_never_parked_while_its_request_is_served() {
+        let upstream = gateway_demo_upstream::Upstream::start("echo").await;
+        let live = live(&upstream.url());
+        let (near, mut far) = tokio::io::duplex(64 * 1024);
+        let (_stop, mut shutdown) = watch::channel(false);
+        let mut connection = ClientConnection::new(near, BytesMut::new());
+
+        far.write_all(b"GET /slow?ms=400 HTTP/1.1\r\nHost: a\r\n\r\n")
+            .await
+            .expect("written");
+        let started = Instant::now();
+        let (quiet, answer) = tokio::join!(
+            connection.serve_until_quiet(&live, CLIENT, Some(started), &mut shutdown),
+            response(&mut far)
+        );
+        let quiet = quiet.expect("parked, not closed");
+        assert!(answer.starts_with("HTTP/1.1 200 OK\r\n"), "{answer}");
+        assert!(
+            quiet >= started + Duration::from_millis(400),
+            "quiet from {:?} after the request, before its answer",
+            quiet - started
+        );
     }
 }

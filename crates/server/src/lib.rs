@@ -9,13 +9,18 @@
 //!
 //! - `connection`: one connection's life, from the first bytes that say its protocol;
 //! - `http1`: HTTP/1.1 served by the gateway's own loop, parked without buffers when idle;
-//! - `body`: a client's request body as its connection delivers it.
+//! - `body`: a client's request body as its connection delivers it;
+//! - `rewind`: the first bytes, read to learn the protocol, handed back to hyper.
+//!
+//! The loops are generic over the stream (`AsyncRead + AsyncWrite`): TCP today, TLS and
+//! in-process streams (the tests' `tokio::io::duplex`) plug in the same way.
 //!
 //! Each request is handed to the pipeline of `gateway-proxy`, which does everything else.
 
 mod body;
 mod connection;
 mod http1;
+mod rewind;
 
 use std::future::Future;
 use std::net::SocketAddr;
