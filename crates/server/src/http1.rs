@@ -7,6 +7,8 @@
 //! head where it landed, runs the request pipeline in the same task, and writes the response
 //! head with the body that is ready (most bodies are) in one write.
 //!
+//! Why the gateway serves HTTP/1.1 itself: `docs/decisions/0001-own-http1-server-loop.md`.
+//!
 //! A connection alternates between two lives:
 //! - **busy**: requests are read, served and answered in turn (pipelined ones too). A request
 //!   head must be complete within `header_read_timeout` of its first byte (of the accept, for

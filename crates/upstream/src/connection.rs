@@ -10,6 +10,10 @@
 //! the connection goes back at once; a longer one is read by the response body as the client
 //! takes it, and the connection goes back once it has been read to its end.
 //!
+//! A connection runs over any [`Transport`]: TCP for now, and TLS or an in-process stream (the
+//! tests here use `tokio::io::duplex`) the same way. Why the gateway has its own client at all:
+//! `docs/decisions/0002-own-upstream-client.md`.
+//!
 //! Idle connections are kept per thread: only the thread that opened one picks it up again. Its
 //! socket is registered with that thread's runtime, so on any other every readiness event would
 //! cross threads, and it would fail outright once the opening thread's runtime shut down.
@@ -22,15 +26,15 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll, Waker, ready};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
 use http::{Method, Response};
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::BodyExt;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
-use tokio::net::tcp::{ReadHalf, WriteHalf};
+use tokio::time::Instant;
 
 use gateway_config::InstanceUrl;
 use gateway_wire::upstream::{self, OutgoingHead, RequestFraming, ResponseHead};
@@ -66,11 +70,42 @@ impl ThreadKey {
 const READ_CHUNK: usize = 8 * 1024;
 const MAX_READ_CHUNK: usize = 256 * 1024;
 
+/// The byte stream a connection to an instance runs over: TCP, and whatever else implements it
+/// (TLS, or an in-process stream in tests).
+pub trait Transport: AsyncRead + AsyncWrite + Unpin + Send + Sized + 'static {
+    /// The reading half of [`Transport::split`].
+    type Reader<'a>: AsyncRead + Unpin + Send;
+    /// The writing half of [`Transport::split`].
+    type Writer<'a>: AsyncWrite + Unpin + Send;
+
+    /// Opens a stream to `host:port`.
+    fn connect(host: &str, port: u16) -> impl Future<Output = io::Result<Self>> + Send;
+
+    /// Borrows the two directions at once: a request body is sent while the answer is read.
+    fn split(&mut self) -> (Self::Reader<'_>, Self::Writer<'_>);
+}
+
+impl Transport for TcpStream {
+    type Reader<'a> = tokio::net::tcp::ReadHalf<'a>;
+    type Writer<'a> = tokio::net::tcp::WriteHalf<'a>;
+
+    async fn connect(host: &str, port: u16) -> io::Result<TcpStream> {
+        let stream = TcpStream::connect((host, port)).await?;
+        // Requests and responses are written whole; waiting to coalesce them only adds latency.
+        let _ = stream.set_nodelay(true);
+        Ok(stream)
+    }
+
+    fn split(&mut self) -> (Self::Reader<'_>, Self::Writer<'_>) {
+        TcpStream::split(self)
+    }
+}
+
 /// One open connection, with what has been read from it and not yet consumed. It is always
 /// boxed: it travels inside response bodies, which hyper moves as it serves them, and a pointer
 /// keeps them small.
-struct Connection {
-    stream: TcpStream,
+struct Connection<S> {
+    stream: S,
     read_buffer: BytesMut,
     /// The request head being written: kept, so a request costs no allocation for it.
     write_buffer: Vec<u8>,
@@ -84,75 +119,82 @@ struct Connection {
     reused: bool,
 }
 
-impl Connection {
+impl<S: Transport> Connection<S> {
+    fn new(stream: S) -> Connection<S> {
+        Connection {
+            stream,
+            read_buffer: BytesMut::with_capacity(READ_CHUNK),
+            write_buffer: Vec::new(),
+            read_chunk: READ_CHUNK,
+            idle_since: Instant::now(),
+            opened_on: ThreadKey::current(),
+            reused: false,
+        }
+    }
+
     /// Says whether an idle connection can take a request: readable while idle means closed by
-    /// the instance, reset, or sending what nobody asked for.
+    /// the instance, reset, or sending what nobody asked for. A read that would wait costs no
+    /// system call while the stream has not been woken since its last read.
     fn poll_usable(&mut self, cx: &mut Context<'_>) -> bool {
         if self.idle_since.elapsed() > IDLE_TIMEOUT || !self.read_buffer.is_empty() {
             return false;
         }
-        match self.stream.poll_read_ready(cx) {
-            Poll::Pending => true,
-            Poll::Ready(Err(_)) => false,
-            // Readiness may be left over from the last read: only a read can tell.
-            Poll::Ready(Ok(())) => matches!(
-                self.stream.try_read(&mut [0; 1]),
-                Err(error) if error.kind() == io::ErrorKind::WouldBlock
-            ),
-        }
+        let mut probe = [0; 1];
+        let mut probe = ReadBuf::new(&mut probe);
+        Pin::new(&mut self.stream)
+            .poll_read(cx, &mut probe)
+            .is_pending()
     }
 
     /// Reads what the instance sent next into the read buffer; 0 when it closed the connection.
     fn poll_read_more(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
         make_room(&mut self.read_buffer, self.read_chunk);
         let room = self.read_buffer.capacity() - self.read_buffer.len();
-        loop {
-            ready!(self.stream.poll_read_ready(cx))?;
-            match self.stream.try_read_buf(&mut self.read_buffer) {
-                Err(error) if error.kind() == io::ErrorKind::WouldBlock => {}
-                Ok(read) if read == room => {
-                    self.read_chunk = (self.read_chunk * 2).min(MAX_READ_CHUNK);
-                    return Poll::Ready(Ok(read));
-                }
-                read => return Poll::Ready(read),
-            }
+        let read = ready!(tokio_util::io::poll_read_buf(
+            Pin::new(&mut self.stream),
+            cx,
+            &mut self.read_buffer
+        ))?;
+        if read == room {
+            self.read_chunk = (self.read_chunk * 2).min(MAX_READ_CHUNK);
         }
+        Poll::Ready(Ok(read))
     }
 }
 
 /// The idle connections to one instance, and how new ones are opened.
-pub(super) struct ConnectionPool {
+pub(super) struct ConnectionPool<S = TcpStream> {
     /// One list per thread that has opened connections: a handful, so a short scan finds one.
-    idle: Mutex<Vec<IdleList>>,
+    idle: Mutex<Vec<IdleList<S>>>,
     connect_timeout: Duration,
 }
 
 /// The idle connections one thread opened, most recently used last.
-struct IdleList {
+struct IdleList<S> {
     thread: ThreadKey,
     #[expect(
         clippy::vec_box,
         reason = "connections leave the list, boxed, inside response bodies"
     )]
-    connections: Vec<Box<Connection>>,
+    connections: Vec<Box<Connection<S>>>,
 }
 
-impl ConnectionPool {
-    pub(crate) fn new(connect_timeout: Duration) -> Arc<ConnectionPool> {
+impl<S: Transport> ConnectionPool<S> {
+    pub(crate) fn new(connect_timeout: Duration) -> Arc<ConnectionPool<S>> {
         Arc::new(ConnectionPool {
             idle: Mutex::new(Vec::new()),
             connect_timeout,
         })
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<IdleList>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<IdleList<S>>> {
         // The lists stay consistent whatever a panicking holder was doing: push and pop only.
         self.idle.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// The most recently used idle connection this thread opened that is still usable, if any;
     /// the ones found closed or stale on the way are dropped.
-    async fn reuse(&self) -> Option<Box<Connection>> {
+    async fn reuse(&self) -> Option<Box<Connection<S>>> {
         let thread = ThreadKey::current();
         loop {
             let mut connection = self
@@ -180,7 +222,7 @@ impl ConnectionPool {
         }
     }
 
-    fn release(&self, mut connection: Box<Connection>) {
+    fn release(&self, mut connection: Box<Connection<S>>) {
         connection.idle_since = Instant::now();
         // A long body grew the buffer; an idle connection keeps only the usual room.
         if connection.read_buffer.capacity() > 2 * READ_CHUNK {
@@ -205,7 +247,7 @@ impl ConnectionPool {
         }
     }
 
-    async fn open(&self, instance: &InstanceUrl, label: &str) -> Result<Box<Connection>> {
+    async fn open(&self, instance: &InstanceUrl, label: &str) -> Result<Box<Connection<S>>> {
         let host = instance.authority.host();
         // An IPv6 literal keeps its brackets in the authority; the resolver wants it bare.
         let host = host
@@ -213,7 +255,7 @@ impl ConnectionPool {
             .and_then(|host| host.strip_suffix(']'))
             .unwrap_or(host);
         let port = instance.authority.port_u16().unwrap_or(80);
-        let stream = tokio::time::timeout(self.connect_timeout, TcpStream::connect((host, port)))
+        let stream = tokio::time::timeout(self.connect_timeout, S::connect(host, port))
             .await
             .map_err(|_| {
                 Error::new(
@@ -223,17 +265,7 @@ impl ConnectionPool {
                 )
             })?
             .map_err(|error| Error::new(ErrorKind::ConnectRefused, label, error.to_string()))?;
-        // Requests and responses are written whole; waiting to coalesce them only adds latency.
-        let _ = stream.set_nodelay(true);
-        Ok(Box::new(Connection {
-            stream,
-            read_buffer: BytesMut::with_capacity(READ_CHUNK),
-            write_buffer: Vec::new(),
-            read_chunk: READ_CHUNK,
-            idle_since: Instant::now(),
-            opened_on: ThreadKey::current(),
-            reused: false,
-        }))
+        Ok(Box::new(Connection::new(stream)))
     }
 
     /// Sends `request` (in origin form, with a Host header) on an idle connection, or on a new
@@ -247,7 +279,7 @@ impl ConnectionPool {
         label: &str,
         head: OutgoingHead<'_>,
         mut body: B,
-    ) -> Result<Response<UpstreamBody>>
+    ) -> Result<Response<UpstreamBody<S>>>
     where
         B: Body<Data = Bytes> + Unpin,
         B::Error: Into<BoxError>,
@@ -280,12 +312,12 @@ impl ConnectionPool {
     /// response is awaited: an instance may answer (413, say) before it has read all of it.
     async fn exchange<B>(
         self: &Arc<Self>,
-        mut connection: Box<Connection>,
+        mut connection: Box<Connection<S>>,
         request: OutgoingHead<'_>,
         mut body: B,
         framing: RequestFraming,
         label: &str,
-    ) -> Sent<B>
+    ) -> Sent<S, B>
     where
         B: Body<Data = Bytes> + Unpin,
         B::Error: Into<BoxError>,
@@ -299,54 +331,58 @@ impl ConnectionPool {
             ..
         } = &mut *connection;
         upstream::encode_request_head(write_buffer, request, framing);
-        let (mut reader, mut writer) = stream.split();
-        let mut body_sent = true;
-        let answer = if framing == RequestFraming::Empty {
-            match writer.write_all(write_buffer).await {
-                Ok(()) => read_head(&mut reader, read_buffer, request.method).await,
-                Err(error) => Err(ReadError::Unsent(error)),
-            }
-        } else {
-            let send = async {
-                writer
-                    .write_all(write_buffer)
-                    .await
-                    .map_err(SendError::Io)?;
-                send_body(&mut writer, &mut body, framing).await
-            };
-            let receive = read_head(&mut reader, read_buffer, request.method);
-            tokio::pin!(send, receive);
-            tokio::select! {
-                biased;
-                head = &mut receive => {
-                    body_sent = false;
-                    head
+        // The halves borrow the stream: they are gone before the connection is handed on.
+        let (answer, body_sent) = {
+            let (mut reader, mut writer) = Transport::split(stream);
+            let mut body_sent = true;
+            let answer = if framing == RequestFraming::Empty {
+                match writer.write_all(write_buffer).await {
+                    Ok(()) => read_head(&mut reader, read_buffer, request.method).await,
+                    Err(error) => Err(ReadError::Unsent(error)),
                 }
-                sent = &mut send => match sent {
-                    Ok(()) => receive.await,
-                    Err(SendError::Body(error)) => {
-                        let reason = format!("the client's body failed: {}", error_chain(&*error));
-                        return Sent::Done(Err(Error {
-                            source: Some(error),
-                            ..Error::new(ErrorKind::ClientBody, label, reason)
-                        }));
+            } else {
+                let send = async {
+                    writer
+                        .write_all(write_buffer)
+                        .await
+                        .map_err(SendError::Io)?;
+                    send_body(&mut writer, &mut body, framing).await
+                };
+                let receive = read_head(&mut reader, read_buffer, request.method);
+                tokio::pin!(send, receive);
+                tokio::select! {
+                    biased;
+                    head = &mut receive => {
+                        body_sent = false;
+                        head
                     }
-                    // The instance may have answered and stopped reading: its answer is what
-                    // the client should see.
-                    Err(SendError::Io(error)) => match receive.await {
-                        Ok(head) => {
-                            body_sent = false;
-                            Ok(head)
+                    sent = &mut send => match sent {
+                        Ok(()) => receive.await,
+                        Err(SendError::Body(error)) => {
+                            let reason = format!("the client's body failed: {}", error_chain(&*error));
+                            return Sent::Done(Err(Error {
+                                source: Some(error),
+                                ..Error::new(ErrorKind::ClientBody, label, reason)
+                            }));
                         }
-                        Err(_) => {
-                            return failed(
-                                ErrorKind::ResetBeforeSent,
-                                format!("cannot send the request body: {error}"),
-                            );
-                        }
-                    },
+                        // The instance may have answered and stopped reading: its answer is what
+                        // the client should see.
+                        Err(SendError::Io(error)) => match receive.await {
+                            Ok(head) => {
+                                body_sent = false;
+                                Ok(head)
+                            }
+                            Err(_) => {
+                                return failed(
+                                    ErrorKind::ResetBeforeSent,
+                                    format!("cannot send the request body: {error}"),
+                                );
+                            }
+                        },
+                    }
                 }
-            }
+            };
+            (answer, body_sent)
         };
         let head = match answer {
             Ok(head) => head,
@@ -385,8 +421,8 @@ impl ConnectionPool {
 }
 
 /// How sending a request on one connection went.
-enum Sent<B> {
-    Done(Result<Response<UpstreamBody>>),
+enum Sent<S, B> {
+    Done(Result<Response<UpstreamBody<S>>>),
     /// A reused connection failed before any answer; here is the body, untouched.
     Retry(B),
 }
@@ -448,7 +484,7 @@ impl std::fmt::Display for ReadError {
 
 /// Reads until the final response's head is complete.
 async fn read_head(
-    reader: &mut ReadHalf<'_>,
+    reader: &mut (impl AsyncRead + Unpin),
     buffer: &mut BytesMut,
     method: &Method,
 ) -> std::result::Result<ResponseHead, ReadError> {
@@ -478,7 +514,7 @@ enum SendError {
 /// Sends the client's body as it arrives, framed for this connection. Trailers are dropped:
 /// few upstreams read them, and an HTTP/1 request can only carry them when chunked.
 async fn send_body<B>(
-    writer: &mut WriteHalf<'_>,
+    writer: &mut (impl AsyncWrite + Unpin),
     body: &mut B,
     framing: RequestFraming,
 ) -> std::result::Result<(), SendError>
@@ -532,24 +568,24 @@ fn error_chain(error: &dyn std::error::Error) -> String {
 }
 
 /// An upstream response body on its way to the client.
-pub enum UpstreamBody {
+pub enum UpstreamBody<S = TcpStream> {
     /// Read whole with the head; the connection has already gone back to its pool.
     Whole(Option<Bytes>),
     /// Still arriving: reading it drives the connection, which goes back to its pool once the
     /// body has been read to its end, and is closed if the body is dropped before.
-    Streaming(Streaming),
+    Streaming(Streaming<S>),
     Done,
 }
 
-pub struct Streaming {
-    pool: Arc<ConnectionPool>,
-    connection: Box<Connection>,
+pub struct Streaming<S> {
+    pool: Arc<ConnectionPool<S>>,
+    connection: Box<Connection<S>>,
     decoder: BodyDecoder,
     /// Whether the connection may carry another request after this body.
     reusable: bool,
 }
 
-impl Body for UpstreamBody {
+impl<S: Transport> Body for UpstreamBody<S> {
     type Data = Bytes;
     type Error = io::Error;
 
@@ -630,7 +666,7 @@ impl Body for UpstreamBody {
     }
 }
 
-impl UpstreamBody {
+impl<S: Transport> UpstreamBody<S> {
     /// The body has been read to its end: the connection goes back to its pool if it can carry
     /// another request and nothing past this response arrived on it.
     fn finish(&mut self) {
@@ -644,5 +680,135 @@ impl UpstreamBody {
         {
             pool.release(connection);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use http::{HeaderMap, StatusCode};
+    use http_body_util::{BodyExt, Empty};
+    use tokio::io::DuplexStream;
+
+    use super::*;
+
+    /// An in-process instance: the test holds the other end of each connection.
+    impl Transport for DuplexStream {
+        type Reader<'a> = tokio::io::ReadHalf<&'a mut DuplexStream>;
+        type Writer<'a> = tokio::io::WriteHalf<&'a mut DuplexStream>;
+
+        async fn connect(_host: &str, _port: u16) -> io::Result<DuplexStream> {
+            Err(io::ErrorKind::ConnectionRefused.into())
+        }
+
+        fn split(&mut self) -> (Self::Reader<'_>, Self::Writer<'_>) {
+            tokio::io::split(self)
+        }
+    }
+
+    fn idle_count(pool: &ConnectionPool<DuplexStream>) -> usize {
+        pool.lock().iter().map(|list| list.connections.len()).sum()
+    }
+
+    /// Reads one request head off `far` and answers it with `answer`.
+    async fn answer(far: &mut DuplexStream, answer: &[u8]) -> String {
+        let mut request = Vec::new();
+        while !request.ends_with(b"\r\n\r\n") {
+            let mut byte = [0; 1];
+            far.read_exact(&mut byte).await.expect("a request");
+            request.push(byte[0]);
+        }
+        far.write_all(answer).await.expect("answered");
+        String::from_utf8_lossy(&request).into_owned()
+    }
+
+    async fn get(
+        pool: &Arc<ConnectionPool<DuplexStream>>,
+    ) -> Result<Response<UpstreamBody<DuplexStream>>> {
+        let url: InstanceUrl = "http://svc.test:8080".parse().expect("a valid URL");
+        let head = OutgoingHead {
+            method: &Method::GET,
+            target: "/items/7",
+            headers: &HeaderMap::new(),
+            host: &url.host_header,
+        };
+        pool.send(&url, "svc@svc.test:8080", head, Empty::<Bytes>::new())
+            .await
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_connection_goes_back_to_its_pool_after_its_answer_and_leaves_it_when_stale_or_closed()
+     {
+        let pool = ConnectionPool::<DuplexStream>::new(Duration::from_secs(1));
+        let (near, mut far) = tokio::io::duplex(4096);
+        pool.release(Box::new(Connection::new(near)));
+
+        let (response, request) = tokio::join!(
+            get(&pool),
+            answer(&mut far, b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        );
+        assert!(
+            request.starts_with("GET /items/7 HTTP/1.1\r\n"),
+            "{request}"
+        );
+        assert!(request.contains("host: svc.test:8080\r\n"), "{request}");
+        let response = response.expect("an answer");
+        assert_eq!(response.status(), StatusCode::OK);
+        assert_eq!(
+            idle_count(&pool),
+            1,
+            "a body read with its head frees the connection at once"
+        );
+        let body = response.into_body().collect().await.expect("the body");
+        assert_eq!(body.to_bytes(), "ok");
+
+        // Idle past its timeout: swept.
+        tokio::time::advance(IDLE_TIMEOUT + Duration::from_secs(1)).await;
+        pool.sweep();
+        assert_eq!(idle_count(&pool), 0);
+
+        // Closed by the instance while idle: swept too.
+        let (near, far) = tokio::io::duplex(4096);
+        pool.release(Box::new(Connection::new(near)));
+        pool.sweep();
+        assert_eq!(idle_count(&pool), 1, "open and quiet: kept");
+        drop(far);
+        pool.sweep();
+        assert_eq!(idle_count(&pool), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_streamed_body_frees_its_connection_at_its_end_and_an_instance_that_breaks_off_ends_it_with_an_error()
+     {
+        let pool = ConnectionPool::<DuplexStream>::new(Duration::from_secs(1));
+        let (near, mut far) = tokio::io::duplex(4096);
+        pool.release(Box::new(Connection::new(near)));
+        let (response, _) = tokio::join!(
+            get(&pool),
+            answer(
+                &mut far,
+                b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n"
+            )
+        );
+        let mut body = response.expect("an answer").into_body();
+        assert_eq!(idle_count(&pool), 0, "in use while its body streams");
+        let first = body.frame().await.expect("a frame").expect("data");
+        assert_eq!(first.into_data().expect("data"), "abc");
+        far.write_all(b"0\r\n\r\n").await.expect("written");
+        assert!(body.frame().await.is_none());
+        assert_eq!(idle_count(&pool), 1, "back once the body ended");
+
+        let (response, _) = tokio::join!(
+            get(&pool),
+            answer(
+                &mut far,
+                b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc"
+            )
+        );
+        let mut body = response.expect("an answer").into_body();
+        let _ = body.frame().await;
+        drop(far);
+        let cut = body.frame().await.expect("an end").expect_err("cut short");
+        assert_eq!(cut.kind(), io::ErrorKind::UnexpectedEof);
+        assert_eq!(idle_count(&pool), 0, "a broken connection is not kept");
     }
 }

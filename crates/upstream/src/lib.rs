@@ -21,7 +21,7 @@ use http::{HeaderMap, Method, Response};
 use http_body::Body;
 
 use self::connection::ConnectionPool;
-pub use self::connection::UpstreamBody;
+pub use self::connection::{Transport, UpstreamBody};
 
 /// What went wrong on the way to an instance or back.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
