@@ -11,6 +11,7 @@ pub struct ByteSize(pub u64);
 
 impl ByteSize {
     /// The size as a `usize`, saturating on targets where it would not fit.
+    #[inline]
     pub fn as_usize(self) -> usize {
         usize::try_from(self.0).unwrap_or(usize::MAX)
     }

@@ -62,6 +62,7 @@ impl LiveState {
     }
 
     /// The state to serve a request with; the request keeps it until it is done.
+    #[inline]
     pub fn current(&self) -> Arc<ServingState> {
         self.current.load_full()
     }

@@ -177,6 +177,7 @@ impl Service {
     }
 
     /// The next instance, round robin.
+    #[inline]
     pub fn pick(&self) -> &Instance {
         let turn = self.next.fetch_add(1, Ordering::Relaxed);
         &self.instances[turn % self.instances.len()]

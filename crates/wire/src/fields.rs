@@ -13,6 +13,7 @@ pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 /// Writes `ip` as text into `out` (an IPv6 address takes at most 45 bytes) and returns the
 /// length. IPv4, nearly every client, is written digit by digit: `Display` costs several times
 /// as much, once per request.
+#[inline]
 pub fn ip_text(ip: IpAddr, out: &mut [u8; 64]) -> usize {
     match ip {
         IpAddr::V4(v4) => {
@@ -38,6 +39,7 @@ pub fn ip_text(ip: IpAddr, out: &mut [u8; 64]) -> usize {
 }
 
 /// `ip` as text, as [`ip_text`] writes it: for filters asking for the client's address.
+#[inline]
 pub fn ip_string(ip: IpAddr) -> String {
     let mut out = [0; 64];
     let length = ip_text(ip, &mut out);

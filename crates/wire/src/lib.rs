@@ -30,6 +30,7 @@ const MAX_TRAILER_BYTES: usize = 16 * 1024;
 pub type Malformed = &'static str;
 
 /// The line that starts a chunk of `length` bytes.
+#[inline]
 pub fn chunk_size_line(length: usize) -> ChunkSizeLine {
     let mut line = ChunkSizeLine {
         bytes: [0; 18],
@@ -66,6 +67,7 @@ pub enum BodyFraming {
 /// Makes `chunk` bytes of room for the next read, unless a good part of that is still free: the
 /// buffer's memory is shared with the bodies and header values taken from it, so a new
 /// allocation is made only when the old one is nearly used up.
+#[inline]
 pub fn make_room(buffer: &mut BytesMut, chunk: usize) {
     if buffer.capacity() - buffer.len() < chunk / 4 {
         buffer.reserve(chunk);
@@ -75,6 +77,7 @@ pub fn make_room(buffer: &mut BytesMut, chunk: usize) {
 /// A `Content-Length` value as every reader takes it: decimal digits only (around them, spaces),
 /// small enough to be a real length. `str::parse` alone would accept a leading `+`, which other
 /// parsers do not.
+#[inline]
 pub fn plain_length(value: &[u8]) -> Option<u64> {
     let digits = value.trim_ascii();
     if digits.is_empty() || !digits.iter().all(u8::is_ascii_digit) {
@@ -93,6 +96,7 @@ pub fn tokens<'h>(headers: &'h HeaderMap, name: &HeaderName) -> impl Iterator<It
         .filter(|token| !token.is_empty())
 }
 
+#[inline]
 pub fn has_token(headers: &HeaderMap, name: &HeaderName, token: &[u8]) -> bool {
     tokens(headers, name).any(|found| found.eq_ignore_ascii_case(token))
 }
@@ -159,6 +163,7 @@ enum Chunk {
 }
 
 impl BodyDecoder {
+    #[inline]
     pub fn new(framing: BodyFraming) -> BodyDecoder {
         let state = match framing {
             BodyFraming::Empty => DecoderState::Done,
@@ -169,10 +174,12 @@ impl BodyDecoder {
         BodyDecoder { state }
     }
 
+    #[inline]
     pub fn is_done(&self) -> bool {
         self.state == DecoderState::Done
     }
 
+    #[inline]
     pub fn size_hint(&self) -> SizeHint {
         match self.state {
             DecoderState::Length(left) => SizeHint::with_exact(left),
@@ -182,6 +189,7 @@ impl BodyDecoder {
     }
 
     /// The whole body, if `buffer` already holds all of it; the buffer keeps what follows.
+    #[inline]
     pub fn take_whole(&mut self, buffer: &mut BytesMut) -> Option<Bytes> {
         match self.state {
             DecoderState::Done => Some(Bytes::new()),

@@ -56,6 +56,7 @@ pub enum EditError {
 /// assert_eq!(name.as_str(), "cache-control");
 /// assert_eq!(edit::header_name("bad name"), Err(EditError::HeaderName("bad name".into())));
 /// ```
+#[inline]
 pub fn header_name(name: &str) -> Result<HeaderName, EditError> {
     HeaderName::from_bytes(name.as_bytes()).map_err(|_| EditError::HeaderName(name.to_owned()))
 }
@@ -69,6 +70,7 @@ pub fn header_name(name: &str) -> Result<HeaderName, EditError> {
 /// assert_eq!(value.as_bytes(), "café".as_bytes());
 /// assert_eq!(edit::header_value("a\r\nx-evil: 1".to_owned()), Err(EditError::HeaderValue));
 /// ```
+#[inline]
 pub fn header_value(value: String) -> Result<HeaderValue, EditError> {
     HeaderValue::from_maybe_shared(Bytes::from(value)).map_err(|_| EditError::HeaderValue)
 }
@@ -82,6 +84,7 @@ pub fn header_value(value: String) -> Result<HeaderValue, EditError> {
 /// assert_eq!(edit::path("/v2/users"), Ok(()));
 /// assert_eq!(edit::path("v2/users"), Err(EditError::Path));
 /// ```
+#[inline]
 pub fn path(path: &str) -> Result<(), EditError> {
     let valid = path.starts_with('/')
         && path
@@ -99,6 +102,7 @@ pub fn path(path: &str) -> Result<(), EditError> {
 /// assert_eq!(edit::query("page=2&sort=name"), Ok(()));
 /// assert_eq!(edit::query("q=a b"), Err(EditError::Query));
 /// ```
+#[inline]
 pub fn query(query: &str) -> Result<(), EditError> {
     if query.bytes().all(|b| b.is_ascii_graphic() && b != b'#') {
         Ok(())
@@ -115,6 +119,7 @@ pub fn query(query: &str) -> Result<(), EditError> {
 /// assert_eq!(edit::status(204).expect("in range").as_u16(), 204);
 /// assert_eq!(edit::status(1000), Err(EditError::Status(1000)));
 /// ```
+#[inline]
 pub fn status(status: u16) -> Result<StatusCode, EditError> {
     StatusCode::from_u16(status).map_err(|_| EditError::Status(status))
 }
