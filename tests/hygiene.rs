@@ -310,6 +310,36 @@ async fn a_well_formed_chunked_body_is_forwarded() {
     assert_eq!(s.upstream.requests(), 2);
 }
 
+/// A body the client framed wrongly is the client's fault, not the instance's: 400, and the
+/// connection closed, since where its next request starts is unknown.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_malformed_chunked_body_is_the_clients_fault() {
+    let s = setup(PATIENT).await;
+    let extension = "x".repeat(64 * 1024);
+    let cases = [
+        ("a 0x prefix", "0x5\r\nhello\r\n0\r\n\r\n".to_owned()),
+        (
+            "a size that overflows",
+            "10000000000000000\r\nhello\r\n0\r\n\r\n".to_owned(),
+        ),
+        ("bare LF line ends", "5\nhello\n0\n\n".to_owned()),
+        (
+            "a 64 KiB chunk extension",
+            format!("5;{extension}\r\nhello\r\n0\r\n\r\n"),
+        ),
+    ];
+    for (case, body) in cases {
+        let request = format!(
+            "POST /upload HTTP/1.1\r\nHost: gateway.test\r\nTransfer-Encoding: chunked\r\n\r\n{body}"
+        );
+        let replies = pipelined(&s, &request).await;
+        let reply = only_response(&replies, case);
+        reply.assert_gateway_error(400, "BAD_REQUEST");
+        assert_eq!(reply.header("connection"), Some("close"), "{case}");
+    }
+    assert_eq!(get(&s.gateway.url("/after")).await.status, 200);
+}
+
 /// HTTP/1.0 predates `Host`, so its absence there is no violation.
 #[tokio::test(flavor = "multi_thread")]
 async fn http10_without_host_is_served() {

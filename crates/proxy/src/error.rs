@@ -38,7 +38,8 @@ pub enum Error {
     #[error(transparent)]
     Filter(gateway_filter::Error),
 
-    /// The upstream could not be reached, failed, or did not answer in time.
+    /// The upstream could not be reached, failed, or did not answer in time; or the client's
+    /// body failed on its way there (its kind is then [`ErrorKind::ClientBody`]).
     #[error(transparent)]
     Upstream(gateway_upstream::Error),
 
@@ -140,14 +141,21 @@ impl Error {
                     "UPSTREAM_TIMEOUT",
                     "the upstream service did not answer in time",
                 ),
-                ErrorKind::ResetBeforeSent
-                | ErrorKind::ResetAfterSent
-                | ErrorKind::Protocol
-                | ErrorKind::ClientBody => plain(
-                    StatusCode::BAD_GATEWAY,
-                    "UPSTREAM_FAILED",
-                    "the upstream service failed to answer",
-                ),
+                ErrorKind::ResetBeforeSent | ErrorKind::ResetAfterSent | ErrorKind::Protocol => {
+                    plain(
+                        StatusCode::BAD_GATEWAY,
+                        "UPSTREAM_FAILED",
+                        "the upstream service failed to answer",
+                    )
+                }
+                // Malformed framing, cut short, or longer than announced: where the next request
+                // on the connection starts is unknown.
+                ErrorKind::ClientBody => ClientError {
+                    status: StatusCode::BAD_REQUEST,
+                    code: "BAD_REQUEST",
+                    message: Cow::Borrowed("the request body is malformed or incomplete"),
+                    close: true,
+                },
             },
             Error::BodyTimeout => ClientError {
                 status: StatusCode::REQUEST_TIMEOUT,

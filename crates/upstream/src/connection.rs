@@ -359,7 +359,7 @@ impl<S: Transport> ConnectionPool<S> {
                     sent = &mut send => match sent {
                         Ok(()) => receive.await,
                         Err(SendError::Body(error)) => {
-                            let reason = format!("the client's body failed: {}", error_chain(&*error));
+                            let reason = error_chain(&*error);
                             return Sent::Done(Err(Error {
                                 source: Some(error),
                                 ..Error::new(ErrorKind::ClientBody, label, reason)

@@ -83,10 +83,13 @@ impl fmt::Display for Error {
                 write!(f, "upstream {instance} unreachable: {reason}")
             }
             ErrorKind::ResponseTimeout => write!(f, "upstream {instance} {reason}"),
-            ErrorKind::ResetBeforeSent
-            | ErrorKind::ResetAfterSent
-            | ErrorKind::Protocol
-            | ErrorKind::ClientBody => write!(f, "upstream {instance} failed: {reason}"),
+            ErrorKind::ResetBeforeSent | ErrorKind::ResetAfterSent | ErrorKind::Protocol => {
+                write!(f, "upstream {instance} failed: {reason}")
+            }
+            ErrorKind::ClientBody => write!(
+                f,
+                "the client's request body failed on its way to {instance}: {reason}"
+            ),
         }
     }
 }
