@@ -314,6 +314,11 @@ fn scripts(path: &str) -> Script {
             true,
         ),
         "/garbage" => (vec!["SSH-2.0-OpenSSH_9.6\r\n\r\n"], true),
+        // Part of the body, then silence, the connection left open.
+        "/stall" => (
+            vec!["HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nsome"],
+            false,
+        ),
         "/truncated" => (
             vec!["HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nshort"],
             true,
@@ -373,6 +378,44 @@ async fn chunked_close_delimited_and_interim_responses_arrive_whole() {
             "{path}: a connection the response ends is not reused"
         );
     }
+}
+
+/// An instance that goes silent in the middle of a body holds the client only until the
+/// service's `read_timeout`: the response then ends short and the connection closes.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_instance_silent_mid_body_is_cut_off_at_read_timeout() {
+    let upstream = scripted_upstream(scripts).await;
+    let config = format!(
+        "listeners:\n  - address: 127.0.0.1:0\n\
+         services:\n  backend:\n    instances: [\"{}\"]\n    read_timeout: 300ms\n\
+         routes:\n  - name: all\n    match: {{ path_prefix: / }}\n    service: backend\n",
+        upstream.url
+    );
+    let gateway = Gateway::start(&config);
+    let replies = raw_replies(
+        gateway.address,
+        b"GET /stall HTTP/1.1\r\nHost: gateway.test\r\n\r\n",
+        Duration::from_secs(10),
+    )
+    .await;
+    assert!(
+        replies.text.starts_with("HTTP/1.1 200 OK\r\n"),
+        "{}",
+        replies.text
+    );
+    assert!(replies.text.ends_with("some"), "{}", replies.text);
+    assert!(
+        replies.closed,
+        "still open after {:?}, the instance silent",
+        replies.elapsed
+    );
+    assert!(
+        gateway
+            .wait_for_log(&["sent nothing for 300ms"], Duration::from_secs(5))
+            .is_some(),
+        "the log says why"
+    );
+    assert_eq!(get(&gateway.url("/after")).await.status, 200);
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -234,6 +234,15 @@ pub struct ServiceFile {
     /// request gets 504.
     #[serde(default = "default_request_timeout", with = "humantime_serde")]
     pub request_timeout: Duration,
+    /// Longest wait between two reads of an instance's response body, once its head has come;
+    /// past it, the client's response ends with an error and the connection is closed (as
+    /// nginx's `proxy_read_timeout`).
+    #[serde(default = "default_read_timeout", with = "humantime_serde")]
+    pub read_timeout: Duration,
+}
+
+fn default_read_timeout() -> Duration {
+    Duration::from_secs(60)
 }
 
 fn default_connect_timeout() -> Duration {

@@ -90,6 +90,7 @@ pub struct Service {
     pub instances: Vec<InstanceUrl>,
     pub connect_timeout: Duration,
     pub request_timeout: Duration,
+    pub read_timeout: Duration,
 }
 
 /// A route (see [`RouteFile`]).

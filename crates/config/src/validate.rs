@@ -267,6 +267,7 @@ fn check_service(name: &str, service: &ServiceFile, problems: &mut Problems) -> 
     for (field, value) in [
         ("connect_timeout", service.connect_timeout),
         ("request_timeout", service.request_timeout),
+        ("read_timeout", service.read_timeout),
     ] {
         if value.is_zero() {
             problems.add(
@@ -286,6 +287,7 @@ fn check_service(name: &str, service: &ServiceFile, problems: &mut Problems) -> 
         instances,
         connect_timeout: service.connect_timeout,
         request_timeout: service.request_timeout,
+        read_timeout: service.read_timeout,
     })
 }
 

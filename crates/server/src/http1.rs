@@ -435,6 +435,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> ClientConnection<S> {
                     _ => continue,
                 },
                 Some(Err(error)) => {
+                    // The head is gone, so the client can only be told by a short response;
+                    // the log says why (an instance that stalled or broke off, mostly).
+                    tracing::warn!(%error, "the response body failed; the response ends short");
                     return Err(io::Error::other(format!(
                         "the response body failed: {error}"
                     )));

@@ -34,7 +34,7 @@ use http_body::{Body, Frame, SizeHint};
 use http_body_util::BodyExt;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
-use tokio::time::Instant;
+use tokio::time::{Instant, Sleep};
 
 use gateway_config::InstanceUrl;
 use gateway_wire::upstream::{self, OutgoingHead, RequestFraming, ResponseHead};
@@ -167,6 +167,8 @@ pub(super) struct ConnectionPool<S = TcpStream> {
     /// One list per thread that has opened connections: a handful, so a short scan finds one.
     idle: Mutex<Vec<IdleList<S>>>,
     connect_timeout: Duration,
+    /// Longest wait between two reads of a response body.
+    read_timeout: Duration,
 }
 
 /// The idle connections one thread opened, most recently used last.
@@ -180,10 +182,11 @@ struct IdleList<S> {
 }
 
 impl<S: Transport> ConnectionPool<S> {
-    pub(crate) fn new(connect_timeout: Duration) -> Arc<ConnectionPool<S>> {
+    pub(crate) fn new(connect_timeout: Duration, read_timeout: Duration) -> Arc<ConnectionPool<S>> {
         Arc::new(ConnectionPool {
             idle: Mutex::new(Vec::new()),
             connect_timeout,
+            read_timeout,
         })
     }
 
@@ -414,6 +417,7 @@ impl<S: Transport> ConnectionPool<S> {
                 connection,
                 decoder,
                 reusable,
+                stall: None,
             }),
         };
         Sent::Done(Ok(Response::from_parts(head.parts, body)))
@@ -583,6 +587,9 @@ pub struct Streaming<S> {
     decoder: BodyDecoder,
     /// Whether the connection may carry another request after this body.
     reusable: bool,
+    /// When the instance, silent since the last read, has taken too long. Made on the first
+    /// wait only: most bodies arrive without one.
+    stall: Option<Pin<Box<Sleep>>>,
 }
 
 impl<S: Transport> Body for UpstreamBody<S> {
@@ -626,13 +633,35 @@ impl<S: Transport> Body for UpstreamBody<S> {
                     ))));
                 }
             }
-            let read = match ready!(connection.poll_read_more(cx)) {
-                Ok(read) => read,
-                Err(error) => {
+            let read = match connection.poll_read_more(cx) {
+                Poll::Ready(Ok(read)) => read,
+                Poll::Ready(Err(error)) => {
                     *this = UpstreamBody::Done;
                     return Poll::Ready(Some(Err(error)));
                 }
+                Poll::Pending => {
+                    let timeout = streaming.pool.read_timeout;
+                    let stall = streaming
+                        .stall
+                        .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
+                    if stall.as_mut().poll(cx).is_pending() {
+                        return Poll::Pending;
+                    }
+                    *this = UpstreamBody::Done;
+                    return Poll::Ready(Some(Err(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        format!(
+                            "the instance sent nothing for {timeout:?} in the middle of the body"
+                        ),
+                    ))));
+                }
             };
+            // Whatever it read, the instance is not silent: the wait starts again.
+            if let Some(stall) = &mut streaming.stall {
+                stall
+                    .as_mut()
+                    .reset(Instant::now() + streaming.pool.read_timeout);
+            }
             if read == 0 {
                 // Whatever happens next, the connection is spent.
                 streaming.reusable = false;
@@ -735,10 +764,28 @@ mod tests {
             .await
     }
 
+    /// A pool whose one in-process connection carried a GET that the instance answered with
+    /// `reply`, a head and part of a body: the pool, the body, and the instance's end.
+    async fn streaming(
+        reply: &[u8],
+    ) -> (
+        Arc<ConnectionPool<DuplexStream>>,
+        UpstreamBody<DuplexStream>,
+        DuplexStream,
+    ) {
+        let pool =
+            ConnectionPool::<DuplexStream>::new(Duration::from_secs(1), Duration::from_secs(60));
+        let (near, mut far) = tokio::io::duplex(4096);
+        pool.release(Box::new(Connection::new(near)));
+        let (response, _) = tokio::join!(get(&pool), answer(&mut far, reply));
+        (pool, response.expect("an answer").into_body(), far)
+    }
+
     #[tokio::test(start_paused = true)]
     async fn a_connection_goes_back_to_its_pool_after_its_answer_and_leaves_it_when_stale_or_closed()
      {
-        let pool = ConnectionPool::<DuplexStream>::new(Duration::from_secs(1));
+        let pool =
+            ConnectionPool::<DuplexStream>::new(Duration::from_secs(1), Duration::from_secs(60));
         let (near, mut far) = tokio::io::duplex(4096);
         pool.release(Box::new(Connection::new(near)));
 
@@ -777,19 +824,37 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn an_instance_silent_mid_body_past_read_timeout_ends_the_body_with_an_error() {
+        let (pool, mut body, mut far) =
+            streaming(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc").await;
+        let _ = body.frame().await;
+        // Quiet for 30 s, a byte, then quiet for good: the wait starts again at the byte.
+        let started = Instant::now();
+        let instance = async {
+            tokio::time::sleep(Duration::from_secs(30)).await;
+            far.write_all(b"d").await.expect("written");
+            far
+        };
+        let (frame, _far) = tokio::join!(body.frame(), instance);
+        assert_eq!(
+            frame
+                .expect("a frame")
+                .expect("data")
+                .into_data()
+                .expect("data"),
+            "d"
+        );
+        let stalled = body.frame().await.expect("an end").expect_err("stalled");
+        assert_eq!(stalled.kind(), io::ErrorKind::TimedOut);
+        assert_eq!(Instant::now() - started, Duration::from_secs(90));
+        assert_eq!(idle_count(&pool), 0, "a stalled connection is not kept");
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn a_streamed_body_frees_its_connection_at_its_end_and_an_instance_that_breaks_off_ends_it_with_an_error()
      {
-        let pool = ConnectionPool::<DuplexStream>::new(Duration::from_secs(1));
-        let (near, mut far) = tokio::io::duplex(4096);
-        pool.release(Box::new(Connection::new(near)));
-        let (response, _) = tokio::join!(
-            get(&pool),
-            answer(
-                &mut far,
-                b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n"
-            )
-        );
-        let mut body = response.expect("an answer").into_body();
+        let (pool, mut body, mut far) =
+            streaming(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n").await;
         assert_eq!(idle_count(&pool), 0, "in use while its body streams");
         let first = body.frame().await.expect("a frame").expect("data");
         assert_eq!(first.into_data().expect("data"), "abc");

@@ -170,7 +170,7 @@ impl Service {
                 label: format!("{name}@{}", url.authority),
                 url: url.clone(),
                 request_timeout: config.request_timeout,
-                pool: ConnectionPool::new(config.connect_timeout),
+                pool: ConnectionPool::new(config.connect_timeout, config.read_timeout),
             })
             .collect();
         Service {
@@ -199,6 +199,7 @@ mod tests {
                 .to_vec(),
             connect_timeout: Duration::from_secs(1),
             request_timeout: Duration::from_secs(1),
+            read_timeout: Duration::from_secs(1),
         };
         let service = Service::new("s", &config);
         let picks: Vec<u16> = (0..4)
