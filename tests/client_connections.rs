@@ -13,7 +13,7 @@ use gateway_tests::{Gateway, RawClient, Reply, Upstream, route_everything_to};
 use http::Request;
 use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use tokio::io::AsyncReadExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 /// Longer than a quiet connection waits before it is parked (100ms).
@@ -440,4 +440,38 @@ async fn a_client_that_leaves_cancels_its_request() {
 
     let mut next = RawClient::connect(&gateway).await;
     assert_eq!(target(&next.get("/after").await), "/after");
+}
+
+/// A client that stops reading its answer holds it, and the upstream connection behind it, only
+/// until `send_timeout`: then the gateway closes the connection.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_client_that_stops_reading_is_cut_off_at_send_timeout() {
+    let (gateway, _upstream) = setup("  send_timeout: 300ms", "info").await;
+    let total: usize = 64 << 20;
+    let mut client = TcpStream::connect(gateway.address).await.expect("connects");
+    client
+        .write_all(
+            format!("GET /stream?bytes={total} HTTP/1.1\r\nHost: gateway.test\r\n\r\n").as_bytes(),
+        )
+        .await
+        .expect("written");
+    // Long past send_timeout, reading nothing: the socket buffers fill and the gateway waits.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let mut received = Vec::new();
+    let read = tokio::time::timeout(WAIT, client.read_to_end(&mut received)).await;
+    assert!(
+        read.is_ok(),
+        "the connection is still open after {WAIT:?} of reading"
+    );
+    assert!(
+        received.len() < total,
+        "{} bytes arrived: the whole answer waited for the client",
+        received.len()
+    );
+    assert!(
+        gateway
+            .wait_for_log(&["send_timeout"], Duration::from_secs(5))
+            .is_some(),
+        "the log says why"
+    );
 }

@@ -115,6 +115,10 @@ pub struct EdgeLimits {
     /// Longest pause allowed between two pieces of a request body; a slower client gets 408.
     #[serde(with = "humantime_serde")]
     pub body_read_timeout: Duration,
+    /// Longest a write to a client may wait for it to take bytes; past it the connection is
+    /// closed (as nginx's `send_timeout`).
+    #[serde(with = "humantime_serde")]
+    pub send_timeout: Duration,
 }
 
 impl Default for EdgeLimits {
@@ -126,6 +130,7 @@ impl Default for EdgeLimits {
             header_read_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(60),
             body_read_timeout: Duration::from_secs(30),
+            send_timeout: Duration::from_secs(60),
         }
     }
 }

@@ -183,6 +183,7 @@ fn check_limits(config: &ConfigFile, problems: &mut Problems) {
         ("header_read_timeout", limits.header_read_timeout),
         ("idle_timeout", limits.idle_timeout),
         ("body_read_timeout", limits.body_read_timeout),
+        ("send_timeout", limits.send_timeout),
     ] {
         if value.is_zero() {
             problems.add(format_args!("limits.{field}"), "must be more than 0");

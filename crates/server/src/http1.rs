@@ -110,6 +110,8 @@ struct ClientConnection<S> {
     /// Wakes the connection at its next deadline while it waits for a head. Re-armed only when
     /// it fires or a nearer deadline comes up, so a busy connection costs no timer per request.
     watchdog: Option<Pin<Box<Sleep>>>,
+    /// How long one write may wait for the client to take bytes (`send_timeout`).
+    send_timeout: Duration,
 }
 
 /// What the connection waits for while it reads a head.
@@ -151,6 +153,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> ClientConnection<S> {
             read_buffer,
             write_buffer: Vec::new(),
             watchdog: None,
+            send_timeout: EdgeLimits::default().send_timeout,
         }
     }
 
@@ -166,6 +169,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> ClientConnection<S> {
         let peer = Peer { client };
         let mut limits = live.current().limits.clone();
         loop {
+            self.send_timeout = limits.send_timeout;
             let head = match self.next_head(&limits, head_started.take(), shutdown).await {
                 Next::Head(head) => head,
                 Next::Quiet(since) => {
@@ -205,6 +209,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> ClientConnection<S> {
                 Ok(true) => {}
                 Ok(false) => {
                     self.linger_close().await;
+                    return None;
+                }
+                Err(error) if error.kind() == io::ErrorKind::TimedOut => {
+                    tracing::info!(%client, %error, "the response could not be written");
                     return None;
                 }
                 Err(error) => {
@@ -412,7 +420,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> ClientConnection<S> {
             );
         });
         if framing == ResponseFraming::NoBody {
-            self.stream.write_all(&self.write_buffer).await?;
+            sent_within(self.send_timeout, self.stream.write_all(&self.write_buffer)).await?;
             return Ok(keep);
         }
         let chunked = framing == ResponseFraming::Chunked;
@@ -490,14 +498,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin> ClientConnection<S> {
         }
         let end: &[u8] = if chunked { b"\r\n" } else { b"" };
         let mut pieces = Buf::chain(Buf::chain(&self.write_buffer[..], data), end);
-        self.stream.write_all_buf(&mut pieces).await?;
+        sent_within(self.send_timeout, self.stream.write_all_buf(&mut pieces)).await?;
         self.write_buffer.clear();
         Ok(())
     }
 
     async fn flush_write_buffer(&mut self) -> io::Result<()> {
         if !self.write_buffer.is_empty() {
-            self.stream.write_all(&self.write_buffer).await?;
+            sent_within(self.send_timeout, self.stream.write_all(&self.write_buffer)).await?;
             self.write_buffer.clear();
         }
         Ok(())
@@ -522,6 +530,23 @@ impl<S: AsyncRead + AsyncWrite + Unpin> ClientConnection<S> {
         };
         let _ = tokio::time::timeout(LINGER, drain).await;
     }
+}
+
+/// Runs one write, failing it if the client takes no bytes for `timeout`: a client that stops
+/// reading would otherwise hold its response, and the upstream connection behind it, for ever.
+/// The timer is armed only if the write has to wait.
+async fn sent_within(
+    timeout: Duration,
+    write: impl Future<Output = io::Result<()>>,
+) -> io::Result<()> {
+    tokio::time::timeout(timeout, write)
+        .await
+        .unwrap_or_else(|_| {
+            Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!("the client took no bytes for {timeout:?} (send_timeout)"),
+            ))
+        })
 }
 
 /// Arms `watchdog` for `due` unless it is already set to fire no later (and has not fired),
