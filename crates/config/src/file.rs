@@ -115,6 +115,9 @@ pub struct EdgeLimits {
     /// Longest pause allowed between two pieces of a request body; a slower client gets 408.
     #[serde(with = "humantime_serde")]
     pub body_read_timeout: Duration,
+    /// Bytes per second a request body must average once `body_read_timeout` has passed since
+    /// it began (a client trickling below it gets 408); `0` for no minimum.
+    pub body_min_rate: ByteSize,
     /// Longest a write to a client may wait for it to take bytes; past it the connection is
     /// closed (as nginx's `send_timeout`).
     #[serde(with = "humantime_serde")]
@@ -130,6 +133,7 @@ impl Default for EdgeLimits {
             header_read_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(60),
             body_read_timeout: Duration::from_secs(30),
+            body_min_rate: ByteSize(500),
             send_timeout: Duration::from_secs(60),
         }
     }

@@ -179,6 +179,12 @@ fn check_limits(config: &ConfigFile, problems: &mut Problems) {
             size,
         );
     }
+    problems.bounded(
+        "limits.body_min_rate",
+        limits.body_min_rate,
+        (ByteSize(0), ByteSize(1 << 30)),
+        size,
+    );
     for (field, value) in [
         ("header_read_timeout", limits.header_read_timeout),
         ("idle_timeout", limits.idle_timeout),

@@ -15,7 +15,7 @@ use http::{Request, Response, StatusCode, Uri, Version};
 use http_body::Body;
 use http_body_util::Either;
 
-use crate::body::{RequestBody, ResponseBody, full};
+use crate::body::{BodyLimits, RequestBody, ResponseBody, full};
 use crate::state::{RouteEntry, ServingState, Target};
 use crate::{Error, Result, headers, hygiene, normalize};
 
@@ -217,7 +217,13 @@ where
     outcome.upstream = Some(instance);
 
     let target = upstream_target(client_uri, head);
-    let body = RequestBody::new(body, state.limits.body_read_timeout);
+    let body = RequestBody::new(
+        body,
+        BodyLimits {
+            pause: state.limits.body_read_timeout,
+            min_rate: state.limits.body_min_rate.0,
+        },
+    );
     let response = instance
         .send(&head.method, &target, &head.headers, body)
         .await?;
