@@ -38,6 +38,25 @@ impl Problems {
         self.0.push(format!("{path}: {message}"));
     }
 
+    /// Like [`Problems::bounded`], but a value under the lower bound is told only that bound,
+    /// as it always was (`must be at least 1KiB`).
+    fn at_least<T: PartialOrd + std::fmt::Debug>(
+        &mut self,
+        path: impl std::fmt::Display,
+        value: T,
+        bounds: (T, T),
+        describe: impl Fn(&T) -> String,
+    ) {
+        if value < bounds.0 {
+            self.add(
+                path,
+                format_args!("must be at least {}", describe(&bounds.0)),
+            );
+        } else {
+            self.bounded(path, value, bounds, describe);
+        }
+    }
+
     /// Adds a problem unless `value` lies within `bounds`.
     fn bounded<T: PartialOrd + std::fmt::Debug>(
         &mut self,
@@ -148,37 +167,24 @@ fn check_listeners(config: &ConfigFile, problems: &mut Problems) {
 
 fn check_limits(config: &ConfigFile, problems: &mut Problems) {
     let limits = &config.limits;
-    // The lower bounds keep the messages they have always had.
-    if limits.max_header_bytes < HEADER_BYTES.0 {
-        problems.add("limits.max_header_bytes", "must be at least 1KiB");
-    } else {
-        problems.bounded(
-            "limits.max_header_bytes",
-            limits.max_header_bytes,
-            HEADER_BYTES,
-            size,
-        );
-    }
-    if limits.max_headers < HEADER_LINES.0 {
-        problems.add("limits.max_headers", "must be at least 1");
-    } else {
-        problems.bounded(
-            "limits.max_headers",
-            limits.max_headers,
-            HEADER_LINES,
-            count,
-        );
-    }
-    if limits.max_uri_bytes < URI_BYTES.0 {
-        problems.add("limits.max_uri_bytes", "must be at least 64B");
-    } else {
-        problems.bounded(
-            "limits.max_uri_bytes",
-            limits.max_uri_bytes,
-            URI_BYTES,
-            size,
-        );
-    }
+    problems.at_least(
+        "limits.max_header_bytes",
+        limits.max_header_bytes,
+        HEADER_BYTES,
+        size,
+    );
+    problems.at_least(
+        "limits.max_headers",
+        limits.max_headers,
+        HEADER_LINES,
+        count,
+    );
+    problems.at_least(
+        "limits.max_uri_bytes",
+        limits.max_uri_bytes,
+        URI_BYTES,
+        size,
+    );
     problems.bounded(
         "limits.body_min_rate",
         limits.body_min_rate,
@@ -205,11 +211,7 @@ fn check_limits(config: &ConfigFile, problems: &mut Problems) {
 }
 
 fn check_filters(config: &ConfigFile, problems: &mut Problems) {
-    if config.kv.max_entries == 0 {
-        problems.add("kv.max_entries", "must be at least 1");
-    } else {
-        problems.bounded("kv.max_entries", config.kv.max_entries, KV_ENTRIES, count);
-    }
+    problems.at_least("kv.max_entries", config.kv.max_entries, KV_ENTRIES, count);
     problems.bounded(
         "kv.max_value_size",
         config.kv.max_value_size,

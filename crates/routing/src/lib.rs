@@ -110,11 +110,6 @@ impl<T> Router<T> {
         Router { routes }
     }
 
-    /// The routes, in order.
-    pub fn routes(&self) -> &[Route<T>] {
-        &self.routes
-    }
-
     /// The first route that takes this request.
     pub fn route(&self, method: &Method, host: Option<&str>, path: &str) -> Option<Matched<'_, T>> {
         self.routes.iter().find_map(|route| {

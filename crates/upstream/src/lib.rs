@@ -192,6 +192,22 @@ mod tests {
     use super::*;
 
     #[test]
+    fn only_the_clients_fault_is_not_the_instances() {
+        use ErrorKind::*;
+        for kind in [
+            ConnectRefused,
+            ConnectTimeout,
+            ResetBeforeSent,
+            ResetAfterSent,
+            ResponseTimeout,
+            Protocol,
+        ] {
+            assert!(kind.is_instance_fault(), "{kind:?}");
+        }
+        assert!(!ClientBody.is_instance_fault());
+    }
+
+    #[test]
     fn instances_are_picked_round_robin() {
         let config = gateway_config::Service {
             instances: ["http://127.0.0.1:1", "http://127.0.0.1:2"]
