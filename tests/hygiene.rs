@@ -340,6 +340,40 @@ async fn a_malformed_chunked_body_is_the_clients_fault() {
     assert_eq!(get(&s.gateway.url("/after")).await.status, 200);
 }
 
+/// `/..;/` is no dot segment to the gateway but is one to a Java backend, which strips the
+/// parameter first: refused with `BAD_PATH` unless the route allows it.
+#[tokio::test(flavor = "multi_thread")]
+async fn dot_segments_with_parameters_are_refused_unless_the_route_allows_them() {
+    let upstream = Upstream::start("echo").await;
+    let config = format!(
+        "listeners:\n  - address: 127.0.0.1:0\n\
+         services:\n  backend:\n    instances: [\"{}\"]\n\
+         routes:\n\
+         \x20 - match: {{ path_prefix: /legacy }}\n    service: backend\n    allow_dot_segment_params: true\n\
+         \x20 - match: {{ path_prefix: / }}\n    service: backend\n",
+        upstream.url()
+    );
+    let gateway = Gateway::start(&config);
+    for path in ["/public/..;/admin", "/.;/admin", "/public/%2e%2e;/admin"] {
+        get(&gateway.url(path))
+            .await
+            .assert_gateway_error(400, "BAD_PATH");
+    }
+    assert_eq!(upstream.requests(), 0, "none reached the upstream");
+    let reply = get(&gateway.url("/public/a;v=1/b")).await;
+    assert_eq!(
+        reply.json()["target"],
+        "/public/a;v=1/b",
+        "parameters elsewhere pass"
+    );
+    let reply = get(&gateway.url("/legacy/..;/x")).await;
+    assert_eq!(
+        reply.json()["target"],
+        "/legacy/..;/x",
+        "the route allows them"
+    );
+}
+
 /// HTTP/1.0 predates `Host`, so its absence there is no violation.
 #[tokio::test(flavor = "multi_thread")]
 async fn http10_without_host_is_served() {

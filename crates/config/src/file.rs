@@ -279,6 +279,11 @@ pub struct RouteFile {
     /// Filters run in this order on the request and in reverse order on the response.
     #[serde(default)]
     pub filters: Vec<RouteFilter>,
+    /// Let through paths with a dot segment that carries a `;` parameter (`/..;/`, `/.;/`).
+    /// Refused with `BAD_PATH` by default: the gateway does not read them as dot segments, but
+    /// Java servers do, so `/public/..;/admin` would reach `/admin` behind the gateway's back.
+    #[serde(default)]
+    pub allow_dot_segment_params: bool,
 }
 
 /// The conditions a request must meet to take a route. All given conditions must hold.

@@ -107,6 +107,7 @@ pub struct Route {
     pub service: Option<ServiceRef>,
     /// Each names a filter of [`Config::filters`].
     pub filters: Vec<RouteFilter>,
+    pub allow_dot_segment_params: bool,
 }
 
 /// How a route matches paths.

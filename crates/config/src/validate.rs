@@ -403,6 +403,7 @@ fn check_route(
         methods,
         service,
         filters: route.filters.clone(),
+        allow_dot_segment_params: route.allow_dot_segment_params,
     })
 }
 

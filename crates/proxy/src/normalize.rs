@@ -42,6 +42,23 @@ pub enum PathError {
     /// The path does not start with `/`.
     #[error("path must start with `/`")]
     NotAbsolute,
+    /// A `.` or `..` segment with a `;` parameter, which Java servers read as a dot segment:
+    /// refused unless the route allows it.
+    #[error("path has a dot segment with a parameter")]
+    DotSegmentParams,
+}
+
+/// Whether a normalised `path` has a segment that is `.` or `..` followed by a `;` parameter
+/// (`/..;/`, `/.;jsessionid=x/`). Normalisation keeps them, since RFC 3986 does not make them
+/// dot segments, but a backend that strips parameters first would.
+pub fn has_dot_segment_params(path: &str) -> bool {
+    // Nearly every path has no `;` at all: one scan settles it.
+    path.contains(';')
+        && path.split('/').any(|segment| {
+            segment
+                .split_once(';')
+                .is_some_and(|(name, _)| name == "." || name == "..")
+        })
 }
 
 /// Returns the canonical form of `raw`, the path part of a request target (without the query).
@@ -373,5 +390,18 @@ mod tests {
             Ok(out) => panic!("expected an error, got {out:?}"),
         };
         assert_eq!(message, "path contains an encoded slash");
+    }
+
+    #[test]
+    fn dot_segments_with_parameters_are_found() {
+        for path in ["/public/..;/admin", "/.;/x", "/a/..;jsessionid=1", "/..;"] {
+            assert!(has_dot_segment_params(path), "{path}");
+        }
+        for path in ["/a;b/c", "/...;/x", "/a/..b;c", "/plain", "/;/x", "/a.;"] {
+            assert!(!has_dot_segment_params(path), "{path}");
+        }
+        // Decoding comes first: an encoded dot is a dot by the time this is asked.
+        let normalised = normalize_path("/public/%2e%2e;/admin").expect("normalised");
+        assert!(has_dot_segment_params(&normalised), "{normalised}");
     }
 }

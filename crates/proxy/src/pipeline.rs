@@ -140,6 +140,9 @@ where
         .ok_or(Error::NoRoute)?;
     let route = matched.route;
     outcome.route = Some(&route.name);
+    if !route.value.allow_dot_segment_params && normalize::has_dot_segment_params(&path) {
+        return Err(Error::BadPath(normalize::PathError::DotSegmentParams));
+    }
 
     let (parts, body) = request.into_parts();
     let mut head = RequestHead {

@@ -38,6 +38,8 @@ pub struct ServingState {
 pub(crate) struct RouteEntry {
     pub(crate) target: Target,
     pub(crate) chain: FilterChain,
+    /// Paths with `/..;/` or `/.;/` segments may take this route.
+    pub(crate) allow_dot_segment_params: bool,
 }
 
 /// Where a route's requests go.
@@ -133,7 +135,11 @@ impl ServingState {
                 host: HostMatcher::new(route.host.as_deref()),
                 methods: route.methods.clone(),
                 path,
-                value: RouteEntry { target, chain },
+                value: RouteEntry {
+                    target,
+                    chain,
+                    allow_dot_segment_params: route.allow_dot_segment_params,
+                },
             });
         }
 
