@@ -534,11 +534,17 @@ impl<S: AsyncRead + AsyncWrite + Unpin> ClientConnection<S> {
 
 /// Runs one write, failing it if the client takes no bytes for `timeout`: a client that stops
 /// reading would otherwise hold its response, and the upstream connection behind it, for ever.
-/// The timer is armed only if the write has to wait.
 async fn sent_within(
     timeout: Duration,
     write: impl Future<Output = io::Result<()>>,
 ) -> io::Result<()> {
+    // Most writes finish at once: only one that waits pays for reading the clock and a timer.
+    let mut write = std::pin::pin!(write);
+    if let Poll::Ready(written) =
+        std::future::poll_fn(|cx| Poll::Ready(write.as_mut().poll(cx))).await
+    {
+        return written;
+    }
     tokio::time::timeout(timeout, write)
         .await
         .unwrap_or_else(|_| {
