@@ -45,6 +45,42 @@ pub enum EditError {
     /// front: "reply status 42 is not a valid status code".
     #[error("{0} is not a valid status code")]
     Status(u16),
+    /// The edit does not belong to the phase it was made in (a path in the response phase, a
+    /// status in the request phase).
+    #[error("{0}")]
+    WrongPhase(&'static str),
+    /// A body was set where the filter was not handed one whole: it did not ask for it, or it
+    /// was too large to buffer.
+    #[error("the body can only be replaced when the filter was handed it whole")]
+    BodyNotHeld,
+    /// A body set longer than the limit the filter declared for it.
+    #[error("a body of {len} bytes is longer than the filter's limit of {limit} bytes")]
+    BodyTooLong { len: usize, limit: u32 },
+}
+
+/// What the request phase refuses to change once the request has gone upstream.
+pub const REQUEST_SENT: &str =
+    "the request was already sent upstream; it cannot be changed in the response phase";
+/// What the request phase refuses: there is no response yet.
+pub const NO_RESPONSE_YET: &str = "there is no response yet in the request phase";
+
+/// A body a filter sets: only one it was handed whole, and no longer than its declared limit.
+///
+/// ```
+/// use gateway_rules::edit::{self, EditError};
+///
+/// assert!(edit::body(10, true, 64).is_ok());
+/// assert_eq!(edit::body(10, false, 64), Err(EditError::BodyNotHeld));
+/// assert_eq!(edit::body(65, true, 64), Err(EditError::BodyTooLong { len: 65, limit: 64 }));
+/// ```
+pub fn body(len: usize, held: bool, limit: u32) -> Result<(), EditError> {
+    if !held {
+        return Err(EditError::BodyNotHeld);
+    }
+    if len > limit as usize {
+        return Err(EditError::BodyTooLong { len, limit });
+    }
+    Ok(())
 }
 
 /// A header name a filter sets, compared case-insensitively and returned lower-case.

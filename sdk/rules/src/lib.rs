@@ -1,8 +1,13 @@
 //! The rules a filter meets, written once: the gateway applies them and so does the SDK's test
 //! host, so a filter's unit tests and production agree.
 //!
-//! - [`edit`]: the edits a filter may make (header names and values, paths, queries, statuses);
+//! - [`edit`]: the edits a filter may make (header names and values, paths, queries, statuses,
+//!   bodies);
+//! - [`context`]: the bounds of the request context filters share along the chain;
+//! - [`metrics`]: the metrics a filter may declare and the updates it may make;
 //! - [`kv`]: the semantics of the key-value capability (TTL, increment, compare-and-swap, bounds).
 
+pub mod context;
 pub mod edit;
 pub mod kv;
+pub mod metrics;

@@ -10,7 +10,7 @@
 mod wit {
     wit_bindgen::generate!({
         inline: r#"
-            package gateway:filter@0.2.0;
+            package gateway:filter@0.1.0;
 
             interface handler {
                 init: func(config: string) -> result<_, string>;
