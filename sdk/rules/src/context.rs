@@ -49,7 +49,9 @@ pub fn key(key: &str) -> Result<(), ContextError> {
     if valid {
         Ok(())
     } else {
-        Err(ContextError::Key(key.chars().take(MAX_KEY_LEN + 1).collect()))
+        Err(ContextError::Key(
+            key.chars().take(MAX_KEY_LEN + 1).collect(),
+        ))
     }
 }
 

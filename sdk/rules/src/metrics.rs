@@ -92,17 +92,16 @@ fn name(name: &str) -> Result<(), MetricError> {
     if valid {
         Ok(())
     } else {
-        Err(MetricError::Name(name.chars().take(MAX_NAME_LEN + 1).collect()))
+        Err(MetricError::Name(
+            name.chars().take(MAX_NAME_LEN + 1).collect(),
+        ))
     }
 }
 
 impl MetricSpec {
     /// How many series the metric has: one per combination of label values.
     pub fn series(&self) -> usize {
-        self.labels
-            .iter()
-            .map(|label| label.values.len())
-            .product()
+        self.labels.iter().map(|label| label.values.len()).product()
     }
 
     /// The series of these label values, given in the order the labels were declared: the last
@@ -132,6 +131,41 @@ impl MetricSpec {
         values
     }
 
+    /// Checks an update of this metric: a series it has, a finite value, and no negative amount
+    /// for a counter. [`update`] applies it to the metric an update names; a filter that holds
+    /// its metric applies it directly.
+    ///
+    /// ```
+    /// use gateway_rules::metrics::{MetricKind, MetricSpec};
+    ///
+    /// let latency = MetricSpec {
+    ///     name: "latency_seconds".into(),
+    ///     help: String::new(),
+    ///     kind: MetricKind::Histogram(vec![0.1, 1.0]),
+    ///     labels: vec![],
+    /// };
+    /// assert!(latency.check_update(0, 0.25).is_ok());
+    /// assert!(latency.check_update(0, f64::NAN).is_err());
+    /// assert!(latency.check_update(1, 0.25).is_err());
+    /// ```
+    pub fn check_update(&self, series: u32, value: f64) -> Result<(), MetricError> {
+        if series as usize >= self.series() {
+            return Err(MetricError::UnknownSeries {
+                metric: self.name.clone(),
+                series,
+            });
+        }
+        let valid =
+            value.is_finite() && (value >= 0.0 || matches!(self.kind, MetricKind::Histogram(_)));
+        if !valid {
+            return Err(MetricError::Value {
+                metric: self.name.clone(),
+                value,
+            });
+        }
+        Ok(())
+    }
+
     fn check(&self) -> Result<(), MetricError> {
         name(&self.name)?;
         if self.help.len() > MAX_HELP_LEN {
@@ -147,7 +181,10 @@ impl MetricSpec {
         for (index, label) in self.labels.iter().enumerate() {
             name(&label.name)?;
             if label.name == "le" || self.labels[..index].iter().any(|l| l.name == label.name) {
-                return Err(labels(format!("label `{}` is reserved or repeated", label.name)));
+                return Err(labels(format!(
+                    "label `{}` is reserved or repeated",
+                    label.name
+                )));
             }
             if label.values.is_empty() {
                 return Err(labels(format!("label `{}` has no values", label.name)));
@@ -194,7 +231,10 @@ pub fn check(metrics: &[MetricSpec]) -> Result<(), MetricError> {
     }
     for (index, metric) in metrics.iter().enumerate() {
         metric.check()?;
-        if metrics[..index].iter().any(|other| other.name == metric.name) {
+        if metrics[..index]
+            .iter()
+            .any(|other| other.name == metric.name)
+        {
             return Err(MetricError::Duplicate(metric.name.clone()));
         }
     }
@@ -222,19 +262,7 @@ pub fn update(
     let spec = metrics
         .get(metric as usize)
         .ok_or(MetricError::UnknownMetric(metric))?;
-    if series as usize >= spec.series() {
-        return Err(MetricError::UnknownSeries {
-            metric: spec.name.clone(),
-            series,
-        });
-    }
-    let valid = value.is_finite() && (value >= 0.0 || matches!(spec.kind, MetricKind::Histogram(_)));
-    if !valid {
-        return Err(MetricError::Value {
-            metric: spec.name.clone(),
-            value,
-        });
-    }
+    spec.check_update(series, value)?;
     Ok(spec)
 }
 
@@ -284,7 +312,10 @@ mod tests {
         assert!(matches!(check(&[bad_name]), Err(MetricError::Name(_))));
         let mut bad_buckets = spec(&[]);
         bad_buckets.kind = MetricKind::Histogram(vec![1.0, 1.0]);
-        assert!(matches!(check(&[bad_buckets]), Err(MetricError::Buckets(_))));
+        assert!(matches!(
+            check(&[bad_buckets]),
+            Err(MetricError::Buckets(_))
+        ));
         assert!(matches!(
             check(&[spec(&[]), spec(&[])]),
             Err(MetricError::Duplicate(_))
