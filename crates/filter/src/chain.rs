@@ -1,6 +1,8 @@
 //! A route's filters in order: the request phase front to back, the response phase back to
 //! front, and each filter's failure policy applied on the way.
 
+use std::ops::Range;
+
 use bytes::Bytes;
 
 use gateway_config::FailurePolicy;
@@ -22,10 +24,38 @@ pub struct RequestPhase {
 }
 
 impl FilterChain {
-    /// Runs the request phase of every filter in order until one answers or fails closed.
-    pub fn on_request(&self, head: &mut RequestHead) -> RequestPhase {
-        for (index, pool) in self.filters.iter().enumerate() {
-            if !pool.phases.contains(Phases::REQUEST) {
+    /// Where the request phase first needs the request body: the index of the first filter
+    /// that reads it, and the longest limit of the filters from there on that do. The body is
+    /// read once, just before that filter, so the filters in front of it (auth, say) can refuse
+    /// a request before its body is waited for.
+    pub fn request_body_need(&self) -> Option<(usize, u32)> {
+        let first = self.filters.iter().position(|pool| {
+            pool.phases().contains(Phases::REQUEST) && pool.request_body_limit().is_some()
+        })?;
+        let limit = self.filters[first..]
+            .iter()
+            .filter(|pool| pool.phases().contains(Phases::REQUEST))
+            .filter_map(FilterPool::request_body_limit)
+            .max()?;
+        Some((first, limit))
+    }
+
+    /// The longest response body the response phases of the first `ran` filters read, if any
+    /// reads one.
+    pub fn response_body_need(&self, ran: usize) -> Option<u32> {
+        self.filters[..ran.min(self.filters.len())]
+            .iter()
+            .filter(|pool| pool.phases().contains(Phases::RESPONSE))
+            .filter_map(FilterPool::response_body_limit)
+            .max()
+    }
+
+    /// Runs the request phase of the filters in `filters`, in order, until one answers or
+    /// fails closed.
+    pub fn on_request(&self, head: &mut RequestHead, filters: Range<usize>) -> RequestPhase {
+        let end = filters.end.min(self.filters.len());
+        for (index, pool) in self.filters.iter().enumerate().take(end).skip(filters.start) {
+            if !pool.phases().contains(Phases::REQUEST) {
                 continue;
             }
             match pool.on_request(head) {
@@ -47,7 +77,7 @@ impl FilterChain {
             }
         }
         RequestPhase {
-            ran: self.filters.len(),
+            ran: end,
             outcome: Ok(None),
         }
     }
@@ -62,7 +92,7 @@ impl FilterChain {
     ) -> Result<Option<Bytes>, Error> {
         let mut replaced_body = None;
         for pool in self.filters[..ran.min(self.filters.len())].iter().rev() {
-            if !pool.phases.contains(Phases::RESPONSE) {
+            if !pool.phases().contains(Phases::RESPONSE) {
                 continue;
             }
             match pool.on_response(request, response) {

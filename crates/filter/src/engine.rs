@@ -13,6 +13,7 @@ use crate::bindings::{Filter, FilterPre};
 use crate::cache::{ComponentCache, ContentHash, Origin};
 use crate::instance::InstanceState;
 use crate::kv::KvStore;
+use crate::metrics::MetricRegistry;
 use crate::ticker::EpochTicker;
 use crate::{Error, Result, WIT_PACKAGE, WIT_VERSION};
 
@@ -25,6 +26,7 @@ pub struct FilterEngine {
     engine: Engine,
     linker: Linker<InstanceState>,
     kv: Arc<KvStore>,
+    metrics: Arc<MetricRegistry>,
     ticker: Arc<EpochTicker>,
     cache: ComponentCache,
 }
@@ -39,12 +41,14 @@ pub struct LoadedFilter {
     pub origin: Origin,
     pub(crate) pre: FilterPre<InstanceState>,
     pub(crate) kv: Arc<KvStore>,
+    pub(crate) metrics: Arc<MetricRegistry>,
     pub(crate) ticker: Arc<EpochTicker>,
 }
 
 impl LoadedFilter {
-    /// The same component, keeping its state in `kv` instead: for tests that need a clean store.
-    pub fn with_store(&self, kv: Arc<KvStore>) -> LoadedFilter {
+    /// The same filter with a key-value store and metrics of its own: `plugin test` runs each
+    /// case from a clean state this way.
+    pub fn with_state(&self, kv: Arc<KvStore>, metrics: Arc<MetricRegistry>) -> LoadedFilter {
         LoadedFilter {
             name: self.name.clone(),
             settings: self.settings.clone(),
@@ -52,6 +56,7 @@ impl LoadedFilter {
             origin: self.origin,
             pre: self.pre.clone(),
             kv,
+            metrics,
             ticker: self.ticker.clone(),
         }
     }
@@ -99,6 +104,7 @@ impl FilterEngine {
             engine,
             linker,
             kv: Arc::new(KvStore::new(kv_limits)),
+            metrics: Arc::default(),
             ticker,
         })
     }
@@ -146,8 +152,14 @@ impl FilterEngine {
             origin,
             pre,
             kv: self.kv.clone(),
+            metrics: self.metrics.clone(),
             ticker: self.ticker.clone(),
         })
+    }
+
+    /// The metrics every filter loaded by this engine declared.
+    pub fn metrics(&self) -> &Arc<MetricRegistry> {
+        &self.metrics
     }
 
     /// Forgets compiled components other than `keep`, after a reload stopped using them.

@@ -1,13 +1,27 @@
 //! The request and response heads a filter reaches through its handles.
 //!
 //! The proxy owns these. For a call, a head is moved into the filter instance's store and moved
-//! back out afterwards: no header is copied, whatever the filter reads or writes.
+//! back out afterwards: only what the filter declared it reads is copied into the call, and
+//! its lazy reads copy exactly what they ask for.
 
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
 
 use bytes::Bytes;
+use gateway_rules::context::Context;
 use http::{HeaderMap, Method, StatusCode};
+
+/// A message body as the filters see it: not read, read whole, or found too large to read.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum HeldBody {
+    /// No filter asked for it: it streams.
+    #[default]
+    Streaming,
+    /// The whole body, as received or as a filter replaced it.
+    Complete(Bytes),
+    /// Longer than every limit that asked for it: it streams on untouched.
+    TooLarge,
+}
 
 /// What the gateway knows about a request while it crosses the filter chain.
 #[derive(Debug, Clone)]
@@ -22,6 +36,10 @@ pub struct RequestHead {
     pub client_ip: IpAddr,
     /// Parameters captured by the route's path pattern, in pattern order.
     pub params: Vec<(Arc<str>, String)>,
+    /// Entries filters set for the filters after them; never sent upstream as such.
+    pub context: Context,
+    /// The request body, once the pipeline read it for a filter that asked.
+    pub body: HeldBody,
 }
 
 /// An empty head, which allocates nothing: it is what a head moved into a filter call leaves
@@ -36,6 +54,8 @@ impl Default for RequestHead {
             authority: None,
             client_ip: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
             params: Vec::new(),
+            context: Context::default(),
+            body: HeldBody::Streaming,
         }
     }
 }
@@ -62,6 +82,8 @@ impl RequestHead {
 pub struct ResponseHead {
     pub status: StatusCode,
     pub headers: HeaderMap,
+    /// The response body, once the pipeline read it for a filter that asked.
+    pub body: HeldBody,
 }
 
 /// A complete answer a filter produced instead of the upstream's.

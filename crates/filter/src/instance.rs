@@ -10,7 +10,10 @@ use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
 use gateway_config::ByteSize;
 
-use crate::bindings::{CURRENT, Filter, HeaderNames, Registration, RequestAction, ResponseAction};
+use crate::bindings::{
+    CURRENT, Filter, Outcome, Registration, RequestInput, ResponseInput, environment,
+};
+use crate::edits::HeaderNames;
 use crate::engine::LoadedFilter;
 use crate::kv::KvStore;
 use crate::ticker::EpochTicker;
@@ -150,24 +153,31 @@ impl FilterInstance {
         })?;
         let handler = instance.bindings.gateway_filter_handler().clone();
         let registration = guarded(&mut instance.store, init_timeout, |store| {
-            handler.call_init(store, config_json)
+            handler.call_init(store, config_json, environment())
         })?
         .map_err(FilterFailure::Rejected)?;
         Ok((instance, registration))
     }
 
-    /// Runs the request phase on `head`, which is moved in for the call and back out after it,
-    /// whatever the outcome, so edits made before a failure are kept.
+    /// The header names kept for this instance's edits.
+    pub(crate) fn names(&mut self) -> &mut HeaderNames {
+        &mut self.store.data_mut().names
+    }
+
+    /// Runs the request phase on `head`, which is moved in for the call (for the filter's lazy
+    /// reads) and back out after it, whatever the outcome. The outcome's edits are the caller's
+    /// to check and apply.
     pub(crate) fn on_request(
         &mut self,
         head: &mut RequestHead,
+        input: &RequestInput,
         timeout: Duration,
-    ) -> Result<RequestAction, FilterFailure> {
+    ) -> Result<Outcome, FilterFailure> {
         self.uses += 1;
         self.store.data_mut().heads.request = Some(std::mem::take(head));
         let handler = self.bindings.gateway_filter_handler().clone();
         let outcome = guarded(&mut self.store, timeout, |store| {
-            handler.call_on_request(store, Resource::new_borrow(CURRENT))
+            handler.call_on_request(store, Resource::new_borrow(CURRENT), input)
         });
         if let Some(request) = self.store.data_mut().heads.request.take() {
             *head = request;
@@ -180,8 +190,9 @@ impl FilterInstance {
         &mut self,
         request: &mut RequestHead,
         response: &mut ResponseHead,
+        input: &ResponseInput,
         timeout: Duration,
-    ) -> Result<ResponseAction, FilterFailure> {
+    ) -> Result<Outcome, FilterFailure> {
         let heads = &mut self.store.data_mut().heads;
         heads.request = Some(std::mem::take(request));
         heads.response = Some(std::mem::take(response));
@@ -191,6 +202,7 @@ impl FilterInstance {
                 store,
                 Resource::new_borrow(CURRENT),
                 Resource::new_borrow(CURRENT),
+                input,
             )
         });
         let heads = &mut self.store.data_mut().heads;

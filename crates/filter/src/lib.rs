@@ -10,7 +10,10 @@
 //! - [`engine`]: one wasmtime engine with the pooling allocator; loading a component checks its
 //!   WIT version and imports before anything runs.
 //! - `ticker`: advances the engine's epoch, at which running calls check their deadlines.
-//! - `bindings`: the host side of `wit/filter.wit` (handles, log, clock, kv).
+//! - `bindings`: the host side of `wit/filter.wit` (lazy reads, log, clock, kv).
+//! - `declared`: what a filter declared it reads, and the input built from it for each call.
+//! - `edits`: a call's outcome (edits, context entries, metric updates) checked and applied.
+//! - [`metrics`]: the metrics filters declare, kept per worker without a lock.
 //! - [`cache`]: compiled components by content hash, in memory and on disk.
 //! - `instance`: one instance in its own store, every call under a deadline and a memory cap.
 //! - [`kv`]: the key-value store behind the `kv` capability, namespaced per filter.
@@ -20,10 +23,13 @@
 mod bindings;
 mod cache;
 mod chain;
+mod declared;
+mod edits;
 mod engine;
 mod heads;
 mod instance;
 mod kv;
+pub mod metrics;
 mod pool;
 mod ticker;
 
@@ -34,7 +40,7 @@ pub use bindings::Phases;
 pub use cache::{ContentHash, Origin};
 pub use chain::{FilterChain, RequestPhase};
 pub use engine::{FilterEngine, LoadedFilter};
-pub use heads::{FilterReply, RequestHead, ResponseHead};
+pub use heads::{FilterReply, HeldBody, RequestHead, ResponseHead};
 pub use kv::KvStore;
 pub use pool::FilterPool;
 
@@ -43,7 +49,7 @@ use gateway_config::ByteSize;
 /// The WIT package filters are built against.
 const WIT_PACKAGE: &str = "gateway:filter";
 /// The version of [`WIT_PACKAGE`] this gateway provides.
-const WIT_VERSION: &str = "0.1.0";
+const WIT_VERSION: &str = "0.2.0";
 
 /// Why a filter cannot serve, or did not.
 #[derive(Debug, thiserror::Error)]
@@ -100,4 +106,8 @@ pub enum FilterFailure {
     /// The filter answered with a reply that cannot be sent (bad status or header).
     #[error("answered with an invalid reply: {0}")]
     BadReply(String),
+    /// The filter returned an edit, context entry or metric update the gateway refuses; none
+    /// of its outcome was applied.
+    #[error("made an edit the gateway refuses: {0}")]
+    BadEdit(String),
 }

@@ -11,7 +11,12 @@ use crossbeam_queue::ArrayQueue;
 
 use gateway_config::{FailurePolicy, Isolation};
 
-use crate::bindings::{Phases, RequestAction, ResponseAction, convert_reply};
+use gateway_rules::edit;
+use http::HeaderMap;
+
+use crate::bindings::{Action, Phases, Reply};
+use crate::declared::Declared;
+use crate::edits;
 use crate::engine::LoadedFilter;
 use crate::instance::FilterInstance;
 use crate::{Error, FilterFailure, FilterReply, RequestHead, ResponseHead, Result};
@@ -22,8 +27,9 @@ pub struct FilterPool {
     config_json: String,
     /// What a request gets when this filter fails.
     pub policy: FailurePolicy,
-    /// The phases the filter registered for with this route's config.
-    pub phases: Phases,
+    /// What the filter registered with this route's config: its phases, what it reads, the
+    /// bodies it wants and its metrics.
+    declared: Declared,
     idle: ArrayQueue<FilterInstance>,
 }
 
@@ -41,17 +47,20 @@ impl FilterPool {
         policy: FailurePolicy,
     ) -> Result<FilterPool> {
         let config_json = config.to_string();
-        let (instance, registration) =
-            FilterInstance::new(&filter, &config_json).map_err(|failure| Error::Init {
-                route: route.to_owned(),
-                filter: filter.name.to_string(),
-                reason: failure.to_string(),
-            })?;
+        let refused = |reason: String| Error::Init {
+            route: route.to_owned(),
+            filter: filter.name.to_string(),
+            reason,
+        };
+        let (instance, registration) = FilterInstance::new(&filter, &config_json)
+            .map_err(|failure| refused(failure.to_string()))?;
+        let declared = Declared::new(registration, &filter.name, &filter.metrics)
+            .map_err(|reason| refused(format!("registered what cannot be: {reason}")))?;
         let pool = FilterPool {
             filter,
             config_json,
             policy,
-            phases: registration.phases,
+            declared,
             idle: ArrayQueue::new(idle_capacity()),
         };
         pool.check_in(instance, Phases::REQUEST);
@@ -60,6 +69,22 @@ impl FilterPool {
 
     pub fn name(&self) -> &str {
         &self.filter.name
+    }
+
+    /// The phases the filter registered for with this route's config.
+    #[inline]
+    pub fn phases(&self) -> Phases {
+        self.declared.phases
+    }
+
+    /// The longest request body the filter reads, if it reads one.
+    pub fn request_body_limit(&self) -> Option<u32> {
+        self.declared.request_body
+    }
+
+    /// The longest response body the filter reads, if it reads one.
+    pub fn response_body_limit(&self) -> Option<u32> {
+        self.declared.response_body
     }
 
     fn check_out(&self) -> Result<FilterInstance, FilterFailure> {
@@ -82,7 +107,7 @@ impl FilterPool {
         // Retiring an instance as soon as its last request phase ends would hand that request's
         // response phase to a brand-new instance; keep it for the response phase, unless that
         // phase never came (the client left) and the instance is already past its limit.
-        let worn_out = if after == Phases::REQUEST && self.phases.contains(Phases::RESPONSE) {
+        let worn_out = if after == Phases::REQUEST && self.phases().contains(Phases::RESPONSE) {
             instance.uses > settings.max_uses
         } else {
             instance.uses >= settings.max_uses
@@ -93,33 +118,70 @@ impl FilterPool {
         }
     }
 
-    /// Runs the request phase; `Some` is the filter's early answer.
+    /// Runs the request phase and applies its edits; `Some` is the filter's early answer.
     pub fn on_request(&self, head: &mut RequestHead) -> Result<Option<FilterReply>, FilterFailure> {
+        let input = self.declared.request_input(head);
         let mut instance = self.check_out()?;
-        let action = instance.on_request(head, self.filter.settings.timeout)?;
+        let outcome = instance.on_request(head, &input, self.filter.settings.timeout)?;
+        let applied = edits::apply_to_request(
+            &self.declared,
+            instance.names(),
+            head,
+            outcome.edits,
+            &outcome.metrics,
+        );
         self.check_in(instance, Phases::REQUEST);
-        match action {
-            RequestAction::Continue => Ok(None),
-            RequestAction::Respond(reply) => convert_reply(reply)
-                .map(Some)
-                .map_err(FilterFailure::BadReply),
-        }
+        applied.map_err(FilterFailure::BadEdit)?;
+        answer(outcome.action)
     }
 
-    /// Runs the response phase; `Some` is a reply that replaces the response.
+    /// Runs the response phase and applies its edits; `Some` is a reply that replaces the
+    /// response.
     pub fn on_response(
         &self,
         request: &mut RequestHead,
         response: &mut ResponseHead,
     ) -> Result<Option<FilterReply>, FilterFailure> {
+        let input = self.declared.response_input(request, response);
         let mut instance = self.check_out()?;
-        let action = instance.on_response(request, response, self.filter.settings.timeout)?;
+        let outcome =
+            instance.on_response(request, response, &input, self.filter.settings.timeout)?;
+        let applied = edits::apply_to_response(
+            &self.declared,
+            instance.names(),
+            request,
+            response,
+            outcome.edits,
+            &outcome.metrics,
+        );
         self.check_in(instance, Phases::RESPONSE);
-        match action {
-            ResponseAction::Continue => Ok(None),
-            ResponseAction::Respond(reply) => convert_reply(reply)
-                .map(Some)
-                .map_err(FilterFailure::BadReply),
-        }
+        applied.map_err(FilterFailure::BadEdit)?;
+        answer(outcome.action)
     }
+}
+
+fn answer(action: Action) -> Result<Option<FilterReply>, FilterFailure> {
+    match action {
+        Action::Continue => Ok(None),
+        Action::Respond(reply) => convert_reply(reply)
+            .map(Some)
+            .map_err(FilterFailure::BadReply),
+    }
+}
+
+/// A reply from a filter as the gateway sends it, or why it cannot be sent.
+fn convert_reply(reply: Reply) -> Result<FilterReply, String> {
+    let status = edit::status(reply.status).map_err(|error| format!("reply status {error}"))?;
+    let mut headers = HeaderMap::with_capacity(reply.headers.len());
+    for (name, value) in reply.headers {
+        headers.append(
+            edit::header_name(&name).map_err(|error| error.to_string())?,
+            edit::header_value(value).map_err(|error| error.to_string())?,
+        );
+    }
+    Ok(FilterReply {
+        status,
+        headers,
+        body: reply.body.into(),
+    })
 }

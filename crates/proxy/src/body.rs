@@ -1,19 +1,124 @@
-//! Bodies in both directions, streamed: nothing is buffered on the way through. The client's
-//! body comes in whatever type its connection delivers it in; the pipeline only bounds how long
-//! it may pause.
+//! Bodies in both directions, streamed: nothing is buffered on the way through unless a filter
+//! asked to read the body, and then only up to its limit. The client's body comes in whatever
+//! type its connection delivers it in; the pipeline bounds how long it may pause.
 
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use gateway_upstream::UpstreamBody;
 use http_body::{Body, Frame, SizeHint};
-use http_body_util::{Either, Full};
+use http_body_util::{BodyExt, Either, Full};
 use tokio::time::{Instant, Sleep};
 
-/// What the gateway sends a client: an upstream's body as it arrives, or one the gateway made.
-pub type ResponseBody = Either<UpstreamBody, Full<Bytes>>;
+/// What the gateway sends a client: an upstream's body as it arrives (after whatever part of it
+/// the filters read), or one the gateway made.
+pub type ResponseBody = Either<Prefixed<UpstreamBody>, Full<Bytes>>;
+
+pin_project_lite::pin_project! {
+    /// A body with some bytes in front of the rest: the part the gateway read for the filters.
+    /// Read whole, it is only those bytes; not read at all, only the rest.
+    pub struct Prefixed<B> {
+        prefix: Option<Bytes>,
+        #[pin]
+        rest: Option<B>,
+    }
+}
+
+impl<B> Prefixed<B> {
+    /// A body of which nothing has been read.
+    pub fn new(body: B) -> Prefixed<B> {
+        Prefixed {
+            prefix: None,
+            rest: Some(body),
+        }
+    }
+
+    /// The body becomes exactly these bytes, whatever it was.
+    pub(crate) fn replace(&mut self, bytes: Bytes) {
+        self.prefix = (!bytes.is_empty()).then_some(bytes);
+        self.rest = None;
+    }
+}
+
+impl<B> Prefixed<B>
+where
+    B: Body<Data = Bytes> + Unpin,
+{
+    /// Reads the body for the filters if it is no longer than `limit`: `Some` with the whole
+    /// body, which it then is; `None` if it is announced or found longer, and then what was read
+    /// stays in front of the rest, to stream on untouched. Trailers of a body read whole are
+    /// dropped: the body is sent on with a length, which cannot carry them.
+    pub(crate) async fn read_whole(&mut self, limit: usize) -> Result<Option<Bytes>, B::Error> {
+        if self.size_hint().lower() > limit as u64 {
+            return Ok(None);
+        }
+        let Some(rest) = self.rest.as_mut() else {
+            return Ok(Some(self.prefix.clone().unwrap_or_default()));
+        };
+        let mut read = BytesMut::new();
+        if let Some(prefix) = self.prefix.take() {
+            read.extend_from_slice(&prefix);
+        }
+        while let Some(frame) = rest.frame().await {
+            let Ok(data) = frame?.into_data() else {
+                continue;
+            };
+            read.extend_from_slice(&data);
+            if read.len() > limit {
+                self.prefix = Some(read.freeze());
+                return Ok(None);
+            }
+        }
+        let whole = read.freeze();
+        self.replace(whole.clone());
+        Ok(Some(whole))
+    }
+}
+
+impl<B> Body for Prefixed<B>
+where
+    B: Body<Data = Bytes>,
+{
+    type Data = Bytes;
+    type Error = B::Error;
+
+    #[inline]
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        let this = self.project();
+        if let Some(prefix) = this.prefix.take() {
+            return Poll::Ready(Some(Ok(Frame::data(prefix))));
+        }
+        match this.rest.as_pin_mut() {
+            Some(rest) => rest.poll_frame(cx),
+            None => Poll::Ready(None),
+        }
+    }
+
+    #[inline]
+    fn is_end_stream(&self) -> bool {
+        self.prefix.is_none() && self.rest.as_ref().is_none_or(Body::is_end_stream)
+    }
+
+    #[inline]
+    fn size_hint(&self) -> SizeHint {
+        let before = self.prefix.as_ref().map_or(0, |prefix| prefix.len() as u64);
+        let Some(rest) = &self.rest else {
+            return SizeHint::with_exact(before);
+        };
+        let hint = rest.size_hint();
+        let mut sum = SizeHint::new();
+        sum.set_lower(hint.lower() + before);
+        if let Some(upper) = hint.upper() {
+            sum.set_upper(upper + before);
+        }
+        sum
+    }
+}
 
 /// A response body the gateway made itself.
 pub fn full(bytes: impl Into<Bytes>) -> ResponseBody {
@@ -230,5 +335,64 @@ mod tests {
             assert_eq!(frame.into_data().map_or(0, |data| data.len()), 1);
         }
         assert!(body.frame().await.is_none());
+    }
+
+    /// A body in pieces, of unknown length.
+    struct Pieces(std::collections::VecDeque<&'static [u8]>);
+
+    impl Body for Pieces {
+        type Data = Bytes;
+        type Error = std::convert::Infallible;
+
+        fn poll_frame(
+            mut self: Pin<&mut Self>,
+            _cx: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+            Poll::Ready(
+                self.0
+                    .pop_front()
+                    .map(|piece| Ok(Frame::data(Bytes::from_static(piece)))),
+            )
+        }
+    }
+
+    async fn all_of<B: Body<Data = Bytes> + Unpin>(body: B) -> Vec<u8>
+    where
+        B::Error: std::fmt::Debug,
+    {
+        body.collect().await.expect("a body").to_bytes().to_vec()
+    }
+
+    #[tokio::test]
+    async fn a_body_within_the_limit_is_read_whole_and_sent_with_its_length() {
+        let mut body = Prefixed::new(Pieces([&b"abc"[..], b"def"].into()));
+        assert_eq!(body.read_whole(6).await, Ok(Some(Bytes::from_static(b"abcdef"))));
+        assert_eq!(body.size_hint().exact(), Some(6));
+        assert_eq!(all_of(body).await, b"abcdef");
+
+        let mut empty = Prefixed::new(Pieces([].into()));
+        assert_eq!(empty.read_whole(6).await, Ok(Some(Bytes::new())));
+        assert!(empty.is_end_stream());
+    }
+
+    #[tokio::test]
+    async fn a_body_past_the_limit_streams_on_whole_with_what_was_read_in_front() {
+        let mut body = Prefixed::new(Pieces([&b"abc"[..], b"def", b"ghi"].into()));
+        assert_eq!(body.read_whole(4).await, Ok(None));
+        assert_eq!(all_of(body).await, b"abcdefghi");
+
+        // Announced too long: not read at all.
+        let mut announced = Prefixed::new(Full::new(Bytes::from_static(b"0123456789")));
+        assert_eq!(announced.read_whole(4).await, Ok(None));
+        assert_eq!(announced.size_hint().exact(), Some(10));
+        assert_eq!(all_of(announced).await, b"0123456789");
+    }
+
+    #[tokio::test]
+    async fn a_replaced_body_is_exactly_the_new_bytes() {
+        let mut body = Prefixed::new(Pieces([&b"abc"[..]].into()));
+        body.replace(Bytes::from_static(b"xy"));
+        assert_eq!(body.size_hint().exact(), Some(2));
+        assert_eq!(all_of(body).await, b"xy");
     }
 }

@@ -47,6 +47,14 @@ pub enum Error {
     #[error("client stopped sending the request body")]
     BodyTimeout,
 
+    /// The upstream's response body, read for a filter, failed or stalled.
+    #[error("the upstream's response body failed: {0}")]
+    UpstreamBody(std::io::Error),
+
+    /// The request body, read for a filter, was malformed or cut short.
+    #[error("the request body is malformed or incomplete")]
+    BadBody,
+
     /// A route names a service the state does not have.
     #[error("route `{route}` forwards to service `{service}`, which is not defined")]
     RouteService { route: String, service: String },
@@ -156,6 +164,22 @@ impl Error {
                     message: Cow::Borrowed("the request body is malformed or incomplete"),
                     close: true,
                 },
+            },
+            Error::UpstreamBody(error) if error.kind() == std::io::ErrorKind::TimedOut => plain(
+                StatusCode::GATEWAY_TIMEOUT,
+                "UPSTREAM_TIMEOUT",
+                "the upstream service did not answer in time",
+            ),
+            Error::UpstreamBody(_) => plain(
+                StatusCode::BAD_GATEWAY,
+                "UPSTREAM_FAILED",
+                "the upstream service failed to answer",
+            ),
+            Error::BadBody => ClientError {
+                status: StatusCode::BAD_REQUEST,
+                code: "BAD_REQUEST",
+                message: Cow::Borrowed("the request body is malformed or incomplete"),
+                close: true,
             },
             Error::BodyTimeout => ClientError {
                 status: StatusCode::REQUEST_TIMEOUT,

@@ -6,16 +6,16 @@ use std::net::SocketAddr;
 use std::time::{Instant, SystemTime};
 
 use bytes::Bytes;
-use gateway_filter::{FilterChain, FilterReply, RequestHead, ResponseHead};
+use gateway_filter::{FilterChain, FilterReply, HeldBody, RequestHead, ResponseHead};
 use gateway_routing::Route;
 use gateway_upstream::{Instance, Service};
 use gateway_wire::fields::REQUEST_ID;
 use http::header::{self, HeaderValue};
 use http::{Request, Response, StatusCode, Uri, Version};
 use http_body::Body;
-use http_body_util::Either;
+use http_body_util::{BodyExt, Either};
 
-use crate::body::{BodyLimits, RequestBody, ResponseBody, full};
+use crate::body::{BodyLimits, BodyReadTimeout, Prefixed, RequestBody, ResponseBody, full};
 use crate::state::{RouteEntry, ServingState, Target};
 use crate::{Error, Result, headers, hygiene, normalize};
 
@@ -153,6 +153,8 @@ where
         authority,
         client_ip: client.ip(),
         params: matched.params,
+        context: Default::default(),
+        body: HeldBody::Streaming,
     };
     let original_host = head.headers.get(header::HOST).cloned().or_else(|| {
         parts
@@ -164,31 +166,67 @@ where
     headers::set_forwarded(&mut head.headers, head.client_ip, original_host.as_ref());
     head.headers.insert(REQUEST_ID, request_id.clone());
 
+    let mut body = Prefixed::new(RequestBody::new(
+        body,
+        BodyLimits {
+            pause: state.limits.body_read_timeout,
+            min_rate: state.limits.body_min_rate.0,
+        },
+    ));
     let chain = &route.value.chain;
-    let phase = chain.on_request(&mut head);
-    let answer = match phase.outcome {
+    let (ran, decided) = request_phase(chain, &mut head, &mut body).await;
+    let answer = match decided {
         Ok(Some(reply)) => Ok(reply_response(reply)),
-        Err(error) => Err(Error::Filter(error)),
-        Ok(None) => call_upstream(state, route, &mut head, &parts.uri, body, outcome).await,
+        Err(error) => Err(error),
+        Ok(None) => {
+            if let HeldBody::Complete(bytes) = &head.body {
+                body.replace(bytes.clone());
+            }
+            call_upstream(state, route, &mut head, &parts.uri, body, outcome).await
+        }
     };
     let response = match answer {
         Ok(response) => response,
         // Filters that already ran still see the gateway's own error answer.
-        Err(error) if phase.ran > 0 => {
+        Err(error) if ran > 0 => {
             let response = error_response(&error, request_id, parts.version);
             outcome.error = Some(error);
             response
         }
         Err(error) => return Err(error),
     };
-    respond_through_chain(
-        chain,
-        phase.ran,
-        &mut head,
-        response,
-        request_id,
-        parts.version,
-    )
+    respond_through_chain(chain, ran, &mut head, response, request_id, parts.version).await
+}
+
+/// Runs the chain's request phase, reading the request body first for the filters that asked
+/// for it: just before the first of them, so the filters in front can answer without waiting
+/// for the body. Returns how many filters took part and what they decided.
+async fn request_phase<B>(
+    chain: &FilterChain,
+    head: &mut RequestHead,
+    body: &mut Prefixed<RequestBody<B>>,
+) -> (usize, Result<Option<FilterReply>>)
+where
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let all = chain.filters.len();
+    let Some((first, limit)) = chain.request_body_need() else {
+        let phase = chain.on_request(head, 0..all);
+        return (phase.ran, phase.outcome.map_err(Error::Filter));
+    };
+    let before = chain.on_request(head, 0..first);
+    if !matches!(before.outcome, Ok(None)) {
+        return (before.ran, before.outcome.map_err(Error::Filter));
+    }
+    head.body = match body.read_whole(limit as usize).await {
+        Ok(Some(bytes)) => HeldBody::Complete(bytes),
+        Ok(None) => HeldBody::TooLarge,
+        Err(error) if error.is::<BodyReadTimeout>() => return (first, Err(Error::BodyTimeout)),
+        Err(_) => return (first, Err(Error::BadBody)),
+    };
+    let after = chain.on_request(head, first..all);
+    (after.ran, after.outcome.map_err(Error::Filter))
 }
 
 /// Sends the request to an instance of the route's service and returns its response head and
@@ -198,7 +236,7 @@ async fn call_upstream<'g, B>(
     route: &'g Route<RouteEntry>,
     head: &mut RequestHead,
     client_uri: &Uri,
-    body: B,
+    body: Prefixed<RequestBody<B>>,
     outcome: &mut Outcome<'g>,
 ) -> Result<Response<ResponseBody>>
 where
@@ -220,19 +258,12 @@ where
     outcome.upstream = Some(instance);
 
     let target = upstream_target(client_uri, head);
-    let body = RequestBody::new(
-        body,
-        BodyLimits {
-            pause: state.limits.body_read_timeout,
-            min_rate: state.limits.body_min_rate.0,
-        },
-    );
     let response = instance
         .send(&head.method, &target, &head.headers, body)
         .await?;
     let (mut parts, body) = response.into_parts();
     headers::strip_hop_by_hop(&mut parts.headers);
-    Ok(Response::from_parts(parts, Either::Left(body)))
+    Ok(Response::from_parts(parts, Either::Left(Prefixed::new(body))))
 }
 
 /// The request target the upstream gets, in origin form: the connection is to the instance
@@ -257,8 +288,9 @@ fn upstream_target<'u>(client_uri: &'u Uri, head: &RequestHead) -> Cow<'u, str> 
     Cow::Owned(target)
 }
 
-/// Runs the response phase of the filters that took part, then assembles what the client gets.
-fn respond_through_chain(
+/// Runs the response phase of the filters that took part, reading the response body first if
+/// one of them asked for it, then assembles what the client gets.
+async fn respond_through_chain(
     chain: &FilterChain,
     ran: usize,
     request: &mut RequestHead,
@@ -269,27 +301,68 @@ fn respond_through_chain(
     if ran == 0 {
         return Ok(response);
     }
-    let (mut parts, body) = response.into_parts();
+    let (mut parts, mut body) = response.into_parts();
     let mut head = ResponseHead {
         status: parts.status,
         headers: std::mem::take(&mut parts.headers),
+        body: HeldBody::Streaming,
     };
+    if let Some(limit) = chain.response_body_need(ran) {
+        let read = read_response_body(body, limit as usize).await;
+        match read {
+            Ok((rest, held)) => {
+                body = rest;
+                head.body = held;
+            }
+            Err(error) => {
+                tracing::warn!(request_id = request_id.to_str().unwrap_or("-"), %error, "the upstream's body failed while read for the filters");
+                return Ok(error_response(&error, request_id, version));
+            }
+        }
+    }
     match chain.on_response(ran, request, &mut head) {
         Ok(replaced) => {
             parts.status = head.status;
             parts.headers = head.headers;
-            let body = match replaced {
-                Some(bytes) => {
+            let body = match (replaced, head.body) {
+                (Some(bytes), _) => {
                     parts.headers.remove(header::CONTENT_LENGTH);
                     full(bytes)
                 }
-                None => body,
+                (None, HeldBody::Complete(bytes)) => full(bytes),
+                (None, HeldBody::Streaming | HeldBody::TooLarge) => body,
             };
             Ok(Response::from_parts(parts, body))
         }
         Err(error) => {
             tracing::debug!(request_id = request_id.to_str().unwrap_or("-"), %error, "response phase refused the response");
             Ok(error_response(&Error::Filter(error), request_id, version))
+        }
+    }
+}
+
+/// Reads a response body for the filters, up to `limit`: the body to send on, and what the
+/// filters get.
+async fn read_response_body(
+    body: ResponseBody,
+    limit: usize,
+) -> Result<(ResponseBody, HeldBody)> {
+    match body {
+        Either::Left(mut upstream) => match upstream.read_whole(limit).await {
+            Ok(Some(bytes)) => Ok((full(bytes.clone()), HeldBody::Complete(bytes))),
+            Ok(None) => Ok((Either::Left(upstream), HeldBody::TooLarge)),
+            Err(error) => Err(Error::UpstreamBody(error)),
+        },
+        // The gateway's own answers (an error, a filter's reply) are in memory already.
+        Either::Right(made) if made.size_hint().exact().is_some_and(|len| len > limit as u64) => {
+            Ok((Either::Right(made), HeldBody::TooLarge))
+        }
+        Either::Right(made) => {
+            let bytes = match made.collect().await {
+                Ok(collected) => collected.to_bytes(),
+                Err(never) => match never {},
+            };
+            Ok((full(bytes.clone()), HeldBody::Complete(bytes)))
         }
     }
 }

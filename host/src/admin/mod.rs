@@ -2,6 +2,8 @@
 //! - `GET /admin/reload`: the reload status (generation, counters, last attempt and last
 //!   failure with their reasons, the filters serving and their content hashes);
 //! - `POST /admin/reload`: reload now; answers with the attempt, 200 if applied, 422 if rejected;
+//! - `GET /admin/filter-metrics`: every metric the filters declared, each series with its labels
+//!   and value (a counter's total; a histogram's cumulative buckets, count and sum);
 //! - `GET /health`: liveness.
 
 use std::convert::Infallible;
@@ -17,7 +19,9 @@ use hyper_util::rt::TokioIo;
 use serde::Serialize;
 use tokio::net::TcpListener;
 
+use gateway_filter::metrics::{MetricRegistry, SeriesValue};
 use gateway_proxy::{Error, ResponseBody, error_response, full, request_id};
+use gateway_rules::metrics::MetricKind;
 use gateway_wire::fields::REQUEST_ID;
 
 use crate::reload::{Reloader, Trigger};
@@ -47,6 +51,9 @@ async fn handle(reloader: Arc<Reloader>, request: Request<Incoming>) -> Response
             };
             json(status, &attempt)
         }
+        (&Method::GET, "/admin/filter-metrics") => {
+            json(StatusCode::OK, &filter_metrics(reloader.filter_metrics()))
+        }
         (&Method::GET, "/health") => json(StatusCode::OK, &serde_json::json!({ "status": "ok" })),
         _ => {
             let request_id = request_id(request.headers());
@@ -56,6 +63,63 @@ async fn handle(reloader: Arc<Reloader>, request: Request<Incoming>) -> Response
             response
         }
     }
+}
+
+fn filter_metrics(registry: &MetricRegistry) -> serde_json::Value {
+    let families: Vec<serde_json::Value> = registry
+        .families()
+        .iter()
+        .map(|family| {
+            let series: Vec<serde_json::Value> = family
+                .series()
+                .into_iter()
+                .map(|series| {
+                    let labels: serde_json::Map<String, serde_json::Value> = series
+                        .labels
+                        .into_iter()
+                        .map(|(name, value)| (name, value.into()))
+                        .collect();
+                    match series.value {
+                        SeriesValue::Counter(total) => {
+                            serde_json::json!({ "labels": labels, "value": total })
+                        }
+                        SeriesValue::Histogram {
+                            buckets,
+                            count,
+                            sum,
+                        } => {
+                            let buckets: Vec<serde_json::Value> = buckets
+                                .into_iter()
+                                .map(|(bound, count)| {
+                                    let bound = if bound.is_finite() {
+                                        bound.to_string()
+                                    } else {
+                                        "+Inf".to_owned()
+                                    };
+                                    serde_json::json!({ "le": bound, "count": count })
+                                })
+                                .collect();
+                            serde_json::json!({
+                                "labels": labels, "buckets": buckets, "count": count, "sum": sum,
+                            })
+                        }
+                    }
+                })
+                .collect();
+            let kind = match family.spec.kind {
+                MetricKind::Counter => "counter",
+                MetricKind::Histogram(_) => "histogram",
+            };
+            serde_json::json!({
+                "name": format!("filter_{}_{}", family.filter.replace('-', "_"), family.spec.name),
+                "filter": &*family.filter,
+                "help": family.spec.help,
+                "kind": kind,
+                "series": series,
+            })
+        })
+        .collect();
+    serde_json::json!({ "metrics": families })
 }
 
 /// Serves the admin API on `listener` until the process ends.

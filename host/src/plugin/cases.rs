@@ -21,6 +21,17 @@
 //!   - name: counts requests in the key-value store
 //!     kv: { hits: "41" }              # state before the case
 //!     expect_kv: { hits: "42", gone: ~ }
+//!   - name: reads the body and what an earlier filter found
+//!     request:
+//!       method: POST
+//!       body: '{"order": 7}'          # the request body, as the filter reads it
+//!       context: { auth.subject: alice }   # entries an earlier filter set
+//!     expect:
+//!       body: '{"order": 7, "by": "alice"}'   # continue: the body sent upstream
+//!       context: { order.id: "7", auth.scratch: ~ }
+//!     expect_metrics:                 # after both phases; histograms by _count and _sum
+//!       orders_total{kind="new"}: 1
+//!       order_bytes_count: 1
 //!   - name: refuses a bad regex
 //!     config: { path: { regex: { pattern: "(", replacement: "" } } }
 //!     expect_init_error: invalid regex  # a part of the message
@@ -37,9 +48,13 @@ use http::{HeaderMap, Method, StatusCode};
 use serde::Deserialize;
 
 use gateway_config::{FailurePolicy, FilterDefinition};
+use bytes::Bytes;
+use gateway_filter::metrics::{MetricRegistry, SeriesValue};
 use gateway_filter::{
-    FilterEngine, FilterPool, FilterReply, KvStore, LoadedFilter, Phases, RequestHead, ResponseHead,
+    FilterEngine, FilterPool, FilterReply, HeldBody, KvStore, LoadedFilter, Phases, RequestHead,
+    ResponseHead,
 };
+use gateway_rules::context::Context;
 
 use crate::error::Result;
 
@@ -82,6 +97,10 @@ pub struct Case {
     /// Key-value entries after the case ran: a text value, or `~` for absent.
     #[serde(default)]
     pub expect_kv: BTreeMap<String, Option<String>>,
+    /// Metric series after the case ran, as Prometheus names them: `name` or
+    /// `name{label="value"}` for a counter, `name_count` and `name_sum` for a histogram.
+    #[serde(default)]
+    pub expect_metrics: BTreeMap<String, f64>,
 }
 
 fn empty_object() -> serde_json::Value {
@@ -123,6 +142,12 @@ pub struct CaseRequest {
     /// Parameters as captured by a route's path pattern.
     #[serde(default)]
     pub params: BTreeMap<String, String>,
+    /// The request body (default: none), read by a filter that declared a limit for it.
+    #[serde(default)]
+    pub body: Option<String>,
+    /// Context entries set by filters earlier in the chain.
+    #[serde(default)]
+    pub context: BTreeMap<String, String>,
 }
 
 impl Default for CaseRequest {
@@ -134,6 +159,8 @@ impl Default for CaseRequest {
             authority: None,
             client_ip: None,
             params: BTreeMap::new(),
+            body: None,
+            context: BTreeMap::new(),
         }
     }
 }
@@ -154,6 +181,9 @@ pub struct CaseResponse {
     pub status: u16,
     #[serde(default)]
     pub headers: BTreeMap<String, Values>,
+    /// The upstream's body (default: none).
+    #[serde(default)]
+    pub body: Option<String>,
 }
 
 fn default_status() -> u16 {
@@ -183,12 +213,16 @@ pub struct Expectation {
     /// Headers that must be absent, in the same place.
     #[serde(default)]
     pub absent_headers: Vec<String>,
-    /// The answer's body, exactly.
+    /// The body, exactly: of the answer (respond), of the request sent upstream (request
+    /// phase, continue) or of the response (response phase).
     #[serde(default)]
     pub body: Option<String>,
-    /// Text the answer's body must contain.
+    /// Text that body must contain.
     #[serde(default)]
     pub body_contains: Option<String>,
+    /// Context entries after the phase: a value, or `~` for absent.
+    #[serde(default)]
+    pub context: BTreeMap<String, Option<String>>,
 }
 
 /// Distinguishes `query: ~` (must be absent) from no `query` key (not checked).
@@ -274,12 +308,13 @@ fn run_case(filter: &LoadedFilter, case: &Case) -> Vec<String> {
     let mut mismatches = Vec::new();
     // Every case starts from its own store, holding only what the case preloads.
     let kv = Arc::new(KvStore::new(gateway_rules::kv::Limits::default()));
+    let metrics = Arc::new(MetricRegistry::default());
     for (key, value) in &case.kv {
         if let Err(error) = kv.set(&filter.name, key, value.as_bytes().to_vec(), None) {
             return vec![format!("kv {key}: {error}")];
         }
     }
-    let filter = Arc::new(filter.with_store(kv.clone()));
+    let filter = Arc::new(filter.with_state(kv.clone(), metrics.clone()));
     let pool = match FilterPool::new(
         filter.clone(),
         &case.name,
@@ -310,7 +345,7 @@ fn run_case(filter: &LoadedFilter, case: &Case) -> Vec<String> {
         Ok(head) => head,
         Err(problem) => return vec![format!("request: {problem}")],
     };
-    let answer = if pool.phases.contains(Phases::REQUEST) {
+    let answer = if pool.phases().contains(Phases::REQUEST) {
         match pool.on_request(&mut head) {
             Ok(answer) => answer,
             Err(failure) => return vec![format!("request phase failed: {failure}")],
@@ -320,6 +355,7 @@ fn run_case(filter: &LoadedFilter, case: &Case) -> Vec<String> {
     };
     if let Some(expect) = &case.expect {
         check_request_phase(expect, &head, answer.as_ref(), &mut mismatches);
+        check_context("request phase", expect, &head, &mut mismatches);
     }
 
     if let Some(expect) = &case.expect_response {
@@ -327,6 +363,7 @@ fn run_case(filter: &LoadedFilter, case: &Case) -> Vec<String> {
             (Some(reply), _) => ResponseHead {
                 status: reply.status,
                 headers: reply.headers.clone(),
+                body: HeldBody::Complete(reply.body.clone()),
             },
             (None, Some(response)) => match response_head(response) {
                 Ok(head) => head,
@@ -335,9 +372,10 @@ fn run_case(filter: &LoadedFilter, case: &Case) -> Vec<String> {
             (None, None) => ResponseHead {
                 status: StatusCode::OK,
                 headers: HeaderMap::new(),
+                body: HeldBody::Complete(Bytes::new()),
             },
         };
-        let replaced = if pool.phases.contains(Phases::RESPONSE) {
+        let replaced = if pool.phases().contains(Phases::RESPONSE) {
             match pool.on_response(&mut head, &mut response) {
                 Ok(replaced) => replaced,
                 Err(failure) => return vec![format!("response phase failed: {failure}")],
@@ -345,7 +383,17 @@ fn run_case(filter: &LoadedFilter, case: &Case) -> Vec<String> {
         } else {
             None
         };
+        check_context("response phase", expect, &head, &mut mismatches);
         check_response_phase(expect, response, replaced, &mut mismatches);
+    }
+    for (series, expected) in &case.expect_metrics {
+        match metric_value(&metrics, &filter.name, series) {
+            Ok(actual) if actual == *expected => {}
+            Ok(actual) => {
+                mismatches.push(format!("metric {series}: expected {expected}, got {actual}"))
+            }
+            Err(problem) => mismatches.push(format!("metric {series}: {problem}")),
+        }
     }
     for (key, expected) in &case.expect_kv {
         let actual = kv
@@ -381,6 +429,12 @@ fn request_head(request: &CaseRequest) -> Result<RequestHead, String> {
     headers
         .entry(gateway_wire::fields::REQUEST_ID)
         .or_insert(HeaderValue::from_static("plugin-test"));
+    let mut context = Context::default();
+    for (key, value) in &request.context {
+        context
+            .set(key, value)
+            .map_err(|error| format!("context: {error}"))?;
+    }
     Ok(RequestHead {
         method: Method::from_bytes(request.method.as_bytes())
             .map_err(|_| format!("`{}` is not a method", request.method))?,
@@ -394,6 +448,9 @@ fn request_head(request: &CaseRequest) -> Result<RequestHead, String> {
             .iter()
             .map(|(name, value)| (Arc::from(name.as_str()), value.clone()))
             .collect(),
+        context,
+        // As the gateway hands it over: read whole, empty when the request has none.
+        body: HeldBody::Complete(Bytes::from(request.body.clone().unwrap_or_default())),
     })
 }
 
@@ -402,7 +459,83 @@ fn response_head(response: &CaseResponse) -> Result<ResponseHead, String> {
         status: StatusCode::from_u16(response.status)
             .map_err(|_| format!("{} is not a status", response.status))?,
         headers: headers_from(&response.headers)?,
+        body: HeldBody::Complete(Bytes::from(response.body.clone().unwrap_or_default())),
     })
+}
+
+fn check_context(
+    place: &str,
+    expect: &Expectation,
+    head: &RequestHead,
+    mismatches: &mut Vec<String>,
+) {
+    for (key, expected) in &expect.context {
+        let actual = head.context.get(key);
+        if actual != expected.as_deref() {
+            mismatches.push(format!(
+                "{place}: context {key}: expected {expected:?}, got {actual:?}"
+            ));
+        }
+    }
+}
+
+/// The value of a series named the way Prometheus names it.
+fn metric_value(metrics: &MetricRegistry, filter: &str, series: &str) -> Result<f64, String> {
+    let (name, labels) = match series.split_once('{') {
+        Some((name, rest)) => (
+            name,
+            rest.strip_suffix('}')
+                .ok_or("labels must end with `}`")?
+                .split(',')
+                .filter(|pair| !pair.trim().is_empty())
+                .map(|pair| {
+                    let (label, value) = pair.split_once('=').ok_or("labels are label=\"value\"")?;
+                    Ok((label.trim(), value.trim().trim_matches('"')))
+                })
+                .collect::<Result<Vec<_>, &str>>()?,
+        ),
+        None => (series, Vec::new()),
+    };
+    let (metric, part) = if let Some(base) = name.strip_suffix("_count") {
+        (base, Some(false))
+    } else if let Some(base) = name.strip_suffix("_sum") {
+        (base, Some(true))
+    } else {
+        (name, None)
+    };
+    let families = metrics.families();
+    let family = families
+        .iter()
+        .find(|family| &*family.filter == filter && family.spec.name == metric)
+        .or_else(|| {
+            families
+                .iter()
+                .find(|family| &*family.filter == filter && family.spec.name == name)
+        })
+        .ok_or("the filter declared no such metric")?;
+    let values: Vec<&str> = family
+        .spec
+        .labels
+        .iter()
+        .map(|label| {
+            labels
+                .iter()
+                .find(|(name, _)| *name == label.name)
+                .map(|(_, value)| *value)
+                .ok_or_else(|| format!("label `{}` missing", label.name))
+        })
+        .collect::<Result<_, _>>()?;
+    let value = metrics
+        .value(filter, &family.spec.name, &values)
+        .ok_or("no series with those label values")?;
+    match (value, part) {
+        (SeriesValue::Counter(total), _) => Ok(total),
+        (SeriesValue::Histogram { count, .. }, Some(false)) => Ok(count as f64),
+        (SeriesValue::Histogram { sum, .. }, Some(true)) => Ok(sum),
+        (SeriesValue::Histogram { .. }, None) => {
+            Err("a histogram is read as name_count or name_sum".to_owned())
+        }
+    }
 }
 
 fn values_of(headers: &HeaderMap, name: &str) -> Vec<String> {
@@ -453,7 +586,11 @@ fn check_reply(expect: &Expectation, reply: &FilterReply, mismatches: &mut Vec<S
         ));
     }
     check_headers("reply", expect, &reply.headers, mismatches);
-    let body = String::from_utf8_lossy(&reply.body);
+    check_body(expect, &reply.body, mismatches);
+}
+
+fn check_body(expect: &Expectation, body: &[u8], mismatches: &mut Vec<String>) {
+    let body = String::from_utf8_lossy(body);
     if let Some(expected) = &expect.body
         && body != *expected
     {
@@ -495,6 +632,11 @@ fn check_request_phase(
                 mismatches.push(format!("query: expected {query:?}, got {:?}", head.query));
             }
             check_headers("request", expect, &head.headers, mismatches);
+            let body = match &head.body {
+                HeldBody::Complete(bytes) => bytes.clone(),
+                HeldBody::Streaming | HeldBody::TooLarge => Bytes::new(),
+            };
+            check_body(expect, &body, mismatches);
         }
     }
 }
@@ -514,10 +656,13 @@ fn check_response_phase(
         }
         _ => {}
     }
-    let outcome = replacement.unwrap_or(FilterReply {
+    let outcome = replacement.unwrap_or_else(|| FilterReply {
         status: response.status,
         headers: response.headers,
-        body: bytes::Bytes::new(),
+        body: match response.body {
+            HeldBody::Complete(bytes) => bytes,
+            HeldBody::Streaming | HeldBody::TooLarge => Bytes::new(),
+        },
     });
     check_reply(expect, &outcome, mismatches);
 }

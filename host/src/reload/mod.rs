@@ -216,6 +216,11 @@ impl Reloader {
         self.applied.subscribe()
     }
 
+    /// The metrics the serving filters declared, kept across reloads.
+    pub fn filter_metrics(&self) -> &gateway_filter::metrics::MetricRegistry {
+        self.engine.metrics()
+    }
+
     pub fn status(&self) -> ReloadStatus {
         self.lock_status().clone()
     }

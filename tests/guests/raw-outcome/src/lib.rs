@@ -1,0 +1,88 @@
+//! A filter that goes around the SDK and returns, through the raw bindings, an outcome the
+//! SDK would refuse where the filter made it: the gateway must refuse it too, since a filter
+//! need not be written with the SDK.
+//!
+//! Its configuration is the name of the outcome (a JSON string); the request phase returns it:
+//! - `"oversized-body"`: a body longer than the 16-byte limit it declared;
+//! - `"context-flood"`: more context entries than a request may hold;
+//! - `"invalid-header"`: a header value with a line break;
+//! - `"unknown-metric"`: an update of a metric it never declared;
+//! - `"fine"`: a valid header edit, `x-raw: ok`, so a test can see the filter ran.
+
+// Natively the export is compiled out and nothing else uses the filter: it exists for Wasm.
+#![cfg_attr(not(target_family = "wasm"), allow(dead_code, unused_imports))]
+
+use std::cell::RefCell;
+
+use gateway_sdk::wit::exports::gateway::filter::handler::{
+    Action, Edit, Environment, Guest, MetricUpdate, Outcome, Phases, Registration, RequestFields,
+    RequestInput, ResponseInput,
+};
+use gateway_sdk::wit::gateway::filter::http::{Request, Response};
+
+thread_local! {
+    static OUTCOME: RefCell<String> = const { RefCell::new(String::new()) };
+}
+
+struct RawOutcome;
+
+fn outcome(name: &str) -> Outcome {
+    let mut edits = Vec::new();
+    let mut metrics = Vec::new();
+    match name {
+        "oversized-body" => edits.push(Edit::SetBody(vec![b'x'; 17])),
+        "context-flood" => {
+            for index in 0..40 {
+                edits.push(Edit::SetContext((format!("flood.{index}"), "v".to_owned())));
+            }
+        }
+        "invalid-header" => edits.push(Edit::SetHeader((
+            "x-raw".to_owned(),
+            "line\r\nbreak".to_owned(),
+        ))),
+        "unknown-metric" => metrics.push(MetricUpdate {
+            metric: 7,
+            series: 0,
+            value: 1.0,
+        }),
+        _ => edits.push(Edit::SetHeader(("x-raw".to_owned(), "ok".to_owned()))),
+    }
+    Outcome {
+        edits,
+        metrics,
+        action: Action::Continue,
+    }
+}
+
+impl Guest for RawOutcome {
+    fn init(config: String, _environment: Environment) -> Result<Registration, String> {
+        let name: String = gateway_sdk::serde_json::from_str(&config)
+            .map_err(|error| format!("the config is the outcome's name: {error}"))?;
+        OUTCOME.with(|outcome| *outcome.borrow_mut() = name);
+        Ok(Registration {
+            phases: Phases::REQUEST,
+            request_fields: RequestFields::empty(),
+            request_headers: Vec::new(),
+            response_headers: Vec::new(),
+            context_keys: Vec::new(),
+            request_body: Some(16),
+            response_body: None,
+            metrics: Vec::new(),
+        })
+    }
+
+    fn on_request(_request: &Request, _input: RequestInput) -> Outcome {
+        OUTCOME.with(|name| outcome(&name.borrow()))
+    }
+
+    fn on_response(_request: &Request, _response: &Response, _input: ResponseInput) -> Outcome {
+        Outcome {
+            edits: Vec::new(),
+            metrics: Vec::new(),
+            action: Action::Continue,
+        }
+    }
+}
+
+#[cfg(target_family = "wasm")]
+gateway_sdk::wit::__export_filter_world!(RawOutcome with_types_in gateway_sdk::wit);
