@@ -42,6 +42,10 @@ fn bundled_filters_pass_their_cases() {
             "gateway_test_kv_probe.wasm",
             "tests/guests/kv-probe/cases.yaml",
         ),
+        (
+            "gateway_test_exchange.wasm",
+            "tests/guests/exchange/cases.yaml",
+        ),
     ];
     for (component, cases) in bundled {
         let (passed, transcript) =

@@ -64,6 +64,8 @@ pub fn plugin_dir() -> PathBuf {
         "gateway_example_ip_filter.wasm",
         "gateway_test_kv_probe.wasm",
         "gateway_test_wrong_version.wasm",
+        "gateway_test_exchange.wasm",
+        "gateway_test_raw_outcome.wasm",
         "stamp-blue.wasm",
         "stamp-green.wasm",
         "stamp-broken-init.wasm",
@@ -73,7 +75,7 @@ pub fn plugin_dir() -> PathBuf {
             "no {plugin} in {}: build the plugins with scripts/test (or `cargo build --profile wasm \
              --target wasm32-wasip2 -p gateway-plugin-rewrite -p gateway-test-misbehave \
              -p gateway-example-ip-filter -p gateway-test-kv-probe \
-             -p gateway-test-wrong-version`)",
+             -p gateway-test-wrong-version -p gateway-test-exchange -p gateway-test-raw-outcome`)",
             dir.display()
         );
     }
@@ -278,6 +280,11 @@ pub struct Reply {
 }
 
 impl Reply {
+    /// The body as text, for assertions and failure messages.
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+
     /// The body as JSON.
     pub fn json(&self) -> serde_json::Value {
         serde_json::from_slice(&self.body).unwrap_or_else(|error| {

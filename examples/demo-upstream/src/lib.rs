@@ -3,7 +3,7 @@
 //! The README walk-through runs them with the `demo-upstream` binary; the end-to-end tests start
 //! them on ephemeral loopback ports. By path:
 //! - anything else: `200` with a JSON echo of the request as received (method, target,
-//!   headers, body length and checksum);
+//!   headers, body length and checksum, and the body itself if it is short UTF-8 text);
 //! - `/slow?ms=N`: the echo, after N milliseconds;
 //! - `/stream?bytes=N`: N bytes of a known pattern, streamed in 64 KiB pieces;
 //! - `/status?code=N`: an empty answer with that status;
@@ -217,14 +217,21 @@ async fn echo(name: &str, request: Request<Incoming>) -> serde_json::Value {
     }
     let mut length = 0usize;
     let mut sum = 0u64;
+    let mut text = Vec::new();
     let mut body = body;
     while let Some(frame) = body.frame().await {
         let Ok(frame) = frame else { break };
         if let Some(data) = frame.data_ref() {
             length += data.len();
             sum = checksum(data, sum);
+            if length <= ECHOED_BODY {
+                text.extend_from_slice(data);
+            }
         }
     }
+    let text = (length <= ECHOED_BODY)
+        .then(|| String::from_utf8(text).ok())
+        .flatten();
     serde_json::json!({
         "upstream": name,
         "method": parts.method.as_str(),
@@ -233,5 +240,9 @@ async fn echo(name: &str, request: Request<Incoming>) -> serde_json::Value {
         "headers": headers,
         "body_bytes": length,
         "body_checksum": sum,
+        "body": text,
     })
 }
+
+/// The longest body the echo repeats back.
+const ECHOED_BODY: usize = 4096;
