@@ -5,6 +5,8 @@
 //!   and initialises a fresh instance;
 //! - `chain/ip-filter+rewrite`: the bundled filters that exist today as one route's chain, the
 //!   request phase then the response phase;
+//! - `body/exchange-1k`: the exchange test filter handed a 1 KiB request body whole, which it
+//!   measures and observes in a histogram: the cost of a body crossing into a filter;
 //! - `baseline/misbehave-no-header`: the misbehave test filter asked to do nothing: one header
 //!   lookup and a return, close to the bare cost of crossing into Wasm and back.
 //!
@@ -19,7 +21,8 @@ use std::sync::Arc;
 
 use criterion::{BatchSize, Criterion, criterion_group};
 use gateway_config::{FailurePolicy, FilterDefinition, Isolation};
-use gateway_filter::{FilterChain, FilterEngine, FilterPool, RequestHead, ResponseHead};
+use bytes::Bytes;
+use gateway_filter::{FilterChain, FilterEngine, FilterPool, HeldBody, RequestHead, ResponseHead};
 use gateway_wire as wire;
 use http::header::{HeaderName, HeaderValue};
 use http::{HeaderMap, Method, StatusCode};
@@ -28,6 +31,7 @@ use serde_json::json;
 const REWRITE: &str = "gateway_plugin_rewrite.wasm";
 const IP_FILTER: &str = "gateway_example_ip_filter.wasm";
 const MISBEHAVE: &str = "gateway_test_misbehave.wasm";
+const EXCHANGE: &str = "gateway_test_exchange.wasm";
 
 /// The folder holding the built components, or an explanation of how to build them.
 fn plugin_dir() -> PathBuf {
@@ -43,7 +47,7 @@ fn plugin_dir() -> PathBuf {
             })
         })
         .unwrap_or_else(|| PathBuf::from("target/wasm32-wasip2/wasm"));
-    let missing: Vec<&str> = [REWRITE, IP_FILTER, MISBEHAVE]
+    let missing: Vec<&str> = [REWRITE, IP_FILTER, MISBEHAVE, EXCHANGE]
         .into_iter()
         .filter(|file| !dir.join(file).is_file())
         .collect();
@@ -52,7 +56,7 @@ fn plugin_dir() -> PathBuf {
             "error: filter components missing from {}: {}\n\
              build them with:\n  \
              cargo build --profile wasm --target wasm32-wasip2 -p gateway-plugin-rewrite \
-             -p gateway-example-ip-filter -p gateway-test-misbehave\n\
+             -p gateway-example-ip-filter -p gateway-test-misbehave -p gateway-test-exchange\n\
              (with the same CARGO_TARGET_DIR), or point GATEWAY_PLUGIN_DIR at them",
             dir.display(),
             missing.join(", ")
@@ -240,6 +244,27 @@ fn filter_calls(c: &mut Criterion) {
         )
     });
 
+    let exchange = filters.pool(
+        "exchange",
+        EXCHANGE,
+        Isolation::Pooled,
+        json!({ "request_body": 4096 }),
+    );
+    let with_body = || RequestHead {
+        body: HeldBody::Complete(Bytes::from(vec![b'b'; 1024])),
+        ..request()
+    };
+    let mut head = with_body();
+    assert!(matches!(exchange.on_request(&mut head), Ok(None)));
+    assert_eq!(head.headers["x-request-body-length"], "1024");
+    c.bench_function("body/exchange-1k", |b| {
+        b.iter_batched_ref(
+            with_body,
+            |head| black_box(exchange.on_request(head)),
+            BatchSize::SmallInput,
+        )
+    });
+
     let baseline = filters.pool("misbehave", MISBEHAVE, Isolation::Pooled, json!({}));
     expect_continue(&baseline);
     c.bench_function("baseline/misbehave-no-header", |b| {
@@ -279,6 +304,7 @@ fn print_medians(since: std::time::SystemTime) {
         "rewrite/pooled",
         "rewrite/per-request",
         "chain/ip-filter+rewrite",
+        "body/exchange-1k",
         "baseline/misbehave-no-header",
     ];
     let medians: Vec<(&str, f64)> = ids
