@@ -1,12 +1,25 @@
-//! Request and response handles, and the reply a filter answers with.
+//! Request and response handles, the bodies they may hold, and the reply a filter answers with.
 //!
-//! The handles are thin: every method asks the gateway for exactly what it needs, so reading one
-//! header costs one header, not the whole list. Both handles edit headers through one trait,
-//! [`Headers`], so a filter writes a header edit once for requests and responses.
+//! A read takes what the filter declared in [`Reads`] from the call's input, and asks the
+//! gateway for anything else, one crossing per read: reading one header costs one header, not
+//! the whole list. An edit is checked here, with the gateway's rules (`gateway_rules`), so a
+//! refusal comes back where the filter made it; it then joins the list of edits the call hands
+//! back, which the gateway applies once the call returns. Until then every read replays this
+//! call's edits over what it read, so a filter reads back what it wrote. Both handles edit
+//! headers through one trait, [`Headers`], so a filter writes a header edit once for requests
+//! and responses.
 
+use std::cell::RefCell;
 use std::fmt;
 
+use gateway_rules::context;
+use gateway_rules::edit::{self, EditError};
+
+use crate::Reads;
 use crate::backend::{RequestRef, ResponseRef};
+use crate::wit::exports::gateway::filter::handler::{
+    Body as WitBody, Edit, RequestFields, RequestInput,
+};
 
 /// Something the gateway refused (an edit, a key-value write), with its reason.
 ///
@@ -49,8 +62,8 @@ impl fmt::Display for Error {
 
 impl std::error::Error for Error {}
 
-fn refused(result: Result<(), String>) -> Result<(), Error> {
-    result.map_err(Error::new)
+fn refused(error: impl fmt::Display) -> Error {
+    Error::new(error.to_string())
 }
 
 mod sealed {
@@ -61,8 +74,9 @@ mod sealed {
 
 /// The headers of a request or a response, read and edited the same way on both.
 ///
-/// Names are case-insensitive, and the names the gateway hands back are lower-case. Take
-/// `&mut impl Headers` to write an edit once for both phases:
+/// Names are case-insensitive, and the names the gateway hands back are lower-case. A read sees
+/// the edits made earlier in the same call, whether the header was declared in [`Reads`] or is
+/// asked for. Take `&mut impl Headers` to write an edit once for both phases:
 ///
 /// ```
 /// use gateway_sdk::{Error, Headers};
@@ -178,8 +192,166 @@ pub trait Headers: sealed::Sealed {
     }
 }
 
+/// A message body, for a filter that declared it reads it ([`Reads::request_body`],
+/// [`Reads::response_body`]).
+///
+/// ```
+/// use gateway_sdk::Body;
+///
+/// let small = Body::Complete(b"{\"ok\":true}".to_vec());
+/// assert_eq!(small.bytes(), Some(&b"{\"ok\":true}"[..]));
+/// assert!(Body::TooLarge.is_too_large());
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Body {
+    /// The whole body, no longer than the filter's limit; empty if the message has none.
+    Complete(Vec<u8>),
+    /// Announced or found longer than the filter's limit, so not buffered: it streams on
+    /// untouched unless the filter answers (with a 413, say), and it cannot be replaced.
+    TooLarge,
+}
+
+impl Body {
+    /// The bytes, if the body was handed over whole.
+    ///
+    /// ```
+    /// # fn demo(request: &gateway_sdk::Request) {
+    /// let is_json_object = request
+    ///     .body()
+    ///     .and_then(|body| body.bytes())
+    ///     .is_some_and(|bytes| bytes.starts_with(b"{"));
+    /// # }
+    /// ```
+    pub fn bytes(&self) -> Option<&[u8]> {
+        match self {
+            Body::Complete(bytes) => Some(bytes),
+            Body::TooLarge => None,
+        }
+    }
+
+    /// Whether the body was longer than the filter's limit.
+    ///
+    /// ```
+    /// use gateway_sdk::{Action, Reply};
+    ///
+    /// # fn demo(request: &gateway_sdk::Request) -> Action {
+    /// if request.body().is_some_and(|body| body.is_too_large()) {
+    ///     return Action::Respond(Reply::error(413, "TOO_LARGE", "the body is too large", request));
+    /// }
+    /// Action::Continue
+    /// # }
+    /// ```
+    pub fn is_too_large(&self) -> bool {
+        matches!(self, Body::TooLarge)
+    }
+}
+
+impl From<WitBody> for Body {
+    fn from(body: WitBody) -> Self {
+        match body {
+            WitBody::Complete(bytes) => Body::Complete(bytes),
+            WitBody::TooLarge => Body::TooLarge,
+        }
+    }
+}
+
+/// The phase a call runs: what the request handle may still change.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    Request,
+    Response,
+}
+
+/// Every value of `name` among headers handed over with the call.
+fn given_values(headers: &[(String, String)], name: &str) -> Vec<String> {
+    headers
+        .iter()
+        .filter(|(key, _)| key.eq_ignore_ascii_case(name))
+        .map(|(_, value)| value.clone())
+        .collect()
+}
+
+/// The values of `name` once this call's header edits are applied to what `read` returns.
+/// `read` runs only if an edit does not hide its answer: after a set or a remove the values
+/// before it no longer matter, so a filter that reads back a header it set crosses nowhere.
+fn replay_values(edits: &[Edit], name: &str, read: impl FnOnce() -> Vec<String>) -> Vec<String> {
+    let last_reset = edits.iter().rposition(|edit| {
+        matches!(edit, Edit::SetHeader((key, _)) | Edit::RemoveHeader(key)
+            if key.eq_ignore_ascii_case(name))
+    });
+    let (mut values, edits) = match last_reset {
+        Some(at) => (Vec::new(), &edits[at..]),
+        None => (read(), edits),
+    };
+    for edit in edits {
+        match edit {
+            Edit::SetHeader((key, value)) if key.eq_ignore_ascii_case(name) => {
+                values.clear();
+                values.push(value.clone());
+            }
+            Edit::AppendHeader((key, value)) if key.eq_ignore_ascii_case(name) => {
+                values.push(value.clone());
+            }
+            Edit::RemoveHeader(key) if key.eq_ignore_ascii_case(name) => values.clear(),
+            _ => {}
+        }
+    }
+    values
+}
+
+/// The header names once this call's header edits are applied to `names`.
+fn replay_names(edits: &[Edit], mut names: Vec<String>) -> Vec<String> {
+    for edit in edits {
+        match edit {
+            Edit::SetHeader((key, _)) | Edit::AppendHeader((key, _)) if !names.contains(key) => {
+                names.push(key.clone());
+            }
+            Edit::RemoveHeader(key) => names.retain(|name| name != key),
+            _ => {}
+        }
+    }
+    names
+}
+
+/// A header edit as the gateway takes it: a lower-case token and a value it accepts.
+fn checked_header(name: &str, value: &str) -> Result<(String, String), Error> {
+    let name = edit::header_name(name).map_err(refused)?;
+    edit::header_value(value.to_owned()).map_err(refused)?;
+    Ok((name.as_str().to_owned(), value.to_owned()))
+}
+
+/// The edit that removes `name`, or none for a name no message can hold.
+fn removal(name: &str) -> Option<Edit> {
+    let name = edit::header_name(name).ok()?;
+    Some(Edit::RemoveHeader(name.as_str().to_owned()))
+}
+
+/// Whether a body may be replaced with one of `len` bytes: only one handed over whole, within
+/// the declared limit.
+fn check_body(body: Option<&Body>, limit: Option<u32>, len: usize) -> Result<(), Error> {
+    let held = matches!(body, Some(Body::Complete(_)));
+    edit::body(len, held, limit.unwrap_or(0)).map_err(refused)
+}
+
+/// What the request phase was handed besides the body. Empty in the response phase, where the
+/// request is read as it was sent upstream.
+#[derive(Default)]
+struct Given {
+    method: Option<String>,
+    path: Option<String>,
+    query: Option<String>,
+    authority: Option<String>,
+    client_ip: Option<String>,
+    headers: Vec<(String, String)>,
+    context: Vec<(String, String)>,
+}
+
 /// The request being proxied, as the gateway normalised it. Its headers are read and edited
 /// through [`Headers`].
+///
+/// In the request phase the filter gets `&mut Request` and may edit it. In the response phase it
+/// gets `&Request`, the request as it was sent upstream: it can still be read, and its context
+/// entries set for the filters whose response phase comes later.
 ///
 /// ```
 /// # fn demo(request: &mut gateway_sdk::Request) -> Result<(), gateway_sdk::Error> {
@@ -192,24 +364,90 @@ pub trait Headers: sealed::Sealed {
 /// ```
 pub struct Request<'a> {
     handle: RequestRef<'a>,
+    reads: &'a Reads,
+    phase: Phase,
+    given: Given,
+    body: Option<Body>,
+    body_replaced: bool,
+    /// In a cell because context entries are set through `&Request` in the response phase.
+    edits: RefCell<Vec<Edit>>,
 }
 
 impl<'a> Request<'a> {
-    #[cfg(target_family = "wasm")]
-    pub(crate) fn from_handle(handle: &'a crate::wit::gateway::filter::http::Request) -> Self {
+    /// The request of a request phase, with what the call was handed.
+    pub(crate) fn in_request_phase(
+        handle: RequestRef<'a>,
+        reads: &'a Reads,
+        input: RequestInput,
+    ) -> Self {
         Request {
-            handle: RequestRef::new(handle),
+            handle,
+            reads,
+            phase: Phase::Request,
+            given: Given {
+                method: input.method,
+                path: input.path,
+                query: input.query,
+                authority: input.authority,
+                client_ip: input.client_ip,
+                headers: input.headers,
+                context: input.context,
+            },
+            body: input.body.map(Body::from),
+            body_replaced: false,
+            edits: RefCell::default(),
         }
     }
 
-    #[cfg(not(target_family = "wasm"))]
-    pub(crate) fn from_test(
-        state: &'a std::cell::RefCell<crate::testing::RequestState>,
-        sent: bool,
+    /// The request of a response phase: sent, so read from the handle, but for the context
+    /// entries the call was handed.
+    pub(crate) fn in_response_phase(
+        handle: RequestRef<'a>,
+        reads: &'a Reads,
+        context: Vec<(String, String)>,
     ) -> Self {
         Request {
-            handle: RequestRef::new(state, sent),
+            handle,
+            reads,
+            phase: Phase::Response,
+            given: Given {
+                context,
+                ..Given::default()
+            },
+            body: None,
+            body_replaced: false,
+            edits: RefCell::default(),
         }
+    }
+
+    /// This call's edits, for the gateway to apply.
+    pub(crate) fn into_edits(self) -> Vec<Edit> {
+        let mut edits = self.edits.into_inner();
+        if self.body_replaced
+            && let Some(Body::Complete(body)) = self.body
+        {
+            edits.push(Edit::SetBody(body));
+        }
+        edits
+    }
+
+    /// Whether the call was handed this field: declared, and in the request phase.
+    fn given(&self, field: RequestFields) -> bool {
+        self.phase == Phase::Request && self.reads.has(field)
+    }
+
+    /// The last edit `pick` recognises, as it reports it.
+    fn last_edit<T>(&self, pick: impl Fn(&Edit) -> Option<T>) -> Option<T> {
+        self.edits.borrow().iter().rev().find_map(pick)
+    }
+
+    /// Queues an edit of the request itself, which only the request phase may make.
+    fn edit(&mut self, edit: impl FnOnce() -> Result<Edit, Error>) -> Result<(), Error> {
+        if self.phase == Phase::Response {
+            return Err(refused(EditError::WrongPhase(edit::REQUEST_SENT)));
+        }
+        self.edits.get_mut().push(edit()?);
+        Ok(())
     }
 
     /// The method, e.g. `"GET"`.
@@ -220,10 +458,15 @@ impl<'a> Request<'a> {
     /// # }
     /// ```
     pub fn method(&self) -> String {
-        self.handle.method()
+        // A declared field always comes with the call; one that did not is read lazily.
+        match &self.given.method {
+            Some(method) => method.clone(),
+            None => self.handle.method(),
+        }
     }
 
-    /// The normalised path, starting with `/`, without the query.
+    /// The normalised path, starting with `/`, without the query; after
+    /// [`set_path`](Request::set_path), the path set.
     ///
     /// ```
     /// # fn demo(request: &gateway_sdk::Request) {
@@ -231,7 +474,17 @@ impl<'a> Request<'a> {
     /// # }
     /// ```
     pub fn path(&self) -> String {
-        self.handle.path()
+        let edited = self.last_edit(|edit| match edit {
+            Edit::SetPath(path) => Some(path.clone()),
+            _ => None,
+        });
+        if let Some(path) = edited {
+            return path;
+        }
+        match &self.given.path {
+            Some(path) => path.clone(),
+            None => self.handle.path(),
+        }
     }
 
     /// Replaces the path sent upstream. Refused unless it starts with `/` and is a valid URI
@@ -244,7 +497,10 @@ impl<'a> Request<'a> {
     /// # }
     /// ```
     pub fn set_path(&mut self, path: &str) -> Result<(), Error> {
-        refused(self.handle.set_path(path))
+        self.edit(|| {
+            edit::path(path).map_err(refused)?;
+            Ok(Edit::SetPath(path.to_owned()))
+        })
     }
 
     /// The raw query string without the `?`, if there is one.
@@ -255,10 +511,23 @@ impl<'a> Request<'a> {
     /// # }
     /// ```
     pub fn query(&self) -> Option<String> {
-        self.handle.query()
+        let edited = self.last_edit(|edit| match edit {
+            Edit::SetQuery(query) => Some(query.clone()),
+            _ => None,
+        });
+        if let Some(query) = edited {
+            return query;
+        }
+        // An absent query is `None` in the input too: only the declaration tells them apart.
+        if self.given(RequestFields::QUERY) {
+            self.given.query.clone()
+        } else {
+            self.handle.query()
+        }
     }
 
-    /// Replaces the query string; `None` removes it. Refused if it is not a valid URI query.
+    /// Replaces the query string; `None` removes it. Refused if it is not a valid URI query, or
+    /// during the response phase.
     ///
     /// ```
     /// # fn demo(request: &mut gateway_sdk::Request) -> Result<(), gateway_sdk::Error> {
@@ -267,7 +536,12 @@ impl<'a> Request<'a> {
     /// # }
     /// ```
     pub fn set_query(&mut self, query: Option<&str>) -> Result<(), Error> {
-        refused(self.handle.set_query(query))
+        self.edit(|| {
+            if let Some(query) = query {
+                edit::query(query).map_err(refused)?;
+            }
+            Ok(Edit::SetQuery(query.map(str::to_owned)))
+        })
     }
 
     /// The host the client asked for, without the port.
@@ -278,7 +552,11 @@ impl<'a> Request<'a> {
     /// # }
     /// ```
     pub fn authority(&self) -> Option<String> {
-        self.handle.authority()
+        if self.given(RequestFields::AUTHORITY) {
+            self.given.authority.clone()
+        } else {
+            self.handle.authority()
+        }
     }
 
     /// The client's IP address as seen on the connection.
@@ -289,7 +567,10 @@ impl<'a> Request<'a> {
     /// # }
     /// ```
     pub fn client_ip(&self) -> String {
-        self.handle.client_ip()
+        match &self.given.client_ip {
+            Some(ip) => ip.clone(),
+            None => self.handle.client_ip(),
+        }
     }
 
     /// A parameter captured by the route's path pattern, e.g. `service` in
@@ -302,6 +583,106 @@ impl<'a> Request<'a> {
     /// ```
     pub fn route_param(&self, name: &str) -> Option<String> {
         self.handle.route_param(name)
+    }
+
+    /// The request body, in the request phase of a filter that declared
+    /// [`Reads::request_body`]; `None` otherwise. After [`set_body`](Request::set_body), the
+    /// body set. Borrowed from the handle, so a large body is not copied to be looked at.
+    ///
+    /// ```
+    /// # fn demo(request: &gateway_sdk::Request) {
+    /// let bytes = request.body().and_then(|body| body.bytes()).map_or(0, |bytes| bytes.len());
+    /// # }
+    /// ```
+    pub fn body(&self) -> Option<&Body> {
+        self.body.as_ref()
+    }
+
+    /// Replaces the request body sent upstream; the gateway frames the request by the new
+    /// length. Refused unless the filter was handed the body whole ([`Body::Complete`]), if the
+    /// new one is longer than the declared limit, or during the response phase.
+    ///
+    /// ```
+    /// # fn demo(request: &mut gateway_sdk::Request) -> Result<(), gateway_sdk::Error> {
+    /// request.set_body(b"{\"redacted\":true}".to_vec())?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn set_body(&mut self, body: impl Into<Vec<u8>>) -> Result<(), Error> {
+        if self.phase == Phase::Response {
+            return Err(refused(EditError::WrongPhase(edit::REQUEST_SENT)));
+        }
+        let body = body.into();
+        check_body(self.body.as_ref(), self.reads.request_body, body.len())?;
+        self.body = Some(Body::Complete(body));
+        self.body_replaced = true;
+        Ok(())
+    }
+
+    /// A request context entry, set by this filter or an earlier one: read from the call if
+    /// declared with [`Reads::context`], else asked for. After
+    /// [`set_context`](Request::set_context) or [`remove_context`](Request::remove_context),
+    /// what this filter left.
+    ///
+    /// ```
+    /// # fn demo(request: &gateway_sdk::Request) {
+    /// let subject = request.context("auth.subject").unwrap_or_else(|| "anonymous".to_owned());
+    /// # }
+    /// ```
+    pub fn context(&self, key: &str) -> Option<String> {
+        let edited = self.last_edit(|edit| match edit {
+            Edit::SetContext((name, value)) if name == key => Some(Some(value.clone())),
+            Edit::RemoveContext(name) if name == key => Some(None),
+            _ => None,
+        });
+        if let Some(value) = edited {
+            return value;
+        }
+        if self.reads.has_context(key) {
+            self.given
+                .context
+                .iter()
+                .find(|(name, _)| name == key)
+                .map(|(_, value)| value.clone())
+        } else {
+            self.handle.context(key)
+        }
+    }
+
+    /// Sets a request context entry for later filters and for response phases, in either phase.
+    /// Nothing in the context reaches the upstream unless a filter writes it into a header.
+    /// Refused if the key is not 1 to 64 bytes of ASCII letters, digits, `.`, `_` and `-`, or the
+    /// value is over 4096 bytes. A request holds at most 32 entries; the gateway counts them
+    /// when the call returns and fails a filter that sets more.
+    ///
+    /// ```
+    /// # fn demo(request: &gateway_sdk::Request) -> Result<(), gateway_sdk::Error> {
+    /// request.set_context("auth.subject", "alice")?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn set_context(&self, key: &str, value: &str) -> Result<(), Error> {
+        context::key(key).map_err(refused)?;
+        context::value(key, value).map_err(refused)?;
+        self.edits
+            .borrow_mut()
+            .push(Edit::SetContext((key.to_owned(), value.to_owned())));
+        Ok(())
+    }
+
+    /// Removes a request context entry, in either phase. A key no entry can have is ignored.
+    ///
+    /// ```
+    /// # fn demo(request: &gateway_sdk::Request) {
+    /// request.remove_context("auth.token");
+    /// # }
+    /// ```
+    pub fn remove_context(&self, key: &str) {
+        if context::key(key).is_ok() {
+            self.edits
+                .borrow_mut()
+                .push(Edit::RemoveContext(key.to_owned()));
+        }
     }
 
     /// The request id the gateway assigned (or kept from the client), for logs and replies.
@@ -364,27 +745,38 @@ impl sealed::Sealed for Request<'_> {}
 
 impl Headers for Request<'_> {
     fn header(&self, name: &str) -> Option<String> {
-        self.handle.header(name)
+        self.header_values(name).into_iter().next()
     }
 
     fn header_values(&self, name: &str) -> Vec<String> {
-        self.handle.header_values(name)
+        replay_values(&self.edits.borrow(), name, || {
+            if self.phase == Phase::Request && self.reads.has_request_header(name) {
+                given_values(&self.given.headers, name)
+            } else {
+                self.handle.header_values(name)
+            }
+        })
     }
 
     fn header_names(&self) -> Vec<String> {
-        self.handle.header_names()
+        replay_names(&self.edits.borrow(), self.handle.header_names())
     }
 
     fn set_header(&mut self, name: &str, value: &str) -> Result<(), Error> {
-        refused(self.handle.set_header(name, value))
+        self.edit(|| Ok(Edit::SetHeader(checked_header(name, value)?)))
     }
 
     fn append_header(&mut self, name: &str, value: &str) -> Result<(), Error> {
-        refused(self.handle.append_header(name, value))
+        self.edit(|| Ok(Edit::AppendHeader(checked_header(name, value)?)))
     }
 
     fn remove_header(&mut self, name: &str) {
-        self.handle.remove_header(name)
+        // In the response phase the request has gone: nothing to remove, and nothing to say.
+        if self.phase == Phase::Request
+            && let Some(removal) = removal(name)
+        {
+            self.edits.get_mut().push(removal);
+        }
     }
 }
 
@@ -403,24 +795,52 @@ impl Headers for Request<'_> {
 /// ```
 pub struct Response<'a> {
     handle: ResponseRef<'a>,
+    reads: &'a Reads,
+    status: u16,
+    status_edited: bool,
+    /// The declared headers the call was handed.
+    headers: Vec<(String, String)>,
+    body: Option<Body>,
+    body_replaced: bool,
+    edits: Vec<Edit>,
 }
 
 impl<'a> Response<'a> {
-    #[cfg(target_family = "wasm")]
-    pub(crate) fn from_handle(handle: &'a crate::wit::gateway::filter::http::Response) -> Self {
+    /// The response of a response phase, with what the call was handed.
+    pub(crate) fn new(
+        handle: ResponseRef<'a>,
+        reads: &'a Reads,
+        status: u16,
+        headers: Vec<(String, String)>,
+        body: Option<WitBody>,
+    ) -> Self {
         Response {
-            handle: ResponseRef::new(handle),
+            handle,
+            reads,
+            status,
+            status_edited: false,
+            headers,
+            body: body.map(Body::from),
+            body_replaced: false,
+            edits: Vec::new(),
         }
     }
 
-    #[cfg(not(target_family = "wasm"))]
-    pub(crate) fn from_test(state: &'a std::cell::RefCell<crate::testing::ResponseState>) -> Self {
-        Response {
-            handle: ResponseRef::new(state),
+    /// This call's edits, for the gateway to apply.
+    pub(crate) fn into_edits(self) -> Vec<Edit> {
+        let mut edits = self.edits;
+        if self.status_edited {
+            edits.push(Edit::SetStatus(self.status));
         }
+        if self.body_replaced
+            && let Some(Body::Complete(body)) = self.body
+        {
+            edits.push(Edit::SetBody(body));
+        }
+        edits
     }
 
-    /// The status code.
+    /// The status code; after [`set_status`](Response::set_status), the status set.
     ///
     /// ```
     /// # fn demo(response: &gateway_sdk::Response) {
@@ -428,7 +848,7 @@ impl<'a> Response<'a> {
     /// # }
     /// ```
     pub fn status(&self) -> u16 {
-        self.handle.status()
+        self.status
     }
 
     /// Replaces the status code. Refused outside `100..=999`.
@@ -440,7 +860,41 @@ impl<'a> Response<'a> {
     /// # }
     /// ```
     pub fn set_status(&mut self, status: u16) -> Result<(), Error> {
-        refused(self.handle.set_status(status))
+        edit::status(status).map_err(refused)?;
+        self.status = status;
+        self.status_edited = true;
+        Ok(())
+    }
+
+    /// The response body, for a filter that declared [`Reads::response_body`]; `None`
+    /// otherwise. After [`set_body`](Response::set_body), the body set. Borrowed, as
+    /// [`Request::body`] is.
+    ///
+    /// ```
+    /// # fn demo(response: &gateway_sdk::Response) {
+    /// let cacheable = response.body().and_then(|body| body.bytes()).is_some();
+    /// # }
+    /// ```
+    pub fn body(&self) -> Option<&Body> {
+        self.body.as_ref()
+    }
+
+    /// Replaces the response body; the gateway frames the response by the new length. Refused
+    /// unless the filter was handed the body whole ([`Body::Complete`]), or if the new one is
+    /// longer than the declared limit.
+    ///
+    /// ```
+    /// # fn demo(response: &mut gateway_sdk::Response) -> Result<(), gateway_sdk::Error> {
+    /// response.set_body("[]")?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn set_body(&mut self, body: impl Into<Vec<u8>>) -> Result<(), Error> {
+        let body = body.into();
+        check_body(self.body.as_ref(), self.reads.response_body, body.len())?;
+        self.body = Some(Body::Complete(body));
+        self.body_replaced = true;
+        Ok(())
     }
 }
 
@@ -448,27 +902,37 @@ impl sealed::Sealed for Response<'_> {}
 
 impl Headers for Response<'_> {
     fn header(&self, name: &str) -> Option<String> {
-        self.handle.header(name)
+        self.header_values(name).into_iter().next()
     }
 
     fn header_values(&self, name: &str) -> Vec<String> {
-        self.handle.header_values(name)
+        replay_values(&self.edits, name, || {
+            if self.reads.has_response_header(name) {
+                given_values(&self.headers, name)
+            } else {
+                self.handle.header_values(name)
+            }
+        })
     }
 
     fn header_names(&self) -> Vec<String> {
-        self.handle.header_names()
+        replay_names(&self.edits, self.handle.header_names())
     }
 
     fn set_header(&mut self, name: &str, value: &str) -> Result<(), Error> {
-        refused(self.handle.set_header(name, value))
+        self.edits
+            .push(Edit::SetHeader(checked_header(name, value)?));
+        Ok(())
     }
 
     fn append_header(&mut self, name: &str, value: &str) -> Result<(), Error> {
-        refused(self.handle.append_header(name, value))
+        self.edits
+            .push(Edit::AppendHeader(checked_header(name, value)?));
+        Ok(())
     }
 
     fn remove_header(&mut self, name: &str) {
-        self.handle.remove_header(name)
+        self.edits.extend(removal(name));
     }
 }
 
@@ -590,5 +1054,137 @@ impl Reply {
             headers: self.headers,
             body: self.body,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::TestRequest;
+
+    /// A request phase handed `input`, over a request whose lazy reads give other answers, so
+    /// a test can tell which source a read used.
+    fn with_request<R>(
+        reads: &Reads,
+        input: RequestInput,
+        test: impl FnOnce(&mut Request) -> R,
+    ) -> R {
+        let state = TestRequest::get("/lazy?lazy=1")
+            .with_header("x-seen", "lazy")
+            .with_context("seen", "lazy")
+            .state
+            .into_inner();
+        let mut request = Request::in_request_phase(RequestRef::new(&state), reads, input);
+        test(&mut request)
+    }
+
+    fn input() -> RequestInput {
+        RequestInput {
+            method: None,
+            path: Some("/given".to_owned()),
+            query: None,
+            authority: None,
+            client_ip: None,
+            headers: vec![("x-seen".to_owned(), "given".to_owned())],
+            context: vec![("seen".to_owned(), "given".to_owned())],
+            body: None,
+        }
+    }
+
+    #[test]
+    fn declared_reads_come_from_the_input_and_the_rest_from_the_handle() {
+        let declared = Reads::default()
+            .path()
+            .query()
+            .request_header("X-Seen")
+            .context("seen");
+        with_request(&declared, input(), |request| {
+            assert_eq!(request.path(), "/given");
+            // Declared and absent from the input: absent, not asked for.
+            assert_eq!(request.query(), None);
+            assert_eq!(request.header("x-seen").as_deref(), Some("given"));
+            assert_eq!(request.context("seen").as_deref(), Some("given"));
+            assert_eq!(request.method(), "GET");
+        });
+        with_request(&Reads::default(), input(), |request| {
+            assert_eq!(request.query().as_deref(), Some("lazy=1"));
+            assert_eq!(request.header("x-seen").as_deref(), Some("lazy"));
+            assert_eq!(request.context("seen").as_deref(), Some("lazy"));
+        });
+    }
+
+    #[test]
+    fn reads_replay_the_calls_own_edits() -> Result<(), Error> {
+        let declared = Reads::default().path().request_header("x-seen");
+        with_request(&declared, input(), |request| {
+            request.append_header("X-Seen", "appended")?;
+            assert_eq!(request.header_values("x-seen"), ["given", "appended"]);
+            request.set_header("x-seen", "set")?;
+            request.append_header("x-seen", "again")?;
+            assert_eq!(request.header_values("x-seen"), ["set", "again"]);
+            request.remove_header("x-seen");
+            assert_eq!(request.header("x-seen"), None);
+            request.set_header("x-new", "1")?;
+            assert_eq!(request.header_names(), ["x-request-id", "x-new"]);
+
+            request.set_path("/edited")?;
+            assert_eq!(request.path(), "/edited");
+            request.set_query(None)?;
+            assert_eq!(request.query(), None);
+            request.set_context("seen", "edited")?;
+            assert_eq!(request.context("seen").as_deref(), Some("edited"));
+            request.remove_context("seen");
+            assert_eq!(request.context("seen"), None);
+            Ok(())
+        })
+    }
+
+    #[test]
+    fn refused_edits_say_why_at_once_and_are_not_queued() {
+        with_request(&Reads::default(), input(), |request| {
+            let refused = request.set_path("no-slash").expect_err("refused");
+            assert_eq!(refused.message(), EditError::Path.to_string());
+            assert!(request.set_header("bad name", "x").is_err());
+            assert!(request.set_context("no spaces", "x").is_err());
+            assert!(request.set_context("k", &"x".repeat(5000)).is_err());
+            let refused = request.set_body("x").expect_err("no body declared");
+            assert_eq!(refused.message(), EditError::BodyNotHeld.to_string());
+            request.remove_header("bad name");
+            assert!(request.edits.borrow().is_empty());
+        });
+    }
+
+    #[test]
+    fn the_request_is_read_as_sent_in_the_response_phase() {
+        let state = TestRequest::get("/sent")
+            .with_header("x-seen", "sent")
+            .state
+            .into_inner();
+        let declared = Reads::default().path().request_header("x-seen");
+        let mut request = Request::in_response_phase(RequestRef::new(&state), &declared, vec![]);
+        assert_eq!(request.path(), "/sent");
+        assert_eq!(request.header("x-seen").as_deref(), Some("sent"));
+        let refused = request.set_header("x-late", "1").expect_err("sent already");
+        assert_eq!(refused.message(), edit::REQUEST_SENT);
+        assert!(request.set_path("/late").is_err());
+        request.remove_header("x-seen");
+        assert!(request.set_context("phase", "response").is_ok());
+        let edits = request.into_edits();
+        assert!(
+            matches!(edits.as_slice(), [Edit::SetContext(_)]),
+            "{edits:?}"
+        );
+    }
+
+    #[test]
+    fn a_header_set_or_removed_is_read_back_without_asking() {
+        let edits = [Edit::SetHeader(("x-a".to_owned(), "1".to_owned()))];
+        let values = replay_values(&edits, "X-A", || panic!("read although the edit hides it"));
+        assert_eq!(values, ["1"]);
+        let edits = [Edit::AppendHeader(("x-a".to_owned(), "2".to_owned()))];
+        assert_eq!(
+            replay_values(&edits, "x-a", || vec!["1".to_owned()]),
+            ["1", "2"]
+        );
     }
 }

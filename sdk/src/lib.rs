@@ -40,10 +40,62 @@
 //! gateway_sdk::export_filter!(Stamp);
 //! ```
 //!
-//! The public surface: [`Filter`] and [`export_filter!`]; the handles [`Request`] and
-//! [`Response`], whose headers are read and edited through the [`Headers`] trait they share; the
-//! answers [`Action`] and [`Reply`]; the capabilities [`log`], [`clock`] and [`kv`]; and, in
-//! native builds, `testing`. `Headers` is sealed: only the SDK's handles implement it, so a
+//! Each call crosses into the filter once. What the filter reads comes two ways: what it
+//! declares in [`Filter::reads`] is handed over with the call, and anything else is asked for
+//! when it is read, one crossing out of the filter each. The handles hide which: a filter reads
+//! `request.path()` either way, and declares what it reads on every request to make it cheap.
+//! Edits are checked at once with the gateway's rules, so a refusal comes back as `Err` where
+//! the filter made it, and go back with the call's result; reads see the call's own edits.
+//!
+//! The rest of what a filter can do, in brief (each item has its own example):
+//!
+//! ```
+//! use gateway_sdk::metrics::Counter;
+//! use gateway_sdk::{Action, Filter, Headers, Reads, Reply, Request};
+//!
+//! struct Audit {
+//!     refused: Counter,
+//! }
+//!
+//! impl Filter for Audit {
+//!     type Config = gateway_sdk::serde_json::Value;
+//!
+//!     fn new(_config: Self::Config) -> Result<Self, String> {
+//!         // Metrics are declared when the instance is created, every label value up front.
+//!         Ok(Audit {
+//!             refused: Counter::with_labels("refused_total", "Refusals", &[("why", &["size"])]),
+//!         })
+//!     }
+//!
+//!     fn reads(&self) -> Reads {
+//!         // Handed over with every call: the body up to 4 KiB and one context entry.
+//!         Reads::default().request_body(4096).context("auth.subject")
+//!     }
+//!
+//!     fn on_request(&self, request: &mut Request) -> Action {
+//!         if request.body().is_some_and(|body| body.is_too_large()) {
+//!             self.refused.inc_with(&["size"]);
+//!             return Action::Respond(Reply::error(413, "TOO_LARGE", "the body is too large", request));
+//!         }
+//!         // Context entries carry facts along the chain, to later filters and response phases.
+//!         let subject = request.context("auth.subject").unwrap_or_default();
+//!         let _ = request.set_context("audit.subject", &subject);
+//!         Action::Continue
+//!     }
+//! }
+//!
+//! # use gateway_sdk::testing::{TestHost, TestRequest};
+//! # let mut host = TestHost::<Audit>::new(gateway_sdk::serde_json::json!({})).expect("accepted");
+//! # let mut request = TestRequest::post("/").with_body(vec![0; 5000]);
+//! # assert_eq!(host.on_request(&mut request).reply().map(|r| r.status), Some(413));
+//! # assert_eq!(host.counter("refused_total", &["size"]), 1.0);
+//! ```
+//!
+//! The public surface: [`Filter`] and [`export_filter!`]; what a filter declares it reads,
+//! [`Reads`]; the handles [`Request`] and [`Response`], whose headers are read and edited
+//! through the [`Headers`] trait they share, and the [`Body`] they may hold; the answers
+//! [`Action`] and [`Reply`]; the capabilities [`log`], [`clock`], [`kv`] and [`metrics`]; and,
+//! in native builds, `testing`. `Headers` is sealed: only the SDK's handles implement it, so a
 //! method can join it without breaking filters.
 #![deny(missing_docs)]
 
@@ -60,15 +112,19 @@ mod backend;
 pub mod clock;
 mod config;
 mod http;
+mod instance;
 pub mod kv;
 pub mod log;
+pub mod metrics;
+mod reads;
 #[cfg(target_family = "wasm")]
 #[doc(hidden)]
 pub mod runtime;
 #[cfg(not(target_family = "wasm"))]
 pub mod testing;
 
-pub use http::{Error, Headers, Reply, Request, Response};
+pub use http::{Body, Error, Headers, Reply, Request, Response};
+pub use reads::Reads;
 pub use serde;
 pub use serde_json;
 pub use wit_bindgen;
@@ -150,7 +206,8 @@ impl Action {
 ///
 /// The gateway keeps a pool of instances of each filter per route. Each instance is created with
 /// [`Filter::new`] from that route's configuration and then serves many requests one at a time,
-/// so a filter must not keep per-request state in `self` between phases.
+/// so a filter must not keep per-request state in `self` between phases: what one phase tells a
+/// later one goes in the request context ([`Request::set_context`]).
 #[diagnostic::on_unimplemented(
     message = "`{Self}` is not a gateway filter: it does not implement `gateway_sdk::Filter`",
     label = "not a gateway filter",
@@ -163,8 +220,8 @@ pub trait Filter: Sized + 'static {
 
     /// Runs once per instance, before it serves any request, with the route's configuration.
     ///
-    /// Returning `Err` rejects the configuration: at start-up the gateway refuses to serve and
-    /// prints the route, the filter and this message. A configuration that does not deserialize
+    /// Create the filter's [`metrics`] here. Returning `Err` rejects the configuration: at
+    /// start-up the gateway refuses to serve and prints the route, the filter and this message. A configuration that does not deserialize
     /// into [`Filter::Config`] never gets here; it is rejected with the path of the bad field.
     fn new(config: Self::Config) -> Result<Self, String>;
 
@@ -173,6 +230,28 @@ pub trait Filter: Sized + 'static {
     /// The default takes part in both. Leave out what you do not use: the gateway skips the call.
     fn phases(&self) -> Phases {
         Phases::REQUEST | Phases::RESPONSE
+    }
+
+    /// What the filter reads, handed in with each call instead of fetched one crossing at a
+    /// time. Runs once, right after [`Filter::new`].
+    ///
+    /// Declare what the filter reads on every call; anything else is still readable, asked for
+    /// when read. Declaring changes what a call costs, never what a read returns. The default
+    /// declares nothing (everything is read lazily), and no body is read.
+    ///
+    /// ```
+    /// # use gateway_sdk::{Filter, Reads};
+    /// # struct Auth;
+    /// # impl Filter for Auth {
+    /// #     type Config = gateway_sdk::serde_json::Value;
+    /// #     fn new(_: Self::Config) -> Result<Self, String> { Ok(Auth) }
+    /// fn reads(&self) -> Reads {
+    ///     Reads::default().path().request_header("authorization")
+    /// }
+    /// # }
+    /// ```
+    fn reads(&self) -> Reads {
+        Reads::default()
     }
 
     /// Runs for each request, in chain order, before the upstream is chosen.
@@ -186,7 +265,8 @@ pub trait Filter: Sized + 'static {
 
     /// Runs for each response, in reverse chain order, if this filter's request phase ran.
     ///
-    /// `request` shows the request as it was sent upstream; it cannot be changed any more.
+    /// `request` shows the request as it was sent upstream; it cannot be changed any more, but
+    /// its context entries can.
     /// Edit the response through its handle and return [`Action::Continue`], or return
     /// [`Action::Respond`] to replace it. The default passes the response on unchanged.
     fn on_response(&self, request: &Request, response: &mut Response) -> Action {
@@ -232,24 +312,27 @@ macro_rules! export_filter {
             impl $crate::wit::exports::gateway::filter::handler::Guest for GatewayFilterExport {
                 fn init(
                     config: ::std::string::String,
+                    environment: $crate::wit::exports::gateway::filter::handler::Environment,
                 ) -> ::std::result::Result<
                     $crate::wit::exports::gateway::filter::handler::Registration,
                     ::std::string::String,
                 > {
-                    $crate::runtime::init::<$filter>(&config)
+                    $crate::runtime::init::<$filter>(&config, environment)
                 }
 
                 fn on_request(
                     request: &$crate::wit::gateway::filter::http::Request,
-                ) -> $crate::wit::exports::gateway::filter::handler::RequestAction {
-                    $crate::runtime::on_request::<$filter>(request)
+                    input: $crate::wit::exports::gateway::filter::handler::RequestInput,
+                ) -> $crate::wit::exports::gateway::filter::handler::Outcome {
+                    $crate::runtime::on_request::<$filter>(request, input)
                 }
 
                 fn on_response(
                     request: &$crate::wit::gateway::filter::http::Request,
                     response: &$crate::wit::gateway::filter::http::Response,
-                ) -> $crate::wit::exports::gateway::filter::handler::ResponseAction {
-                    $crate::runtime::on_response::<$filter>(request, response)
+                    input: $crate::wit::exports::gateway::filter::handler::ResponseInput,
+                ) -> $crate::wit::exports::gateway::filter::handler::Outcome {
+                    $crate::runtime::on_response::<$filter>(request, response, input)
                 }
             }
 

@@ -1,8 +1,17 @@
 //! Logging into the gateway's log. Each line is tagged with the filter's name and the request id.
 //! In unit tests the lines are kept by the test host: see [`crate::testing::TestHost::logs`].
 //!
+//! The gateway tells the filter when it starts the level it discards messages below, and a
+//! message below it never leaves the filter. Formatting one still costs, so a message built on
+//! every request asks [`enabled`] first:
+//!
 //! ```
-//! gateway_sdk::log::info("cache warmed");
+//! use gateway_sdk::log::{self, Level};
+//!
+//! # let (address, verdict) = ("192.0.2.1", "allowed");
+//! if log::enabled(Level::Debug) {
+//!     log::debug(&format!("{address}: {verdict}"));
+//! }
 //! ```
 
 use crate::backend;
@@ -28,13 +37,29 @@ pub enum Level {
     Error,
 }
 
-/// Logs at a level.
+/// Whether a message at `level` would reach the gateway's log. In the test host, every level
+/// does.
+///
+/// ```
+/// use gateway_sdk::log::{self, Level};
+///
+/// if log::enabled(Level::Trace) {
+///     log::trace(&format!("state: {:?}", (1, 2)));
+/// }
+/// ```
+pub fn enabled(level: Level) -> bool {
+    level >= backend::log_level()
+}
+
+/// Logs at a level; below the gateway's level, the message goes nowhere.
 ///
 /// ```
 /// gateway_sdk::log::log(gateway_sdk::log::Level::Info, "ready");
 /// ```
 pub fn log(level: Level, message: &str) {
-    backend::log(level, message)
+    if enabled(level) {
+        backend::log(level, message)
+    }
 }
 
 /// Logs at trace level.

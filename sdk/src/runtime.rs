@@ -4,17 +4,40 @@
 use std::any::Any;
 use std::cell::RefCell;
 
-use crate::wit::exports::gateway::filter::handler::{Registration, RequestAction, ResponseAction};
+use crate::backend::{RequestRef, ResponseRef};
+use crate::instance::{Instance, Outcome};
+use crate::wit::exports::gateway::filter::handler::{
+    self as wit, Environment, Label, Metric, MetricKind, Registration, RequestInput, ResponseInput,
+};
 use crate::wit::gateway::filter::http as host;
-use crate::{Action, Filter, Request, Response};
+use crate::{Action, Filter};
 
 thread_local! {
     // A component instance is single-threaded and holds exactly one filter, created by `init`.
     static INSTANCE: RefCell<Option<Box<dyn Any>>> = const { RefCell::new(None) };
 }
 
-/// Parses the configuration, creates the filter and reports its phases.
-pub fn init<F: Filter>(config: &str) -> Result<Registration, String> {
+fn metric(spec: gateway_rules::metrics::MetricSpec) -> Metric {
+    Metric {
+        name: spec.name,
+        help: spec.help,
+        kind: match spec.kind {
+            gateway_rules::metrics::MetricKind::Counter => MetricKind::Counter,
+            gateway_rules::metrics::MetricKind::Histogram(bounds) => MetricKind::Histogram(bounds),
+        },
+        labels: spec
+            .labels
+            .into_iter()
+            .map(|label| Label {
+                name: label.name,
+                values: label.values,
+            })
+            .collect(),
+    }
+}
+
+/// Parses the configuration, creates the filter and reports what it registers.
+pub fn init<F: Filter>(config: &str, environment: Environment) -> Result<Registration, String> {
     // The default hook writes to stderr, which a filter does not have; send panics to the
     // gateway's log instead, where they are tagged with the filter and the request.
     std::panic::set_hook(Box::new(|info| {
@@ -23,43 +46,60 @@ pub fn init<F: Filter>(config: &str) -> Result<Registration, String> {
             &format!("filter panicked: {info}"),
         )
     }));
-    let config = crate::config::parse::<F::Config>(config)?;
-    let filter = F::new(config)?;
-    let phases = filter.phases();
-    INSTANCE.with(|slot| *slot.borrow_mut() = Some(Box::new(filter)));
-    Ok(Registration { phases })
+    crate::backend::set_log_level(environment.log_level);
+    let instance = Instance::<F>::new(config)?;
+    let reads = &instance.reads;
+    let registration = Registration {
+        phases: instance.phases,
+        request_fields: reads.fields,
+        request_headers: reads.request_headers.clone(),
+        response_headers: reads.response_headers.clone(),
+        context_keys: reads.context_keys.clone(),
+        request_body: reads.request_body,
+        response_body: reads.response_body,
+        metrics: instance.metrics.iter().cloned().map(metric).collect(),
+    };
+    INSTANCE.with(|slot| *slot.borrow_mut() = Some(Box::new(instance)));
+    Ok(registration)
 }
 
-fn with_filter<F: Filter, R>(run: impl FnOnce(&F) -> R) -> R {
+fn with_instance<F: Filter, R>(run: impl FnOnce(&Instance<F>) -> R) -> R {
     INSTANCE.with(|slot| {
         let slot = slot.borrow();
         // The gateway always calls `init` first; a trap here makes that contract violation loud.
-        let filter = slot
+        let instance = slot
             .as_ref()
-            .and_then(|instance| instance.downcast_ref::<F>())
+            .and_then(|instance| instance.downcast_ref::<Instance<F>>())
             .expect("the gateway calls init before any phase");
-        run(filter)
+        run(instance)
     })
 }
 
-/// Runs the request phase.
-pub fn on_request<F: Filter>(request: &host::Request) -> RequestAction {
-    let mut request = Request::from_handle(request);
-    match with_filter::<F, _>(|filter| filter.on_request(&mut request)) {
-        Action::Continue => RequestAction::Continue,
-        Action::Respond(reply) => RequestAction::Respond(reply.into_wit()),
+fn outcome(outcome: Outcome) -> wit::Outcome {
+    wit::Outcome {
+        edits: outcome.edits,
+        metrics: outcome.metrics,
+        action: match outcome.action {
+            Action::Continue => wit::Action::Continue,
+            Action::Respond(reply) => wit::Action::Respond(reply.into_wit()),
+        },
     }
+}
+
+/// Runs the request phase.
+pub fn on_request<F: Filter>(request: &host::Request, input: RequestInput) -> wit::Outcome {
+    outcome(with_instance::<F, _>(|instance| {
+        instance.on_request(RequestRef::new(request), input)
+    }))
 }
 
 /// Runs the response phase.
 pub fn on_response<F: Filter>(
     request: &host::Request,
     response: &host::Response,
-) -> ResponseAction {
-    let request = Request::from_handle(request);
-    let mut response = Response::from_handle(response);
-    match with_filter::<F, _>(|filter| filter.on_response(&request, &mut response)) {
-        Action::Continue => ResponseAction::Continue,
-        Action::Respond(reply) => ResponseAction::Respond(reply.into_wit()),
-    }
+    input: ResponseInput,
+) -> wit::Outcome {
+    outcome(with_instance::<F, _>(|instance| {
+        instance.on_response(RequestRef::new(request), ResponseRef::new(response), input)
+    }))
 }

@@ -2,11 +2,22 @@
 //!
 //! In native builds every host call of the SDK goes to an in-process test host instead of the
 //! gateway. A [`TestHost`] creates the filter from a configuration, runs its phases on a
-//! [`TestRequest`] and a [`TestResponse`], records what the filter logged, and keeps its
-//! key-value state; the test sets the clock and may preload state. The test host checks edits
-//! with the gateway's own rules (`gateway_rules::edit`: header names and values, paths, queries,
-//! statuses) and keeps the request read-only in the response phase, so a filter meets the same
-//! refusals in its tests as in production.
+//! [`TestRequest`] and a [`TestResponse`], records what the filter logged and counted, and
+//! keeps its key-value state; the test sets the clock and may preload state.
+//!
+//! The test host plays the gateway's part exactly, with the gateway's rules (`gateway_rules`):
+//!
+//! - it hands each call what the filter declared in [`Filter::reads`]: the fields, headers and
+//!   context entries, and the body if the filter set a limit ([`Body::TooLarge`] if the test
+//!   message's body is longer);
+//! - the filter's code is the code that runs in the gateway: edits are checked where they are
+//!   made, reads see the call's own edits, and the request is read-only in the response phase;
+//! - when the call returns it applies the edits, context entries and metric updates all
+//!   together, as the gateway does, re-framing a message whose body was replaced
+//!   (`content-length` set, `transfer-encoding` dropped); context entries set in the request
+//!   phase are there in the response phase;
+//! - what the gateway would refuse after the call (a 33rd context entry, a reply it cannot
+//!   send) fails the filter there; here it panics, naming the refusal.
 //!
 //! ```
 //! use gateway_sdk::testing::{TestHost, TestRequest};
@@ -38,8 +49,39 @@ use std::cell::RefCell;
 use std::rc::Rc;
 use std::time::Duration;
 
+use gateway_rules::context::Context;
+use gateway_rules::edit::{self, EditError};
+use gateway_rules::metrics::{self, MetricKind, MetricSpec};
+
+use crate::backend::{RequestRef, ResponseRef};
+use crate::instance::{Instance, Outcome};
 use crate::log::Level;
-use crate::{Action, Filter, Phases, Request, Response};
+use crate::metrics::Registry;
+use crate::wit::exports::gateway::filter::handler::{
+    Body as WitBody, Edit, MetricUpdate, RequestFields, RequestInput, ResponseInput,
+};
+use crate::{Action, Filter, Phases, Reads};
+
+/// Every value of a header in storage shared by requests and responses: lower-case names, in
+/// arrival order.
+pub(crate) fn header_values(headers: &[(String, String)], name: &str) -> Vec<String> {
+    headers
+        .iter()
+        .filter(|(key, _)| key.eq_ignore_ascii_case(name))
+        .map(|(_, value)| value.clone())
+        .collect()
+}
+
+/// The distinct names, in the order they first appear.
+pub(crate) fn header_names(headers: &[(String, String)]) -> Vec<String> {
+    let mut names: Vec<String> = Vec::new();
+    for (name, _) in headers {
+        if !names.contains(name) {
+            names.push(name.clone());
+        }
+    }
+    names
+}
 
 /// What a request holds in a test.
 #[derive(Debug, Clone)]
@@ -52,6 +94,8 @@ pub(crate) struct RequestState {
     pub params: Vec<(String, String)>,
     /// Lower-case names, in arrival order.
     pub headers: Vec<(String, String)>,
+    pub body: Option<Vec<u8>>,
+    pub context: Context,
 }
 
 /// What a response holds in a test.
@@ -59,6 +103,7 @@ pub(crate) struct RequestState {
 pub(crate) struct ResponseState {
     pub status: u16,
     pub headers: Vec<(String, String)>,
+    pub body: Option<Vec<u8>>,
 }
 
 /// A request to run a filter's phases on, and to inspect afterwards.
@@ -70,7 +115,9 @@ pub(crate) struct ResponseState {
 ///     .with_header("content-type", "application/json")
 ///     .with_authority("shop.example.com")
 ///     .with_client_ip("203.0.113.7")
-///     .with_route_param("service", "orders");
+///     .with_route_param("service", "orders")
+///     .with_body(r#"{"item":7}"#)
+///     .with_context("auth.subject", "alice");
 /// assert_eq!(request.path(), "/orders");
 /// assert_eq!(request.query().as_deref(), Some("dry_run=1"));
 /// ```
@@ -81,7 +128,7 @@ pub struct TestRequest {
 
 impl TestRequest {
     /// A request with this method and target (`/path` or `/path?query`), from 127.0.0.1, with
-    /// an `x-request-id` header as the gateway always sets one.
+    /// an `x-request-id` header as the gateway always sets one, no body and no context.
     ///
     /// ```
     /// let request = gateway_sdk::testing::TestRequest::new("DELETE", "/items/7");
@@ -101,6 +148,8 @@ impl TestRequest {
                 client_ip: "127.0.0.1".to_owned(),
                 params: Vec::new(),
                 headers: vec![("x-request-id".to_owned(), "test-request".to_owned())],
+                body: None,
+                context: Context::default(),
             }),
         }
     }
@@ -171,6 +220,36 @@ impl TestRequest {
         self
     }
 
+    /// Sets the body the client sent. A filter sees it only if it declared a request body
+    /// limit, and as [`Body::TooLarge`](crate::Body::TooLarge) if it is longer.
+    ///
+    /// ```
+    /// let request = gateway_sdk::testing::TestRequest::post("/orders").with_body("{}");
+    /// assert_eq!(request.body().as_deref(), Some(&b"{}"[..]));
+    /// ```
+    pub fn with_body(self, body: impl Into<Vec<u8>>) -> Self {
+        self.state.borrow_mut().body = Some(body.into());
+        self
+    }
+
+    /// Adds a context entry, as if set by an earlier filter.
+    ///
+    /// # Panics
+    ///
+    /// If the gateway would refuse the entry (a bad key, a value over 4096 bytes, a 33rd entry):
+    /// no earlier filter could have set it.
+    ///
+    /// ```
+    /// let request = gateway_sdk::testing::TestRequest::get("/").with_context("auth.subject", "alice");
+    /// assert_eq!(request.context("auth.subject").as_deref(), Some("alice"));
+    /// ```
+    pub fn with_context(self, key: &str, value: &str) -> Self {
+        if let Err(error) = self.state.borrow_mut().context.set(key, value) {
+            panic!("with_context({key:?}) refused: {error}");
+        }
+        self
+    }
+
     /// The method.
     ///
     /// ```
@@ -205,7 +284,7 @@ impl TestRequest {
     /// assert_eq!(request.header("x-request-id").as_deref(), Some("test-request"));
     /// ```
     pub fn header(&self, name: &str) -> Option<String> {
-        crate::backend::header_values(&self.state.borrow().headers, name)
+        header_values(&self.state.borrow().headers, name)
             .into_iter()
             .next()
     }
@@ -217,7 +296,7 @@ impl TestRequest {
     /// assert_eq!(request.header_values("via"), ["a", "b"]);
     /// ```
     pub fn header_values(&self, name: &str) -> Vec<String> {
-        crate::backend::header_values(&self.state.borrow().headers, name)
+        header_values(&self.state.borrow().headers, name)
     }
 
     /// Every header as `(lower-case name, value)`, in order.
@@ -229,6 +308,34 @@ impl TestRequest {
     pub fn headers(&self) -> Vec<(String, String)> {
         self.state.borrow().headers.clone()
     }
+
+    /// The body, as the filter left it: the test's, or the one the filter set.
+    ///
+    /// ```
+    /// assert_eq!(gateway_sdk::testing::TestRequest::get("/").body(), None);
+    /// ```
+    pub fn body(&self) -> Option<Vec<u8>> {
+        self.state.borrow().body.clone()
+    }
+
+    /// The value of a context entry, as the filters left it.
+    ///
+    /// ```
+    /// assert_eq!(gateway_sdk::testing::TestRequest::get("/").context("auth.subject"), None);
+    /// ```
+    pub fn context(&self, key: &str) -> Option<String> {
+        self.state.borrow().context.get(key).map(str::to_owned)
+    }
+
+    /// Every context entry, in the order they were first set.
+    ///
+    /// ```
+    /// let request = gateway_sdk::testing::TestRequest::get("/").with_context("a", "1");
+    /// assert_eq!(request.context_entries(), [("a".to_owned(), "1".to_owned())]);
+    /// ```
+    pub fn context_entries(&self) -> Vec<(String, String)> {
+        self.state.borrow().context.entries().to_vec()
+    }
 }
 
 /// A response to run a filter's response phase on, and to inspect afterwards.
@@ -236,7 +343,9 @@ impl TestRequest {
 /// ```
 /// use gateway_sdk::testing::TestResponse;
 ///
-/// let response = TestResponse::new(200).with_header("content-type", "text/plain");
+/// let response = TestResponse::new(200)
+///     .with_header("content-type", "text/plain")
+///     .with_body("hello");
 /// assert_eq!(response.status(), 200);
 /// ```
 #[derive(Debug)]
@@ -245,7 +354,7 @@ pub struct TestResponse {
 }
 
 impl TestResponse {
-    /// A response with this status and no headers.
+    /// A response with this status, no headers and no body.
     ///
     /// ```
     /// let not_found = gateway_sdk::testing::TestResponse::new(404);
@@ -255,6 +364,7 @@ impl TestResponse {
             state: RefCell::new(ResponseState {
                 status,
                 headers: Vec::new(),
+                body: None,
             }),
         }
     }
@@ -269,6 +379,17 @@ impl TestResponse {
             .borrow_mut()
             .headers
             .push((name.to_ascii_lowercase(), value.to_owned()));
+        self
+    }
+
+    /// Sets the body the upstream sent, seen by a filter as
+    /// [`TestRequest::with_body`]'s is.
+    ///
+    /// ```
+    /// let response = gateway_sdk::testing::TestResponse::new(200).with_body(b"[1,2]".to_vec());
+    /// ```
+    pub fn with_body(self, body: impl Into<Vec<u8>>) -> Self {
+        self.state.borrow_mut().body = Some(body.into());
         self
     }
 
@@ -288,7 +409,7 @@ impl TestResponse {
     /// assert_eq!(response.header("ETag").as_deref(), Some("\"v1\""));
     /// ```
     pub fn header(&self, name: &str) -> Option<String> {
-        crate::backend::header_values(&self.state.borrow().headers, name)
+        header_values(&self.state.borrow().headers, name)
             .into_iter()
             .next()
     }
@@ -300,7 +421,7 @@ impl TestResponse {
     /// assert!(response.header_values("set-cookie").is_empty());
     /// ```
     pub fn header_values(&self, name: &str) -> Vec<String> {
-        crate::backend::header_values(&self.state.borrow().headers, name)
+        header_values(&self.state.borrow().headers, name)
     }
 
     /// Every header as `(lower-case name, value)`, in order.
@@ -310,6 +431,16 @@ impl TestResponse {
     /// ```
     pub fn headers(&self) -> Vec<(String, String)> {
         self.state.borrow().headers.clone()
+    }
+
+    /// The body, as the filter left it.
+    ///
+    /// ```
+    /// let response = gateway_sdk::testing::TestResponse::new(200).with_body("ok");
+    /// assert_eq!(response.body().as_deref(), Some(&b"ok"[..]));
+    /// ```
+    pub fn body(&self) -> Option<Vec<u8>> {
+        self.state.borrow().body.clone()
     }
 }
 
@@ -330,13 +461,15 @@ pub struct LogLine {
     pub message: String,
 }
 
-/// The capabilities the test host answers with: the log, the clock, key-value state.
+/// The capabilities the test host answers with: the log, the clock, key-value state, and the
+/// metrics the filter declared and has not yet handed over.
 #[derive(Debug)]
 pub(crate) struct HostState {
     logs: Vec<LogLine>,
     pub now_ms: u64,
     pub monotonic_ns: u64,
     pub kv: gateway_rules::kv::KvMap,
+    pub metrics: Registry,
 }
 
 impl Default for HostState {
@@ -346,6 +479,7 @@ impl Default for HostState {
             now_ms: 0,
             monotonic_ns: 0,
             kv: gateway_rules::kv::KvMap::new(gateway_rules::kv::Limits::default()),
+            metrics: Registry::default(),
         }
     }
 }
@@ -392,6 +526,112 @@ impl Drop for Entered {
     }
 }
 
+/// A body as the gateway hands it to a filter with this limit.
+fn handed_body(body: Option<&[u8]>, limit: u32) -> WitBody {
+    let body = body.unwrap_or_default();
+    if body.len() <= limit as usize {
+        WitBody::Complete(body.to_vec())
+    } else {
+        WitBody::TooLarge
+    }
+}
+
+/// Whether a filter with this limit was handed the body whole, and so may replace it.
+fn held_whole(body: Option<&[u8]>, limit: Option<u32>) -> bool {
+    limit.is_some_and(|limit| body.unwrap_or_default().len() <= limit as usize)
+}
+
+/// Every value of each declared header present, name by name.
+fn declared_headers(names: &[String], headers: &[(String, String)]) -> Vec<(String, String)> {
+    names
+        .iter()
+        .flat_map(|name| {
+            header_values(headers, name)
+                .into_iter()
+                .map(move |value| (name.clone(), value))
+        })
+        .collect()
+}
+
+/// The declared context entries present.
+fn declared_context(keys: &[String], context: &Context) -> Vec<(String, String)> {
+    keys.iter()
+        .filter_map(|key| Some((key.clone(), context.get(key)?.to_owned())))
+        .collect()
+}
+
+/// Applies a header edit as the gateway checks it; hands any other edit back.
+fn apply_header(headers: &mut Vec<(String, String)>, edit: Edit) -> Result<Option<Edit>, String> {
+    let checked = |name: &str, value: String| -> Result<(String, String), String> {
+        let name = edit::header_name(name).map_err(|error| error.to_string())?;
+        let value_text = value.clone();
+        edit::header_value(value).map_err(|error| error.to_string())?;
+        Ok((name.as_str().to_owned(), value_text))
+    };
+    match edit {
+        Edit::SetHeader((name, value)) => {
+            let (name, value) = checked(&name, value)?;
+            headers.retain(|(key, _)| *key != name);
+            headers.push((name, value));
+        }
+        Edit::AppendHeader((name, value)) => headers.push(checked(&name, value)?),
+        Edit::RemoveHeader(name) => headers.retain(|(key, _)| !key.eq_ignore_ascii_case(&name)),
+        other => return Ok(Some(other)),
+    }
+    Ok(None)
+}
+
+/// Applies a context edit within the bounds; hands any other edit back.
+fn apply_context(context: &mut Context, edit: Edit) -> Result<Option<Edit>, String> {
+    match edit {
+        Edit::SetContext((key, value)) => context
+            .set(&key, &value)
+            .map_err(|error| error.to_string())?,
+        Edit::RemoveContext(key) => {
+            context.remove(&key);
+        }
+        other => return Ok(Some(other)),
+    }
+    Ok(None)
+}
+
+/// Replaces a body checked against what the filter was handed, and frames the message by it.
+fn replace_body(
+    headers: &mut Vec<(String, String)>,
+    body: &mut Option<Vec<u8>>,
+    new: Vec<u8>,
+    limit: Option<u32>,
+    held: bool,
+) -> Result<(), String> {
+    edit::body(new.len(), held, limit.unwrap_or(0)).map_err(|error| error.to_string())?;
+    headers.retain(|(key, _)| key != "transfer-encoding" && key != "content-length");
+    headers.push(("content-length".to_owned(), new.len().to_string()));
+    *body = Some(new);
+    Ok(())
+}
+
+/// A reply as the gateway sends it: a valid status and headers it can carry.
+fn check_reply(action: &Action) -> Result<(), String> {
+    let Some(reply) = action.reply() else {
+        return Ok(());
+    };
+    edit::status(reply.status).map_err(|error| format!("reply status {error}"))?;
+    for (name, value) in &reply.headers {
+        edit::header_name(name).map_err(|error| error.to_string())?;
+        edit::header_value(value.clone()).map_err(|error| error.to_string())?;
+    }
+    Ok(())
+}
+
+/// What the gateway keeps of one series.
+#[derive(Debug, Clone, Copy, Default)]
+struct Series {
+    /// Observations (a histogram) or updates (a counter).
+    count: u64,
+    /// The total (a counter) or the sum of observations (a histogram).
+    sum: f64,
+}
+
 /// A filter running in the in-process test host.
 ///
 /// ```
@@ -422,15 +662,17 @@ impl Drop for Entered {
 /// assert_eq!(response.header("server"), None);
 /// ```
 pub struct TestHost<F: Filter> {
-    filter: F,
-    phases: Phases,
+    instance: Instance<F>,
     host: Rc<RefCell<HostState>>,
+    /// Per declared metric, per series.
+    series: Vec<Vec<Series>>,
 }
 
 impl<F: Filter> TestHost<F> {
     /// Creates the filter from a configuration, as the gateway does with a route's `config`.
     /// `Err` carries the message the gateway would print: a field path for a configuration that
-    /// does not deserialize, or the filter's own reason.
+    /// does not deserialize, the filter's own reason, or why its metric declarations or
+    /// declared reads are refused.
     ///
     /// ```
     /// # use gateway_sdk::{Filter, testing::TestHost, serde_json::json};
@@ -460,13 +702,16 @@ impl<F: Filter> TestHost<F> {
     pub fn from_json(config: &str) -> Result<Self, String> {
         let host = Rc::new(RefCell::new(HostState::default()));
         let _entered = Entered::new(&host);
-        let config = crate::config::parse::<F::Config>(config)?;
-        let filter = F::new(config)?;
-        let phases = filter.phases();
+        let instance = Instance::<F>::new(config)?;
+        let series = instance
+            .metrics
+            .iter()
+            .map(|spec| vec![Series::default(); spec.series()])
+            .collect();
         Ok(TestHost {
-            filter,
-            phases,
-            host,
+            instance,
+            host: host.clone(),
+            series,
         })
     }
 
@@ -483,7 +728,7 @@ impl<F: Filter> TestHost<F> {
     /// assert_eq!(host.filter().0, 10);
     /// ```
     pub fn filter(&self) -> &F {
-        &self.filter
+        &self.instance.filter
     }
 
     /// The phases the filter registered for with this configuration.
@@ -499,11 +744,96 @@ impl<F: Filter> TestHost<F> {
     /// assert_eq!(host.phases(), Phases::REQUEST | Phases::RESPONSE);
     /// ```
     pub fn phases(&self) -> Phases {
-        self.phases
+        self.instance.phases
+    }
+
+    /// What the filter declared it reads with this configuration.
+    ///
+    /// ```
+    /// # use gateway_sdk::{Filter, Reads, testing::TestHost, serde_json::json};
+    /// # struct Noop;
+    /// # impl Filter for Noop {
+    /// #     type Config = gateway_sdk::serde_json::Value;
+    /// #     fn new(_: Self::Config) -> Result<Self, String> { Ok(Noop) }
+    /// # }
+    /// let host = TestHost::<Noop>::new(json!({})).expect("accepted");
+    /// assert_eq!(host.reads(), &Reads::default());
+    /// ```
+    pub fn reads(&self) -> &Reads {
+        &self.instance.reads
+    }
+
+    /// What the gateway hands the request phase: what was declared, as the request is now.
+    fn request_input(&self, state: &RequestState) -> RequestInput {
+        let reads = &self.instance.reads;
+        let field = |flag: RequestFields, read: &dyn Fn() -> Option<String>| {
+            if reads.has(flag) { read() } else { None }
+        };
+        RequestInput {
+            method: field(RequestFields::METHOD, &|| Some(state.method.clone())),
+            path: field(RequestFields::PATH, &|| Some(state.path.clone())),
+            query: field(RequestFields::QUERY, &|| state.query.clone()),
+            authority: field(RequestFields::AUTHORITY, &|| state.authority.clone()),
+            client_ip: field(RequestFields::CLIENT_IP, &|| Some(state.client_ip.clone())),
+            headers: declared_headers(&reads.request_headers, &state.headers),
+            context: declared_context(&reads.context_keys, &state.context),
+            body: reads
+                .request_body
+                .map(|limit| handed_body(state.body.as_deref(), limit)),
+        }
+    }
+
+    /// What the gateway hands the response phase.
+    fn response_input(&self, request: &RequestState, response: &ResponseState) -> ResponseInput {
+        let reads = &self.instance.reads;
+        ResponseInput {
+            status: response.status,
+            headers: declared_headers(&reads.response_headers, &response.headers),
+            context: declared_context(&reads.context_keys, &request.context),
+            body: reads
+                .response_body
+                .map(|limit| handed_body(response.body.as_deref(), limit)),
+        }
+    }
+
+    /// Checks metric updates as the gateway does, before anything of the outcome is applied.
+    fn check_metrics(&self, updates: &[MetricUpdate]) -> Result<(), String> {
+        for update in updates {
+            metrics::update(
+                &self.instance.metrics,
+                update.metric,
+                update.series,
+                update.value,
+            )
+            .map_err(|error| error.to_string())?;
+        }
+        Ok(())
+    }
+
+    fn record_metrics(&mut self, updates: Vec<MetricUpdate>) {
+        for update in updates {
+            let series = &mut self.series[update.metric as usize][update.series as usize];
+            series.count += 1;
+            series.sum += update.value;
+        }
+    }
+
+    /// The gateway fails a filter whose outcome it refuses; in a test that is a failed test.
+    fn refused(phase: &str, reason: &str) -> ! {
+        panic!(
+            "the gateway refuses the outcome of the {phase} phase and fails the filter: {reason}"
+        )
     }
 
     /// Runs the request phase, as the gateway would: if the filter did not register for it,
-    /// the request passes on untouched and the filter is not called.
+    /// the request passes on untouched and the filter is not called. The filter's edits are
+    /// applied to `request` once it returns, whatever it returns.
+    ///
+    /// # Panics
+    ///
+    /// If the gateway would refuse the outcome and fail the filter: a context entry beyond the
+    /// 32 a request holds, or a reply it cannot send (a status outside `100..=999`, a bad
+    /// header). Nothing of a refused outcome is applied, as in the gateway.
     ///
     /// ```
     /// # use gateway_sdk::{Filter, testing::{TestHost, TestRequest}, serde_json::json};
@@ -517,16 +847,67 @@ impl<F: Filter> TestHost<F> {
     /// assert!(host.on_request(&mut request).is_continue());
     /// ```
     pub fn on_request(&mut self, request: &mut TestRequest) -> Action {
-        if !self.phases.contains(Phases::REQUEST) {
+        if !self.instance.phases.contains(Phases::REQUEST) {
             return Action::Continue;
         }
-        let _entered = Entered::new(&self.host);
-        let mut handle = Request::from_test(&request.state, false);
-        self.filter.on_request(&mut handle)
+        let Outcome {
+            action,
+            edits,
+            metrics,
+        } = {
+            let _entered = Entered::new(&self.host);
+            let state = request.state.borrow();
+            let input = self.request_input(&state);
+            self.instance.on_request(RequestRef::new(&state), input)
+        };
+        let state = request.state.get_mut();
+        let limit = self.instance.reads.request_body;
+        let held = held_whole(state.body.as_deref(), limit);
+        let mut next = state.clone();
+        let applied = edits.into_iter().try_for_each(|edit| {
+            let Some(edit) = apply_header(&mut next.headers, edit)? else {
+                return Ok(());
+            };
+            let Some(edit) = apply_context(&mut next.context, edit)? else {
+                return Ok(());
+            };
+            match edit {
+                Edit::SetPath(path) => {
+                    edit::path(&path).map_err(|error| error.to_string())?;
+                    next.path = path;
+                }
+                Edit::SetQuery(query) => {
+                    if let Some(query) = &query {
+                        edit::query(query).map_err(|error| error.to_string())?;
+                    }
+                    next.query = query;
+                }
+                Edit::SetBody(body) => {
+                    replace_body(&mut next.headers, &mut next.body, body, limit, held)?;
+                }
+                _ => return Err(EditError::WrongPhase(edit::NO_RESPONSE_YET).to_string()),
+            }
+            Ok(())
+        });
+        let checked = applied
+            .and_then(|()| self.check_metrics(&metrics))
+            .and_then(|()| check_reply(&action));
+        if let Err(reason) = checked {
+            Self::refused("request", &reason);
+        }
+        *state = next;
+        self.record_metrics(metrics);
+        action
     }
 
-    /// Runs the response phase, as the gateway would: `request` is read-only, and if the filter
-    /// did not register for the phase the response passes on untouched.
+    /// Runs the response phase, as the gateway would: `request` is read-only but for its
+    /// context, and if the filter did not register for the phase the response passes on
+    /// untouched. The filter's edits are applied to `response` (and its context entries to
+    /// `request`) once it returns, whatever it returns.
+    ///
+    /// # Panics
+    ///
+    /// As [`TestHost::on_request`] does.
     ///
     /// ```
     /// # use gateway_sdk::{Filter, testing::{TestHost, TestRequest, TestResponse}, serde_json::json};
@@ -540,13 +921,192 @@ impl<F: Filter> TestHost<F> {
     /// assert!(host.on_response(&TestRequest::get("/"), &mut response).is_continue());
     /// ```
     pub fn on_response(&mut self, request: &TestRequest, response: &mut TestResponse) -> Action {
-        if !self.phases.contains(Phases::RESPONSE) {
+        if !self.instance.phases.contains(Phases::RESPONSE) {
             return Action::Continue;
         }
-        let _entered = Entered::new(&self.host);
-        let handle = Request::from_test(&request.state, true);
-        let mut response_handle = Response::from_test(&response.state);
-        self.filter.on_response(&handle, &mut response_handle)
+        let Outcome {
+            action,
+            edits,
+            metrics,
+        } = {
+            let _entered = Entered::new(&self.host);
+            let request = request.state.borrow();
+            let response = response.state.borrow();
+            let input = self.response_input(&request, &response);
+            self.instance.on_response(
+                RequestRef::new(&request),
+                ResponseRef::new(&response),
+                input,
+            )
+        };
+        let mut request = request.state.borrow_mut();
+        let state = response.state.get_mut();
+        let limit = self.instance.reads.response_body;
+        let held = held_whole(state.body.as_deref(), limit);
+        let mut next = state.clone();
+        let mut context = request.context.clone();
+        let applied = edits.into_iter().try_for_each(|edit| {
+            let Some(edit) = apply_header(&mut next.headers, edit)? else {
+                return Ok(());
+            };
+            let Some(edit) = apply_context(&mut context, edit)? else {
+                return Ok(());
+            };
+            match edit {
+                Edit::SetStatus(status) => {
+                    edit::status(status).map_err(|error| error.to_string())?;
+                    next.status = status;
+                }
+                Edit::SetBody(body) => {
+                    replace_body(&mut next.headers, &mut next.body, body, limit, held)?;
+                }
+                _ => return Err(EditError::WrongPhase(edit::REQUEST_SENT).to_string()),
+            }
+            Ok(())
+        });
+        let checked = applied
+            .and_then(|()| self.check_metrics(&metrics))
+            .and_then(|()| check_reply(&action));
+        if let Err(reason) = checked {
+            Self::refused("response", &reason);
+        }
+        *state = next;
+        request.context = context;
+        drop(request);
+        self.record_metrics(metrics);
+        action
+    }
+
+    /// The declared series of a metric, or a panic that says what the test got wrong.
+    fn series(&self, name: &str, label_values: &[&str], histogram: bool) -> Series {
+        let Some(index) = self
+            .instance
+            .metrics
+            .iter()
+            .position(|spec| spec.name == name)
+        else {
+            let declared: Vec<&str> = self
+                .instance
+                .metrics
+                .iter()
+                .map(|spec| spec.name.as_str())
+                .collect();
+            panic!("the filter declared no metric `{name}`; it declared {declared:?}");
+        };
+        let spec: &MetricSpec = &self.instance.metrics[index];
+        let kind = |spec: &MetricSpec| match spec.kind {
+            MetricKind::Counter => "counter",
+            MetricKind::Histogram(_) => "histogram",
+        };
+        if histogram != matches!(spec.kind, MetricKind::Histogram(_)) {
+            panic!("metric `{name}` is a {}", kind(spec));
+        }
+        let Some(series) = spec.series_index(label_values) else {
+            let labels: Vec<(&str, &[String])> = spec
+                .labels
+                .iter()
+                .map(|label| (label.name.as_str(), label.values.as_slice()))
+                .collect();
+            panic!(
+                "metric `{name}` has no series {label_values:?}: its labels and their values are \
+                 {labels:?}"
+            );
+        };
+        self.series[index][series as usize]
+    }
+
+    /// A counter's total for these label values (in declaration order; `&[]` without labels):
+    /// what the gateway would export, 0 for a series never counted. Updates reach the gateway
+    /// with the outcome of a phase, so one made in `Filter::new` shows after the first phase.
+    ///
+    /// # Panics
+    ///
+    /// If the filter declared no such counter, or no such label values.
+    ///
+    /// ```
+    /// use gateway_sdk::metrics::Counter;
+    /// use gateway_sdk::testing::{TestHost, TestRequest};
+    /// use gateway_sdk::{Action, Filter, Request};
+    ///
+    /// struct Seen(Counter);
+    ///
+    /// impl Filter for Seen {
+    ///     type Config = gateway_sdk::serde_json::Value;
+    ///     fn new(_: Self::Config) -> Result<Self, String> {
+    ///         Ok(Seen(Counter::new("seen_total", "Requests seen")))
+    ///     }
+    ///     fn on_request(&self, _: &mut Request) -> Action {
+    ///         self.0.inc();
+    ///         Action::Continue
+    ///     }
+    /// }
+    ///
+    /// let mut host = TestHost::<Seen>::new(gateway_sdk::serde_json::json!({})).expect("accepted");
+    /// assert_eq!(host.counter("seen_total", &[]), 0.0);
+    /// host.on_request(&mut TestRequest::get("/"));
+    /// assert_eq!(host.counter("seen_total", &[]), 1.0);
+    /// ```
+    pub fn counter(&self, name: &str, label_values: &[&str]) -> f64 {
+        self.series(name, label_values, false).sum
+    }
+
+    /// How many observations a histogram's series holds, as [`TestHost::counter`] reads a
+    /// counter.
+    ///
+    /// # Panics
+    ///
+    /// If the filter declared no such histogram, or no such label values.
+    ///
+    /// ```
+    /// use gateway_sdk::metrics::Histogram;
+    /// use gateway_sdk::testing::{TestHost, TestRequest};
+    /// use gateway_sdk::{Action, Filter, Request};
+    ///
+    /// struct Sizes(Histogram);
+    ///
+    /// impl Filter for Sizes {
+    ///     type Config = gateway_sdk::serde_json::Value;
+    ///     fn new(_: Self::Config) -> Result<Self, String> {
+    ///         Ok(Sizes(Histogram::new("path_bytes", "Path lengths", &[8.0, 64.0])))
+    ///     }
+    ///     fn on_request(&self, request: &mut Request) -> Action {
+    ///         self.0.observe(request.path().len() as f64);
+    ///         Action::Continue
+    ///     }
+    /// }
+    ///
+    /// let mut host = TestHost::<Sizes>::new(gateway_sdk::serde_json::json!({})).expect("accepted");
+    /// host.on_request(&mut TestRequest::get("/a"));
+    /// host.on_request(&mut TestRequest::get("/abcd"));
+    /// assert_eq!(host.histogram_count("path_bytes", &[]), 2);
+    /// assert_eq!(host.histogram_sum("path_bytes", &[]), 7.0);
+    /// ```
+    pub fn histogram_count(&self, name: &str, label_values: &[&str]) -> u64 {
+        self.series(name, label_values, true).count
+    }
+
+    /// The sum of a histogram series' observations, as [`TestHost::histogram_count`] counts
+    /// them.
+    ///
+    /// # Panics
+    ///
+    /// If the filter declared no such histogram, or no such label values.
+    ///
+    /// ```
+    /// # use gateway_sdk::metrics::Histogram;
+    /// # use gateway_sdk::{Filter, testing::TestHost, serde_json::json};
+    /// # struct Sizes(Histogram);
+    /// # impl Filter for Sizes {
+    /// #     type Config = gateway_sdk::serde_json::Value;
+    /// #     fn new(_: Self::Config) -> Result<Self, String> {
+    /// #         Ok(Sizes(Histogram::new("path_bytes", "Path lengths", &[8.0])))
+    /// #     }
+    /// # }
+    /// let host = TestHost::<Sizes>::new(json!({})).expect("accepted");
+    /// assert_eq!(host.histogram_sum("path_bytes", &[]), 0.0);
+    /// ```
+    pub fn histogram_sum(&self, name: &str, label_values: &[&str]) -> f64 {
+        self.series(name, label_values, true).sum
     }
 
     /// Everything the filter logged so far, in order.
@@ -668,7 +1228,7 @@ mod tests {
     use serde_json::json;
 
     use super::*;
-    use crate::Headers;
+    use crate::{Headers, Request, Response};
 
     /// Sets the configured header on the request and appends it to the response, answering
     /// with the test host's refusal if there is one.
@@ -747,5 +1307,303 @@ mod tests {
                 .headers()
                 .contains(&("x-note".to_owned(), "x".to_owned()))
         );
+    }
+
+    /// Reads and, if configured, replaces the body of both messages, reporting in the request
+    /// header `x-body` and the response header `x-body` what it saw and whether the replacement
+    /// was accepted.
+    struct Bodies {
+        limit: Option<u32>,
+        replace: Option<String>,
+    }
+
+    impl Filter for Bodies {
+        type Config = (Option<u32>, Option<String>);
+
+        fn new((limit, replace): Self::Config) -> Result<Self, String> {
+            Ok(Bodies { limit, replace })
+        }
+
+        fn reads(&self) -> Reads {
+            match self.limit {
+                Some(limit) => Reads::default().request_body(limit).response_body(limit),
+                None => Reads::default(),
+            }
+        }
+
+        fn on_request(&self, request: &mut Request) -> Action {
+            let report = self.edit_body(request.body().cloned(), |body| request.set_body(body));
+            let _ = request.set_header("x-body", &report);
+            Action::Continue
+        }
+
+        fn on_response(&self, _: &Request, response: &mut Response) -> Action {
+            let report = self.edit_body(response.body().cloned(), |body| response.set_body(body));
+            let _ = response.set_header("x-body", &report);
+            Action::Continue
+        }
+    }
+
+    impl Bodies {
+        fn edit_body(
+            &self,
+            seen: Option<crate::Body>,
+            set: impl FnOnce(String) -> Result<(), crate::Error>,
+        ) -> String {
+            let seen = match seen {
+                None => "none".to_owned(),
+                Some(crate::Body::TooLarge) => "too large".to_owned(),
+                Some(crate::Body::Complete(bytes)) => format!("{} bytes", bytes.len()),
+            };
+            match self.replace.clone().map(set) {
+                None => seen,
+                Some(Ok(())) => format!("{seen}, replaced"),
+                Some(Err(error)) => format!("{seen}, refused: {error}"),
+            }
+        }
+    }
+
+    #[test]
+    fn bodies_are_handed_over_only_when_declared_and_within_the_limit() {
+        // (limit, replacement, body the client sent, report, body sent upstream)
+        type Case = (
+            Option<u32>,
+            Option<&'static str>,
+            Option<&'static str>,
+            &'static str,
+            Option<&'static str>,
+        );
+        let cases: [Case; 6] = [
+            (None, None, Some("hello"), "none", Some("hello")),
+            (Some(5), None, Some("hello"), "5 bytes", Some("hello")),
+            (Some(5), None, None, "0 bytes", None),
+            (Some(4), None, Some("hello"), "too large", Some("hello")),
+            (
+                Some(8),
+                Some("bye"),
+                Some("hello"),
+                "5 bytes, replaced",
+                Some("bye"),
+            ),
+            (
+                Some(4),
+                Some("bye"),
+                Some("hello"),
+                "too large, refused: the body can only be replaced when the filter was handed it whole",
+                Some("hello"),
+            ),
+        ];
+        for (limit, replace, body, report, upstream) in cases {
+            let mut host = TestHost::<Bodies>::new(json!([limit, replace])).expect("accepted");
+            let mut request = TestRequest::post("/");
+            if let Some(body) = body {
+                request = request.with_body(body);
+            }
+            assert!(host.on_request(&mut request).is_continue());
+            let case = format!("{limit:?} {replace:?} {body:?}");
+            assert_eq!(request.header("x-body").as_deref(), Some(report), "{case}");
+            assert_eq!(
+                request.body().as_deref(),
+                upstream.map(str::as_bytes),
+                "{case}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_replaced_body_frames_the_message_and_stays_within_the_limit() {
+        let mut host = TestHost::<Bodies>::new(json!([16, "{}"])).expect("accepted");
+        let request = TestRequest::get("/");
+        let mut response = TestResponse::new(200)
+            .with_header("transfer-encoding", "chunked")
+            .with_body("[1,2,3]");
+        assert!(host.on_response(&request, &mut response).is_continue());
+        assert_eq!(response.body().as_deref(), Some(&b"{}"[..]));
+        assert_eq!(response.header("content-length").as_deref(), Some("2"));
+        assert_eq!(response.header("transfer-encoding"), None);
+
+        let long = "x".repeat(17);
+        let mut host = TestHost::<Bodies>::new(json!([16, long])).expect("accepted");
+        let mut response = TestResponse::new(200).with_body("[]");
+        host.on_response(&request, &mut response);
+        assert_eq!(
+            response.header("x-body").as_deref(),
+            Some(
+                "2 bytes, refused: a body of 17 bytes is longer than the filter's limit of 16 bytes"
+            )
+        );
+    }
+
+    /// Sets `count` context entries in the request phase and reports, in the response phase,
+    /// the first and last as it reads them (declared: the first).
+    struct Entries {
+        count: usize,
+    }
+
+    impl Filter for Entries {
+        type Config = usize;
+
+        fn new(count: usize) -> Result<Self, String> {
+            Ok(Entries { count })
+        }
+
+        fn reads(&self) -> Reads {
+            Reads::default().context("k0")
+        }
+
+        fn on_request(&self, request: &mut Request) -> Action {
+            for index in 0..self.count {
+                if let Err(error) = request.set_context(&format!("k{index}"), "v") {
+                    return Action::Respond(crate::Reply::text(500, error.to_string()));
+                }
+            }
+            Action::Continue
+        }
+
+        fn on_response(&self, request: &Request, response: &mut Response) -> Action {
+            let last = format!("k{}", self.count.saturating_sub(1));
+            let seen = format!("{:?} {:?}", request.context("k0"), request.context(&last));
+            let _ = response.set_header("x-seen", &seen);
+            request.remove_context("k0");
+            let _ = request.set_context("phase", "response");
+            Action::Continue
+        }
+    }
+
+    #[test]
+    fn context_entries_reach_the_response_phase() {
+        let mut host = TestHost::<Entries>::new(json!(3)).expect("accepted");
+        let mut request = TestRequest::get("/").with_context("earlier", "filter");
+        let mut response = TestResponse::new(200);
+        assert!(host.on_request(&mut request).is_continue());
+        assert!(host.on_response(&request, &mut response).is_continue());
+        assert_eq!(
+            response.header("x-seen").as_deref(),
+            Some(r#"Some("v") Some("v")"#)
+        );
+        let keys: Vec<String> = request
+            .context_entries()
+            .into_iter()
+            .map(|(k, _)| k)
+            .collect();
+        assert_eq!(keys, ["earlier", "k1", "k2", "phase"]);
+    }
+
+    #[test]
+    fn a_request_holds_32_context_entries() {
+        let mut host = TestHost::<Entries>::new(json!(32)).expect("accepted");
+        let mut request = TestRequest::get("/");
+        assert!(host.on_request(&mut request).is_continue());
+        assert_eq!(request.context_entries().len(), 32);
+    }
+
+    #[test]
+    #[should_panic(
+        expected = "the gateway refuses the outcome of the request phase and fails the filter: \
+                    a request holds at most 32 context entries"
+    )]
+    fn a_33rd_context_entry_fails_the_filter() {
+        let mut host = TestHost::<Entries>::new(json!(1)).expect("accepted");
+        let mut request = (0..32).fold(TestRequest::get("/"), |request, index| {
+            request.with_context(&format!("earlier{index}"), "v")
+        });
+        host.on_request(&mut request);
+    }
+
+    /// Counts decisions by outcome and observes path lengths; `bad` declares a label value the
+    /// rules refuse, `late` creates a metric in the request phase.
+    struct Counted {
+        decisions: crate::metrics::Counter,
+        lengths: crate::metrics::Histogram,
+        late: bool,
+    }
+
+    impl Filter for Counted {
+        type Config = (bool, bool);
+
+        fn new((bad, late): (bool, bool)) -> Result<Self, String> {
+            let outcome: &[&str] = if bad {
+                &["allow", ""]
+            } else {
+                &["allow", "deny"]
+            };
+            Ok(Counted {
+                decisions: crate::metrics::Counter::with_labels(
+                    "decisions_total",
+                    "Decisions, by outcome",
+                    &[("outcome", outcome)],
+                ),
+                lengths: crate::metrics::Histogram::new("path_bytes", "Path lengths", &[4.0]),
+                late,
+            })
+        }
+
+        fn on_request(&self, request: &mut Request) -> Action {
+            let outcome = request.query().unwrap_or_default();
+            self.decisions.inc_with(&[&outcome]);
+            self.lengths.observe(request.path().len() as f64);
+            if self.late {
+                crate::metrics::Counter::new("late_total", "Too late").inc();
+            }
+            Action::Continue
+        }
+    }
+
+    #[test]
+    fn metrics_count_declared_series_and_drop_the_rest_with_one_warning() {
+        let mut host = TestHost::<Counted>::new(json!([false, false])).expect("accepted");
+        for target in ["/a?allow", "/abc?allow", "/?deny", "/?maybe", "/?maybe"] {
+            host.on_request(&mut TestRequest::get(target));
+        }
+        assert_eq!(host.counter("decisions_total", &["allow"]), 2.0);
+        assert_eq!(host.counter("decisions_total", &["deny"]), 1.0);
+        assert_eq!(host.histogram_count("path_bytes", &[]), 5);
+        assert_eq!(host.histogram_sum("path_bytes", &[]), 9.0);
+        let warnings: Vec<String> = host
+            .logs()
+            .into_iter()
+            .filter(|line| line.level == Level::Warn)
+            .map(|line| line.message)
+            .collect();
+        assert_eq!(
+            warnings,
+            [
+                "metric `decisions_total`: the label values [\"maybe\"] were not declared for \
+                 it, so the update is dropped (later bad updates of it are dropped silently)"
+            ]
+        );
+    }
+
+    #[test]
+    fn bad_metric_declarations_refuse_the_configuration() {
+        let refused = TestHost::<Counted>::new(json!([true, false]))
+            .err()
+            .expect("refused");
+        assert_eq!(
+            refused,
+            "metric `decisions_total`: label `outcome` value `` must be 1 to 64 printable bytes"
+        );
+    }
+
+    #[test]
+    fn a_metric_created_after_new_is_not_exported() {
+        let mut host = TestHost::<Counted>::new(json!([false, true])).expect("accepted");
+        host.on_request(&mut TestRequest::get("/?allow"));
+        assert!(
+            host.logs()[0]
+                .message
+                .starts_with("metric `late_total` was created after")
+        );
+        let unknown = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            host.counter("late_total", &[])
+        }));
+        assert!(unknown.is_err(), "never declared, so never exported");
+    }
+
+    #[test]
+    #[should_panic(expected = "metric `decisions_total` has no series [\"maybe\"]")]
+    fn reading_a_series_never_declared_is_a_mistake_in_the_test() {
+        let host = TestHost::<Counted>::new(json!([false, false])).expect("accepted");
+        host.counter("decisions_total", &["maybe"]);
     }
 }

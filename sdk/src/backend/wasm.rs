@@ -1,6 +1,11 @@
-//! Host calls inside a real gateway: straight through the generated bindings.
+//! Host calls inside a real gateway: straight through the generated bindings. Reads the filter
+//! did not declare go to the handles here; the per-instance state the SDK keeps (the log level,
+//! the metrics) lives in this instance's thread.
+
+use std::cell::{Cell, RefCell};
 
 use crate::log::Level;
+use crate::metrics::Registry;
 use crate::wit::gateway::filter::{clock, http as host, kv, log};
 
 /// A borrowed request handle for the duration of one call.
@@ -17,14 +22,8 @@ impl<'a> RequestRef<'a> {
     pub fn path(&self) -> String {
         self.0.path()
     }
-    pub fn set_path(&mut self, path: &str) -> Result<(), String> {
-        self.0.set_path(path)
-    }
     pub fn query(&self) -> Option<String> {
         self.0.query()
-    }
-    pub fn set_query(&mut self, query: Option<&str>) -> Result<(), String> {
-        self.0.set_query(query)
     }
     pub fn authority(&self) -> Option<String> {
         self.0.authority()
@@ -35,23 +34,14 @@ impl<'a> RequestRef<'a> {
     pub fn route_param(&self, name: &str) -> Option<String> {
         self.0.route_param(name)
     }
-    pub fn header(&self, name: &str) -> Option<String> {
-        self.0.header(name)
-    }
     pub fn header_values(&self, name: &str) -> Vec<String> {
         self.0.header_values(name)
     }
     pub fn header_names(&self) -> Vec<String> {
         self.0.header_names()
     }
-    pub fn set_header(&mut self, name: &str, value: &str) -> Result<(), String> {
-        self.0.set_header(name, value)
-    }
-    pub fn append_header(&mut self, name: &str, value: &str) -> Result<(), String> {
-        self.0.append_header(name, value)
-    }
-    pub fn remove_header(&mut self, name: &str) {
-        self.0.remove_header(name)
+    pub fn context(&self, key: &str) -> Option<String> {
+        self.0.context(key)
     }
 }
 
@@ -63,30 +53,35 @@ impl<'a> ResponseRef<'a> {
         ResponseRef(handle)
     }
 
-    pub fn status(&self) -> u16 {
-        self.0.status()
-    }
-    pub fn set_status(&mut self, status: u16) -> Result<(), String> {
-        self.0.set_status(status)
-    }
-    pub fn header(&self, name: &str) -> Option<String> {
-        self.0.header(name)
-    }
     pub fn header_values(&self, name: &str) -> Vec<String> {
         self.0.header_values(name)
     }
     pub fn header_names(&self) -> Vec<String> {
         self.0.header_names()
     }
-    pub fn set_header(&mut self, name: &str, value: &str) -> Result<(), String> {
-        self.0.set_header(name, value)
-    }
-    pub fn append_header(&mut self, name: &str, value: &str) -> Result<(), String> {
-        self.0.append_header(name, value)
-    }
-    pub fn remove_header(&mut self, name: &str) {
-        self.0.remove_header(name)
-    }
+}
+
+thread_local! {
+    // Until `init` says otherwise, nothing is discarded: a message from before it is rare and
+    // likely to matter.
+    static LOG_LEVEL: Cell<Level> = const { Cell::new(Level::Trace) };
+    static METRICS: RefCell<Registry> = RefCell::default();
+}
+
+/// Keeps the level the gateway discards messages below, so they are not even sent.
+pub fn set_log_level(level: log::Level) {
+    let level = match level {
+        log::Level::Trace => Level::Trace,
+        log::Level::Debug => Level::Debug,
+        log::Level::Info => Level::Info,
+        log::Level::Warn => Level::Warn,
+        log::Level::Error => Level::Error,
+    };
+    LOG_LEVEL.with(|current| current.set(level));
+}
+
+pub fn log_level() -> Level {
+    LOG_LEVEL.with(Cell::get)
 }
 
 pub fn log(level: Level, message: &str) {
@@ -98,6 +93,10 @@ pub fn log(level: Level, message: &str) {
         Level::Error => log::Level::Error,
     };
     log::log(level, message)
+}
+
+pub fn with_metrics<R>(use_metrics: impl FnOnce(&mut Registry) -> R) -> R {
+    METRICS.with(|registry| use_metrics(&mut registry.borrow_mut()))
 }
 
 pub fn now_ms() -> u64 {
