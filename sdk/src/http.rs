@@ -218,8 +218,7 @@ impl Body {
     /// # fn demo(request: &gateway_sdk::Request) {
     /// let is_json_object = request
     ///     .body()
-    ///     .and_then(|body| body.bytes())
-    ///     .is_some_and(|bytes| bytes.starts_with(b"{"));
+    ///     .is_some_and(|body| body.bytes().is_some_and(|bytes| bytes.starts_with(b"{")));
     /// # }
     /// ```
     pub fn bytes(&self) -> Option<&[u8]> {
@@ -587,15 +586,18 @@ impl<'a> Request<'a> {
 
     /// The request body, in the request phase of a filter that declared
     /// [`Reads::request_body`]; `None` otherwise. After [`set_body`](Request::set_body), the
-    /// body set. Borrowed from the handle, so a large body is not copied to be looked at.
+    /// body set.
+    ///
+    /// A copy, so the request stays free to edit while the filter looks at it: read it once
+    /// per call.
     ///
     /// ```
     /// # fn demo(request: &gateway_sdk::Request) {
-    /// let bytes = request.body().and_then(|body| body.bytes()).map_or(0, |bytes| bytes.len());
+    /// let length = request.body().and_then(|body| body.bytes().map(<[u8]>::len));
     /// # }
     /// ```
-    pub fn body(&self) -> Option<&Body> {
-        self.body.as_ref()
+    pub fn body(&self) -> Option<Body> {
+        self.body.clone()
     }
 
     /// Replaces the request body sent upstream; the gateway frames the request by the new
@@ -867,16 +869,16 @@ impl<'a> Response<'a> {
     }
 
     /// The response body, for a filter that declared [`Reads::response_body`]; `None`
-    /// otherwise. After [`set_body`](Response::set_body), the body set. Borrowed, as
+    /// otherwise. After [`set_body`](Response::set_body), the body set. A copy, as
     /// [`Request::body`] is.
     ///
     /// ```
     /// # fn demo(response: &gateway_sdk::Response) {
-    /// let cacheable = response.body().and_then(|body| body.bytes()).is_some();
+    /// let cacheable = response.body().is_some_and(|body| !body.is_too_large());
     /// # }
     /// ```
-    pub fn body(&self) -> Option<&Body> {
-        self.body.as_ref()
+    pub fn body(&self) -> Option<Body> {
+        self.body.clone()
     }
 
     /// Replaces the response body; the gateway frames the response by the new length. Refused

@@ -1332,13 +1332,13 @@ mod tests {
         }
 
         fn on_request(&self, request: &mut Request) -> Action {
-            let report = self.edit_body(request.body().cloned(), |body| request.set_body(body));
+            let report = self.edit_body(request.body(), |body| request.set_body(body));
             let _ = request.set_header("x-body", &report);
             Action::Continue
         }
 
         fn on_response(&self, _: &Request, response: &mut Response) -> Action {
-            let report = self.edit_body(response.body().cloned(), |body| response.set_body(body));
+            let report = self.edit_body(response.body(), |body| response.set_body(body));
             let _ = response.set_header("x-body", &report);
             Action::Continue
         }
