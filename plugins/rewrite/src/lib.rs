@@ -4,7 +4,8 @@
 //! Request phase, in order: the path (prefix operations, then `regex`), the query (`remove`,
 //! `set`, `add`), the request headers (`remove`, `set`, `add`). Response phase: the response
 //! headers (`remove`, `set`, `add`). The filter only registers for the phases its configuration
-//! uses. See [`config::Config`] for every key.
+//! uses, and has the path and query handed over with the call only when a rule rewrites them.
+//! See [`config::Config`] for every key.
 //!
 //! The rules are checked when the route is loaded, so a request only fails if the host refuses an
 //! edit (for example a path the regex made invalid): it is then answered with a 500 and a JSON
@@ -15,7 +16,7 @@ mod rules;
 #[cfg(test)]
 mod tests;
 
-use gateway_sdk::{Action, Filter, Phases, Reply, Request, Response};
+use gateway_sdk::{Action, Filter, Phases, Reads, Reply, Request, Response};
 
 use crate::config::Config;
 use crate::rules::Rules;
@@ -45,6 +46,19 @@ impl Filter for Rewrite {
         phases
     }
 
+    // Handed over with the call: the path and query when a rule rewrites them. Header rules
+    // only write, so they read nothing.
+    fn reads(&self) -> Reads {
+        let mut reads = Reads::default();
+        if !self.rules.path.is_empty() {
+            reads = reads.path();
+        }
+        if !self.rules.query.is_empty() {
+            reads = reads.query();
+        }
+        reads
+    }
+
     fn on_request(&self, request: &mut Request) -> Action {
         match self.rewrite_request(request) {
             Ok(()) => Action::Continue,
@@ -63,7 +77,7 @@ impl Filter for Rewrite {
 impl Rewrite {
     /// Stops at the first edit the host refuses and says which.
     fn rewrite_request(&self, request: &mut Request) -> Result<(), String> {
-        // Each read crosses into the host, so only read what a rule needs.
+        // Only read what a rule needs: that is what `reads` declares.
         if !self.rules.path.is_empty()
             && let Some(path) = self.rules.path.rewrite(&request.path())
         {
@@ -91,6 +105,6 @@ fn failed(reason: &str, request: &Request) -> Action {
     Action::Respond(Reply::error(500, "FILTER_FAILED", &message, request))
 }
 
-// Only a component exports the handler: the export names (`gateway:filter/handler@0.1.0#init`)
+// Only a component exports the handler: the export names (`gateway:filter/handler@0.2.0#init`)
 // cannot go into a native shared library, and native builds exist only for the unit tests.
 gateway_sdk::export_filter!(Rewrite);

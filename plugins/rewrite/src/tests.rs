@@ -5,7 +5,7 @@
 use gateway_sdk::log::Level;
 use gateway_sdk::serde_json::{Value, json};
 use gateway_sdk::testing::{LogLine, TestHost, TestRequest, TestResponse};
-use gateway_sdk::{Action, Phases};
+use gateway_sdk::{Action, Phases, Reads};
 
 use crate::Rewrite;
 
@@ -246,6 +246,33 @@ fn registers_only_the_phases_it_uses() {
     ];
     for (config, phases) in cases {
         assert_eq!(filter(config).phases(), *phases, "{config}");
+    }
+}
+
+#[test]
+fn declares_the_path_and_query_only_when_a_rule_rewrites_them() {
+    // (config, what is handed over with each request phase)
+    let cases: &[(Value, Reads)] = &[
+        (json!({}), Reads::default()),
+        (
+            json!({"request_headers": {"set": {"x-tenant": "acme"}}}),
+            Reads::default(),
+        ),
+        (
+            json!({"path": {"strip_prefix": "/a"}}),
+            Reads::default().path(),
+        ),
+        (
+            json!({"query": {"remove": ["a"]}}),
+            Reads::default().query(),
+        ),
+        (
+            json!({"path": {"add_prefix": "/v2"}, "query": {"add": {"a": "b"}}}),
+            Reads::default().path().query(),
+        ),
+    ];
+    for (config, reads) in cases {
+        assert_eq!(filter(config).reads(), reads, "{config}");
     }
 }
 
