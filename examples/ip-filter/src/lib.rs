@@ -36,8 +36,9 @@
 //! The message is the same whichever list refused: the rule that decided goes to the debug log,
 //! not to the client.
 //!
-//! The filter only takes part in the request phase. Everything in the config is checked when
-//! the route is loaded, and a bad entry is refused with its list, index and reason (see
+//! The filter only takes part in the request phase, and has the client's address (and, when it
+//! trusts it, `X-Forwarded-For`) handed over with the call. Everything in the config is checked
+//! when the route is loaded, and a bad entry is refused with its list, index and reason (see
 //! [`cidr`] for how rules are read, including why `10.1.2.3/24` is an error rather than
 //! `10.1.2.0/24`).
 
@@ -48,7 +49,8 @@ mod policy;
 use std::fmt;
 use std::net::IpAddr;
 
-use gateway_sdk::{Action, Filter, Headers, Phases, Reply, Request};
+use gateway_sdk::log::{self, Level};
+use gateway_sdk::{Action, Filter, Headers, Phases, Reads, Reply, Request};
 
 use crate::config::Config;
 use crate::policy::Policy;
@@ -93,12 +95,23 @@ impl Filter for IpFilter {
         Phases::REQUEST
     }
 
+    // Every request reads the client's address, and the header when it is trusted: both come
+    // with the call. The request id is only read to refuse, so it stays a lazy read.
+    fn reads(&self) -> Reads {
+        let reads = Reads::default().client_ip();
+        if self.trust_forwarded_for {
+            reads.request_header("x-forwarded-for")
+        } else {
+            reads
+        }
+    }
+
     fn on_request(&self, request: &mut Request) -> Action {
         let connection = request.client_ip();
         let Ok(connection) = connection.parse::<IpAddr>() else {
             // The gateway always sends an address; if that ever breaks, refusing keeps the
             // route closed rather than open to everyone.
-            gateway_sdk::log::warn(&format!(
+            log::warn(&format!(
                 "refused: the connection address `{connection}` is not an IP address"
             ));
             return Action::Respond(Reply::error(
@@ -109,7 +122,6 @@ impl Filter for IpFilter {
             ));
         };
         let (address, source) = if self.trust_forwarded_for {
-            // Only read the header when it counts: each read is a call into the host.
             client_address(connection, &request.header_values("x-forwarded-for"))
         } else {
             (connection, Source::Connection)
@@ -118,7 +130,10 @@ impl Filter for IpFilter {
         // answered as the IPv4 address the rules are written in.
         let address = address.to_canonical();
         let verdict = self.policy.check(address);
-        gateway_sdk::log::debug(&format!("{address} (from {source}): {verdict}"));
+        // Every request makes this line; where debug is off, skip formatting it.
+        if log::enabled(Level::Debug) {
+            log::debug(&format!("{address} (from {source}): {verdict}"));
+        }
         if verdict.passes() {
             Action::Continue
         } else {
@@ -203,7 +218,6 @@ gateway_sdk::export_filter!(IpFilter);
 
 #[cfg(test)]
 mod tests {
-    use gateway_sdk::log::Level;
     use gateway_sdk::serde_json::{self, Value, json};
     use gateway_sdk::testing::{TestHost, TestRequest};
 
@@ -430,6 +444,19 @@ mod tests {
                 "{lines:?}"
             );
         }
+    }
+
+    #[test]
+    fn declares_the_address_and_the_header_it_trusts() {
+        let connection = host(json!({"allow": ["127.0.0.1"]}));
+        assert_eq!(connection.reads(), &Reads::default().client_ip());
+        let forwarded = host(json!({"allow": ["127.0.0.1"], "trust_forwarded_for": true}));
+        assert_eq!(
+            forwarded.reads(),
+            &Reads::default()
+                .client_ip()
+                .request_header("x-forwarded-for")
+        );
     }
 
     #[test]
