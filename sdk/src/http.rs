@@ -312,17 +312,19 @@ fn replay_names(edits: &[Edit], mut names: Vec<String>) -> Vec<String> {
     names
 }
 
-/// A header edit as the gateway takes it: a lower-case token and a value it accepts.
+/// A header edit as the gateway takes it: a lower-case token and a value it accepts. Checked
+/// without building the `http` crate's types, whose parser would weigh on every filter.
 fn checked_header(name: &str, value: &str) -> Result<(String, String), Error> {
-    let name = edit::header_name(name).map_err(refused)?;
-    edit::header_value(value.to_owned()).map_err(refused)?;
-    Ok((name.as_str().to_owned(), value.to_owned()))
+    edit::check_header_name(name).map_err(refused)?;
+    edit::check_header_value(value).map_err(refused)?;
+    // A token is ASCII, so this is the lower-case name the gateway stores.
+    Ok((name.to_ascii_lowercase(), value.to_owned()))
 }
 
 /// The edit that removes `name`, or none for a name no message can hold.
 fn removal(name: &str) -> Option<Edit> {
-    let name = edit::header_name(name).ok()?;
-    Some(Edit::RemoveHeader(name.as_str().to_owned()))
+    edit::check_header_name(name).ok()?;
+    Some(Edit::RemoveHeader(name.to_ascii_lowercase()))
 }
 
 /// Whether a body may be replaced with one of `len` bytes: only one handed over whole, within

@@ -197,7 +197,7 @@ impl Reads {
     pub(crate) fn check(&self) -> Result<(), String> {
         let headers = self.request_headers.iter().chain(&self.response_headers);
         for name in headers {
-            edit::header_name(name).map_err(|error| format!("declared reads: {error}"))?;
+            edit::check_header_name(name).map_err(|error| format!("declared reads: {error}"))?;
         }
         for key in &self.context_keys {
             context::key(key).map_err(|error| format!("declared reads: {error}"))?;
