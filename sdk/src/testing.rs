@@ -8,8 +8,8 @@
 //! The test host plays the gateway's part exactly, with the gateway's rules (`gateway_rules`):
 //!
 //! - it hands each call what the filter declared in [`Filter::reads`]: the fields, headers and
-//!   context entries, and the body if the filter set a limit ([`Body::TooLarge`] if the test
-//!   message's body is longer);
+//!   context entries, and the body if the filter set a limit
+//!   ([`Body::TooLarge`](crate::Body::TooLarge) if the test message's body is longer);
 //! - the filter's code is the code that runs in the gateway: edits are checked where they are
 //!   made, reads see the call's own edits, and the request is read-only in the response phase;
 //! - when the call returns it applies the edits, context entries and metric updates all
