@@ -17,9 +17,8 @@ use gateway_rules::edit::{self, EditError};
 
 use crate::Reads;
 use crate::backend::{RequestRef, ResponseRef};
-use crate::wit::exports::gateway::filter::handler::{
-    Body as WitBody, Edit, RequestFields, RequestInput,
-};
+use crate::wit::exports::gateway::filter::handler::{Edit, RequestFields};
+use gateway_rules::input::{InputBody, RequestInput};
 
 /// Something the gateway refused (an edit, a key-value write), with its reason.
 ///
@@ -245,11 +244,11 @@ impl Body {
     }
 }
 
-impl From<WitBody> for Body {
-    fn from(body: WitBody) -> Self {
+impl From<InputBody> for Body {
+    fn from(body: InputBody) -> Self {
         match body {
-            WitBody::Complete(bytes) => Body::Complete(bytes),
-            WitBody::TooLarge => Body::TooLarge,
+            InputBody::Complete(bytes) => Body::Complete(bytes),
+            InputBody::TooLarge => Body::TooLarge,
         }
     }
 }
@@ -325,6 +324,16 @@ fn checked_header(name: &str, value: &str) -> Result<(String, String), Error> {
 fn removal(name: &str) -> Option<Edit> {
     edit::check_header_name(name).ok()?;
     Some(Edit::RemoveHeader(name.to_ascii_lowercase()))
+}
+
+/// Whether this call's edits change a header, so its value is no longer the host's.
+fn touches(edits: &[Edit], name: &str) -> bool {
+    edits.iter().any(|edit| match edit {
+        Edit::SetHeader((edited, _)) | Edit::AppendHeader((edited, _)) | Edit::RemoveHeader(edited) => {
+            edited.eq_ignore_ascii_case(name)
+        }
+        _ => false,
+    })
 }
 
 /// Whether a body may be replaced with one of `len` bytes: only one handed over whole, within
@@ -749,7 +758,12 @@ impl sealed::Sealed for Request<'_> {}
 
 impl Headers for Request<'_> {
     fn header(&self, name: &str) -> Option<String> {
-        self.header_values(name).into_iter().next()
+        let declared = self.phase == Phase::Request && self.reads.has_request_header(name);
+        if declared || touches(&self.edits.borrow(), name) {
+            return self.header_values(name).into_iter().next();
+        }
+        // One value, or none, crosses cheaper than a list.
+        self.handle.header(name)
     }
 
     fn header_values(&self, name: &str) -> Vec<String> {
@@ -816,7 +830,7 @@ impl<'a> Response<'a> {
         reads: &'a Reads,
         status: u16,
         headers: Vec<(String, String)>,
-        body: Option<WitBody>,
+        body: Option<InputBody>,
     ) -> Self {
         Response {
             handle,
@@ -906,7 +920,10 @@ impl sealed::Sealed for Response<'_> {}
 
 impl Headers for Response<'_> {
     fn header(&self, name: &str) -> Option<String> {
-        self.header_values(name).into_iter().next()
+        if self.reads.has_response_header(name) || touches(&self.edits, name) {
+            return self.header_values(name).into_iter().next();
+        }
+        self.handle.header(name)
     }
 
     fn header_values(&self, name: &str) -> Vec<String> {

@@ -6,9 +6,8 @@
 use gateway_rules::metrics::MetricSpec;
 
 use crate::backend::{self, RequestRef, ResponseRef};
-use crate::wit::exports::gateway::filter::handler::{
-    Edit, MetricUpdate, RequestInput, ResponseInput,
-};
+use crate::wit::exports::gateway::filter::handler::{Edit, MetricUpdate};
+use gateway_rules::input::{RequestInput, ResponseInput};
 use crate::{Action, Filter, Phases, Reads, Request, Response};
 
 /// A created filter and what it registered.
@@ -61,13 +60,14 @@ impl<F: Filter> Instance<F> {
         &self,
         request: RequestRef<'_>,
         response: ResponseRef<'_>,
+        status: u16,
         input: ResponseInput,
     ) -> Outcome {
         let request = Request::in_response_phase(request, &self.reads, input.context);
         let mut response = Response::new(
             response,
             &self.reads,
-            input.status,
+            status,
             input.headers,
             input.body,
         );

@@ -322,7 +322,7 @@ macro_rules! export_filter {
 
                 fn on_request(
                     request: &$crate::wit::gateway::filter::http::Request,
-                    input: $crate::wit::exports::gateway::filter::handler::RequestInput,
+                    input: ::std::option::Option<::std::vec::Vec<u8>>,
                 ) -> $crate::wit::exports::gateway::filter::handler::Outcome {
                     $crate::runtime::on_request::<$filter>(request, input)
                 }
@@ -330,9 +330,10 @@ macro_rules! export_filter {
                 fn on_response(
                     request: &$crate::wit::gateway::filter::http::Request,
                     response: &$crate::wit::gateway::filter::http::Response,
-                    input: $crate::wit::exports::gateway::filter::handler::ResponseInput,
+                    status: u16,
+                    input: ::std::option::Option<::std::vec::Vec<u8>>,
                 ) -> $crate::wit::exports::gateway::filter::handler::Outcome {
-                    $crate::runtime::on_response::<$filter>(request, response, input)
+                    $crate::runtime::on_response::<$filter>(request, response, status, input)
                 }
             }
 

@@ -7,8 +7,9 @@ use std::cell::RefCell;
 use crate::backend::{RequestRef, ResponseRef};
 use crate::instance::{Instance, Outcome};
 use crate::wit::exports::gateway::filter::handler::{
-    self as wit, Environment, Label, Metric, MetricKind, Registration, RequestInput, ResponseInput,
+    self as wit, Environment, Label, Metric, MetricKind, Registration,
 };
+use gateway_rules::input::{RequestInput, ResponseInput};
 use crate::wit::gateway::filter::http as host;
 use crate::{Action, Filter};
 
@@ -87,7 +88,10 @@ fn outcome(outcome: Outcome) -> wit::Outcome {
 }
 
 /// Runs the request phase.
-pub fn on_request<F: Filter>(request: &host::Request, input: RequestInput) -> wit::Outcome {
+pub fn on_request<F: Filter>(request: &host::Request, input: Option<Vec<u8>>) -> wit::Outcome {
+    // A gateway built for this contract always sends a readable input: a trap makes it loud.
+    let input = input.map_or(Ok(RequestInput::default()), |bytes| RequestInput::decode(&bytes));
+    let input = input.unwrap_or_else(|error| panic!("{error}"));
     outcome(with_instance::<F, _>(|instance| {
         instance.on_request(RequestRef::new(request), input)
     }))
@@ -97,9 +101,17 @@ pub fn on_request<F: Filter>(request: &host::Request, input: RequestInput) -> wi
 pub fn on_response<F: Filter>(
     request: &host::Request,
     response: &host::Response,
-    input: ResponseInput,
+    status: u16,
+    input: Option<Vec<u8>>,
 ) -> wit::Outcome {
+    let input = input.map_or(Ok(ResponseInput::default()), |bytes| ResponseInput::decode(&bytes));
+    let input = input.unwrap_or_else(|error| panic!("{error}"));
     outcome(with_instance::<F, _>(|instance| {
-        instance.on_response(RequestRef::new(request), ResponseRef::new(response), input)
+        instance.on_response(
+            RequestRef::new(request),
+            ResponseRef::new(response),
+            status,
+            input,
+        )
     }))
 }

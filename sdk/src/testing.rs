@@ -57,9 +57,8 @@ use crate::backend::{RequestRef, ResponseRef};
 use crate::instance::{Instance, Outcome};
 use crate::log::Level;
 use crate::metrics::Registry;
-use crate::wit::exports::gateway::filter::handler::{
-    Body as WitBody, Edit, MetricUpdate, RequestFields, RequestInput, ResponseInput,
-};
+use crate::wit::exports::gateway::filter::handler::{Edit, MetricUpdate, RequestFields};
+use gateway_rules::input::{InputBody, RequestInput, ResponseInput};
 use crate::{Action, Filter, Phases, Reads};
 
 /// Every value of a header in storage shared by requests and responses: lower-case names, in
@@ -527,12 +526,12 @@ impl Drop for Entered {
 }
 
 /// A body as the gateway hands it to a filter with this limit.
-fn handed_body(body: Option<&[u8]>, limit: u32) -> WitBody {
+fn handed_body(body: Option<&[u8]>, limit: u32) -> InputBody {
     let body = body.unwrap_or_default();
     if body.len() <= limit as usize {
-        WitBody::Complete(body.to_vec())
+        InputBody::Complete(body.to_vec())
     } else {
-        WitBody::TooLarge
+        InputBody::TooLarge
     }
 }
 
@@ -787,7 +786,6 @@ impl<F: Filter> TestHost<F> {
     fn response_input(&self, request: &RequestState, response: &ResponseState) -> ResponseInput {
         let reads = &self.instance.reads;
         ResponseInput {
-            status: response.status,
             headers: declared_headers(&reads.response_headers, &response.headers),
             context: declared_context(&reads.context_keys, &request.context),
             body: reads
@@ -936,6 +934,7 @@ impl<F: Filter> TestHost<F> {
             self.instance.on_response(
                 RequestRef::new(&request),
                 ResponseRef::new(&response),
+                response.status,
                 input,
             )
         };

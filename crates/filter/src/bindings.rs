@@ -21,8 +21,7 @@ wasmtime::component::bindgen!({
 
 pub use exports::gateway::filter::handler::Phases;
 pub(crate) use exports::gateway::filter::handler::{
-    Action, Body, Edit, Environment, MetricKind, MetricUpdate, Outcome, Registration,
-    RequestFields, RequestInput, ResponseInput,
+    Action, Edit, Environment, MetricKind, MetricUpdate, Outcome, Registration, RequestFields,
 };
 pub(crate) use gateway::filter::http::Reply;
 use gateway::filter::{clock, http as wit_http, kv, log};
@@ -34,6 +33,10 @@ pub(crate) const CURRENT: u32 = 0;
 /// reads it; a value that is not UTF-8 is left out.
 pub(crate) fn value_text(value: &http::HeaderValue) -> Option<&str> {
     std::str::from_utf8(value.as_bytes()).ok()
+}
+
+fn first_value(headers: &HeaderMap, name: &str) -> Option<String> {
+    value_text(headers.get(name)?).map(str::to_owned)
 }
 
 fn all_values(headers: &HeaderMap, name: &str) -> Vec<String> {
@@ -105,6 +108,14 @@ impl wit_http::HostRequest for InstanceState {
         Ok(self.heads.request()?.param(&name).map(str::to_owned))
     }
 
+    fn header(
+        &mut self,
+        _: Resource<wit_http::Request>,
+        name: String,
+    ) -> wasmtime::Result<Option<String>> {
+        Ok(first_value(&self.heads.request()?.headers, &name))
+    }
+
     fn header_values(
         &mut self,
         _: Resource<wit_http::Request>,
@@ -133,6 +144,14 @@ impl wit_http::HostRequest for InstanceState {
 impl wit_http::HostResponse for InstanceState {
     fn status(&mut self, _: Resource<wit_http::Response>) -> wasmtime::Result<u16> {
         Ok(self.heads.response()?.status.as_u16())
+    }
+
+    fn header(
+        &mut self,
+        _: Resource<wit_http::Response>,
+        name: String,
+    ) -> wasmtime::Result<Option<String>> {
+        Ok(first_value(&self.heads.response()?.headers, &name))
     }
 
     fn header_values(

@@ -12,9 +12,9 @@ use gateway_rules::metrics::{self, Label, MetricSpec};
 use http::HeaderMap;
 use http::header::HeaderName;
 
-use crate::bindings::{
-    self, Body, MetricKind, Phases, Registration, RequestFields, RequestInput, ResponseInput,
-};
+use gateway_rules::input::Writer;
+
+use crate::bindings::{self, MetricKind, Phases, Registration, RequestFields};
 use crate::heads::{HeldBody, RequestHead, ResponseHead};
 use crate::metrics::{Family, MetricRegistry};
 
@@ -83,52 +83,83 @@ impl Declared {
         })
     }
 
-    /// What the request phase is handed: the declared fields, headers and context entries, and
-    /// the body if the filter asked for it.
-    pub(crate) fn request_input(&self, head: &RequestHead) -> RequestInput {
-        let field = |flag: RequestFields, read: &dyn Fn() -> Option<String>| {
-            if self.fields.contains(flag) {
-                read()
-            } else {
-                None
-            }
-        };
-        RequestInput {
-            method: field(RequestFields::METHOD, &|| Some(head.method.as_str().to_owned())),
-            path: field(RequestFields::PATH, &|| Some(head.path.clone())),
-            query: field(RequestFields::QUERY, &|| head.query.clone()),
-            authority: field(RequestFields::AUTHORITY, &|| head.authority.clone()),
-            client_ip: field(RequestFields::CLIENT_IP, &|| {
-                Some(gateway_wire::fields::ip_string(head.client_ip))
-            }),
-            headers: declared_headers(&self.request_headers, &head.headers),
-            context: self.context(&head.context),
-            body: self.request_body.map(|limit| body(&head.body, limit)),
+    /// What the request phase is handed, encoded (`gateway_rules::input`): the declared
+    /// fields, headers and context entries, and the body if the filter asked for it. `None` when
+    /// the filter declared nothing, which spares the call an allocation in the guest.
+    pub(crate) fn request_input(&self, head: &RequestHead) -> Option<Vec<u8>> {
+        let mut input = Writer::default();
+        let fields = self.fields;
+        if fields.contains(RequestFields::METHOD) {
+            input.method(head.method.as_str());
         }
+        if fields.contains(RequestFields::PATH) {
+            input.path(&head.path);
+        }
+        if fields.contains(RequestFields::QUERY)
+            && let Some(query) = &head.query
+        {
+            input.query(query);
+        }
+        if fields.contains(RequestFields::AUTHORITY)
+            && let Some(authority) = &head.authority
+        {
+            input.authority(authority);
+        }
+        if fields.contains(RequestFields::CLIENT_IP) {
+            input.client_ip(&gateway_wire::fields::ip_string(head.client_ip));
+        }
+        self.write_shared(
+            &mut input,
+            &self.request_headers,
+            &head.headers,
+            &head.context,
+            self.request_body.map(|limit| body(&head.body, limit)),
+        );
+        (!input.is_empty()).then(|| input.finish())
     }
 
-    /// What the response phase is handed.
+    /// What the response phase is handed besides the status, encoded the same way.
     pub(crate) fn response_input(
         &self,
         request: &RequestHead,
         response: &ResponseHead,
-    ) -> ResponseInput {
-        ResponseInput {
-            status: response.status.as_u16(),
-            headers: declared_headers(&self.response_headers, &response.headers),
-            context: self.context(&request.context),
-            body: self.response_body.map(|limit| body(&response.body, limit)),
-        }
+    ) -> Option<Vec<u8>> {
+        let mut input = Writer::default();
+        self.write_shared(
+            &mut input,
+            &self.response_headers,
+            &response.headers,
+            &request.context,
+            self.response_body.map(|limit| body(&response.body, limit)),
+        );
+        (!input.is_empty()).then(|| input.finish())
     }
 
-    fn context(&self, entries: &Context) -> Vec<(String, String)> {
-        if entries.is_empty() {
-            return Vec::new();
+    fn write_shared(
+        &self,
+        input: &mut Writer,
+        names: &[HeaderName],
+        headers: &HeaderMap,
+        context: &Context,
+        body: Option<Option<&[u8]>>,
+    ) {
+        for name in names {
+            for value in headers.get_all(name) {
+                if bindings::value_text(value).is_some() {
+                    input.header(name.as_str(), value.as_bytes());
+                }
+            }
         }
-        self.context_keys
-            .iter()
-            .filter_map(|key| Some((key.clone(), entries.get(key)?.to_owned())))
-            .collect()
+        if !context.is_empty() {
+            for key in &self.context_keys {
+                if let Some(value) = context.get(key) {
+                    input.context(key, value);
+                }
+            }
+        }
+        if let Some(body) = body {
+            input.body(body);
+        }
     }
 }
 
@@ -140,23 +171,12 @@ pub(crate) fn held_whole(body: &HeldBody, limit: Option<u32>) -> bool {
     }
 }
 
-fn body(held: &HeldBody, limit: u32) -> Body {
+/// The body a filter with this limit is handed: `Some` whole, `None` too large.
+fn body(held: &HeldBody, limit: u32) -> Option<&[u8]> {
     match held {
-        HeldBody::Complete(bytes) if bytes.len() <= limit as usize => Body::Complete(bytes.to_vec()),
+        HeldBody::Complete(bytes) if bytes.len() <= limit as usize => Some(bytes),
         // A body nobody read (outside the proxy, which reads for every filter that asks) is as
         // unavailable to the filter as one too large to read.
-        HeldBody::Complete(_) | HeldBody::TooLarge | HeldBody::Streaming => Body::TooLarge,
+        HeldBody::Complete(_) | HeldBody::TooLarge | HeldBody::Streaming => None,
     }
-}
-
-fn declared_headers(names: &[HeaderName], headers: &HeaderMap) -> Vec<(String, String)> {
-    let mut declared = Vec::new();
-    for name in names {
-        for value in headers.get_all(name) {
-            if let Some(text) = bindings::value_text(value) {
-                declared.push((name.as_str().to_owned(), text.to_owned()));
-            }
-        }
-    }
-    declared
 }

@@ -10,9 +10,7 @@ use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
 use gateway_config::ByteSize;
 
-use crate::bindings::{
-    CURRENT, Filter, Outcome, Registration, RequestInput, ResponseInput, environment,
-};
+use crate::bindings::{CURRENT, Filter, Outcome, Registration, environment};
 use crate::edits::HeaderNames;
 use crate::engine::LoadedFilter;
 use crate::kv::KvStore;
@@ -170,7 +168,7 @@ impl FilterInstance {
     pub(crate) fn on_request(
         &mut self,
         head: &mut RequestHead,
-        input: &RequestInput,
+        input: Option<&[u8]>,
         timeout: Duration,
     ) -> Result<Outcome, FilterFailure> {
         self.uses += 1;
@@ -190,9 +188,10 @@ impl FilterInstance {
         &mut self,
         request: &mut RequestHead,
         response: &mut ResponseHead,
-        input: &ResponseInput,
+        input: Option<&[u8]>,
         timeout: Duration,
     ) -> Result<Outcome, FilterFailure> {
+        let status = response.status.as_u16();
         let heads = &mut self.store.data_mut().heads;
         heads.request = Some(std::mem::take(request));
         heads.response = Some(std::mem::take(response));
@@ -202,6 +201,7 @@ impl FilterInstance {
                 store,
                 Resource::new_borrow(CURRENT),
                 Resource::new_borrow(CURRENT),
+                status,
                 input,
             )
         });

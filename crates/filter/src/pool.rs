@@ -122,7 +122,7 @@ impl FilterPool {
     pub fn on_request(&self, head: &mut RequestHead) -> Result<Option<FilterReply>, FilterFailure> {
         let input = self.declared.request_input(head);
         let mut instance = self.check_out()?;
-        let outcome = instance.on_request(head, &input, self.filter.settings.timeout)?;
+        let outcome = instance.on_request(head, input.as_deref(), self.filter.settings.timeout)?;
         let applied = edits::apply_to_request(
             &self.declared,
             instance.names(),
@@ -145,7 +145,12 @@ impl FilterPool {
         let input = self.declared.response_input(request, response);
         let mut instance = self.check_out()?;
         let outcome =
-            instance.on_response(request, response, &input, self.filter.settings.timeout)?;
+            instance.on_response(
+            request,
+            response,
+            input.as_deref(),
+            self.filter.settings.timeout,
+        )?;
         let applied = edits::apply_to_response(
             &self.declared,
             instance.names(),

@@ -5,9 +5,11 @@
 //!   bodies);
 //! - [`context`]: the bounds of the request context filters share along the chain;
 //! - [`metrics`]: the metrics a filter may declare and the updates it may make;
+//! - [`input`]: what a phase is handed with its call, and its encoding;
 //! - [`kv`]: the semantics of the key-value capability (TTL, increment, compare-and-swap, bounds).
 
 pub mod context;
 pub mod edit;
+pub mod input;
 pub mod kv;
 pub mod metrics;

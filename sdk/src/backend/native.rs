@@ -36,6 +36,9 @@ impl<'a> RequestRef<'a> {
             .find(|(key, _)| key == name)
             .map(|(_, value)| value.clone())
     }
+    pub fn header(&self, name: &str) -> Option<String> {
+        testing::header_values(&self.0.headers, name).into_iter().next()
+    }
     pub fn header_values(&self, name: &str) -> Vec<String> {
         testing::header_values(&self.0.headers, name)
     }
@@ -55,6 +58,9 @@ impl<'a> ResponseRef<'a> {
         ResponseRef(state)
     }
 
+    pub fn header(&self, name: &str) -> Option<String> {
+        testing::header_values(&self.0.headers, name).into_iter().next()
+    }
     pub fn header_values(&self, name: &str) -> Vec<String> {
         testing::header_values(&self.0.headers, name)
     }

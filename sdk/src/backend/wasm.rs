@@ -34,6 +34,9 @@ impl<'a> RequestRef<'a> {
     pub fn route_param(&self, name: &str) -> Option<String> {
         self.0.route_param(name)
     }
+    pub fn header(&self, name: &str) -> Option<String> {
+        self.0.header(name)
+    }
     pub fn header_values(&self, name: &str) -> Vec<String> {
         self.0.header_values(name)
     }
@@ -53,6 +56,9 @@ impl<'a> ResponseRef<'a> {
         ResponseRef(handle)
     }
 
+    pub fn header(&self, name: &str) -> Option<String> {
+        self.0.header(name)
+    }
     pub fn header_values(&self, name: &str) -> Vec<String> {
         self.0.header_values(name)
     }

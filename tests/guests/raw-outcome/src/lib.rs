@@ -16,7 +16,6 @@ use std::cell::RefCell;
 
 use gateway_sdk::wit::exports::gateway::filter::handler::{
     Action, Edit, Environment, Guest, MetricUpdate, Outcome, Phases, Registration, RequestFields,
-    RequestInput, ResponseInput,
 };
 use gateway_sdk::wit::gateway::filter::http::{Request, Response};
 
@@ -71,11 +70,16 @@ impl Guest for RawOutcome {
         })
     }
 
-    fn on_request(_request: &Request, _input: RequestInput) -> Outcome {
+    fn on_request(_request: &Request, _input: Option<Vec<u8>>) -> Outcome {
         OUTCOME.with(|name| outcome(&name.borrow()))
     }
 
-    fn on_response(_request: &Request, _response: &Response, _input: ResponseInput) -> Outcome {
+    fn on_response(
+        _request: &Request,
+        _response: &Response,
+        _status: u16,
+        _input: Option<Vec<u8>>,
+    ) -> Outcome {
         Outcome {
             edits: Vec::new(),
             metrics: Vec::new(),
