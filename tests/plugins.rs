@@ -120,7 +120,7 @@ fn a_component_built_for_another_wit_version_is_refused_naming_both() {
     );
     assert!(
         transcript.contains(
-            "built for gateway:filter@0.2.0, but this gateway provides gateway:filter@0.1.0"
+            "built for gateway:filter@0.1.0, but this gateway provides gateway:filter@0.2.0"
         ),
         "{transcript}"
     );

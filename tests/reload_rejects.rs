@@ -427,7 +427,7 @@ const CASES: &[Case] = &[
         problems: &[
             "filter `stamp`",
             "stamp.wasm",
-            "built for gateway:filter@0.2.0",
+            "built for gateway:filter@0.1.0",
         ],
     },
     Case {

@@ -17,7 +17,8 @@ use gateway_rules::edit::{self, EditError};
 
 use crate::Reads;
 use crate::backend::{RequestRef, ResponseRef};
-use crate::wit::exports::gateway::filter::handler::{Edit, RequestFields};
+use crate::wit::exports::gateway::filter::handler::RequestFields;
+use gateway_rules::changes::{Change, Writer};
 use gateway_rules::input::{InputBody, RequestInput};
 
 /// Something the gateway refused (an edit, a key-value write), with its reason.
@@ -272,25 +273,26 @@ fn given_values(headers: &[(String, String)], name: &str) -> Vec<String> {
 /// The values of `name` once this call's header edits are applied to what `read` returns.
 /// `read` runs only if an edit does not hide its answer: after a set or a remove the values
 /// before it no longer matter, so a filter that reads back a header it set crosses nowhere.
-fn replay_values(edits: &[Edit], name: &str, read: impl FnOnce() -> Vec<String>) -> Vec<String> {
-    let last_reset = edits.iter().rposition(|edit| {
-        matches!(edit, Edit::SetHeader((key, _)) | Edit::RemoveHeader(key)
+fn replay_values(edits: &Writer, name: &str, read: impl FnOnce() -> Vec<String>) -> Vec<String> {
+    let resets = |change: &Change<'_>| {
+        matches!(change, Change::SetHeader(key, _) | Change::RemoveHeader(key)
             if key.eq_ignore_ascii_case(name))
-    });
-    let (mut values, edits) = match last_reset {
-        Some(at) => (Vec::new(), &edits[at..]),
-        None => (read(), edits),
     };
-    for edit in edits {
-        match edit {
-            Edit::SetHeader((key, value)) if key.eq_ignore_ascii_case(name) => {
+    let mut values = if edits.iter().any(|change| resets(&change)) {
+        Vec::new()
+    } else {
+        read()
+    };
+    for change in edits.iter() {
+        match change {
+            Change::SetHeader(key, value) if key.eq_ignore_ascii_case(name) => {
                 values.clear();
-                values.push(value.clone());
+                values.push(value.to_owned());
             }
-            Edit::AppendHeader((key, value)) if key.eq_ignore_ascii_case(name) => {
-                values.push(value.clone());
+            Change::AppendHeader(key, value) if key.eq_ignore_ascii_case(name) => {
+                values.push(value.to_owned());
             }
-            Edit::RemoveHeader(key) if key.eq_ignore_ascii_case(name) => values.clear(),
+            Change::RemoveHeader(key) if key.eq_ignore_ascii_case(name) => values.clear(),
             _ => {}
         }
     }
@@ -298,38 +300,33 @@ fn replay_values(edits: &[Edit], name: &str, read: impl FnOnce() -> Vec<String>)
 }
 
 /// The header names once this call's header edits are applied to `names`.
-fn replay_names(edits: &[Edit], mut names: Vec<String>) -> Vec<String> {
-    for edit in edits {
-        match edit {
-            Edit::SetHeader((key, _)) | Edit::AppendHeader((key, _)) if !names.contains(key) => {
-                names.push(key.clone());
+fn replay_names(edits: &Writer, mut names: Vec<String>) -> Vec<String> {
+    for change in edits.iter() {
+        match change {
+            Change::SetHeader(key, _) | Change::AppendHeader(key, _)
+                if !names.iter().any(|name| name.eq_ignore_ascii_case(key)) =>
+            {
+                names.push(key.to_ascii_lowercase());
             }
-            Edit::RemoveHeader(key) => names.retain(|name| name != key),
+            Change::RemoveHeader(key) => names.retain(|name| !name.eq_ignore_ascii_case(key)),
             _ => {}
         }
     }
     names
 }
 
-/// A header edit as the gateway takes it: a lower-case token and a value it accepts. Checked
-/// without building the `http` crate's types, whose parser would weigh on every filter.
-fn checked_header(name: &str, value: &str) -> Result<(String, String), Error> {
+/// Checks a header edit as the gateway will: a token and a value it accepts. Checked without
+/// building the `http` crate's types, whose parser would weigh on every filter. The name goes
+/// as written; the gateway compares names without case.
+fn check_header(name: &str, value: &str) -> Result<(), Error> {
     edit::check_header_name(name).map_err(refused)?;
-    edit::check_header_value(value).map_err(refused)?;
-    // A token is ASCII, so this is the lower-case name the gateway stores.
-    Ok((name.to_ascii_lowercase(), value.to_owned()))
-}
-
-/// The edit that removes `name`, or none for a name no message can hold.
-fn removal(name: &str) -> Option<Edit> {
-    edit::check_header_name(name).ok()?;
-    Some(Edit::RemoveHeader(name.to_ascii_lowercase()))
+    edit::check_header_value(value).map_err(refused)
 }
 
 /// Whether this call's edits change a header, so its value is no longer the host's.
-fn touches(edits: &[Edit], name: &str) -> bool {
-    edits.iter().any(|edit| match edit {
-        Edit::SetHeader((edited, _)) | Edit::AppendHeader((edited, _)) | Edit::RemoveHeader(edited) => {
+fn touches(edits: &Writer, name: &str) -> bool {
+    edits.iter().any(|change| match change {
+        Change::SetHeader(edited, _) | Change::AppendHeader(edited, _) | Change::RemoveHeader(edited) => {
             edited.eq_ignore_ascii_case(name)
         }
         _ => false,
@@ -380,7 +377,7 @@ pub struct Request<'a> {
     body: Option<Body>,
     body_replaced: bool,
     /// In a cell because context entries are set through `&Request` in the response phase.
-    edits: RefCell<Vec<Edit>>,
+    edits: RefCell<Writer>,
 }
 
 impl<'a> Request<'a> {
@@ -431,12 +428,12 @@ impl<'a> Request<'a> {
     }
 
     /// This call's edits, for the gateway to apply.
-    pub(crate) fn into_edits(self) -> Vec<Edit> {
+    pub(crate) fn into_edits(self) -> Writer {
         let mut edits = self.edits.into_inner();
         if self.body_replaced
-            && let Some(Body::Complete(body)) = self.body
+            && let Some(Body::Complete(body)) = &self.body
         {
-            edits.push(Edit::SetBody(body));
+            edits.push(&Change::SetBody(body));
         }
         edits
     }
@@ -447,16 +444,17 @@ impl<'a> Request<'a> {
     }
 
     /// The last edit `pick` recognises, as it reports it.
-    fn last_edit<T>(&self, pick: impl Fn(&Edit) -> Option<T>) -> Option<T> {
-        self.edits.borrow().iter().rev().find_map(pick)
+    fn last_edit<T>(&self, pick: impl Fn(Change<'_>) -> Option<T>) -> Option<T> {
+        self.edits.borrow().iter().filter_map(pick).last()
     }
 
     /// Queues an edit of the request itself, which only the request phase may make.
-    fn edit(&mut self, edit: impl FnOnce() -> Result<Edit, Error>) -> Result<(), Error> {
+    fn edit(&mut self, change: Change<'_>, check: impl FnOnce() -> Result<(), Error>) -> Result<(), Error> {
         if self.phase == Phase::Response {
             return Err(refused(EditError::WrongPhase(edit::REQUEST_SENT)));
         }
-        self.edits.get_mut().push(edit()?);
+        check()?;
+        self.edits.get_mut().push(&change);
         Ok(())
     }
 
@@ -484,8 +482,8 @@ impl<'a> Request<'a> {
     /// # }
     /// ```
     pub fn path(&self) -> String {
-        let edited = self.last_edit(|edit| match edit {
-            Edit::SetPath(path) => Some(path.clone()),
+        let edited = self.last_edit(|change| match change {
+            Change::SetPath(path) => Some(path.to_owned()),
             _ => None,
         });
         if let Some(path) = edited {
@@ -507,10 +505,7 @@ impl<'a> Request<'a> {
     /// # }
     /// ```
     pub fn set_path(&mut self, path: &str) -> Result<(), Error> {
-        self.edit(|| {
-            edit::path(path).map_err(refused)?;
-            Ok(Edit::SetPath(path.to_owned()))
-        })
+        self.edit(Change::SetPath(path), || edit::path(path).map_err(refused))
     }
 
     /// The raw query string without the `?`, if there is one.
@@ -521,8 +516,8 @@ impl<'a> Request<'a> {
     /// # }
     /// ```
     pub fn query(&self) -> Option<String> {
-        let edited = self.last_edit(|edit| match edit {
-            Edit::SetQuery(query) => Some(query.clone()),
+        let edited = self.last_edit(|change| match change {
+            Change::SetQuery(query) => Some(query.map(str::to_owned)),
             _ => None,
         });
         if let Some(query) = edited {
@@ -546,11 +541,9 @@ impl<'a> Request<'a> {
     /// # }
     /// ```
     pub fn set_query(&mut self, query: Option<&str>) -> Result<(), Error> {
-        self.edit(|| {
-            if let Some(query) = query {
-                edit::query(query).map_err(refused)?;
-            }
-            Ok(Edit::SetQuery(query.map(str::to_owned)))
+        self.edit(Change::SetQuery(query), || match query {
+            Some(query) => edit::query(query).map_err(refused),
+            None => Ok(()),
         })
     }
 
@@ -643,9 +636,9 @@ impl<'a> Request<'a> {
     /// # }
     /// ```
     pub fn context(&self, key: &str) -> Option<String> {
-        let edited = self.last_edit(|edit| match edit {
-            Edit::SetContext((name, value)) if name == key => Some(Some(value.clone())),
-            Edit::RemoveContext(name) if name == key => Some(None),
+        let edited = self.last_edit(|change| match change {
+            Change::SetContext(name, value) if name == key => Some(Some(value.to_owned())),
+            Change::RemoveContext(name) if name == key => Some(None),
             _ => None,
         });
         if let Some(value) = edited {
@@ -677,9 +670,7 @@ impl<'a> Request<'a> {
     pub fn set_context(&self, key: &str, value: &str) -> Result<(), Error> {
         context::key(key).map_err(refused)?;
         context::value(key, value).map_err(refused)?;
-        self.edits
-            .borrow_mut()
-            .push(Edit::SetContext((key.to_owned(), value.to_owned())));
+        self.edits.borrow_mut().push(&Change::SetContext(key, value));
         Ok(())
     }
 
@@ -692,9 +683,7 @@ impl<'a> Request<'a> {
     /// ```
     pub fn remove_context(&self, key: &str) {
         if context::key(key).is_ok() {
-            self.edits
-                .borrow_mut()
-                .push(Edit::RemoveContext(key.to_owned()));
+            self.edits.borrow_mut().push(&Change::RemoveContext(key));
         }
     }
 
@@ -781,19 +770,17 @@ impl Headers for Request<'_> {
     }
 
     fn set_header(&mut self, name: &str, value: &str) -> Result<(), Error> {
-        self.edit(|| Ok(Edit::SetHeader(checked_header(name, value)?)))
+        self.edit(Change::SetHeader(name, value), || check_header(name, value))
     }
 
     fn append_header(&mut self, name: &str, value: &str) -> Result<(), Error> {
-        self.edit(|| Ok(Edit::AppendHeader(checked_header(name, value)?)))
+        self.edit(Change::AppendHeader(name, value), || check_header(name, value))
     }
 
     fn remove_header(&mut self, name: &str) {
         // In the response phase the request has gone: nothing to remove, and nothing to say.
-        if self.phase == Phase::Request
-            && let Some(removal) = removal(name)
-        {
-            self.edits.get_mut().push(removal);
+        if self.phase == Phase::Request && edit::check_header_name(name).is_ok() {
+            self.edits.get_mut().push(&Change::RemoveHeader(name));
         }
     }
 }
@@ -820,7 +807,7 @@ pub struct Response<'a> {
     headers: Vec<(String, String)>,
     body: Option<Body>,
     body_replaced: bool,
-    edits: Vec<Edit>,
+    edits: Writer,
 }
 
 impl<'a> Response<'a> {
@@ -840,20 +827,20 @@ impl<'a> Response<'a> {
             headers,
             body: body.map(Body::from),
             body_replaced: false,
-            edits: Vec::new(),
+            edits: Writer::default(),
         }
     }
 
     /// This call's edits, for the gateway to apply.
-    pub(crate) fn into_edits(self) -> Vec<Edit> {
+    pub(crate) fn into_edits(self) -> Writer {
         let mut edits = self.edits;
         if self.status_edited {
-            edits.push(Edit::SetStatus(self.status));
+            edits.push(&Change::SetStatus(self.status));
         }
         if self.body_replaced
-            && let Some(Body::Complete(body)) = self.body
+            && let Some(Body::Complete(body)) = &self.body
         {
-            edits.push(Edit::SetBody(body));
+            edits.push(&Change::SetBody(body));
         }
         edits
     }
@@ -941,19 +928,21 @@ impl Headers for Response<'_> {
     }
 
     fn set_header(&mut self, name: &str, value: &str) -> Result<(), Error> {
-        self.edits
-            .push(Edit::SetHeader(checked_header(name, value)?));
+        check_header(name, value)?;
+        self.edits.push(&Change::SetHeader(name, value));
         Ok(())
     }
 
     fn append_header(&mut self, name: &str, value: &str) -> Result<(), Error> {
-        self.edits
-            .push(Edit::AppendHeader(checked_header(name, value)?));
+        check_header(name, value)?;
+        self.edits.push(&Change::AppendHeader(name, value));
         Ok(())
     }
 
     fn remove_header(&mut self, name: &str) {
-        self.edits.extend(removal(name));
+        if edit::check_header_name(name).is_ok() {
+            self.edits.push(&Change::RemoveHeader(name));
+        }
     }
 }
 
@@ -1191,18 +1180,21 @@ mod tests {
         request.remove_header("x-seen");
         assert!(request.set_context("phase", "response").is_ok());
         let edits = request.into_edits();
+        let changes: Vec<Change> = edits.iter().collect();
         assert!(
-            matches!(edits.as_slice(), [Edit::SetContext(_)]),
-            "{edits:?}"
+            matches!(changes.as_slice(), [Change::SetContext("phase", "response")]),
+            "{changes:?}"
         );
     }
 
     #[test]
     fn a_header_set_or_removed_is_read_back_without_asking() {
-        let edits = [Edit::SetHeader(("x-a".to_owned(), "1".to_owned()))];
+        let mut edits = Writer::default();
+        edits.push(&Change::SetHeader("x-a", "1"));
         let values = replay_values(&edits, "X-A", || panic!("read although the edit hides it"));
         assert_eq!(values, ["1"]);
-        let edits = [Edit::AppendHeader(("x-a".to_owned(), "2".to_owned()))];
+        let mut edits = Writer::default();
+        edits.push(&Change::AppendHeader("x-a", "2"));
         assert_eq!(
             replay_values(&edits, "x-a", || vec!["1".to_owned()]),
             ["1", "2"]

@@ -6,7 +6,7 @@
 use gateway_rules::metrics::MetricSpec;
 
 use crate::backend::{self, RequestRef, ResponseRef};
-use crate::wit::exports::gateway::filter::handler::{Edit, MetricUpdate};
+use gateway_rules::changes::Writer;
 use gateway_rules::input::{RequestInput, ResponseInput};
 use crate::{Action, Filter, Phases, Reads, Request, Response};
 
@@ -21,8 +21,8 @@ pub(crate) struct Instance<F> {
 /// How a phase ended, before it is handed to the host.
 pub(crate) struct Outcome {
     pub(crate) action: Action,
-    pub(crate) edits: Vec<Edit>,
-    pub(crate) metrics: Vec<MetricUpdate>,
+    /// Edits, context entries and metric updates, in order.
+    pub(crate) changes: Writer,
 }
 
 impl<F: Filter> Instance<F> {
@@ -48,11 +48,9 @@ impl<F: Filter> Instance<F> {
     pub(crate) fn on_request(&self, handle: RequestRef<'_>, input: RequestInput) -> Outcome {
         let mut request = Request::in_request_phase(handle, &self.reads, input);
         let action = self.filter.on_request(&mut request);
-        Outcome {
-            action,
-            edits: request.into_edits(),
-            metrics: backend::with_metrics(|registry| registry.take_updates()),
-        }
+        let mut changes = request.into_edits();
+        backend::with_metrics(|registry| registry.hand_over(&mut changes));
+        Outcome { action, changes }
     }
 
     /// Runs the response phase.
@@ -72,13 +70,10 @@ impl<F: Filter> Instance<F> {
             input.body,
         );
         let action = self.filter.on_response(&request, &mut response);
-        let mut edits = request.into_edits();
+        let mut changes = request.into_edits();
         // Context entries and response edits change different things: their order is free.
-        edits.extend(response.into_edits());
-        Outcome {
-            action,
-            edits,
-            metrics: backend::with_metrics(|registry| registry.take_updates()),
-        }
+        changes.extend(&response.into_edits());
+        backend::with_metrics(|registry| registry.hand_over(&mut changes));
+        Outcome { action, changes }
     }
 }

@@ -37,7 +37,7 @@ use std::cell::Cell;
 use gateway_rules::metrics::{Label, MetricKind, MetricSpec};
 
 use crate::backend;
-use crate::wit::exports::gateway::filter::handler::MetricUpdate;
+use gateway_rules::changes::{Change, Writer};
 
 /// The metrics of one filter instance: declared while the filter is created, then sealed into
 /// its registration; and the updates waiting for the next call to return.
@@ -45,7 +45,7 @@ use crate::wit::exports::gateway::filter::handler::MetricUpdate;
 pub(crate) struct Registry {
     specs: Vec<MetricSpec>,
     sealed: bool,
-    updates: Vec<MetricUpdate>,
+    updates: Writer,
 }
 
 impl Registry {
@@ -65,9 +65,9 @@ impl Registry {
         std::mem::take(&mut self.specs)
     }
 
-    /// The updates made since the last call returned, for this one's outcome.
-    pub(crate) fn take_updates(&mut self) -> Vec<MetricUpdate> {
-        std::mem::take(&mut self.updates)
+    /// Moves the updates made since the last call returned into this one's changes.
+    pub(crate) fn hand_over(&mut self, changes: &mut Writer) {
+        changes.extend(&std::mem::take(&mut self.updates));
     }
 }
 
@@ -124,7 +124,7 @@ impl Metric {
         });
         match checked {
             Ok(series) => backend::with_metrics(|registry| {
-                registry.updates.push(MetricUpdate {
+                registry.updates.push(&Change::Metric {
                     metric,
                     series,
                     value,

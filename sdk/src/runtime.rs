@@ -78,8 +78,7 @@ fn with_instance<F: Filter, R>(run: impl FnOnce(&Instance<F>) -> R) -> R {
 
 fn outcome(outcome: Outcome) -> wit::Outcome {
     wit::Outcome {
-        edits: outcome.edits,
-        metrics: outcome.metrics,
+        changes: outcome.changes.finish(),
         action: match outcome.action {
             Action::Continue => wit::Action::Continue,
             Action::Respond(reply) => wit::Action::Respond(reply.into_wit()),

@@ -57,7 +57,8 @@ use crate::backend::{RequestRef, ResponseRef};
 use crate::instance::{Instance, Outcome};
 use crate::log::Level;
 use crate::metrics::Registry;
-use crate::wit::exports::gateway::filter::handler::{Edit, MetricUpdate, RequestFields};
+use crate::wit::exports::gateway::filter::handler::RequestFields;
+use gateway_rules::changes::Change;
 use gateway_rules::input::{InputBody, RequestInput, ResponseInput};
 use crate::{Action, Filter, Phases, Reads};
 
@@ -560,38 +561,61 @@ fn declared_context(keys: &[String], context: &Context) -> Vec<(String, String)>
 }
 
 /// Applies a header edit as the gateway checks it; hands any other edit back.
-fn apply_header(headers: &mut Vec<(String, String)>, edit: Edit) -> Result<Option<Edit>, String> {
-    let checked = |name: &str, value: String| -> Result<(String, String), String> {
+fn apply_header<'a>(
+    headers: &mut Vec<(String, String)>,
+    change: Change<'a>,
+) -> Result<Option<Change<'a>>, String> {
+    let checked = |name: &str, value: &str| -> Result<(String, String), String> {
         let name = edit::header_name(name).map_err(|error| error.to_string())?;
-        let value_text = value.clone();
-        edit::header_value(value).map_err(|error| error.to_string())?;
-        Ok((name.as_str().to_owned(), value_text))
+        edit::header_value(value.to_owned()).map_err(|error| error.to_string())?;
+        Ok((name.as_str().to_owned(), value.to_owned()))
     };
-    match edit {
-        Edit::SetHeader((name, value)) => {
-            let (name, value) = checked(&name, value)?;
+    match change {
+        Change::SetHeader(name, value) => {
+            let (name, value) = checked(name, value)?;
             headers.retain(|(key, _)| *key != name);
             headers.push((name, value));
         }
-        Edit::AppendHeader((name, value)) => headers.push(checked(&name, value)?),
-        Edit::RemoveHeader(name) => headers.retain(|(key, _)| !key.eq_ignore_ascii_case(&name)),
+        Change::AppendHeader(name, value) => headers.push(checked(name, value)?),
+        Change::RemoveHeader(name) => headers.retain(|(key, _)| !key.eq_ignore_ascii_case(name)),
         other => return Ok(Some(other)),
     }
     Ok(None)
 }
 
 /// Applies a context edit within the bounds; hands any other edit back.
-fn apply_context(context: &mut Context, edit: Edit) -> Result<Option<Edit>, String> {
-    match edit {
-        Edit::SetContext((key, value)) => context
-            .set(&key, &value)
+fn apply_context<'a>(context: &mut Context, change: Change<'a>) -> Result<Option<Change<'a>>, String> {
+    match change {
+        Change::SetContext(key, value) => context
+            .set(key, value)
             .map_err(|error| error.to_string())?,
-        Edit::RemoveContext(key) => {
-            context.remove(&key);
+        Change::RemoveContext(key) => {
+            context.remove(key);
         }
         other => return Ok(Some(other)),
     }
     Ok(None)
+}
+
+/// The metric updates among a call's changes, checked as the gateway checks them; any other
+/// change is handed back.
+fn take_metric<'a>(
+    specs: &[MetricSpec],
+    updates: &mut Vec<(u32, u32, f64)>,
+    change: Change<'a>,
+) -> Result<Option<Change<'a>>, String> {
+    match change {
+        Change::Metric {
+            metric,
+            series,
+            value,
+        } => {
+            metrics::update(specs, metric, series, value).map_err(|error| error.to_string())?;
+            updates.push((metric, series, value));
+            Ok(None)
+        }
+        other => Ok(Some(other)),
+    }
 }
 
 /// Replaces a body checked against what the filter was handed, and frames the message by it.
@@ -794,25 +818,11 @@ impl<F: Filter> TestHost<F> {
         }
     }
 
-    /// Checks metric updates as the gateway does, before anything of the outcome is applied.
-    fn check_metrics(&self, updates: &[MetricUpdate]) -> Result<(), String> {
-        for update in updates {
-            metrics::update(
-                &self.instance.metrics,
-                update.metric,
-                update.series,
-                update.value,
-            )
-            .map_err(|error| error.to_string())?;
-        }
-        Ok(())
-    }
-
-    fn record_metrics(&mut self, updates: Vec<MetricUpdate>) {
-        for update in updates {
-            let series = &mut self.series[update.metric as usize][update.series as usize];
+    fn record_metrics(&mut self, updates: Vec<(u32, u32, f64)>) {
+        for (metric, series, value) in updates {
+            let series = &mut self.series[metric as usize][series as usize];
             series.count += 1;
-            series.sum += update.value;
+            series.sum += value;
         }
     }
 
@@ -848,11 +858,7 @@ impl<F: Filter> TestHost<F> {
         if !self.instance.phases.contains(Phases::REQUEST) {
             return Action::Continue;
         }
-        let Outcome {
-            action,
-            edits,
-            metrics,
-        } = {
+        let Outcome { action, changes } = {
             let _entered = Entered::new(&self.host);
             let state = request.state.borrow();
             let input = self.request_input(&state);
@@ -862,34 +868,37 @@ impl<F: Filter> TestHost<F> {
         let limit = self.instance.reads.request_body;
         let held = held_whole(state.body.as_deref(), limit);
         let mut next = state.clone();
-        let applied = edits.into_iter().try_for_each(|edit| {
-            let Some(edit) = apply_header(&mut next.headers, edit)? else {
+        let mut metrics = Vec::new();
+        let specs = &self.instance.metrics;
+        let applied = changes.iter().try_for_each(|change| {
+            let Some(change) = take_metric(specs, &mut metrics, change)? else {
                 return Ok(());
             };
-            let Some(edit) = apply_context(&mut next.context, edit)? else {
+            let Some(change) = apply_header(&mut next.headers, change)? else {
                 return Ok(());
             };
-            match edit {
-                Edit::SetPath(path) => {
-                    edit::path(&path).map_err(|error| error.to_string())?;
-                    next.path = path;
+            let Some(change) = apply_context(&mut next.context, change)? else {
+                return Ok(());
+            };
+            match change {
+                Change::SetPath(path) => {
+                    edit::path(path).map_err(|error| error.to_string())?;
+                    next.path = path.to_owned();
                 }
-                Edit::SetQuery(query) => {
-                    if let Some(query) = &query {
+                Change::SetQuery(query) => {
+                    if let Some(query) = query {
                         edit::query(query).map_err(|error| error.to_string())?;
                     }
-                    next.query = query;
+                    next.query = query.map(str::to_owned);
                 }
-                Edit::SetBody(body) => {
-                    replace_body(&mut next.headers, &mut next.body, body, limit, held)?;
+                Change::SetBody(body) => {
+                    replace_body(&mut next.headers, &mut next.body, body.to_vec(), limit, held)?;
                 }
                 _ => return Err(EditError::WrongPhase(edit::NO_RESPONSE_YET).to_string()),
             }
             Ok(())
         });
-        let checked = applied
-            .and_then(|()| self.check_metrics(&metrics))
-            .and_then(|()| check_reply(&action));
+        let checked = applied.and_then(|()| check_reply(&action));
         if let Err(reason) = checked {
             Self::refused("request", &reason);
         }
@@ -922,11 +931,7 @@ impl<F: Filter> TestHost<F> {
         if !self.instance.phases.contains(Phases::RESPONSE) {
             return Action::Continue;
         }
-        let Outcome {
-            action,
-            edits,
-            metrics,
-        } = {
+        let Outcome { action, changes } = {
             let _entered = Entered::new(&self.host);
             let request = request.state.borrow();
             let response = response.state.borrow();
@@ -944,28 +949,31 @@ impl<F: Filter> TestHost<F> {
         let held = held_whole(state.body.as_deref(), limit);
         let mut next = state.clone();
         let mut context = request.context.clone();
-        let applied = edits.into_iter().try_for_each(|edit| {
-            let Some(edit) = apply_header(&mut next.headers, edit)? else {
+        let mut metrics = Vec::new();
+        let specs = &self.instance.metrics;
+        let applied = changes.iter().try_for_each(|change| {
+            let Some(change) = take_metric(specs, &mut metrics, change)? else {
                 return Ok(());
             };
-            let Some(edit) = apply_context(&mut context, edit)? else {
+            let Some(change) = apply_header(&mut next.headers, change)? else {
                 return Ok(());
             };
-            match edit {
-                Edit::SetStatus(status) => {
+            let Some(change) = apply_context(&mut context, change)? else {
+                return Ok(());
+            };
+            match change {
+                Change::SetStatus(status) => {
                     edit::status(status).map_err(|error| error.to_string())?;
                     next.status = status;
                 }
-                Edit::SetBody(body) => {
-                    replace_body(&mut next.headers, &mut next.body, body, limit, held)?;
+                Change::SetBody(body) => {
+                    replace_body(&mut next.headers, &mut next.body, body.to_vec(), limit, held)?;
                 }
                 _ => return Err(EditError::WrongPhase(edit::REQUEST_SENT).to_string()),
             }
             Ok(())
         });
-        let checked = applied
-            .and_then(|()| self.check_metrics(&metrics))
-            .and_then(|()| check_reply(&action));
+        let checked = applied.and_then(|()| check_reply(&action));
         if let Err(reason) = checked {
             Self::refused("response", &reason);
         }

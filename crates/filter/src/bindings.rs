@@ -21,7 +21,7 @@ wasmtime::component::bindgen!({
 
 pub use exports::gateway::filter::handler::Phases;
 pub(crate) use exports::gateway::filter::handler::{
-    Action, Edit, Environment, MetricKind, MetricUpdate, Outcome, Registration, RequestFields,
+    Action, Environment, MetricKind, Outcome, Registration, RequestFields,
 };
 pub(crate) use gateway::filter::http::Reply;
 use gateway::filter::{clock, http as wit_http, kv, log};

@@ -7,13 +7,13 @@
 //! request as it found it.
 
 use bytes::Bytes;
+use gateway_rules::changes::{Change, changes};
 use gateway_rules::context::Context;
 use gateway_rules::edit::{self, EditError};
 use gateway_rules::metrics;
 use http::header::{self, HeaderName, HeaderValue};
 use http::{HeaderMap, StatusCode};
 
-use crate::bindings::{Edit, MetricUpdate};
 use crate::declared::{Declared, held_whole};
 use crate::heads::{HeldBody, RequestHead, ResponseHead};
 
@@ -62,74 +62,90 @@ pub(crate) enum Phase {
     Response,
 }
 
-/// The checks of one outcome: edits ready to apply, and the context as it will be.
+/// The checks of one outcome: edits ready to apply, the context as it will be, and the metric
+/// updates to record.
 struct Plan {
     edits: Vec<Checked>,
     context: Option<Context>,
+    metrics: Vec<(u32, u32, f64)>,
 }
 
 fn plan(
     phase: Phase,
-    edits: Vec<Edit>,
+    encoded: &[u8],
     names: &mut HeaderNames,
     context: &Context,
+    declared: &Declared,
     body_held: bool,
     body_limit: Option<u32>,
 ) -> Result<Plan, String> {
     let mut plan = Plan {
-        edits: Vec::with_capacity(edits.len()),
+        edits: Vec::new(),
         context: None,
+        metrics: Vec::new(),
     };
     let refused = |error: EditError| error.to_string();
-    for edit in edits {
-        let checked = match edit {
-            Edit::SetPath(_) | Edit::SetQuery(_) if phase == Phase::Response => {
+    for change in changes(encoded) {
+        let checked = match change.map_err(|error| error.to_string())? {
+            Change::SetPath(_) | Change::SetQuery(_) if phase == Phase::Response => {
                 return Err(edit::REQUEST_SENT.to_owned());
             }
-            Edit::SetPath(path) => {
-                edit::path(&path).map_err(refused)?;
-                Checked::Path(path)
+            Change::SetPath(path) => {
+                edit::path(path).map_err(refused)?;
+                Checked::Path(path.to_owned())
             }
-            Edit::SetQuery(query) => {
-                if let Some(query) = &query {
+            Change::SetQuery(query) => {
+                if let Some(query) = query {
                     edit::query(query).map_err(refused)?;
                 }
-                Checked::Query(query)
+                Checked::Query(query.map(str::to_owned))
             }
-            Edit::SetHeader((name, value)) => Checked::SetHeader(
-                names.name(&name).map_err(refused)?,
-                edit::header_value(value).map_err(refused)?,
-            ),
-            Edit::AppendHeader((name, value)) => Checked::AppendHeader(
-                names.name(&name).map_err(refused)?,
-                edit::header_value(value).map_err(refused)?,
-            ),
-            Edit::RemoveHeader(name) => Checked::RemoveHeader(name),
-            Edit::SetStatus(_) if phase == Phase::Request => {
+            Change::SetHeader(name, value) => {
+                Checked::SetHeader(names.name(name).map_err(refused)?, header_value(value)?)
+            }
+            Change::AppendHeader(name, value) => {
+                Checked::AppendHeader(names.name(name).map_err(refused)?, header_value(value)?)
+            }
+            Change::RemoveHeader(name) => Checked::RemoveHeader(name.to_owned()),
+            Change::SetStatus(_) if phase == Phase::Request => {
                 return Err(edit::NO_RESPONSE_YET.to_owned());
             }
-            Edit::SetStatus(status) => Checked::Status(edit::status(status).map_err(refused)?),
-            Edit::SetBody(body) => {
+            Change::SetStatus(status) => Checked::Status(edit::status(status).map_err(refused)?),
+            Change::SetBody(body) => {
                 edit::body(body.len(), body_held, body_limit.unwrap_or(0)).map_err(refused)?;
-                Checked::Body(Bytes::from(body))
+                Checked::Body(Bytes::copy_from_slice(body))
             }
-            Edit::SetContext((key, value)) => {
+            Change::SetContext(key, value) => {
                 plan.context
                     .get_or_insert_with(|| context.clone())
-                    .set(&key, &value)
+                    .set(key, value)
                     .map_err(|error| error.to_string())?;
                 continue;
             }
-            Edit::RemoveContext(key) => {
+            Change::RemoveContext(key) => {
                 plan.context
                     .get_or_insert_with(|| context.clone())
-                    .remove(&key);
+                    .remove(key);
+                continue;
+            }
+            Change::Metric {
+                metric,
+                series,
+                value,
+            } => {
+                metrics::update(&declared.metric_specs, metric, series, value)
+                    .map_err(|error| error.to_string())?;
+                plan.metrics.push((metric, series, value));
                 continue;
             }
         };
         plan.edits.push(checked);
     }
     Ok(plan)
+}
+
+fn header_value(value: &str) -> Result<HeaderValue, String> {
+    edit::header_value(value.to_owned()).map_err(|error| error.to_string())
 }
 
 fn apply_header(headers: &mut HeaderMap, edit: Checked) -> Option<Checked> {
@@ -156,22 +172,9 @@ fn frame_by_length(headers: &mut HeaderMap, len: usize) {
     headers.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
 }
 
-fn check_metrics(declared: &Declared, updates: &[MetricUpdate]) -> Result<(), String> {
-    for update in updates {
-        metrics::update(
-            &declared.metric_specs,
-            update.metric,
-            update.series,
-            update.value,
-        )
-        .map_err(|error| error.to_string())?;
-    }
-    Ok(())
-}
-
-fn record_metrics(declared: &Declared, updates: &[MetricUpdate]) {
-    for update in updates {
-        declared.metrics[update.metric as usize].record(update.series, update.value);
+fn record_metrics(declared: &Declared, updates: &[(u32, u32, f64)]) {
+    for &(metric, series, value) in updates {
+        declared.metrics[metric as usize].record(series, value);
     }
 }
 
@@ -180,19 +183,18 @@ pub(crate) fn apply_to_request(
     declared: &Declared,
     names: &mut HeaderNames,
     head: &mut RequestHead,
-    edits: Vec<Edit>,
-    updates: &[MetricUpdate],
+    changes: &[u8],
 ) -> Result<(), String> {
     let held = held_whole(&head.body, declared.request_body);
     let plan = plan(
         Phase::Request,
-        edits,
+        changes,
         names,
         &head.context,
+        declared,
         held,
         declared.request_body,
     )?;
-    check_metrics(declared, updates)?;
     for edit in plan.edits {
         match apply_header(&mut head.headers, edit) {
             Some(Checked::Path(path)) => head.path = path,
@@ -207,7 +209,7 @@ pub(crate) fn apply_to_request(
     if let Some(context) = plan.context {
         head.context = context;
     }
-    record_metrics(declared, updates);
+    record_metrics(declared, &plan.metrics);
     Ok(())
 }
 
@@ -218,19 +220,18 @@ pub(crate) fn apply_to_response(
     names: &mut HeaderNames,
     request: &mut RequestHead,
     response: &mut ResponseHead,
-    edits: Vec<Edit>,
-    updates: &[MetricUpdate],
+    changes: &[u8],
 ) -> Result<(), String> {
     let held = held_whole(&response.body, declared.response_body);
     let plan = plan(
         Phase::Response,
-        edits,
+        changes,
         names,
         &request.context,
+        declared,
         held,
         declared.response_body,
     )?;
-    check_metrics(declared, updates)?;
     for edit in plan.edits {
         match apply_header(&mut response.headers, edit) {
             Some(Checked::Status(status)) => response.status = status,
@@ -244,7 +245,7 @@ pub(crate) fn apply_to_response(
     if let Some(context) = plan.context {
         request.context = context;
     }
-    record_metrics(declared, updates);
+    record_metrics(declared, &plan.metrics);
     Ok(())
 }
 
@@ -270,36 +271,91 @@ mod tests {
         assert_eq!(names.0.len(), KEPT_HEADER_NAMES);
     }
 
+    fn declared() -> Declared {
+        let registration = crate::bindings::Registration {
+            phases: crate::bindings::Phases::all(),
+            request_fields: crate::bindings::RequestFields::empty(),
+            request_headers: Vec::new(),
+            response_headers: Vec::new(),
+            context_keys: Vec::new(),
+            request_body: Some(10),
+            response_body: None,
+            metrics: Vec::new(),
+        };
+        Declared::new(registration, &"f".into(), &Default::default()).expect("a valid registration")
+    }
+
+    fn encoded(changes: &[Change<'_>]) -> Vec<u8> {
+        let mut writer = gateway_rules::changes::Writer::default();
+        for change in changes {
+            writer.push(change);
+        }
+        writer.finish()
+    }
+
+    fn planned(phase: Phase, changes: &[Change<'_>], held: bool) -> Result<Plan, String> {
+        let mut names = HeaderNames::default();
+        let declared = declared();
+        plan(
+            phase,
+            &encoded(changes),
+            &mut names,
+            &Context::default(),
+            &declared,
+            held,
+            Some(10),
+        )
+    }
+
     #[test]
     fn a_refused_edit_leaves_the_whole_outcome_unapplied() {
-        let mut names = HeaderNames::default();
-        let context = Context::default();
-        let edits = vec![
-            Edit::SetHeader(("x-ok".into(), "1".into())),
-            Edit::SetContext(("auth.subject".into(), "alice".into())),
-            Edit::SetHeader(("x-bad".into(), "a\nb".into())),
-        ];
-        let refused = plan(Phase::Request, edits, &mut names, &context, false, None);
+        let refused = planned(
+            Phase::Request,
+            &[
+                Change::SetHeader("x-ok", "1"),
+                Change::SetContext("auth.subject", "alice"),
+                Change::SetHeader("x-bad", "a\nb"),
+            ],
+            false,
+        );
         assert!(refused.is_err());
+        let mut head = RequestHead::default();
+        let mut names = HeaderNames::default();
+        let bad = encoded(&[
+            Change::SetHeader("x-ok", "1"),
+            Change::Metric {
+                metric: 0,
+                series: 0,
+                value: 1.0,
+            },
+        ]);
+        assert!(apply_to_request(&declared(), &mut names, &mut head, &bad).is_err());
+        assert!(head.headers.is_empty(), "nothing of a refused outcome applies");
 
-        let edits = vec![Edit::SetBody(b"x".to_vec())];
-        let not_held = plan(Phase::Request, edits, &mut names, &context, false, Some(10));
-        assert!(not_held.is_err(), "a body never handed over cannot be replaced");
-
-        let edits = vec![Edit::SetStatus(204)];
-        assert!(plan(Phase::Request, edits, &mut names, &context, false, None).is_err());
-        let edits = vec![Edit::SetPath("/x".into())];
-        assert!(plan(Phase::Response, edits, &mut names, &context, false, None).is_err());
+        assert!(
+            planned(Phase::Request, &[Change::SetBody(b"x")], false).is_err(),
+            "a body never handed over cannot be replaced"
+        );
+        assert!(planned(Phase::Request, &[Change::SetBody(&[0; 11])], true).is_err());
+        assert!(planned(Phase::Request, &[Change::SetBody(&[0; 10])], true).is_ok());
+        assert!(planned(Phase::Request, &[Change::SetStatus(204)], false).is_err());
+        assert!(planned(Phase::Response, &[Change::SetPath("/x")], false).is_err());
+        assert!(
+            changes(&[42, 0, 0, 0, 0]).next().is_some_and(|change| change.is_err()),
+            "an unreadable outcome is refused too"
+        );
     }
 
     #[test]
     fn context_entries_past_the_bound_are_refused() {
-        let mut names = HeaderNames::default();
-        let context = Context::default();
-        let edits = (0..=gateway_rules::context::MAX_ENTRIES)
-            .map(|index| Edit::SetContext((format!("k{index}"), "v".into())))
+        let keys: Vec<String> = (0..=gateway_rules::context::MAX_ENTRIES)
+            .map(|index| format!("k{index}"))
             .collect();
-        let refused = plan(Phase::Request, edits, &mut names, &context, false, None);
+        let changes: Vec<Change> = keys
+            .iter()
+            .map(|key| Change::SetContext(key, "v"))
+            .collect();
+        let refused = planned(Phase::Request, &changes, false);
         assert!(refused.is_err_and(|reason| reason.contains("at most 32")));
     }
 }

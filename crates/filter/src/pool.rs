@@ -127,8 +127,7 @@ impl FilterPool {
             &self.declared,
             instance.names(),
             head,
-            outcome.edits,
-            &outcome.metrics,
+            &outcome.changes,
         );
         self.check_in(instance, Phases::REQUEST);
         applied.map_err(FilterFailure::BadEdit)?;
@@ -156,8 +155,7 @@ impl FilterPool {
             instance.names(),
             request,
             response,
-            outcome.edits,
-            &outcome.metrics,
+            &outcome.changes,
         );
         self.check_in(instance, Phases::RESPONSE);
         applied.map_err(FilterFailure::BadEdit)?;

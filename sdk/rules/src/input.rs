@@ -74,6 +74,12 @@ pub struct ResponseInput {
 #[error("the gateway handed the filter an input it cannot read ({0}): are both built for the same contract?")]
 pub struct DecodeError(&'static str);
 
+impl DecodeError {
+    pub(crate) fn new(reason: &'static str) -> DecodeError {
+        DecodeError(reason)
+    }
+}
+
 /// Encodes an input, from borrowed parts: the host copies each byte once, into the buffer.
 #[derive(Debug, Default)]
 pub struct Writer {
@@ -144,8 +150,13 @@ impl Writer {
     }
 }
 
+/// The fields of an encoded input or outcome, in order: each its kind and its bytes.
+pub(crate) fn fields(bytes: &[u8]) -> Fields<'_> {
+    Fields(bytes)
+}
+
 /// Reads the fields of an input, in order.
-struct Fields<'a>(&'a [u8]);
+pub(crate) struct Fields<'a>(&'a [u8]);
 
 impl<'a> Iterator for Fields<'a> {
     type Item = Result<(u8, &'a [u8]), DecodeError>;

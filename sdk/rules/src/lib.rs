@@ -3,11 +3,14 @@
 //!
 //! - [`edit`]: the edits a filter may make (header names and values, paths, queries, statuses,
 //!   bodies);
+//! - [`changes`]: what a phase hands back (edits, context entries, metric updates), and its
+//!   encoding;
 //! - [`context`]: the bounds of the request context filters share along the chain;
 //! - [`metrics`]: the metrics a filter may declare and the updates it may make;
 //! - [`input`]: what a phase is handed with its call, and its encoding;
 //! - [`kv`]: the semantics of the key-value capability (TTL, increment, compare-and-swap, bounds).
 
+pub mod changes;
 pub mod context;
 pub mod edit;
 pub mod input;

@@ -1,4 +1,4 @@
-//! A filter that goes around the SDK and returns, through the raw bindings, an outcome the
+//! A filter that goes around the SDK's checks and returns, through the raw bindings, an outcome the
 //! SDK would refuse where the filter made it: the gateway must refuse it too, since a filter
 //! need not be written with the SDK.
 //!
@@ -14,8 +14,9 @@
 
 use std::cell::RefCell;
 
+use gateway_rules::changes::{Change, Writer};
 use gateway_sdk::wit::exports::gateway::filter::handler::{
-    Action, Edit, Environment, Guest, MetricUpdate, Outcome, Phases, Registration, RequestFields,
+    Action, Environment, Guest, Outcome, Phases, Registration, RequestFields,
 };
 use gateway_sdk::wit::gateway::filter::http::{Request, Response};
 
@@ -26,29 +27,24 @@ thread_local! {
 struct RawOutcome;
 
 fn outcome(name: &str) -> Outcome {
-    let mut edits = Vec::new();
-    let mut metrics = Vec::new();
+    let mut changes = Writer::default();
     match name {
-        "oversized-body" => edits.push(Edit::SetBody(vec![b'x'; 17])),
+        "oversized-body" => changes.push(&Change::SetBody(&[b'x'; 17])),
         "context-flood" => {
             for index in 0..40 {
-                edits.push(Edit::SetContext((format!("flood.{index}"), "v".to_owned())));
+                changes.push(&Change::SetContext(&format!("flood.{index}"), "v"));
             }
         }
-        "invalid-header" => edits.push(Edit::SetHeader((
-            "x-raw".to_owned(),
-            "line\r\nbreak".to_owned(),
-        ))),
-        "unknown-metric" => metrics.push(MetricUpdate {
+        "invalid-header" => changes.push(&Change::SetHeader("x-raw", "line\r\nbreak")),
+        "unknown-metric" => changes.push(&Change::Metric {
             metric: 7,
             series: 0,
             value: 1.0,
         }),
-        _ => edits.push(Edit::SetHeader(("x-raw".to_owned(), "ok".to_owned()))),
+        _ => changes.push(&Change::SetHeader("x-raw", "ok")),
     }
     Outcome {
-        edits,
-        metrics,
+        changes: changes.finish(),
         action: Action::Continue,
     }
 }
@@ -81,8 +77,7 @@ impl Guest for RawOutcome {
         _input: Option<Vec<u8>>,
     ) -> Outcome {
         Outcome {
-            edits: Vec::new(),
-            metrics: Vec::new(),
+            changes: Vec::new(),
             action: Action::Continue,
         }
     }
