@@ -12,10 +12,13 @@ use std::sync::{Arc, Mutex};
 
 use gateway_rules::metrics::{MetricKind, MetricSpec};
 
+/// A family's filter and metric name.
+type FamilyKey = (Arc<str>, String);
+
 /// Every metric every filter declared.
 #[derive(Default)]
 pub struct MetricRegistry {
-    families: Mutex<HashMap<(Arc<str>, String), Arc<Family>>>,
+    families: Mutex<HashMap<FamilyKey, Arc<Family>>>,
 }
 
 /// One declared metric of one filter, with its cells.
