@@ -6,7 +6,9 @@
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use gateway_tests::{Gateway, RawClient, Upstream, get, http1_client, plugin_dir, send};
+use gateway_tests::{
+    Gateway, RawClient, Upstream, get, http1_client, http2_client, plugin_dir, send,
+};
 use http::Request;
 use http_body_util::Full;
 
@@ -157,6 +159,26 @@ async fn a_filter_replaces_the_request_body_and_the_upstream_gets_it_framed_by_i
     assert_eq!(reply.json()["body"], "abcde!");
     assert_eq!(echoed_header(&reply, "content-length").as_deref(), Some("6"));
     assert_eq!(echoed_header(&reply, "transfer-encoding"), None);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bodies_are_read_and_replaced_the_same_over_http2() {
+    let (gateway, _upstream) = setup("").await;
+    let client = http2_client();
+    let request = Request::post(gateway.url("/append"))
+        .body(Full::new(Bytes::from_static(b"over h2")))
+        .expect("valid request");
+    let reply = send(&client, request).await;
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    assert_eq!(reply.json()["body"], "over h2!");
+    assert_eq!(echoed_header(&reply, "content-length").as_deref(), Some("8"));
+
+    let request = Request::get(gateway.url("/upper/h2"))
+        .body(Full::new(Bytes::new()))
+        .expect("valid request");
+    let reply = send(&client, request).await;
+    assert_eq!(reply.status, 200);
+    assert!(reply.text().contains(r#""TARGET":"/UPPER/H2""#), "{}", reply.text());
 }
 
 #[tokio::test(flavor = "multi_thread")]
