@@ -75,6 +75,14 @@ pub(crate) struct InstanceState {
     ticker: Arc<EpochTicker>,
     /// When the call in progress runs out of time.
     call_deadline: Instant,
+    /// Ticks the call in progress has seen while it ran, and how many it must see before its
+    /// deadline counts: a thread descheduled on a busy machine sees one tick however long it
+    /// waited, so time the call did not run does not use up its deadline.
+    ticks_seen: u32,
+    ticks_allowed: u32,
+    /// When the call is stopped however few ticks it saw: a call that blocks its thread in a
+    /// host call (a WASI sleep) sees few ticks too, and must not hold a worker without bound.
+    hard_deadline: Instant,
     cap: MemoryCap,
     wasi: WasiCtx,
     table: ResourceTable,
@@ -117,6 +125,9 @@ impl FilterInstance {
             names: HeaderNames::default(),
             ticker: filter.ticker.clone(),
             call_deadline: Instant::now(),
+            ticks_seen: 0,
+            ticks_allowed: 1,
+            hard_deadline: Instant::now(),
             cap: MemoryCap {
                 limit: filter.settings.memory_limit.as_usize(),
                 exceeded: false,
@@ -127,9 +138,17 @@ impl FilterInstance {
         let mut store = Store::new(filter.pre.engine(), state);
         store.limiter(|state| &mut state.cap);
         // Each tick during a call asks whether its time is up: the tick's length then decides
-        // only how soon after its deadline a call is stopped, not how long it may run.
-        store.epoch_deadline_callback(|store| {
-            Ok(if Instant::now() >= store.data().call_deadline {
+        // only how soon after its deadline a call is stopped, not how long it may run. The time
+        // must also have been spent running: the ticks seen while running count it, since a
+        // call that waited for a core (a compile at reload, a busy machine) sees one tick for
+        // the whole wait.
+        store.epoch_deadline_callback(|mut store| {
+            let state = store.data_mut();
+            state.ticks_seen = state.ticks_seen.saturating_add(1);
+            let ran_its_time = state.ticks_seen >= state.ticks_allowed;
+            let now = Instant::now();
+            let over = now >= state.call_deadline && (ran_its_time || now >= state.hard_deadline);
+            Ok(if over {
                 UpdateDeadline::Interrupt
             } else {
                 UpdateDeadline::Continue(1)
@@ -216,6 +235,9 @@ impl FilterInstance {
     }
 }
 
+/// How many timeouts a call may take, waiting included, before it is stopped whatever it ran.
+const HARD_DEADLINE_FACTOR: u32 = 4;
+
 /// A trap in a line an operator can act on: what the filter said before it (its panic message,
 /// if it panicked), and the kind of trap, without the wasm backtrace of anonymous functions.
 fn describe_trap(error: &wasmtime::Error, last_error: Option<String>) -> String {
@@ -236,8 +258,13 @@ fn guarded<T>(
     timeout: Duration,
     call: impl FnOnce(&mut Store<InstanceState>) -> wasmtime::Result<T>,
 ) -> Result<T, FilterFailure> {
-    store.data().ticker.call_begins(timeout);
-    store.data_mut().call_deadline = Instant::now() + timeout;
+    let ticks_allowed = store.data().ticker.call_begins(timeout);
+    let state = store.data_mut();
+    let now = Instant::now();
+    state.call_deadline = now + timeout;
+    state.hard_deadline = now + HARD_DEADLINE_FACTOR * timeout;
+    state.ticks_seen = 0;
+    state.ticks_allowed = ticks_allowed;
     store.set_epoch_deadline(1);
     store.data_mut().last_error = None;
     // A panic in host code called by the guest (e.g. WASI stdio, which blocks on the async

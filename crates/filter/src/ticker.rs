@@ -85,11 +85,14 @@ impl EpochTicker {
 
     /// Says a call with `timeout` is about to begin: wakes the ticker if it sleeps, and makes it
     /// tick fast enough for this call. Relaxed loads only, for every call but the first in each
-    /// tick and the first with a shorter timeout.
-    pub(crate) fn call_begins(&self, timeout: Duration) {
-        let tick = micros(timeout / 10).clamp(micros(MIN_TICK), micros(MAX_TICK));
-        if tick < self.tick_micros.load(Ordering::Relaxed) {
-            self.tick_micros.fetch_min(tick, Ordering::Relaxed);
+    /// tick and the first with a shorter timeout. Returns how many ticks the call may see while
+    /// it runs before it has had its time (at least one).
+    pub(crate) fn call_begins(&self, timeout: Duration) -> u32 {
+        let wanted = micros(timeout / 10).clamp(micros(MIN_TICK), micros(MAX_TICK));
+        let mut tick = self.tick_micros.load(Ordering::Relaxed);
+        if wanted < tick {
+            self.tick_micros.fetch_min(wanted, Ordering::Relaxed);
+            tick = wanted;
         }
         if !self.called.load(Ordering::Relaxed) {
             self.called.store(true, Ordering::SeqCst);
@@ -97,6 +100,9 @@ impl EpochTicker {
         if self.asleep.load(Ordering::SeqCst) && self.asleep.swap(false, Ordering::SeqCst) {
             self.thread.unpark();
         }
+        u32::try_from(micros(timeout) / tick.max(1))
+            .unwrap_or(u32::MAX)
+            .max(1)
     }
 
     /// Parks the ticker until a call begins or [`ENGINE_CHECK`] passes; true if a call began.
@@ -143,15 +149,19 @@ mod tests {
         assert_eq!(tick(), 10_000, "no call yet: the longest tick");
         ticker.call_begins(Duration::from_secs(2));
         assert_eq!(tick(), 10_000, "a long timeout bears the longest tick");
-        ticker.call_begins(Duration::from_millis(50));
+        assert_eq!(
+            ticker.call_begins(Duration::from_millis(50)),
+            10,
+            "a call may see a tick for each tenth of its timeout while it runs"
+        );
         assert_eq!(tick(), 5_000);
-        ticker.call_begins(Duration::from_secs(1));
+        assert_eq!(ticker.call_begins(Duration::from_secs(1)), 200);
         assert_eq!(
             tick(),
             5_000,
             "a longer timeout later does not slow it down"
         );
-        ticker.call_begins(Duration::from_millis(1));
+        assert_eq!(ticker.call_begins(Duration::from_micros(500)), 1, "at least one tick");
         assert_eq!(tick(), 1_000, "never under 1 ms");
 
         wait_until("asleep after a quiet spell", || {
