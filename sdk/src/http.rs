@@ -323,6 +323,10 @@ fn check_header(name: &str, value: &str) -> Result<(), Error> {
     edit::check_header_value(value).map_err(refused)
 }
 
+/// Room for a request phase's edits before the buffer grows: a few headers and a path. Growing
+/// from nothing costs the guest an allocation per doubling.
+const EDITS_CAPACITY: usize = 128;
+
 /// Whether this call's edits change a header, so its value is no longer the host's.
 fn touches(edits: &Writer, name: &str) -> bool {
     edits.iter().any(|change| match change {
@@ -402,7 +406,7 @@ impl<'a> Request<'a> {
             },
             body: input.body.map(Body::from),
             body_replaced: false,
-            edits: RefCell::default(),
+            edits: RefCell::new(Writer::with_capacity(EDITS_CAPACITY)),
         }
     }
 

@@ -69,6 +69,13 @@ pub struct Writer {
 }
 
 impl Writer {
+    /// A writer with room for `capacity` bytes before it grows.
+    pub fn with_capacity(capacity: usize) -> Writer {
+        Writer {
+            bytes: Vec::with_capacity(capacity),
+        }
+    }
+
     fn field(&mut self, kind: u8, parts: &[&[u8]]) {
         let len: usize = parts.iter().map(|part| part.len()).sum();
         self.bytes.push(kind);
