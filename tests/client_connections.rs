@@ -475,3 +475,50 @@ async fn a_client_that_stops_reading_is_cut_off_at_send_timeout() {
         "the log says why"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_body_that_trickles_below_body_min_rate_is_cut_off_with_408() {
+    // One byte every 100 ms: each pause well within body_read_timeout, but 10 B/s on average,
+    // far below the 500 B/s floor once the first body_read_timeout has passed.
+    let (gateway, _upstream) =
+        setup("  body_read_timeout: 500ms\n  body_min_rate: 500", "info").await;
+    let mut client = RawClient::connect(&gateway).await;
+    client
+        .send("POST /trickle HTTP/1.1\r\nHost: gateway.test\r\nContent-Length: 100000\r\n\r\n")
+        .await;
+    let started = Instant::now();
+    // Trickle until the gateway answers; reading as soon as it does, before a write it no
+    // longer reads could make its end of the connection reset.
+    let mut received = Vec::new();
+    while started.elapsed() < Duration::from_secs(5) {
+        tokio::select! {
+            readable = client.stream.readable() => {
+                readable.expect("the connection stays readable");
+                let mut buffer = [0u8; 4096];
+                match client.stream.try_read(&mut buffer) {
+                    Ok(0) => break,
+                    Ok(read) => received.extend_from_slice(&buffer[..read]),
+                    Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => {}
+                    Err(error) => panic!("reading the answer: {error}"),
+                }
+                if received.windows(4).any(|window| window == b"\r\n\r\n") {
+                    break;
+                }
+            }
+            () = tokio::time::sleep(Duration::from_millis(100)) => {
+                let _ = client.stream.write_all(b"x").await;
+            }
+        }
+    }
+    let took = started.elapsed();
+    assert!(
+        took < Duration::from_secs(5),
+        "the gateway let a 10 B/s body trickle for {took:?}"
+    );
+    let answer = String::from_utf8_lossy(&received);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(
+        took > Duration::from_millis(400),
+        "cut off after {took:?}, before the grace of one body_read_timeout"
+    );
+}

@@ -140,7 +140,10 @@ async fn a_filter_replaces_the_request_body_and_the_upstream_gets_it_framed_by_i
     let echo = reply.json();
     assert_eq!(echo["body"], "hello!");
     assert_eq!(echo["body_bytes"], 6);
-    assert_eq!(echoed_header(&reply, "content-length").as_deref(), Some("6"));
+    assert_eq!(
+        echoed_header(&reply, "content-length").as_deref(),
+        Some("6")
+    );
     assert_eq!(
         echoed_header(&reply, "x-request-body-length").as_deref(),
         Some("5")
@@ -157,7 +160,10 @@ async fn a_filter_replaces_the_request_body_and_the_upstream_gets_it_framed_by_i
     let reply = client.response().await;
     assert_eq!(reply.status, 200, "{}", reply.text());
     assert_eq!(reply.json()["body"], "abcde!");
-    assert_eq!(echoed_header(&reply, "content-length").as_deref(), Some("6"));
+    assert_eq!(
+        echoed_header(&reply, "content-length").as_deref(),
+        Some("6")
+    );
     assert_eq!(echoed_header(&reply, "transfer-encoding"), None);
 }
 
@@ -171,14 +177,21 @@ async fn bodies_are_read_and_replaced_the_same_over_http2() {
     let reply = send(&client, request).await;
     assert_eq!(reply.status, 200, "{}", reply.text());
     assert_eq!(reply.json()["body"], "over h2!");
-    assert_eq!(echoed_header(&reply, "content-length").as_deref(), Some("8"));
+    assert_eq!(
+        echoed_header(&reply, "content-length").as_deref(),
+        Some("8")
+    );
 
     let request = Request::get(gateway.url("/upper/h2"))
         .body(Full::new(Bytes::new()))
         .expect("valid request");
     let reply = send(&client, request).await;
     assert_eq!(reply.status, 200);
-    assert!(reply.text().contains(r#""TARGET":"/UPPER/H2""#), "{}", reply.text());
+    assert!(
+        reply.text().contains(r#""TARGET":"/UPPER/H2""#),
+        "{}",
+        reply.text()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -237,7 +250,10 @@ async fn a_filter_replaces_the_response_body_and_one_too_large_streams_on() {
     let expected: Vec<u8> = (0..200_000)
         .map(gateway_tests::upstream::pattern_byte)
         .collect();
-    assert!(streamed.body == expected, "the streamed body arrived changed");
+    assert!(
+        streamed.body == expected,
+        "the streamed body arrived changed"
+    );
     assert_eq!(streamed.header("x-response-body-length"), Some("too-large"));
 }
 
@@ -266,7 +282,9 @@ async fn metrics_a_filter_declares_count_every_phase() {
     for _ in 0..5 {
         assert_eq!(post(&gateway, "/append", "abc").await.status, 200);
     }
-    let metrics = get(&gateway.admin_url("/admin/filter-metrics")).await.json();
+    let metrics = get(&gateway.admin_url("/admin/filter-metrics"))
+        .await
+        .json();
     let family = |name: &str| {
         metrics["metrics"]
             .as_array()
@@ -315,7 +333,12 @@ async fn outcomes_the_gateway_refuses_fail_the_filter_by_its_policy_and_it_keeps
         );
     }
     let open = post(&gateway, "/open/invalid-header", "hi").await;
-    assert_eq!(open.status, 200, "fail open skips the filter: {}", open.text());
+    assert_eq!(
+        open.status,
+        200,
+        "fail open skips the filter: {}",
+        open.text()
+    );
     assert_eq!(
         echoed_header(&open, "x-raw"),
         None,

@@ -19,9 +19,9 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use bytes::Bytes;
 use criterion::{BatchSize, Criterion, criterion_group};
 use gateway_config::{FailurePolicy, FilterDefinition, Isolation};
-use bytes::Bytes;
 use gateway_filter::{FilterChain, FilterEngine, FilterPool, HeldBody, RequestHead, ResponseHead};
 use gateway_wire as wire;
 use http::header::{HeaderName, HeaderValue};

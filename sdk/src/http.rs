@@ -330,9 +330,9 @@ const EDITS_CAPACITY: usize = 128;
 /// Whether this call's edits change a header, so its value is no longer the host's.
 fn touches(edits: &Writer, name: &str) -> bool {
     edits.iter().any(|change| match change {
-        Change::SetHeader(edited, _) | Change::AppendHeader(edited, _) | Change::RemoveHeader(edited) => {
-            edited.eq_ignore_ascii_case(name)
-        }
+        Change::SetHeader(edited, _)
+        | Change::AppendHeader(edited, _)
+        | Change::RemoveHeader(edited) => edited.eq_ignore_ascii_case(name),
         _ => false,
     })
 }
@@ -453,7 +453,11 @@ impl<'a> Request<'a> {
     }
 
     /// Queues an edit of the request itself, which only the request phase may make.
-    fn edit(&mut self, change: Change<'_>, check: impl FnOnce() -> Result<(), Error>) -> Result<(), Error> {
+    fn edit(
+        &mut self,
+        change: Change<'_>,
+        check: impl FnOnce() -> Result<(), Error>,
+    ) -> Result<(), Error> {
         if self.phase == Phase::Response {
             return Err(refused(EditError::WrongPhase(edit::REQUEST_SENT)));
         }
@@ -674,7 +678,9 @@ impl<'a> Request<'a> {
     pub fn set_context(&self, key: &str, value: &str) -> Result<(), Error> {
         context::key(key).map_err(refused)?;
         context::value(key, value).map_err(refused)?;
-        self.edits.borrow_mut().push(&Change::SetContext(key, value));
+        self.edits
+            .borrow_mut()
+            .push(&Change::SetContext(key, value));
         Ok(())
     }
 
@@ -778,7 +784,9 @@ impl Headers for Request<'_> {
     }
 
     fn append_header(&mut self, name: &str, value: &str) -> Result<(), Error> {
-        self.edit(Change::AppendHeader(name, value), || check_header(name, value))
+        self.edit(Change::AppendHeader(name, value), || {
+            check_header(name, value)
+        })
     }
 
     fn remove_header(&mut self, name: &str) {
@@ -1186,7 +1194,10 @@ mod tests {
         let edits = request.into_edits();
         let changes: Vec<Change> = edits.iter().collect();
         assert!(
-            matches!(changes.as_slice(), [Change::SetContext("phase", "response")]),
+            matches!(
+                changes.as_slice(),
+                [Change::SetContext("phase", "response")]
+            ),
             "{changes:?}"
         );
     }

@@ -6,9 +6,9 @@
 use gateway_rules::metrics::MetricSpec;
 
 use crate::backend::{self, RequestRef, ResponseRef};
+use crate::{Action, Filter, Phases, Reads, Request, Response};
 use gateway_rules::changes::Writer;
 use gateway_rules::input::{RequestInput, ResponseInput};
-use crate::{Action, Filter, Phases, Reads, Request, Response};
 
 /// A created filter and what it registered.
 pub(crate) struct Instance<F> {
@@ -62,13 +62,7 @@ impl<F: Filter> Instance<F> {
         input: ResponseInput,
     ) -> Outcome {
         let request = Request::in_response_phase(request, &self.reads, input.context);
-        let mut response = Response::new(
-            response,
-            &self.reads,
-            status,
-            input.headers,
-            input.body,
-        );
+        let mut response = Response::new(response, &self.reads, status, input.headers, input.body);
         let action = self.filter.on_response(&request, &mut response);
         let mut changes = request.into_edits();
         // Context entries and response edits change different things: their order is free.

@@ -9,9 +9,9 @@ use crate::instance::{Instance, Outcome};
 use crate::wit::exports::gateway::filter::handler::{
     self as wit, Environment, Label, Metric, MetricKind, Registration,
 };
-use gateway_rules::input::{RequestInput, ResponseInput};
 use crate::wit::gateway::filter::http as host;
 use crate::{Action, Filter};
+use gateway_rules::input::{RequestInput, ResponseInput};
 
 thread_local! {
     // A component instance is single-threaded and holds exactly one filter, created by `init`.
@@ -89,7 +89,9 @@ fn outcome(outcome: Outcome) -> wit::Outcome {
 /// Runs the request phase.
 pub fn on_request<F: Filter>(request: &host::Request, input: Option<Vec<u8>>) -> wit::Outcome {
     // A gateway built for this contract always sends a readable input: a trap makes it loud.
-    let input = input.map_or(Ok(RequestInput::default()), |bytes| RequestInput::decode(&bytes));
+    let input = input.map_or(Ok(RequestInput::default()), |bytes| {
+        RequestInput::decode(&bytes)
+    });
     let input = input.unwrap_or_else(|error| panic!("{error}"));
     outcome(with_instance::<F, _>(|instance| {
         instance.on_request(RequestRef::new(request), input)
@@ -103,7 +105,9 @@ pub fn on_response<F: Filter>(
     status: u16,
     input: Option<Vec<u8>>,
 ) -> wit::Outcome {
-    let input = input.map_or(Ok(ResponseInput::default()), |bytes| ResponseInput::decode(&bytes));
+    let input = input.map_or(Ok(ResponseInput::default()), |bytes| {
+        ResponseInput::decode(&bytes)
+    });
     let input = input.unwrap_or_else(|error| panic!("{error}"));
     outcome(with_instance::<F, _>(|instance| {
         instance.on_response(

@@ -58,9 +58,9 @@ use crate::instance::{Instance, Outcome};
 use crate::log::Level;
 use crate::metrics::Registry;
 use crate::wit::exports::gateway::filter::handler::RequestFields;
+use crate::{Action, Filter, Phases, Reads};
 use gateway_rules::changes::Change;
 use gateway_rules::input::{InputBody, RequestInput, ResponseInput};
-use crate::{Action, Filter, Phases, Reads};
 
 /// Every value of a header in storage shared by requests and responses: lower-case names, in
 /// arrival order.
@@ -584,11 +584,14 @@ fn apply_header<'a>(
 }
 
 /// Applies a context edit within the bounds; hands any other edit back.
-fn apply_context<'a>(context: &mut Context, change: Change<'a>) -> Result<Option<Change<'a>>, String> {
+fn apply_context<'a>(
+    context: &mut Context,
+    change: Change<'a>,
+) -> Result<Option<Change<'a>>, String> {
     match change {
-        Change::SetContext(key, value) => context
-            .set(key, value)
-            .map_err(|error| error.to_string())?,
+        Change::SetContext(key, value) => {
+            context.set(key, value).map_err(|error| error.to_string())?
+        }
         Change::RemoveContext(key) => {
             context.remove(key);
         }
@@ -892,7 +895,13 @@ impl<F: Filter> TestHost<F> {
                     next.query = query.map(str::to_owned);
                 }
                 Change::SetBody(body) => {
-                    replace_body(&mut next.headers, &mut next.body, body.to_vec(), limit, held)?;
+                    replace_body(
+                        &mut next.headers,
+                        &mut next.body,
+                        body.to_vec(),
+                        limit,
+                        held,
+                    )?;
                 }
                 _ => return Err(EditError::WrongPhase(edit::NO_RESPONSE_YET).to_string()),
             }
@@ -967,7 +976,13 @@ impl<F: Filter> TestHost<F> {
                     next.status = status;
                 }
                 Change::SetBody(body) => {
-                    replace_body(&mut next.headers, &mut next.body, body.to_vec(), limit, held)?;
+                    replace_body(
+                        &mut next.headers,
+                        &mut next.body,
+                        body.to_vec(),
+                        limit,
+                        held,
+                    )?;
                 }
                 _ => return Err(EditError::WrongPhase(edit::REQUEST_SENT).to_string()),
             }

@@ -54,7 +54,13 @@ impl FilterChain {
     /// fails closed.
     pub fn on_request(&self, head: &mut RequestHead, filters: Range<usize>) -> RequestPhase {
         let end = filters.end.min(self.filters.len());
-        for (index, pool) in self.filters.iter().enumerate().take(end).skip(filters.start) {
+        for (index, pool) in self
+            .filters
+            .iter()
+            .enumerate()
+            .take(end)
+            .skip(filters.start)
+        {
             if !pool.phases().contains(Phases::REQUEST) {
                 continue;
             }

@@ -330,7 +330,10 @@ mod tests {
             },
         ]);
         assert!(apply_to_request(&declared(), &mut names, &mut head, &bad).is_err());
-        assert!(head.headers.is_empty(), "nothing of a refused outcome applies");
+        assert!(
+            head.headers.is_empty(),
+            "nothing of a refused outcome applies"
+        );
 
         assert!(
             planned(Phase::Request, &[Change::SetBody(b"x")], false).is_err(),
@@ -341,7 +344,9 @@ mod tests {
         assert!(planned(Phase::Request, &[Change::SetStatus(204)], false).is_err());
         assert!(planned(Phase::Response, &[Change::SetPath("/x")], false).is_err());
         assert!(
-            changes(&[42, 0, 0, 0, 0]).next().is_some_and(|change| change.is_err()),
+            changes(&[42, 0, 0, 0, 0])
+                .next()
+                .is_some_and(|change| change.is_err()),
             "an unreadable outcome is refused too"
         );
     }

@@ -206,7 +206,11 @@ impl MetricRegistry {
             .into_iter()
             .find(|family| &*family.filter == filter && family.spec.name == metric)?;
         let series = family.spec.series_index(labels)?;
-        family.series().into_iter().nth(series as usize).map(|s| s.value)
+        family
+            .series()
+            .into_iter()
+            .nth(series as usize)
+            .map(|s| s.value)
     }
 }
 
@@ -251,7 +255,10 @@ mod tests {
             })
         );
         let untouched = registry.value("f", "size", &["a"]);
-        assert!(matches!(untouched, Some(SeriesValue::Histogram { count: 0, .. })));
+        assert!(matches!(
+            untouched,
+            Some(SeriesValue::Histogram { count: 0, .. })
+        ));
     }
 
     #[test]

@@ -123,12 +123,8 @@ impl FilterPool {
         let input = self.declared.request_input(head);
         let mut instance = self.check_out()?;
         let outcome = instance.on_request(head, input.as_deref(), self.filter.settings.timeout)?;
-        let applied = edits::apply_to_request(
-            &self.declared,
-            instance.names(),
-            head,
-            &outcome.changes,
-        );
+        let applied =
+            edits::apply_to_request(&self.declared, instance.names(), head, &outcome.changes);
         self.check_in(instance, Phases::REQUEST);
         applied.map_err(FilterFailure::BadEdit)?;
         answer(outcome.action)
@@ -143,8 +139,7 @@ impl FilterPool {
     ) -> Result<Option<FilterReply>, FilterFailure> {
         let input = self.declared.response_input(request, response);
         let mut instance = self.check_out()?;
-        let outcome =
-            instance.on_response(
+        let outcome = instance.on_response(
             request,
             response,
             input.as_deref(),

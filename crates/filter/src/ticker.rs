@@ -161,7 +161,11 @@ mod tests {
             5_000,
             "a longer timeout later does not slow it down"
         );
-        assert_eq!(ticker.call_begins(Duration::from_micros(500)), 1, "at least one tick");
+        assert_eq!(
+            ticker.call_begins(Duration::from_micros(500)),
+            1,
+            "at least one tick"
+        );
         assert_eq!(tick(), 1_000, "never under 1 ms");
 
         wait_until("asleep after a quiet spell", || {

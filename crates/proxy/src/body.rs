@@ -366,7 +366,10 @@ mod tests {
     #[tokio::test]
     async fn a_body_within_the_limit_is_read_whole_and_sent_with_its_length() {
         let mut body = Prefixed::new(Pieces([&b"abc"[..], b"def"].into()));
-        assert_eq!(body.read_whole(6).await, Ok(Some(Bytes::from_static(b"abcdef"))));
+        assert_eq!(
+            body.read_whole(6).await,
+            Ok(Some(Bytes::from_static(b"abcdef")))
+        );
         assert_eq!(body.size_hint().exact(), Some(6));
         assert_eq!(all_of(body).await, b"abcdef");
 

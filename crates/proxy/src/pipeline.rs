@@ -263,7 +263,10 @@ where
         .await?;
     let (mut parts, body) = response.into_parts();
     headers::strip_hop_by_hop(&mut parts.headers);
-    Ok(Response::from_parts(parts, Either::Left(Prefixed::new(body))))
+    Ok(Response::from_parts(
+        parts,
+        Either::Left(Prefixed::new(body)),
+    ))
 }
 
 /// The request target the upstream gets, in origin form: the connection is to the instance
@@ -343,10 +346,7 @@ async fn respond_through_chain(
 
 /// Reads a response body for the filters, up to `limit`: the body to send on, and what the
 /// filters get.
-async fn read_response_body(
-    body: ResponseBody,
-    limit: usize,
-) -> Result<(ResponseBody, HeldBody)> {
+async fn read_response_body(body: ResponseBody, limit: usize) -> Result<(ResponseBody, HeldBody)> {
     match body {
         Either::Left(mut upstream) => match upstream.read_whole(limit).await {
             Ok(Some(bytes)) => Ok((full(bytes.clone()), HeldBody::Complete(bytes))),
@@ -354,7 +354,12 @@ async fn read_response_body(
             Err(error) => Err(Error::UpstreamBody(error)),
         },
         // The gateway's own answers (an error, a filter's reply) are in memory already.
-        Either::Right(made) if made.size_hint().exact().is_some_and(|len| len > limit as u64) => {
+        Either::Right(made)
+            if made
+                .size_hint()
+                .exact()
+                .is_some_and(|len| len > limit as u64) =>
+        {
             Ok((Either::Right(made), HeldBody::TooLarge))
         }
         Either::Right(made) => {

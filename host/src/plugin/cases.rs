@@ -47,8 +47,8 @@ use http::header::{HeaderName, HeaderValue};
 use http::{HeaderMap, Method, StatusCode};
 use serde::Deserialize;
 
-use gateway_config::{FailurePolicy, FilterDefinition};
 use bytes::Bytes;
+use gateway_config::{FailurePolicy, FilterDefinition};
 use gateway_filter::metrics::{MetricRegistry, SeriesValue};
 use gateway_filter::{
     FilterEngine, FilterPool, FilterReply, HeldBody, KvStore, LoadedFilter, Phases, RequestHead,
@@ -389,9 +389,9 @@ fn run_case(filter: &LoadedFilter, case: &Case) -> Vec<String> {
     for (series, expected) in &case.expect_metrics {
         match metric_value(&metrics, &filter.name, series) {
             Ok(actual) if actual == *expected => {}
-            Ok(actual) => {
-                mismatches.push(format!("metric {series}: expected {expected}, got {actual}"))
-            }
+            Ok(actual) => mismatches.push(format!(
+                "metric {series}: expected {expected}, got {actual}"
+            )),
             Err(problem) => mismatches.push(format!("metric {series}: {problem}")),
         }
     }
@@ -489,7 +489,8 @@ fn metric_value(metrics: &MetricRegistry, filter: &str, series: &str) -> Result<
                 .split(',')
                 .filter(|pair| !pair.trim().is_empty())
                 .map(|pair| {
-                    let (label, value) = pair.split_once('=').ok_or("labels are label=\"value\"")?;
+                    let (label, value) =
+                        pair.split_once('=').ok_or("labels are label=\"value\"")?;
                     Ok((label.trim(), value.trim().trim_matches('"')))
                 })
                 .collect::<Result<Vec<_>, &str>>()?,

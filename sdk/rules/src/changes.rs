@@ -59,7 +59,11 @@ pub enum Change<'a> {
     SetContext(&'a str, &'a str),
     RemoveContext(&'a str),
     /// Adds to a counter's series, or observes a value in a histogram's.
-    Metric { metric: u32, series: u32, value: f64 },
+    Metric {
+        metric: u32,
+        series: u32,
+        value: f64,
+    },
 }
 
 /// Writes changes as they are made.

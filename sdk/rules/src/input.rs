@@ -71,7 +71,9 @@ pub struct ResponseInput {
 
 /// Why an input could not be read: the host and the SDK disagree on the contract.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("the gateway handed the filter an input it cannot read ({0}): are both built for the same contract?")]
+#[error(
+    "the gateway handed the filter an input it cannot read ({0}): are both built for the same contract?"
+)]
 pub struct DecodeError(&'static str);
 
 impl DecodeError {
@@ -250,7 +252,12 @@ impl RequestInput {
                 writer.field(kind, &[value.as_bytes()]);
             }
         }
-        write_shared(&mut writer, &self.headers, &self.context, self.body.as_ref());
+        write_shared(
+            &mut writer,
+            &self.headers,
+            &self.context,
+            self.body.as_ref(),
+        );
         writer.finish()
     }
 }
@@ -274,7 +281,12 @@ impl ResponseInput {
     /// The encoding of this input.
     pub fn encode(&self) -> Vec<u8> {
         let mut writer = Writer::default();
-        write_shared(&mut writer, &self.headers, &self.context, self.body.as_ref());
+        write_shared(
+            &mut writer,
+            &self.headers,
+            &self.context,
+            self.body.as_ref(),
+        );
         writer.finish()
     }
 }

@@ -37,7 +37,9 @@ impl<'a> RequestRef<'a> {
             .map(|(_, value)| value.clone())
     }
     pub fn header(&self, name: &str) -> Option<String> {
-        testing::header_values(&self.0.headers, name).into_iter().next()
+        testing::header_values(&self.0.headers, name)
+            .into_iter()
+            .next()
     }
     pub fn header_values(&self, name: &str) -> Vec<String> {
         testing::header_values(&self.0.headers, name)
@@ -59,7 +61,9 @@ impl<'a> ResponseRef<'a> {
     }
 
     pub fn header(&self, name: &str) -> Option<String> {
-        testing::header_values(&self.0.headers, name).into_iter().next()
+        testing::header_values(&self.0.headers, name)
+            .into_iter()
+            .next()
     }
     pub fn header_values(&self, name: &str) -> Vec<String> {
         testing::header_values(&self.0.headers, name)

@@ -60,7 +60,12 @@ fn length_of(body: &Body) -> String {
 }
 
 fn failed(reason: &gateway_sdk::Error, request: &Request) -> Action {
-    Action::Respond(Reply::error(500, "EXCHANGE_FAILED", reason.message(), request))
+    Action::Respond(Reply::error(
+        500,
+        "EXCHANGE_FAILED",
+        reason.message(),
+        request,
+    ))
 }
 
 impl Filter for Exchange {
