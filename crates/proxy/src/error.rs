@@ -8,7 +8,7 @@ use http::StatusCode;
 
 use crate::body::BodyReadTimeout;
 use crate::hygiene::Violation;
-use crate::normalize::PathError;
+use gateway_routing::normalize::PathError;
 
 /// Why a request got the gateway's own answer, or why a state could not be built.
 #[derive(Debug, thiserror::Error)]

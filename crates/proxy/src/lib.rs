@@ -4,7 +4,6 @@
 //! the documented JSON answer ([`error_response`], with the status chosen in one place,
 //! [`Error::to_client`]). In order:
 //! - `hygiene`: the framing, Host and size checks every request meets before routing;
-//! - `normalize`: the one path normalisation every later step sees;
 //! - routing, over the [`ServingState`]'s routes;
 //! - the route's filter chain, request phase;
 //! - the upstream call, with the client's body bounded in time (`body`);
@@ -17,7 +16,6 @@ mod body;
 mod error;
 mod headers;
 mod hygiene;
-mod normalize;
 mod pipeline;
 mod state;
 

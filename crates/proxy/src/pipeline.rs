@@ -17,7 +17,8 @@ use http_body_util::{BodyExt, Either};
 
 use crate::body::{BodyLimits, BodyReadTimeout, Prefixed, RequestBody, ResponseBody, full};
 use crate::state::{RouteEntry, ServingState, Target};
-use crate::{Error, Result, headers, hygiene, normalize};
+use crate::{Error, Result, headers, hygiene};
+use gateway_routing::normalize;
 
 /// What the pipeline knows about the connection a request came on.
 #[derive(Debug, Clone)]

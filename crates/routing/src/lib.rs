@@ -6,8 +6,11 @@
 //! value means (the proxy's is a filter chain and a service). Paths are matched as given: the
 //! caller normalises them first, once, so that every later step sees the same path.
 //!
+//! - [`normalize`]: the one path normalisation every later step sees, which callers run before
+//!   [`Router::route`].
 //! - [`pattern`]: path patterns such as `/api/v1/{service}/{*rest}`, parsed once.
 
+pub mod normalize;
 pub mod pattern;
 
 use std::sync::Arc;
