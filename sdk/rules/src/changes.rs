@@ -25,7 +25,7 @@
 //! assert_eq!(read, [Change::SetHeader("x-tenant", "acme"), Change::Metric { metric: 0, series: 1, value: 1.0 }]);
 //! ```
 
-use crate::input::DecodeError;
+use crate::input::{DecodeError, put_field, put_pair, split_pair, text};
 
 const SET_PATH: u8 = 1;
 const SET_QUERY: u8 = 2;
@@ -81,19 +81,11 @@ impl Writer {
     }
 
     fn field(&mut self, kind: u8, parts: &[&[u8]]) {
-        let len: usize = parts.iter().map(|part| part.len()).sum();
-        self.bytes.push(kind);
-        self.bytes
-            .extend_from_slice(&u32::try_from(len).unwrap_or(u32::MAX).to_le_bytes());
-        for part in parts {
-            self.bytes.extend_from_slice(part);
-        }
+        put_field(&mut self.bytes, kind, parts);
     }
 
     fn pair(&mut self, kind: u8, name: &str, value: &[u8]) {
-        let name_len = u16::try_from(name.len()).unwrap_or(u16::MAX);
-        let name = &name.as_bytes()[..usize::from(name_len)];
-        self.field(kind, &[&name_len.to_le_bytes(), name, value]);
+        put_pair(&mut self.bytes, kind, name, value);
     }
 
     /// Appends a change.
@@ -144,33 +136,17 @@ impl Writer {
     }
 }
 
-fn text(bytes: &[u8]) -> Result<&str, DecodeError> {
-    std::str::from_utf8(bytes).map_err(|_| DecodeError::new("a text field is not UTF-8"))
-}
-
-fn pair(bytes: &[u8]) -> Result<(&str, &str), DecodeError> {
-    let (len, rest) = bytes
-        .split_first_chunk::<2>()
-        .ok_or(DecodeError::new("a name is cut short"))?;
-    let len = usize::from(u16::from_le_bytes(*len));
-    if rest.len() < len {
-        return Err(DecodeError::new("a name is cut short"));
-    }
-    let (name, value) = rest.split_at(len);
-    Ok((text(name)?, text(value)?))
-}
-
 fn change(kind: u8, value: &[u8]) -> Result<Change<'_>, DecodeError> {
     Ok(match kind {
         SET_PATH => Change::SetPath(text(value)?),
         SET_QUERY => Change::SetQuery(Some(text(value)?)),
         REMOVE_QUERY => Change::SetQuery(None),
         SET_HEADER => {
-            let (name, value) = pair(value)?;
+            let (name, value) = split_pair(value)?;
             Change::SetHeader(name, value)
         }
         APPEND_HEADER => {
-            let (name, value) = pair(value)?;
+            let (name, value) = split_pair(value)?;
             Change::AppendHeader(name, value)
         }
         REMOVE_HEADER => Change::RemoveHeader(text(value)?),
@@ -181,7 +157,7 @@ fn change(kind: u8, value: &[u8]) -> Result<Change<'_>, DecodeError> {
         )),
         SET_BODY => Change::SetBody(value),
         SET_CONTEXT => {
-            let (key, value) = pair(value)?;
+            let (key, value) = split_pair(value)?;
             Change::SetContext(key, value)
         }
         REMOVE_CONTEXT => Change::RemoveContext(text(value)?),

@@ -88,22 +88,49 @@ pub struct Writer {
     bytes: Vec<u8>,
 }
 
+/// Appends one field: its kind, its length, its bytes (given in parts).
+pub(crate) fn put_field(out: &mut Vec<u8>, kind: u8, parts: &[&[u8]]) {
+    let len: usize = parts.iter().map(|part| part.len()).sum();
+    out.push(kind);
+    out.extend_from_slice(&u32::try_from(len).unwrap_or(u32::MAX).to_le_bytes());
+    for part in parts {
+        out.extend_from_slice(part);
+    }
+}
+
+/// Appends a name and value field. Names are header names or context keys: far shorter than a
+/// u16 allows.
+pub(crate) fn put_pair(out: &mut Vec<u8>, kind: u8, name: &str, value: &[u8]) {
+    let name_len = u16::try_from(name.len()).unwrap_or(u16::MAX);
+    let name = &name.as_bytes()[..usize::from(name_len)];
+    put_field(out, kind, &[&name_len.to_le_bytes(), name, value]);
+}
+
+/// Splits a name and value field, both as UTF-8 text.
+pub(crate) fn split_pair(bytes: &[u8]) -> Result<(&str, &str), DecodeError> {
+    let (len, rest) = bytes
+        .split_first_chunk::<2>()
+        .ok_or(DecodeError("a name is cut short"))?;
+    let len = usize::from(u16::from_le_bytes(*len));
+    if rest.len() < len {
+        return Err(DecodeError("a name is cut short"));
+    }
+    let (name, value) = rest.split_at(len);
+    Ok((text(name)?, text(value)?))
+}
+
+/// A field's bytes as UTF-8 text.
+pub(crate) fn text(bytes: &[u8]) -> Result<&str, DecodeError> {
+    std::str::from_utf8(bytes).map_err(|_| DecodeError("a text field is not UTF-8"))
+}
+
 impl Writer {
     fn field(&mut self, kind: u8, parts: &[&[u8]]) {
-        let len: usize = parts.iter().map(|part| part.len()).sum();
-        self.bytes.push(kind);
-        self.bytes
-            .extend_from_slice(&u32::try_from(len).unwrap_or(u32::MAX).to_le_bytes());
-        for part in parts {
-            self.bytes.extend_from_slice(part);
-        }
+        put_field(&mut self.bytes, kind, parts);
     }
 
     fn pair(&mut self, kind: u8, name: &str, value: &[u8]) {
-        // Names are header names or context keys: far shorter than a u16 allows.
-        let name_len = u16::try_from(name.len()).unwrap_or(u16::MAX);
-        let name = &name.as_bytes()[..usize::from(name_len)];
-        self.field(kind, &[&name_len.to_le_bytes(), name, value]);
+        put_pair(&mut self.bytes, kind, name, value);
     }
 
     pub fn method(&mut self, method: &str) {
@@ -180,20 +207,13 @@ impl<'a> Iterator for Fields<'a> {
     }
 }
 
-fn text(bytes: &[u8]) -> Result<String, DecodeError> {
-    String::from_utf8(bytes.to_vec()).map_err(|_| DecodeError("a text field is not UTF-8"))
+fn owned(bytes: &[u8]) -> Result<String, DecodeError> {
+    text(bytes).map(str::to_owned)
 }
 
 fn pair(bytes: &[u8]) -> Result<(String, String), DecodeError> {
-    let (len, rest) = bytes
-        .split_first_chunk::<2>()
-        .ok_or(DecodeError("a name is cut short"))?;
-    let len = usize::from(u16::from_le_bytes(*len));
-    if rest.len() < len {
-        return Err(DecodeError("a name is cut short"));
-    }
-    let (name, value) = rest.split_at(len);
-    Ok((text(name)?, text(value)?))
+    let (name, value) = split_pair(bytes)?;
+    Ok((name.to_owned(), value.to_owned()))
 }
 
 /// The fields both phases share.
@@ -220,11 +240,11 @@ impl RequestInput {
         for field in Fields(bytes) {
             let (kind, value) = field?;
             match kind {
-                METHOD => input.method = Some(text(value)?),
-                PATH => input.path = Some(text(value)?),
-                QUERY => input.query = Some(text(value)?),
-                AUTHORITY => input.authority = Some(text(value)?),
-                CLIENT_IP => input.client_ip = Some(text(value)?),
+                METHOD => input.method = Some(owned(value)?),
+                PATH => input.path = Some(owned(value)?),
+                QUERY => input.query = Some(owned(value)?),
+                AUTHORITY => input.authority = Some(owned(value)?),
+                CLIENT_IP => input.client_ip = Some(owned(value)?),
                 _ => shared(
                     kind,
                     value,
