@@ -621,6 +621,24 @@ fn take_metric<'a>(
     }
 }
 
+/// Applies what both phases may change (metric updates, header edits of the phase's message,
+/// context entries); hands back any other change.
+fn apply_shared<'a>(
+    specs: &[MetricSpec],
+    metrics: &mut Vec<(u32, u32, f64)>,
+    headers: &mut Vec<(String, String)>,
+    context: &mut Context,
+    change: Change<'a>,
+) -> Result<Option<Change<'a>>, String> {
+    let Some(change) = take_metric(specs, metrics, change)? else {
+        return Ok(None);
+    };
+    let Some(change) = apply_header(headers, change)? else {
+        return Ok(None);
+    };
+    apply_context(context, change)
+}
+
 /// Replaces a body checked against what the filter was handed, and frames the message by it.
 fn replace_body(
     headers: &mut Vec<(String, String)>,
@@ -874,13 +892,14 @@ impl<F: Filter> TestHost<F> {
         let mut metrics = Vec::new();
         let specs = &self.instance.metrics;
         let applied = changes.iter().try_for_each(|change| {
-            let Some(change) = take_metric(specs, &mut metrics, change)? else {
-                return Ok(());
-            };
-            let Some(change) = apply_header(&mut next.headers, change)? else {
-                return Ok(());
-            };
-            let Some(change) = apply_context(&mut next.context, change)? else {
+            let shared = apply_shared(
+                specs,
+                &mut metrics,
+                &mut next.headers,
+                &mut next.context,
+                change,
+            );
+            let Some(change) = shared? else {
                 return Ok(());
             };
             match change {
@@ -961,13 +980,8 @@ impl<F: Filter> TestHost<F> {
         let mut metrics = Vec::new();
         let specs = &self.instance.metrics;
         let applied = changes.iter().try_for_each(|change| {
-            let Some(change) = take_metric(specs, &mut metrics, change)? else {
-                return Ok(());
-            };
-            let Some(change) = apply_header(&mut next.headers, change)? else {
-                return Ok(());
-            };
-            let Some(change) = apply_context(&mut context, change)? else {
+            let shared = apply_shared(specs, &mut metrics, &mut next.headers, &mut context, change);
+            let Some(change) = shared? else {
                 return Ok(());
             };
             match change {
