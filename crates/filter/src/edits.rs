@@ -76,9 +76,13 @@ fn plan(
     names: &mut HeaderNames,
     context: &Context,
     declared: &Declared,
-    body_held: bool,
-    body_limit: Option<u32>,
+    body: &HeldBody,
 ) -> Result<Plan, String> {
+    let body_limit = match phase {
+        Phase::Request => declared.request_body,
+        Phase::Response => declared.response_body,
+    };
+    let body_held = held_whole(body, body_limit);
     let mut plan = Plan {
         edits: Vec::new(),
         context: None,
@@ -185,15 +189,13 @@ pub(crate) fn apply_to_request(
     head: &mut RequestHead,
     changes: &[u8],
 ) -> Result<(), String> {
-    let held = held_whole(&head.body, declared.request_body);
     let plan = plan(
         Phase::Request,
         changes,
         names,
         &head.context,
         declared,
-        held,
-        declared.request_body,
+        &head.body,
     )?;
     for edit in plan.edits {
         match apply_header(&mut head.headers, edit) {
@@ -222,15 +224,13 @@ pub(crate) fn apply_to_response(
     response: &mut ResponseHead,
     changes: &[u8],
 ) -> Result<(), String> {
-    let held = held_whole(&response.body, declared.response_body);
     let plan = plan(
         Phase::Response,
         changes,
         names,
         &request.context,
         declared,
-        held,
-        declared.response_body,
+        &response.body,
     )?;
     for edit in plan.edits {
         match apply_header(&mut response.headers, edit) {
@@ -296,14 +296,19 @@ mod tests {
     fn planned(phase: Phase, changes: &[Change<'_>], held: bool) -> Result<Plan, String> {
         let mut names = HeaderNames::default();
         let declared = declared();
+        // Handed whole: a body within the declared limit of 10 bytes.
+        let body = if held {
+            HeldBody::Complete(Bytes::from_static(b"held"))
+        } else {
+            HeldBody::Streaming
+        };
         plan(
             phase,
             &encoded(changes),
             &mut names,
             &Context::default(),
             &declared,
-            held,
-            Some(10),
+            &body,
         )
     }
 

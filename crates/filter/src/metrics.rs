@@ -112,6 +112,16 @@ impl Family {
         }
     }
 
+    /// The value of the series with these label values (in declaration order), summed over the
+    /// shards; `None` if a value was not declared.
+    pub fn value(&self, labels: &[&str]) -> Option<SeriesValue> {
+        let series = self.spec.series_index(labels)?;
+        self.series()
+            .into_iter()
+            .nth(series as usize)
+            .map(|series| series.value)
+    }
+
     /// Every series, summed over the shards.
     pub fn series(&self) -> Vec<Series> {
         (0..self.spec.series())
@@ -199,18 +209,13 @@ impl MetricRegistry {
         all
     }
 
-    /// One series' value, for tests and `plugin test`: `None` if not declared.
-    pub fn value(&self, filter: &str, metric: &str, labels: &[&str]) -> Option<SeriesValue> {
-        let family = self
-            .families()
+    /// One series' value: `None` if not declared.
+    #[cfg(test)]
+    fn value(&self, filter: &str, metric: &str, labels: &[&str]) -> Option<SeriesValue> {
+        self.families()
             .into_iter()
-            .find(|family| &*family.filter == filter && family.spec.name == metric)?;
-        let series = family.spec.series_index(labels)?;
-        family
-            .series()
-            .into_iter()
-            .nth(series as usize)
-            .map(|s| s.value)
+            .find(|family| &*family.filter == filter && family.spec.name == metric)?
+            .value(labels)
     }
 }
 

@@ -526,8 +526,8 @@ fn metric_value(metrics: &MetricRegistry, filter: &str, series: &str) -> Result<
                 .ok_or_else(|| format!("label `{}` missing", label.name))
         })
         .collect::<Result<_, _>>()?;
-    let value = metrics
-        .value(filter, &family.spec.name, &values)
+    let value = family
+        .value(&values)
         .ok_or("no series with those label values")?;
     match (value, part) {
         (SeriesValue::Counter(total), _) => Ok(total),
