@@ -7,6 +7,9 @@
 /// The echo upstream servers the tests send traffic to.
 pub use gateway_demo_upstream as upstream;
 
+pub mod redis;
+pub use redis::RedisServer;
+
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -66,6 +69,7 @@ pub fn plugin_dir() -> PathBuf {
         "gateway_test_wrong_version.wasm",
         "gateway_test_exchange.wasm",
         "gateway_test_raw_outcome.wasm",
+        "gateway_test_outbound_probe.wasm",
         "stamp-blue.wasm",
         "stamp-green.wasm",
         "stamp-broken-init.wasm",
@@ -75,7 +79,8 @@ pub fn plugin_dir() -> PathBuf {
             "no {plugin} in {}: build the plugins with scripts/test (or `cargo build --profile wasm \
              --target wasm32-wasip2 -p gateway-plugin-rewrite -p gateway-test-misbehave \
              -p gateway-example-ip-filter -p gateway-test-kv-probe \
-             -p gateway-test-wrong-version -p gateway-test-exchange -p gateway-test-raw-outcome`)",
+             -p gateway-test-wrong-version -p gateway-test-exchange -p gateway-test-raw-outcome \
+             -p gateway-test-outbound-probe`)",
             dir.display()
         );
     }
@@ -141,13 +146,22 @@ impl Gateway {
     /// [`Gateway::start`] with the log filter `log` (`RUST_LOG` syntax), for tests that watch
     /// debug or trace lines.
     pub fn start_logging(config: &str, log: &str) -> Gateway {
+        Gateway::start_with(config, log, GATEWAY_WORKERS)
+    }
+
+    /// [`Gateway::start`] with `workers` worker threads, for tests about what shares one.
+    pub fn start_with_workers(config: &str, workers: usize) -> Gateway {
+        Gateway::start_with(config, "info", workers)
+    }
+
+    fn start_with(config: &str, log: &str, workers: usize) -> Gateway {
         let dir = tempfile::tempdir().expect("a temporary folder");
         let path = dir.path().join("gateway.yaml");
         std::fs::write(&path, config).expect("config written");
         let mut child = Command::new(gateway_bin())
             .args(["--log-format", "json", "serve", "--config"])
             .arg(&path)
-            .args(["--workers", &GATEWAY_WORKERS.to_string()])
+            .args(["--workers", &workers.to_string()])
             .env("RUST_LOG", log)
             // Compiled components are cached next to the build, not in the user's home.
             .env("XDG_CACHE_HOME", target_dir().join("test-cache"))

@@ -139,23 +139,30 @@ impl Default for EdgeLimits {
     }
 }
 
-/// Bounds on the in-memory key-value store shared by the filters.
-#[derive(Debug, Clone, Deserialize)]
+/// The key-value state filters keep (the `kv` capability): where it lives, and its bounds.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct KvSettings {
-    /// Most entries held across all filters; past it, expired entries and then arbitrary ones
-    /// are evicted, as a cache does.
+    /// The store filters use unless their definition names another: `memory` (this gateway
+    /// alone) or `redis` (shared by every gateway using the same Redis; needs `redis`).
+    pub backend: KvBackendKind,
+    /// Most entries the memory store holds across all filters; past it, expired entries and
+    /// then arbitrary ones are evicted, as a cache does.
     pub max_entries: usize,
-    /// Largest value a filter may store.
+    /// Largest value a filter may store, on either backend.
     pub max_value_size: ByteSize,
+    /// The Redis that the `redis` backend talks to.
+    pub redis: Option<RedisSettings>,
 }
 
 impl Default for KvSettings {
     fn default() -> Self {
         let limits = gateway_rules::kv::Limits::default();
         KvSettings {
+            backend: KvBackendKind::Memory,
             max_entries: limits.max_entries,
             max_value_size: ByteSize(limits.max_value_bytes as u64),
+            redis: None,
         }
     }
 }
@@ -168,6 +175,55 @@ impl KvSettings {
             ..gateway_rules::kv::Limits::default()
         }
     }
+}
+
+/// Which store a filter's `kv` operations go to.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum KvBackendKind {
+    /// This gateway's memory: nothing shared, nothing to run, every operation answers at once.
+    #[default]
+    Memory,
+    /// The Redis of `kv.redis`, shared by every gateway that uses it.
+    Redis,
+}
+
+/// How the gateway reaches Redis.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RedisSettings {
+    /// `redis://[user:password@]host:port[/database]`; `rediss://` is not supported.
+    pub url: String,
+    /// Longest an operation may wait for Redis; past it the filter receives a timeout error
+    /// and decides what to do. Keep it under the timeouts of the filters that use Redis: the
+    /// wait counts against their call's deadline.
+    #[serde(default = "default_redis_operation_timeout", with = "humantime_serde")]
+    pub operation_timeout: Duration,
+    /// Longest a connection attempt may take.
+    #[serde(default = "default_redis_connect_timeout", with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    /// Prefix of every key the gateway writes: `<prefix>:<filter>:<key>`.
+    #[serde(default = "default_redis_key_prefix")]
+    pub key_prefix: String,
+    /// Multiplexed connections kept open; operations are spread over them.
+    #[serde(default = "default_redis_connections")]
+    pub connections: usize,
+}
+
+fn default_redis_operation_timeout() -> Duration {
+    Duration::from_millis(20)
+}
+
+fn default_redis_connect_timeout() -> Duration {
+    Duration::from_secs(1)
+}
+
+fn default_redis_key_prefix() -> String {
+    "gateway".to_owned()
+}
+
+fn default_redis_connections() -> usize {
+    1
 }
 
 /// A filter component and how its instances run.
@@ -191,6 +247,13 @@ pub struct FilterDefinition {
     /// Most linear memory one instance may grow to.
     #[serde(default = "default_memory_limit")]
     pub memory_limit: ByteSize,
+    /// The store of this filter's `kv` operations, when not `kv.backend`.
+    #[serde(default)]
+    pub kv: Option<KvBackendKind>,
+    /// Largest answer the filter may receive from an outbound call; a larger one fails the call
+    /// with `too-large`.
+    #[serde(default = "default_max_outbound_response")]
+    pub max_outbound_response: ByteSize,
 }
 
 impl FilterDefinition {
@@ -202,6 +265,8 @@ impl FilterDefinition {
             max_uses: default_max_uses(),
             timeout: default_call_timeout(),
             memory_limit: default_memory_limit(),
+            kv: None,
+            max_outbound_response: default_max_outbound_response(),
         }
     }
 }
@@ -216,6 +281,10 @@ fn default_call_timeout() -> Duration {
 
 fn default_memory_limit() -> ByteSize {
     ByteSize(16 * 1024 * 1024)
+}
+
+fn default_max_outbound_response() -> ByteSize {
+    ByteSize(1 << 20)
 }
 
 /// How filter instances are shared between requests.
@@ -317,6 +386,10 @@ pub struct RouteFilter {
     /// `closed` answers with a JSON error, `open` skips the filter and goes on.
     #[serde(default)]
     pub on_failure: FailurePolicy,
+    /// Services, by name from `services`, this filter may call on this route (the `outbound`
+    /// capability); it may call no other, and nothing else on the network.
+    #[serde(default)]
+    pub allow_services: Vec<String>,
 }
 
 fn empty_object() -> serde_json::Value {

@@ -22,8 +22,8 @@ use std::time::Duration;
 use http::Method;
 
 pub use file::{
-    Admin, ConfigFile, EdgeLimits, FailurePolicy, FilterDefinition, Isolation, KvSettings,
-    Listener, RouteFile, RouteFilter, RouteMatch, ServiceFile,
+    Admin, ConfigFile, EdgeLimits, FailurePolicy, FilterDefinition, Isolation, KvBackendKind,
+    KvSettings, Listener, RedisSettings, RouteFile, RouteFilter, RouteMatch, ServiceFile,
 };
 pub use gateway_routing::pattern::PathPattern;
 pub use instance::InstanceUrl;

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use http::Method;
 
-use crate::file::{ConfigFile, RouteFile, ServiceFile};
+use crate::file::{ConfigFile, KvBackendKind, RouteFile, ServiceFile};
 use crate::{
     ByteSize, Config, InstanceUrl, MAX_MEMORY_LIMIT, PathMatch, Route, Service, ServiceRef,
 };
@@ -26,6 +26,9 @@ const KV_ENTRIES: (usize, usize) = (1, 100_000_000);
 const KV_VALUE: (ByteSize, ByteSize) = (ByteSize(1), ByteSize(64 << 20));
 const FILTER_TIMEOUT: (Duration, Duration) = (Duration::from_millis(1), Duration::from_secs(60));
 const FILTER_MEMORY: (ByteSize, ByteSize) = (ByteSize(1 << 20), MAX_MEMORY_LIMIT);
+const OUTBOUND_RESPONSE: (ByteSize, ByteSize) = (ByteSize(1), ByteSize(64 << 20));
+const REDIS_TIMEOUT: (Duration, Duration) = (Duration::from_millis(1), Duration::from_secs(60));
+const REDIS_CONNECTIONS: (usize, usize) = (1, 64);
 const UPSTREAM_TIMEOUT: (Duration, Duration) =
     (Duration::from_millis(1), Duration::from_secs(3600));
 
@@ -218,6 +221,7 @@ fn check_filters(config: &ConfigFile, problems: &mut Problems) {
         KV_VALUE,
         size,
     );
+    check_redis(config, problems);
     for (name, filter) in &config.filters {
         // Names appear in logs, metrics and key-value namespaces: keep them plain.
         let plain = !name.is_empty()
@@ -254,6 +258,75 @@ fn check_filters(config: &ConfigFile, problems: &mut Problems) {
             filter.memory_limit,
             FILTER_MEMORY,
             size,
+        );
+        problems.bounded(
+            format_args!("filters.{name}.max_outbound_response"),
+            filter.max_outbound_response,
+            OUTBOUND_RESPONSE,
+            size,
+        );
+        let backend = filter.kv.unwrap_or(config.kv.backend);
+        if let (KvBackendKind::Redis, Some(redis)) = (backend, &config.kv.redis)
+            && redis.operation_timeout >= filter.timeout
+        {
+            problems.add(
+                format_args!("filters.{name}.timeout"),
+                format_args!(
+                    "{} is not longer than kv.redis.operation_timeout ({}): a wait on Redis would end the call before the filter could act on a timeout",
+                    duration(&filter.timeout),
+                    duration(&redis.operation_timeout)
+                ),
+            );
+        }
+        if filter.kv == Some(KvBackendKind::Redis) && config.kv.redis.is_none() {
+            problems.add(
+                format_args!("filters.{name}.kv"),
+                "`redis` needs kv.redis (its url)",
+            );
+        }
+    }
+}
+
+fn check_redis(config: &ConfigFile, problems: &mut Problems) {
+    let Some(redis) = &config.kv.redis else {
+        if config.kv.backend == KvBackendKind::Redis {
+            problems.add("kv.redis", "required when kv.backend is `redis`");
+        }
+        return;
+    };
+    if !(redis.url.starts_with("redis://") || redis.url.starts_with("redis+unix://")) {
+        problems.add(
+            "kv.redis.url",
+            "must start with redis:// (TLS, rediss://, is not supported)",
+        );
+    }
+    problems.bounded(
+        "kv.redis.operation_timeout",
+        redis.operation_timeout,
+        REDIS_TIMEOUT,
+        duration,
+    );
+    problems.bounded(
+        "kv.redis.connect_timeout",
+        redis.connect_timeout,
+        REDIS_TIMEOUT,
+        duration,
+    );
+    problems.bounded(
+        "kv.redis.connections",
+        redis.connections,
+        REDIS_CONNECTIONS,
+        count,
+    );
+    let plain = !redis.key_prefix.is_empty()
+        && redis
+            .key_prefix
+            .chars()
+            .all(|c| c.is_ascii_graphic() && c != ':');
+    if !plain {
+        problems.add(
+            "kv.redis.key_prefix",
+            "must be printable ASCII without spaces or `:` (the separator of the key layout)",
         );
     }
 }
@@ -391,6 +464,17 @@ fn check_route(
                     known(config.filters.keys())
                 ),
             );
+        }
+        for (grant, service) in filter.allow_services.iter().enumerate() {
+            if !config.services.contains_key(service) {
+                problems.add(
+                    format_args!("{at}.filters[{position}].allow_services[{grant}]"),
+                    format_args!(
+                        "unknown service `{service}` ({})",
+                        known(config.services.keys())
+                    ),
+                );
+            }
         }
     }
     if problems.0.len() != before {

@@ -1,15 +1,17 @@
 //! The key-value state filters see through the `kv` capability.
 //!
-//! One implementation of the semantics, used by the gateway (sharded behind locks, see its
-//! `filter::kv`) and by the SDK's test host, so a filter's unit tests and production agree on
-//! what `increment` or `compare-and-swap` do. Time is passed in by the caller as milliseconds on a
-//! monotonic clock, which keeps this crate free of clocks and lets tests set time.
+//! One implementation of the semantics, used by the gateway's memory store (sharded behind
+//! locks, in `gateway-kv`) and by the SDK's test host, so a filter's unit tests and production
+//! agree on what `increment` or `compare-and-swap` do. The gateway's Redis store cannot hold a
+//! [`KvMap`]; it applies the same [`Limits`] checks and gives the same semantics in Redis, and a
+//! conformance suite runs one set of cases against both stores. Time is passed in by the caller as
+//! milliseconds on a monotonic clock, which keeps this crate free of clocks and lets tests set time.
 //!
 //! Semantics:
 //! - an entry may carry a time to live; an expired entry is absent for every operation;
 //! - `increment` treats an absent entry as 0 and applies the TTL only when it creates the entry
 //!   (a fixed window, as rate limiting needs); the value is stored as decimal text, so `get`
-//!   returns e.g. `b"42"`;
+//!   returns e.g. `b"42"`, and only such text can be incremented (not `+5` or `007`);
 //! - `compare_and_swap` writes only if the current value equals `expected` (`None`: absent);
 //! - the map is bounded: when it is full, expired entries are dropped first, then an arbitrary
 //!   entry is evicted, as a cache does.
@@ -34,6 +36,41 @@ pub struct Limits {
     pub max_key_bytes: usize,
     /// Largest value accepted, in bytes.
     pub max_value_bytes: usize,
+}
+
+impl Limits {
+    /// Refuses a key longer than the limit. Every store applies it before it writes, so a
+    /// filter meets the same refusal on every backend.
+    ///
+    /// ```
+    /// use gateway_rules::kv::{KvError, Limits};
+    ///
+    /// let limits = Limits { max_key_bytes: 4, ..Limits::default() };
+    /// assert_eq!(limits.check_key("abcd"), Ok(()));
+    /// assert_eq!(limits.check_key("abcde"), Err(KvError::KeyTooLong(5, 4)));
+    /// ```
+    pub fn check_key(&self, key: &str) -> Result<(), KvError> {
+        if key.len() > self.max_key_bytes {
+            return Err(KvError::KeyTooLong(key.len(), self.max_key_bytes));
+        }
+        Ok(())
+    }
+
+    /// Refuses a value larger than the limit, as [`Limits::check_key`] does keys.
+    ///
+    /// ```
+    /// use gateway_rules::kv::{KvError, Limits};
+    ///
+    /// let limits = Limits { max_value_bytes: 2, ..Limits::default() };
+    /// assert_eq!(limits.check_value(b"ab"), Ok(()));
+    /// assert_eq!(limits.check_value(b"abc"), Err(KvError::ValueTooLarge(3, 2)));
+    /// ```
+    pub fn check_value(&self, value: &[u8]) -> Result<(), KvError> {
+        if value.len() > self.max_value_bytes {
+            return Err(KvError::ValueTooLarge(value.len(), self.max_value_bytes));
+        }
+        Ok(())
+    }
 }
 
 impl Default for Limits {
@@ -102,23 +139,6 @@ impl KvMap {
         self.entries.is_empty()
     }
 
-    fn check_key(&self, key: &str) -> Result<(), KvError> {
-        if key.len() > self.limits.max_key_bytes {
-            return Err(KvError::KeyTooLong(key.len(), self.limits.max_key_bytes));
-        }
-        Ok(())
-    }
-
-    fn check_value(&self, value: &[u8]) -> Result<(), KvError> {
-        if value.len() > self.limits.max_value_bytes {
-            return Err(KvError::ValueTooLarge(
-                value.len(),
-                self.limits.max_value_bytes,
-            ));
-        }
-        Ok(())
-    }
-
     fn live(&self, key: &str, now: u64) -> Option<&Entry> {
         self.entries.get(key).filter(|entry| entry.live(now))
     }
@@ -155,8 +175,8 @@ impl KvMap {
         ttl_ms: Option<u64>,
         now: u64,
     ) -> Result<(), KvError> {
-        self.check_key(key)?;
-        self.check_value(&value)?;
+        self.limits.check_key(key)?;
+        self.limits.check_value(&value)?;
         self.insert(key, value, expiry(now, ttl_ms), now);
         Ok(())
     }
@@ -177,11 +197,16 @@ impl KvMap {
         ttl_ms: Option<u64>,
         now: u64,
     ) -> Result<i64, KvError> {
-        self.check_key(key)?;
+        self.limits.check_key(key)?;
         let (current, expires_at) = match self.live(key, now) {
             Some(entry) => {
                 let text = std::str::from_utf8(&entry.value).map_err(|_| KvError::NotAnInteger)?;
                 let current: i64 = text.parse().map_err(|_| KvError::NotAnInteger)?;
+                // Only the text `increment` itself writes counts: Rust's parser also takes
+                // `+5`, `007` or `-0`, which Redis's INCRBY refuses, and both stores must agree.
+                if current.to_string() != text {
+                    return Err(KvError::NotAnInteger);
+                }
                 (current, entry.expires_at)
             }
             None => (0, expiry(now, ttl_ms)),
@@ -201,8 +226,8 @@ impl KvMap {
         ttl_ms: Option<u64>,
         now: u64,
     ) -> Result<bool, KvError> {
-        self.check_key(key)?;
-        self.check_value(&new)?;
+        self.limits.check_key(key)?;
+        self.limits.check_value(&new)?;
         let current = self.live(key, now).map(|entry| entry.value.as_slice());
         if current != expected {
             return Ok(false);
@@ -270,6 +295,12 @@ mod tests {
         assert_eq!(kv.increment("n", -3, None, 61), Ok(-2));
         kv.set("t", b"x".to_vec(), None, 0).expect("set");
         assert_eq!(kv.increment("t", 1, None, 0), Err(KvError::NotAnInteger));
+        kv.set("t", b"+5".to_vec(), None, 0).expect("set");
+        assert_eq!(
+            kv.increment("t", 1, None, 0),
+            Err(KvError::NotAnInteger),
+            "only canonical decimal text is a counter"
+        );
         kv.entries.insert(
             "big".into(),
             Entry {

@@ -1,0 +1,244 @@
+//! One gateway's own store: the shared semantics of `gateway-rules`, sharded behind locks so
+//! concurrent requests on different keys rarely contend. Its operations never wait on anything
+//! but a shard's lock, held for one map operation.
+//!
+//! Operations are counted per shard under the lock already held, not in one shared counter,
+//! which every worker would otherwise contend on.
+
+use std::hash::{BuildHasher, RandomState};
+use std::sync::{Mutex, MutexGuard, OnceLock};
+use std::time::Instant;
+
+use gateway_rules::kv::{KvMap, Limits};
+
+use crate::{BackendState, BackendStatus, KvError};
+
+const SHARDS: usize = 16;
+
+/// Key-value state shared by every filter instance; each filter sees only its own namespace.
+pub struct MemoryStore {
+    shards: Vec<Mutex<Shard>>,
+    hasher: RandomState,
+    limits: Limits,
+    created: Instant,
+}
+
+struct Shard {
+    map: KvMap,
+    operations: u64,
+}
+
+/// Milliseconds on the process's monotonic clock: expiry must not jump with the wall clock.
+fn now_ms() -> u64 {
+    static START: OnceLock<Instant> = OnceLock::new();
+    let elapsed = START.get_or_init(Instant::now).elapsed();
+    u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX)
+}
+
+impl MemoryStore {
+    pub fn new(limits: Limits) -> MemoryStore {
+        let per_shard = Limits {
+            max_entries: limits.max_entries.div_ceil(SHARDS).max(1),
+            // The maps' keys carry the namespace, which the key limit does not count: the store
+            // checks the filter's own key, as the Redis store does, and the maps do not.
+            max_key_bytes: usize::MAX,
+            ..limits
+        };
+        MemoryStore {
+            shards: (0..SHARDS)
+                .map(|_| {
+                    Mutex::new(Shard {
+                        map: KvMap::new(per_shard),
+                        operations: 0,
+                    })
+                })
+                .collect(),
+            hasher: RandomState::new(),
+            limits,
+            created: Instant::now(),
+        }
+    }
+
+    /// The store's state: always connected, since it was made; with the entries it holds.
+    pub fn status(&self) -> BackendStatus {
+        let (operations, entries) = (0..SHARDS).fold((0u64, 0u64), |(operations, entries), n| {
+            let shard = self.lock(n);
+            (
+                operations + shard.operations,
+                entries + shard.map.len() as u64,
+            )
+        });
+        BackendStatus {
+            backend: "memory",
+            state: BackendState::Connected,
+            since_ms: u64::try_from(self.created.elapsed().as_millis()).unwrap_or(u64::MAX),
+            operations,
+            errors: 0,
+            timeouts: 0,
+            mean_latency_us: None,
+            max_latency_us: None,
+            last_error: None,
+            entries: Some(entries),
+        }
+    }
+
+    fn lock(&self, shard: usize) -> MutexGuard<'_, Shard> {
+        // Each KvMap mutation is a single map call, so a panic elsewhere while the lock was held
+        // cannot have left the map inconsistent: a poisoned lock is safe to keep using.
+        self.shards[shard]
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Runs `operation` on the shard holding `namespace`'s `key`.
+    fn with_shard<R>(
+        &self,
+        namespace: &str,
+        key: &str,
+        operation: impl FnOnce(&mut KvMap, &str, u64) -> R,
+    ) -> R {
+        // A NUL cannot appear in a filter name, so namespaces cannot run into each other.
+        let full_key = format!("{namespace}\0{key}");
+        let mut shard = self.lock(self.hasher.hash_one(&full_key) as usize % SHARDS);
+        shard.operations += 1;
+        operation(&mut shard.map, &full_key, now_ms())
+    }
+
+    pub fn get(&self, namespace: &str, key: &str) -> Result<Option<Vec<u8>>, KvError> {
+        Ok(self.with_shard(namespace, key, |map, key, now| map.get(key, now)))
+    }
+
+    pub fn set(
+        &self,
+        namespace: &str,
+        key: &str,
+        value: Vec<u8>,
+        ttl_ms: Option<u64>,
+    ) -> Result<(), KvError> {
+        self.with_shard(namespace, key, |map, full_key, now| {
+            self.limits.check_key(key)?;
+            map.set(full_key, value, ttl_ms, now)
+        })
+        .map_err(KvError::from)
+    }
+
+    pub fn delete(&self, namespace: &str, key: &str) -> Result<bool, KvError> {
+        Ok(self.with_shard(namespace, key, |map, key, now| map.delete(key, now)))
+    }
+
+    pub fn increment(
+        &self,
+        namespace: &str,
+        key: &str,
+        delta: i64,
+        ttl_ms: Option<u64>,
+    ) -> Result<i64, KvError> {
+        self.with_shard(namespace, key, |map, full_key, now| {
+            self.limits.check_key(key)?;
+            map.increment(full_key, delta, ttl_ms, now)
+        })
+        .map_err(KvError::from)
+    }
+
+    pub fn compare_and_swap(
+        &self,
+        namespace: &str,
+        key: &str,
+        expected: Option<&[u8]>,
+        new: Vec<u8>,
+        ttl_ms: Option<u64>,
+    ) -> Result<bool, KvError> {
+        self.with_shard(namespace, key, |map, full_key, now| {
+            self.limits.check_key(key)?;
+            map.compare_and_swap(full_key, expected, new, ttl_ms, now)
+        })
+        .map_err(KvError::from)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+
+    #[test]
+    fn namespaces_do_not_see_each_other() {
+        let store = MemoryStore::new(Limits::default());
+        store.set("auth", "k", b"a".to_vec(), None).expect("set");
+        store.set("cache", "k", b"c".to_vec(), None).expect("set");
+        assert_eq!(store.get("auth", "k"), Ok(Some(b"a".to_vec())));
+        assert_eq!(store.get("cache", "k"), Ok(Some(b"c".to_vec())));
+        assert_eq!(store.delete("auth", "k"), Ok(true));
+        assert_eq!(store.get("cache", "k"), Ok(Some(b"c".to_vec())));
+    }
+
+    #[test]
+    fn concurrent_increments_are_not_lost() {
+        let store = Arc::new(MemoryStore::new(Limits::default()));
+        let threads: Vec<_> = (0..8)
+            .map(|_| {
+                let store = store.clone();
+                std::thread::spawn(move || {
+                    for _ in 0..1_000 {
+                        store
+                            .increment("limit", "client", 1, None)
+                            .expect("increment");
+                    }
+                })
+            })
+            .collect();
+        for thread in threads {
+            thread.join().expect("thread finished");
+        }
+        assert_eq!(store.get("limit", "client"), Ok(Some(b"8000".to_vec())));
+    }
+
+    #[test]
+    fn the_store_stays_bounded() {
+        let store = MemoryStore::new(Limits {
+            max_entries: 64,
+            ..Limits::default()
+        });
+        for n in 0..1_000 {
+            store
+                .set("f", &format!("key-{n}"), b"v".to_vec(), None)
+                .expect("set");
+        }
+        let held = store
+            .status()
+            .entries
+            .expect("the memory store counts its entries");
+        assert!(held <= 64, "{held} entries held");
+    }
+
+    #[test]
+    fn the_key_limit_counts_the_filters_key_not_the_namespace() {
+        let store = MemoryStore::new(Limits {
+            max_key_bytes: 4,
+            ..Limits::default()
+        });
+        store
+            .set("a-long-filter-name", "abcd", b"v".to_vec(), None)
+            .expect("a key at the limit");
+        assert_eq!(
+            store.increment("f", "abcde", 1, None),
+            Err(KvError::Refused(gateway_rules::kv::KvError::KeyTooLong(
+                5, 4
+            )))
+        );
+    }
+
+    #[test]
+    fn the_status_counts_operations_and_entries() {
+        let store = MemoryStore::new(Limits::default());
+        store.set("f", "a", b"1".to_vec(), None).expect("set");
+        store.set("f", "b", b"2".to_vec(), None).expect("set");
+        store.get("f", "a").expect("get");
+        let status = store.status();
+        assert_eq!(status.backend, "memory");
+        assert_eq!(status.state, BackendState::Connected);
+        assert_eq!(status.operations, 3);
+        assert_eq!(status.entries, Some(2));
+    }
+}
