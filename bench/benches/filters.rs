@@ -14,6 +14,7 @@
 //! `$GATEWAY_PLUGIN_DIR`, else `$CARGO_TARGET_DIR/wasm32-wasip2/wasm`, else the default target
 //! folder of `scripts/setup.sh`; build them first (`bench/run` and `scripts/test` do).
 
+use std::future::Future;
 use std::hint::black_box;
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::{Path, PathBuf};
@@ -23,6 +24,7 @@ use bytes::Bytes;
 use criterion::{BatchSize, Criterion, criterion_group};
 use gateway_config::{FailurePolicy, FilterDefinition, Isolation};
 use gateway_filter::{FilterChain, FilterEngine, FilterPool, HeldBody, RequestHead, ResponseHead};
+use gateway_kv::{KvStores, Limits};
 use gateway_wire as wire;
 use http::header::{HeaderName, HeaderValue};
 use http::{HeaderMap, Method, StatusCode};
@@ -73,7 +75,7 @@ struct Filters {
 
 impl Filters {
     fn new() -> Filters {
-        let engine = FilterEngine::new(gateway_rules::kv::Limits::default(), None)
+        let engine = FilterEngine::new(KvStores::memory(Limits::default()), None)
             .unwrap_or_else(|error| panic!("cannot start the filter engine: {error}"));
         Filters {
             engine,
@@ -95,8 +97,14 @@ impl Filters {
             .engine
             .load(name, &path, &definition)
             .unwrap_or_else(|error| panic!("cannot load {}: {error}", path.display()));
-        FilterPool::new(Arc::new(loaded), "bench", &config, FailurePolicy::Closed)
-            .unwrap_or_else(|error| panic!("cannot initialise {name}: {error}"))
+        ready(FilterPool::new(
+            Arc::new(loaded),
+            "bench",
+            &config,
+            FailurePolicy::Closed,
+            None,
+        ))
+        .unwrap_or_else(|error| panic!("cannot initialise {name}: {error}"))
     }
 }
 
@@ -165,10 +173,23 @@ fn response() -> ResponseHead {
     }
 }
 
+/// The output of a call that never waits, as every filter here is one on the memory store with
+/// no services granted: polled once, in place, as a worker's task polls it.
+fn ready<F: Future>(call: F) -> F::Output {
+    let mut call = std::pin::pin!(call);
+    match call
+        .as_mut()
+        .poll(&mut std::task::Context::from_waker(std::task::Waker::noop()))
+    {
+        std::task::Poll::Ready(output) => output,
+        std::task::Poll::Pending => panic!("a call on the memory store waited"),
+    }
+}
+
 /// Fails loudly if a filter refuses or fails: a benchmark of the error path would mislead.
 fn expect_continue(pool: &FilterPool) {
     let mut head = request();
-    match pool.on_request(&mut head) {
+    match ready(pool.on_request(&mut head)) {
         Ok(None) => {}
         Ok(Some(reply)) => panic!(
             "{} answered {} instead of passing",
@@ -185,7 +206,7 @@ fn filter_calls(c: &mut Criterion) {
     let rewrite = filters.pool("rewrite", REWRITE, Isolation::Pooled, rewrite_config());
     expect_continue(&rewrite);
     let mut head = request();
-    let _ = rewrite.on_request(&mut head);
+    let _ = ready(rewrite.on_request(&mut head));
     assert_eq!(
         head.path, "/items/42",
         "the rewrite filter did not strip the prefix"
@@ -194,7 +215,7 @@ fn filter_calls(c: &mut Criterion) {
     c.bench_function("rewrite/pooled", |b| {
         b.iter_batched_ref(
             request,
-            |head| black_box(rewrite.on_request(head)),
+            |head| black_box(ready(rewrite.on_request(head))),
             BatchSize::SmallInput,
         )
     });
@@ -204,7 +225,7 @@ fn filter_calls(c: &mut Criterion) {
     c.bench_function("rewrite/per-request", |b| {
         b.iter_batched_ref(
             request,
-            |head| black_box(isolated.on_request(head)),
+            |head| black_box(ready(isolated.on_request(head))),
             BatchSize::SmallInput,
         )
     });
@@ -221,13 +242,13 @@ fn filter_calls(c: &mut Criterion) {
         ],
     };
     let mut head = request();
-    let phase = chain.on_request(&mut head, 0..chain.filters.len());
+    let phase = ready(chain.on_request(&mut head, 0..chain.filters.len()));
     assert!(
         matches!(phase.outcome, Ok(None)),
         "the chain did not pass the request"
     );
     let mut answer = response();
-    let replaced = chain.on_response(phase.ran, &mut head, &mut answer);
+    let replaced = ready(chain.on_response(phase.ran, &mut head, &mut answer));
     assert!(
         matches!(replaced, Ok(None)),
         "the chain's response phase failed"
@@ -237,8 +258,8 @@ fn filter_calls(c: &mut Criterion) {
         b.iter_batched_ref(
             || (request(), response()),
             |(head, answer)| {
-                let phase = chain.on_request(head, 0..chain.filters.len());
-                black_box(chain.on_response(phase.ran, head, answer))
+                let phase = ready(chain.on_request(head, 0..chain.filters.len()));
+                black_box(ready(chain.on_response(phase.ran, head, answer)))
             },
             BatchSize::SmallInput,
         )
@@ -255,12 +276,12 @@ fn filter_calls(c: &mut Criterion) {
         ..request()
     };
     let mut head = with_body();
-    assert!(matches!(exchange.on_request(&mut head), Ok(None)));
+    assert!(matches!(ready(exchange.on_request(&mut head)), Ok(None)));
     assert_eq!(head.headers["x-request-body-length"], "1024");
     c.bench_function("body/exchange-1k", |b| {
         b.iter_batched_ref(
             with_body,
-            |head| black_box(exchange.on_request(head)),
+            |head| black_box(ready(exchange.on_request(head))),
             BatchSize::SmallInput,
         )
     });
@@ -270,7 +291,7 @@ fn filter_calls(c: &mut Criterion) {
     c.bench_function("baseline/misbehave-no-header", |b| {
         b.iter_batched_ref(
             request,
-            |head| black_box(baseline.on_request(head)),
+            |head| black_box(ready(baseline.on_request(head))),
             BatchSize::SmallInput,
         )
     });

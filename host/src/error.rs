@@ -21,6 +21,14 @@ pub(crate) enum Error {
     #[error(transparent)]
     Filter(#[from] gateway_filter::Error),
 
+    /// The key-value stores cannot be set up.
+    #[error(transparent)]
+    Kv(#[from] gateway_kv::Error),
+
+    /// A runtime for async work cannot start.
+    #[error("cannot start the async runtime: {0}")]
+    Runtime(std::io::Error),
+
     /// A reload could not run to its end.
     #[error("the reload task failed: {0}")]
     ReloadTask(String),

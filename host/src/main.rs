@@ -41,6 +41,7 @@ use clap::{Parser, Subcommand};
 
 use gateway_config::Config;
 use gateway_filter::FilterEngine;
+use gateway_kv::KvStores;
 
 use crate::plugin::scaffold::{self, SdkSource};
 use crate::reload::{Reloader, Trigger};
@@ -211,14 +212,18 @@ fn run(command: Command) -> anyhow::Result<()> {
 /// Loads the configuration and builds a serving state from it, or explains every problem.
 fn validate(path: &Path) -> anyhow::Result<()> {
     let config = Config::load(path)?;
-    let engine = FilterEngine::new(config.kv.limits(), config.cache_dir.clone())?;
-    reload::build(path, &engine)?;
+    let engine = FilterEngine::new(KvStores::start(&config.kv)?, config.cache_dir.clone())?;
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?
+        .block_on(reload::build(path, &engine))?;
     Ok(())
 }
 
 async fn serve(path: &Path, workers: usize) -> anyhow::Result<()> {
     let started = std::time::Instant::now();
-    let (reloader, config) = Reloader::start(path)?;
+    let (reloader, config) = Reloader::start(path).await?;
     let addresses: Vec<_> = config.listeners.iter().map(|l| l.address).collect();
     let listeners = gateway_server::bind(&addresses).await?;
     if let Some(admin) = &config.admin {

@@ -1,22 +1,43 @@
 //! Host side of the WIT contract: the generated bindings, and the lazy reads and capabilities a
 //! filter imports.
 //!
+//! `kv` and `outbound` may wait on the network, so they are async host functions, and a filter
+//! is linked one of two ways ([`Linkers`]):
+//! - `waiting`, for a filter on Redis or granted services: called with `call_async` on a stack
+//!   of its own, so a wait suspends the call and the worker serves other connections meanwhile;
+//! - `immediate`, for a filter on the memory store with no services granted: the same host
+//!   functions, answered at once, called with a plain `call`. Suspending costs a stack switch
+//!   each way, measured at more than a tenth of a short call (see `docs/decisions`), which a
+//!   filter that never waits should not pay.
+//!
 //! Request and response handles are borrows with a fixed representation: the instance's store
 //! holds the one request (and response) of the current call, so a handle needs no table entry.
 //! Edits do not come through the handles: they come back in the call's outcome (see `edits`).
 
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::future::Future;
+use std::task::{Context, Poll, Waker};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use bytes::Bytes;
 use http::HeaderMap;
-use wasmtime::component::Resource;
+use wasmtime::component::{HasSelf, Linker, Resource};
+use wasmtime::{Engine, StoreContextMut};
+
+use gateway_kv::KvError;
 
 use crate::heads::{RequestHead, ResponseHead};
 use crate::instance::{CallHeads, InstanceState};
+use crate::outbound::{OutboundError, OutboundRequest};
+use crate::{WIT_PACKAGE, WIT_VERSION};
 
 wasmtime::component::bindgen!({
     path: "../../wit",
     world: "filter",
-    imports: { default: trappable },
+    imports: {
+        "gateway:filter/kv": async | trappable,
+        "gateway:filter/outbound": async | trappable,
+        default: trappable,
+    },
 });
 
 pub use exports::gateway::filter::handler::Phases;
@@ -24,7 +45,110 @@ pub(crate) use exports::gateway::filter::handler::{
     Action, Environment, MetricKind, Outcome, Registration, RequestFields,
 };
 pub(crate) use gateway::filter::http::Reply;
-use gateway::filter::{clock, http as wit_http, kv, log};
+use gateway::filter::{clock, http as wit_http, kv, log, outbound};
+
+/// The two ways a filter is linked: see the module documentation.
+pub(crate) struct Linkers {
+    pub(crate) waiting: Linker<InstanceState>,
+    pub(crate) immediate: Linker<InstanceState>,
+}
+
+impl Linkers {
+    pub(crate) fn new(engine: &Engine) -> wasmtime::Result<Linkers> {
+        let mut waiting = Linker::new(engine);
+        wasmtime_wasi::p2::add_to_linker_sync(&mut waiting)?;
+        Filter::add_to_linker::<_, HasSelf<InstanceState>>(&mut waiting, |state| state)?;
+
+        let mut immediate = Linker::new(engine);
+        wasmtime_wasi::p2::add_to_linker_sync(&mut immediate)?;
+        wit_http::add_to_linker::<_, HasSelf<InstanceState>>(&mut immediate, |state| state)?;
+        log::add_to_linker::<_, HasSelf<InstanceState>>(&mut immediate, |state| state)?;
+        clock::add_to_linker::<_, HasSelf<InstanceState>>(&mut immediate, |state| state)?;
+        add_immediate_kv(&mut immediate)?;
+        add_refused_outbound(&mut immediate)?;
+        Ok(Linkers { waiting, immediate })
+    }
+}
+
+/// The output of a host call that cannot wait: on the memory store, every operation answers on
+/// its first poll.
+fn at_once<T>(call: impl Future<Output = wasmtime::Result<T>>) -> wasmtime::Result<T> {
+    let mut call = std::pin::pin!(call);
+    match call.as_mut().poll(&mut Context::from_waker(Waker::noop())) {
+        Poll::Ready(output) => output,
+        Poll::Pending => wasmtime::bail!("a kv operation of a filter linked as immediate waited"),
+    }
+}
+
+/// The `kv` interface as plain host functions over the same implementation, for a filter on
+/// the memory store.
+fn add_immediate_kv(linker: &mut Linker<InstanceState>) -> wasmtime::Result<()> {
+    type Store<'a> = StoreContextMut<'a, InstanceState>;
+    let mut kv = linker.instance(&format!("{WIT_PACKAGE}/kv@{WIT_VERSION}"))?;
+    kv.func_wrap("get", |mut store: Store<'_>, (key,): (String,)| {
+        Ok((at_once(kv::Host::get(store.data_mut(), key))?,))
+    })?;
+    kv.func_wrap(
+        "set",
+        |mut store: Store<'_>, (key, value, ttl_ms): (String, Vec<u8>, Option<u64>)| {
+            Ok((at_once(kv::Host::set(
+                store.data_mut(),
+                key,
+                value,
+                ttl_ms,
+            ))?,))
+        },
+    )?;
+    kv.func_wrap("delete", |mut store: Store<'_>, (key,): (String,)| {
+        Ok((at_once(kv::Host::delete(store.data_mut(), key))?,))
+    })?;
+    kv.func_wrap(
+        "increment",
+        |mut store: Store<'_>, (key, delta, ttl_ms): (String, i64, Option<u64>)| {
+            Ok((at_once(kv::Host::increment(
+                store.data_mut(),
+                key,
+                delta,
+                ttl_ms,
+            ))?,))
+        },
+    )?;
+    kv.func_wrap(
+        "compare-and-swap",
+        |mut store: Store<'_>,
+         (key, expected, new, ttl_ms): (String, Option<Vec<u8>>, Vec<u8>, Option<u64>)| {
+            Ok((at_once(kv::Host::compare_and_swap(
+                store.data_mut(),
+                key,
+                expected,
+                new,
+                ttl_ms,
+            ))?,))
+        },
+    )?;
+    Ok(())
+}
+
+/// `outbound` for a filter linked as immediate: it has no services granted, so every call is
+/// refused, exactly as a waiting filter's call to a service it was not granted.
+fn add_refused_outbound(linker: &mut Linker<InstanceState>) -> wasmtime::Result<()> {
+    let mut outbound = linker.instance(&format!("{WIT_PACKAGE}/outbound@{WIT_VERSION}"))?;
+    outbound.func_wrap(
+        "send",
+        |store: StoreContextMut<'_, InstanceState>, (request,): (outbound::OutboundRequest,)| {
+            let refused: Result<outbound::OutboundResponse, _> =
+                Err(not_granted(&store.data().filter, &request.service));
+            Ok((refused,))
+        },
+    )?;
+    Ok(())
+}
+
+fn not_granted(filter: &str, service: &str) -> outbound::OutboundError {
+    outbound::OutboundError::NotAllowed(format!(
+        "this route does not grant filter `{filter}` the service `{service}`"
+    ))
+}
 
 /// The representation of the only request and response handle a call ever sees.
 pub(crate) const CURRENT: u32 = 0;
@@ -203,50 +327,137 @@ impl clock::Host for InstanceState {
     }
 }
 
+/// A store's error as the filter receives it.
+fn kv_error(error: KvError) -> kv::KvError {
+    match error {
+        KvError::Refused(reason) => kv::KvError::Refused(reason.to_string()),
+        KvError::Unavailable(reason) => kv::KvError::Unavailable(reason),
+        KvError::Timeout(_) => kv::KvError::Timeout,
+    }
+}
+
+impl InstanceState {
+    /// Runs a `kv` operation: at once on the memory store, under the call's deadline on one
+    /// that waits on the network.
+    async fn kv_operation<T>(
+        &mut self,
+        operation: impl Future<Output = Result<T, KvError>>,
+    ) -> wasmtime::Result<Result<T, kv::KvError>> {
+        let done = if self.kv.waits() {
+            self.wait(operation).await?
+        } else {
+            operation.await
+        };
+        Ok(done.map_err(kv_error))
+    }
+}
+
 impl kv::Host for InstanceState {
-    fn get(&mut self, key: String) -> wasmtime::Result<Option<Vec<u8>>> {
-        Ok(self.kv.get(&self.filter, &key))
+    async fn get(&mut self, key: String) -> wasmtime::Result<Result<Option<Vec<u8>>, kv::KvError>> {
+        let (kv, filter) = (self.kv.clone(), self.filter.clone());
+        self.kv_operation(kv.get(&filter, &key)).await
     }
 
-    fn set(
+    async fn set(
         &mut self,
         key: String,
         value: Vec<u8>,
         ttl_ms: Option<u64>,
-    ) -> wasmtime::Result<Result<(), String>> {
-        Ok(self
-            .kv
-            .set(&self.filter, &key, value, ttl_ms)
-            .map_err(|error| error.to_string()))
+    ) -> wasmtime::Result<Result<(), kv::KvError>> {
+        let (kv, filter) = (self.kv.clone(), self.filter.clone());
+        self.kv_operation(kv.set(&filter, &key, value, ttl_ms))
+            .await
     }
 
-    fn delete(&mut self, key: String) -> wasmtime::Result<bool> {
-        Ok(self.kv.delete(&self.filter, &key))
+    async fn delete(&mut self, key: String) -> wasmtime::Result<Result<bool, kv::KvError>> {
+        let (kv, filter) = (self.kv.clone(), self.filter.clone());
+        self.kv_operation(kv.delete(&filter, &key)).await
     }
 
-    fn increment(
+    async fn increment(
         &mut self,
         key: String,
         delta: i64,
         ttl_ms: Option<u64>,
-    ) -> wasmtime::Result<Result<i64, String>> {
-        Ok(self
-            .kv
-            .increment(&self.filter, &key, delta, ttl_ms)
-            .map_err(|error| error.to_string()))
+    ) -> wasmtime::Result<Result<i64, kv::KvError>> {
+        let (kv, filter) = (self.kv.clone(), self.filter.clone());
+        self.kv_operation(kv.increment(&filter, &key, delta, ttl_ms))
+            .await
     }
 
-    fn compare_and_swap(
+    async fn compare_and_swap(
         &mut self,
         key: String,
         expected: Option<Vec<u8>>,
         new: Vec<u8>,
         ttl_ms: Option<u64>,
-    ) -> wasmtime::Result<Result<bool, String>> {
-        Ok(self
-            .kv
-            .compare_and_swap(&self.filter, &key, expected.as_deref(), new, ttl_ms)
-            .map_err(|error| error.to_string()))
+    ) -> wasmtime::Result<Result<bool, kv::KvError>> {
+        let (kv, filter) = (self.kv.clone(), self.filter.clone());
+        self.kv_operation(kv.compare_and_swap(&filter, &key, expected.as_deref(), new, ttl_ms))
+            .await
+    }
+}
+
+/// A filter's request as the gateway sends it, or why it cannot be sent: the rule the SDK's
+/// test host applies too.
+fn outbound_request(
+    request: outbound::OutboundRequest,
+) -> Result<OutboundRequest, outbound::OutboundError> {
+    let head =
+        gateway_rules::outbound::request(&request.method, request.path_and_query, request.headers)
+            .map_err(|refused| outbound::OutboundError::BadRequest(refused.to_string()))?;
+    Ok(OutboundRequest {
+        method: head.method,
+        path_and_query: head.path_and_query,
+        headers: head.headers,
+        body: Bytes::from(request.body),
+    })
+}
+
+impl outbound::Host for InstanceState {
+    async fn send(
+        &mut self,
+        request: outbound::OutboundRequest,
+    ) -> wasmtime::Result<Result<outbound::OutboundResponse, outbound::OutboundError>> {
+        let grant = match &self.outbound {
+            Some(grant) if grant.allows(&request.service) => grant.clone(),
+            _ => return Ok(Err(not_granted(&self.filter, &request.service))),
+        };
+        let service = request.service.clone();
+        let asked = request
+            .timeout_ms
+            .map_or(Duration::MAX, |ms| Duration::from_millis(ms.into()));
+        let request = match outbound_request(request) {
+            Ok(request) => request,
+            Err(refused) => return Ok(Err(refused)),
+        };
+        // The phase's deadline bounds the call anyway (see `wait`); a shorter wait asked for is
+        // the service's to keep.
+        let timeout = asked.min(self.time_left());
+        let call = grant
+            .services
+            .send(&service, request, self.max_outbound_response, timeout);
+        let answer = match self.wait(call).await? {
+            Ok(answer) => answer,
+            Err(error) => {
+                return Ok(Err(match error {
+                    OutboundError::Timeout(_) => outbound::OutboundError::Timeout,
+                    OutboundError::TooLarge(_) => outbound::OutboundError::TooLarge,
+                    OutboundError::Failed(reason) => outbound::OutboundError::Failed(reason),
+                }));
+            }
+        };
+        Ok(Ok(outbound::OutboundResponse {
+            status: answer.status.as_u16(),
+            headers: answer
+                .headers
+                .iter()
+                .filter_map(|(name, value)| {
+                    Some((name.as_str().to_owned(), value_text(value)?.to_owned()))
+                })
+                .collect(),
+            body: answer.body.into(),
+        }))
     }
 }
 

@@ -52,7 +52,7 @@ impl FilterChain {
 
     /// Runs the request phase of the filters in `filters`, in order, until one answers or
     /// fails closed.
-    pub fn on_request(&self, head: &mut RequestHead, filters: Range<usize>) -> RequestPhase {
+    pub async fn on_request(&self, head: &mut RequestHead, filters: Range<usize>) -> RequestPhase {
         let end = filters.end.min(self.filters.len());
         for (index, pool) in self
             .filters
@@ -64,7 +64,7 @@ impl FilterChain {
             if !pool.phases().contains(Phases::REQUEST) {
                 continue;
             }
-            match pool.on_request(head) {
+            match pool.on_request(head).await {
                 Ok(None) => {}
                 Ok(Some(reply)) => {
                     return RequestPhase {
@@ -90,7 +90,7 @@ impl FilterChain {
 
     /// Runs the response phase of the first `ran` filters, last to first. Returns the body of
     /// the reply a filter replaced the response with, if one did.
-    pub fn on_response(
+    pub async fn on_response(
         &self,
         ran: usize,
         request: &mut RequestHead,
@@ -101,7 +101,7 @@ impl FilterChain {
             if !pool.phases().contains(Phases::RESPONSE) {
                 continue;
             }
-            match pool.on_response(request, response) {
+            match pool.on_response(request, response).await {
                 Ok(None) => {}
                 Ok(Some(reply)) => {
                     response.status = reply.status;

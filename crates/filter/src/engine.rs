@@ -4,15 +4,15 @@ use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use wasmtime::component::{Component, Linker};
+use wasmtime::component::{Component, ComponentExportIndex, InstancePre};
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 
 use gateway_config::{FilterDefinition, MAX_MEMORY_LIMIT};
+use gateway_kv::{KvBackend, KvStores};
 
-use crate::bindings::{Filter, FilterPre};
+use crate::bindings::{FilterPre, Linkers};
 use crate::cache::{ComponentCache, ContentHash, Origin};
 use crate::instance::InstanceState;
-use crate::kv::KvStore;
 use crate::metrics::MetricRegistry;
 use crate::ticker::EpochTicker;
 use crate::{Error, Result, WIT_PACKAGE, WIT_VERSION};
@@ -21,11 +21,41 @@ use crate::{Error, Result, WIT_PACKAGE, WIT_VERSION};
 /// past this, new instances fail and requests get `FILTER_UNAVAILABLE`.
 const INSTANCE_SLOTS: u32 = 2_000;
 
-/// The shared engine, the linker holding the host capabilities, and the epoch ticker.
+/// Calls in progress at once, suspended ones included: each runs on a stack of its own, taken
+/// from the pool for the call. Past this, calls fail and requests get `FILTER_UNAVAILABLE`.
+const CALL_STACKS: u32 = 1_000;
+
+/// Where a filter's exports are, found once per component.
+#[derive(Clone)]
+pub(crate) struct HandlerExports {
+    pub(crate) init: ComponentExportIndex,
+    pub(crate) on_request: ComponentExportIndex,
+    pub(crate) on_response: ComponentExportIndex,
+}
+
+impl HandlerExports {
+    fn of(component: &Component, handler: &str) -> Result<HandlerExports, String> {
+        let interface = component
+            .get_export_index(None, handler)
+            .ok_or_else(|| format!("does not export `{handler}`"))?;
+        let function = |name: &str| {
+            component
+                .get_export_index(Some(&interface), name)
+                .ok_or_else(|| format!("`{handler}` has no function `{name}`"))
+        };
+        Ok(HandlerExports {
+            init: function("init")?,
+            on_request: function("on-request")?,
+            on_response: function("on-response")?,
+        })
+    }
+}
+
+/// The shared engine, the linkers holding the host capabilities, and the epoch ticker.
 pub struct FilterEngine {
     engine: Engine,
-    linker: Linker<InstanceState>,
-    kv: Arc<KvStore>,
+    linkers: Linkers,
+    kv: KvStores,
     metrics: Arc<MetricRegistry>,
     ticker: Arc<EpochTicker>,
     cache: ComponentCache,
@@ -39,8 +69,13 @@ pub struct LoadedFilter {
     pub hash: ContentHash,
     /// Whether it was compiled now, or found compiled in memory or on disk.
     pub origin: Origin,
-    pub(crate) pre: FilterPre<InstanceState>,
-    pub(crate) kv: Arc<KvStore>,
+    /// Linked for calls that may wait (on Redis, on a service).
+    pub(crate) waiting: InstancePre<InstanceState>,
+    /// Linked for calls that never wait, if its store is the memory one.
+    pub(crate) immediate: Option<InstancePre<InstanceState>>,
+    pub(crate) exports: HandlerExports,
+    /// The store of its `kv` operations.
+    pub kv: KvBackend,
     pub(crate) metrics: Arc<MetricRegistry>,
     pub(crate) ticker: Arc<EpochTicker>,
 }
@@ -48,13 +83,18 @@ pub struct LoadedFilter {
 impl LoadedFilter {
     /// The same filter with a key-value store and metrics of its own: `plugin test` runs each
     /// case from a clean state this way.
-    pub fn with_state(&self, kv: Arc<KvStore>, metrics: Arc<MetricRegistry>) -> LoadedFilter {
+    pub fn with_state(&self, kv: KvBackend, metrics: Arc<MetricRegistry>) -> LoadedFilter {
         LoadedFilter {
             name: self.name.clone(),
             settings: self.settings.clone(),
             hash: self.hash,
             origin: self.origin,
-            pre: self.pre.clone(),
+            waiting: self.waiting.clone(),
+            immediate: match kv {
+                KvBackend::Memory(_) => self.immediate.clone(),
+                KvBackend::Redis(_) => None,
+            },
+            exports: self.exports.clone(),
             kv,
             metrics,
             ticker: self.ticker.clone(),
@@ -63,12 +103,9 @@ impl LoadedFilter {
 }
 
 impl FilterEngine {
-    /// The engine, with a key-value store bounded by `kv_limits` shared by every filter it loads,
-    /// and compiled components kept in `cache_dir` (memory only if `None`).
-    pub fn new(
-        kv_limits: gateway_rules::kv::Limits,
-        cache_dir: Option<PathBuf>,
-    ) -> Result<FilterEngine> {
+    /// The engine, with the key-value stores its filters use, and compiled components kept in
+    /// `cache_dir` (memory only if `None`).
+    pub fn new(kv: KvStores, cache_dir: Option<PathBuf>) -> Result<FilterEngine> {
         let mut pooling = PoolingAllocationConfig::default();
         pooling
             .total_component_instances(INSTANCE_SLOTS)
@@ -78,7 +115,8 @@ impl FilterEngine {
             .max_core_instances_per_component(16)
             .max_memories_per_component(4)
             .max_tables_per_component(16)
-            .max_memory_size(MAX_MEMORY_LIMIT.as_usize());
+            .max_memory_size(MAX_MEMORY_LIMIT.as_usize())
+            .total_stacks(CALL_STACKS);
         let mut config = Config::new();
         config
             .wasm_component_model(true)
@@ -86,15 +124,7 @@ impl FilterEngine {
             .allocation_strategy(InstanceAllocationStrategy::Pooling(pooling));
         let engine = Engine::new(&config).map_err(|error| Error::Engine(format!("{error:#}")))?;
 
-        let mut linker = Linker::new(&engine);
-        wasmtime_wasi::p2::add_to_linker_sync(&mut linker)
-            .and_then(|()| {
-                Filter::add_to_linker::<_, wasmtime::component::HasSelf<InstanceState>>(
-                    &mut linker,
-                    |state| state,
-                )
-            })
-            .map_err(|error| Error::Engine(format!("{error:#}")))?;
+        let linkers = Linkers::new(&engine).map_err(|error| Error::Engine(format!("{error:#}")))?;
 
         let ticker = EpochTicker::start(&engine)
             .map_err(|error| Error::Engine(format!("cannot start the epoch ticker: {error}")))?;
@@ -102,8 +132,8 @@ impl FilterEngine {
         Ok(FilterEngine {
             cache: ComponentCache::new(&engine, cache_dir),
             engine,
-            linker,
-            kv: Arc::new(KvStore::new(kv_limits)),
+            linkers,
+            kv,
             metrics: Arc::default(),
             ticker,
         })
@@ -139,22 +169,39 @@ impl FilterEngine {
                         refuse(format!("not a valid component: {error}"))
                     }
                 })?;
-        check_wit_version(&self.engine, &component).map_err(refuse)?;
-        let pre = self
-            .linker
-            .instantiate_pre(&component)
-            .map_err(|error| refuse(format!("cannot be linked: {error:#}")))?;
-        let pre = FilterPre::new(pre).map_err(|error| refuse(format!("{error:#}")))?;
+        let handler = check_wit_version(&self.engine, &component).map_err(refuse)?;
+        let link = |linker: &wasmtime::component::Linker<InstanceState>| {
+            let pre = linker
+                .instantiate_pre(&component)
+                .map_err(|error| refuse(format!("cannot be linked: {error:#}")))?;
+            // The generated bindings check every export's type, with a message naming it.
+            FilterPre::new(pre.clone()).map_err(|error| refuse(format!("{error:#}")))?;
+            Ok::<_, Error>(pre)
+        };
+        let waiting = link(&self.linkers.waiting)?;
+        let kv = self.kv.backend(settings.kv).map_err(refuse)?;
+        let immediate = match kv {
+            KvBackend::Memory(_) => Some(link(&self.linkers.immediate)?),
+            KvBackend::Redis(_) => None,
+        };
+        let exports = HandlerExports::of(&component, &handler).map_err(refuse)?;
         Ok(LoadedFilter {
             name: Arc::from(name),
             settings: settings.clone(),
             hash,
             origin,
-            pre,
-            kv: self.kv.clone(),
+            waiting,
+            immediate,
+            exports,
+            kv,
             metrics: self.metrics.clone(),
             ticker: self.ticker.clone(),
         })
+    }
+
+    /// The key-value stores of the filters this engine loads.
+    pub fn kv(&self) -> &KvStores {
+        &self.kv
     }
 
     /// The metrics every filter loaded by this engine declared.
@@ -174,8 +221,9 @@ fn is_core_module(bytes: &[u8]) -> bool {
 }
 
 /// Finds the version of the filter contract the component exports and refuses an incompatible
-/// one by name, before linking would fail with a less helpful type error.
-fn check_wit_version(engine: &Engine, component: &Component) -> Result<(), String> {
+/// one by name, before linking would fail with a less helpful type error. Returns the name of
+/// the handler export.
+fn check_wit_version(engine: &Engine, component: &Component) -> Result<String, String> {
     let handler_prefix = format!("{WIT_PACKAGE}/handler");
     let component_type = component.component_type();
     let exported = component_type
@@ -192,7 +240,7 @@ fn check_wit_version(engine: &Engine, component: &Component) -> Result<(), Strin
         .and_then(|rest| rest.strip_prefix('@'))
         .unwrap_or("(no version)");
     if compatible(version, WIT_VERSION) {
-        Ok(())
+        Ok(export.to_owned())
     } else {
         Err(format!(
             "built for {WIT_PACKAGE}@{version}, but this gateway provides {WIT_PACKAGE}@{WIT_VERSION}; rebuild the filter against {WIT_VERSION}"

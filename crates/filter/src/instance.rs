@@ -1,19 +1,23 @@
 //! One filter instance: its store, its limits, and the calls into it.
 
+use std::any::Any;
+use std::future::Future;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::{Arc, OnceLock};
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
-use wasmtime::component::{Resource, ResourceTable};
+use wasmtime::component::{ComponentNamedList, Lift, Lower, Resource, ResourceTable, TypedFunc};
 use wasmtime::{ResourceLimiter, Store, Trap, UpdateDeadline};
 use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
 use gateway_config::ByteSize;
+use gateway_kv::KvBackend;
 
-use crate::bindings::{CURRENT, Filter, Outcome, Registration, environment};
+use crate::bindings::{CURRENT, Environment, Outcome, Registration, environment};
 use crate::edits::HeaderNames;
 use crate::engine::LoadedFilter;
-use crate::kv::KvStore;
+use crate::outbound::OutboundGrant;
 use crate::ticker::EpochTicker;
 use crate::{FilterFailure, RequestHead, ResponseHead};
 
@@ -68,7 +72,10 @@ pub(crate) struct InstanceState {
     /// The last error the filter logged during the current call: when the call traps, this is
     /// usually why (the SDK logs a panic's message before the trap).
     pub(crate) last_error: Option<String>,
-    pub(crate) kv: Arc<KvStore>,
+    pub(crate) kv: KvBackend,
+    /// The services this instance's route entry lets it call, if any.
+    pub(crate) outbound: Option<OutboundGrant>,
+    pub(crate) max_outbound_response: usize,
     pub(crate) heads: CallHeads,
     /// The header names the filter has set, kept across requests.
     pub(crate) names: HeaderNames,
@@ -80,6 +87,9 @@ pub(crate) struct InstanceState {
     /// waited, so time the call did not run does not use up its deadline.
     ticks_seen: u32,
     ticks_allowed: u32,
+    /// The length of a tick during the call in progress, to count time spent waiting in a host
+    /// call (on Redis, on a service) as ticks seen.
+    tick: Duration,
     /// When the call is stopped however few ticks it saw: a call that blocks its thread in a
     /// host call (a WASI sleep) sees few ticks too, and must not hold a worker without bound.
     hard_deadline: Instant,
@@ -97,19 +107,37 @@ impl WasiView for InstanceState {
     }
 }
 
+type RequestHandle = Resource<crate::bindings::gateway::filter::http::Request>;
+type ResponseHandle = Resource<crate::bindings::gateway::filter::http::Response>;
+
+/// The filter's exports, typed once per instance. Inputs are passed owned: the types then need
+/// no lifetime, and the input is built for the call anyway.
+struct Handler {
+    init: TypedFunc<(String, Environment), (Result<Registration, String>,)>,
+    on_request: TypedFunc<(RequestHandle, Option<Vec<u8>>), (Outcome,)>,
+    on_response: TypedFunc<ResponseParams, (Outcome,)>,
+}
+
+/// The request, the response, the status and the declared input.
+type ResponseParams = (RequestHandle, ResponseHandle, u16, Option<Vec<u8>>);
+
 /// A live, initialised instance of a filter.
 pub(crate) struct FilterInstance {
     store: Store<InstanceState>,
-    bindings: Filter,
+    handler: Handler,
+    /// Linked as waiting: its calls run on a stack of their own and may suspend.
+    waits: bool,
     /// Requests served: request phases run. A response phase is part of its request's use.
     pub(crate) uses: u64,
 }
 
 impl FilterInstance {
-    /// Instantiates the filter and hands it its configuration.
-    pub(crate) fn new(
+    /// Instantiates the filter and hands it its configuration. It is linked as waiting when its
+    /// store may wait or it may call services, as immediate otherwise.
+    pub(crate) async fn new(
         filter: &LoadedFilter,
         config_json: &str,
+        outbound: Option<OutboundGrant>,
     ) -> Result<(FilterInstance, Registration), FilterFailure> {
         // Filters get no environment, arguments, files or sockets: an empty, locked-down WASI.
         let wasi = WasiCtxBuilder::new()
@@ -121,12 +149,15 @@ impl FilterInstance {
             filter: filter.name.clone(),
             last_error: None,
             kv: filter.kv.clone(),
+            outbound,
+            max_outbound_response: filter.settings.max_outbound_response.as_usize(),
             heads: CallHeads::default(),
             names: HeaderNames::default(),
             ticker: filter.ticker.clone(),
             call_deadline: Instant::now(),
             ticks_seen: 0,
             ticks_allowed: 1,
+            tick: Duration::ZERO,
             hard_deadline: Instant::now(),
             cap: MemoryCap {
                 limit: filter.settings.memory_limit.as_usize(),
@@ -135,7 +166,11 @@ impl FilterInstance {
             wasi,
             table: ResourceTable::new(),
         };
-        let mut store = Store::new(filter.pre.engine(), state);
+        let (pre, waits) = match (&filter.immediate, &state.outbound) {
+            (Some(immediate), None) => (immediate, false),
+            _ => (&filter.waiting, true),
+        };
+        let mut store = Store::new(pre.engine(), state);
         store.limiter(|state| &mut state.cap);
         // Each tick during a call asks whether its time is up: the tick's length then decides
         // only how soon after its deadline a call is stopped, not how long it may run. The time
@@ -156,24 +191,37 @@ impl FilterInstance {
         });
         // Init may compile patterns or parse large configs; give it more room than a request.
         let init_timeout = filter.settings.timeout.max(Duration::from_secs(1));
-        let mut instance = guarded(&mut store, init_timeout, |store| {
-            filter.pre.instantiate(store)
-        })
-        .map_err(|failure| match failure {
-            FilterFailure::Trap(reason) => FilterFailure::Unavailable(reason),
-            other => other,
-        })
-        .map(|bindings| FilterInstance {
+        begin_call(&mut store, init_timeout);
+        let instantiated = if waits {
+            caught(pre.instantiate_async(&mut store)).await
+        } else {
+            caught_now(|| pre.instantiate(&mut store))
+        };
+        let instance =
+            settle(&mut store, instantiated, init_timeout).map_err(|failure| match failure {
+                FilterFailure::Trap(reason) => FilterFailure::Unavailable(reason),
+                other => other,
+            })?;
+        let exports = &filter.exports;
+        let mut typed = || -> wasmtime::Result<Handler> {
+            Ok(Handler {
+                init: instance.get_typed_func(&mut store, exports.init)?,
+                on_request: instance.get_typed_func(&mut store, exports.on_request)?,
+                on_response: instance.get_typed_func(&mut store, exports.on_response)?,
+            })
+        };
+        let handler = typed().map_err(|error| FilterFailure::Unavailable(format!("{error:#}")))?;
+        let mut instance = FilterInstance {
             store,
-            bindings,
+            handler,
+            waits,
             uses: 0,
-        })?;
-        let handler = instance.bindings.gateway_filter_handler().clone();
-        let registration = guarded(&mut instance.store, init_timeout, |store| {
-            handler.call_init(store, config_json, environment())
-        })?
-        .map_err(FilterFailure::Rejected)?;
-        Ok((instance, registration))
+        };
+        let init = instance.handler.init;
+        let (registration,) = instance
+            .run(&init, (config_json.to_owned(), environment()), init_timeout)
+            .await?;
+        Ok((instance, registration.map_err(FilterFailure::Rejected)?))
     }
 
     /// The header names kept for this instance's edits.
@@ -184,46 +232,42 @@ impl FilterInstance {
     /// Runs the request phase on `head`, which is moved in for the call (for the filter's lazy
     /// reads) and back out after it, whatever the outcome. The outcome's edits are the caller's
     /// to check and apply.
-    pub(crate) fn on_request(
+    pub(crate) async fn on_request(
         &mut self,
         head: &mut RequestHead,
-        input: Option<&[u8]>,
+        input: Option<Vec<u8>>,
         timeout: Duration,
     ) -> Result<Outcome, FilterFailure> {
         self.uses += 1;
         self.store.data_mut().heads.request = Some(std::mem::take(head));
-        let handler = self.bindings.gateway_filter_handler().clone();
-        let outcome = guarded(&mut self.store, timeout, |store| {
-            handler.call_on_request(store, Resource::new_borrow(CURRENT), input)
-        });
+        let on_request = self.handler.on_request;
+        let outcome = self
+            .run(&on_request, (Resource::new_borrow(CURRENT), input), timeout)
+            .await;
         if let Some(request) = self.store.data_mut().heads.request.take() {
             *head = request;
         }
-        outcome
+        outcome.map(|(outcome,)| outcome)
     }
 
     /// Runs the response phase; both heads are moved in for the call and back out after it.
-    pub(crate) fn on_response(
+    pub(crate) async fn on_response(
         &mut self,
         request: &mut RequestHead,
         response: &mut ResponseHead,
-        input: Option<&[u8]>,
+        input: Option<Vec<u8>>,
         timeout: Duration,
     ) -> Result<Outcome, FilterFailure> {
         let status = response.status.as_u16();
         let heads = &mut self.store.data_mut().heads;
         heads.request = Some(std::mem::take(request));
         heads.response = Some(std::mem::take(response));
-        let handler = self.bindings.gateway_filter_handler().clone();
-        let outcome = guarded(&mut self.store, timeout, |store| {
-            handler.call_on_response(
-                store,
-                Resource::new_borrow(CURRENT),
-                Resource::new_borrow(CURRENT),
-                status,
-                input,
-            )
-        });
+        let on_response = self.handler.on_response;
+        let handles = (Resource::new_borrow(CURRENT), Resource::new_borrow(CURRENT));
+        let outcome = self
+            .run(&on_response, (handles.0, handles.1, status, input), timeout)
+            .await
+            .map(|(outcome,)| outcome);
         let heads = &mut self.store.data_mut().heads;
         if let Some(head) = heads.request.take() {
             *request = head;
@@ -232,6 +276,53 @@ impl FilterInstance {
             *response = head;
         }
         outcome
+    }
+}
+
+impl FilterInstance {
+    /// One call into the filter under its deadline and memory cap: on a stack of its own if the
+    /// instance is linked as waiting, so a wait suspends it, else a plain call.
+    async fn run<Params, Return>(
+        &mut self,
+        function: &TypedFunc<Params, Return>,
+        params: Params,
+        timeout: Duration,
+    ) -> Result<Return, FilterFailure>
+    where
+        Params: ComponentNamedList + Lower + Send + Sync,
+        Return: ComponentNamedList + Lift + Send + Sync + 'static,
+    {
+        begin_call(&mut self.store, timeout);
+        let outcome = if self.waits {
+            caught(function.call_async(&mut self.store, params)).await
+        } else {
+            caught_now(|| function.call(&mut self.store, params))
+        };
+        settle(&mut self.store, outcome, timeout)
+    }
+}
+
+impl InstanceState {
+    /// What is left of the call's deadline.
+    pub(crate) fn time_left(&self) -> Duration {
+        self.call_deadline.saturating_duration_since(Instant::now())
+    }
+
+    /// Waits for a host call's `operation` (on Redis, on a service) with the filter's call
+    /// suspended. The wait counts against the call's deadline, both ways: it ends at the
+    /// deadline, which stops the call, and the time waited counts as time the call ran.
+    pub(crate) async fn wait<T>(
+        &mut self,
+        operation: impl Future<Output = T>,
+    ) -> wasmtime::Result<T> {
+        let started = Instant::now();
+        let outcome = tokio::time::timeout_at(self.call_deadline.into(), operation).await;
+        let waited = started.elapsed();
+        let ticks = waited.as_micros() / self.tick.as_micros().max(1);
+        self.ticks_seen = self
+            .ticks_seen
+            .saturating_add(u32::try_from(ticks).unwrap_or(u32::MAX));
+        outcome.map_err(|_| Trap::Interrupt.into())
     }
 }
 
@@ -251,13 +342,8 @@ fn describe_trap(error: &wasmtime::Error, last_error: Option<String>) -> String 
     }
 }
 
-/// Runs one call into Wasm under the deadline, turning every way it can fail into a
-/// [`FilterFailure`]: traps, the deadline, the memory cap, and a panic in host code it called.
-fn guarded<T>(
-    store: &mut Store<InstanceState>,
-    timeout: Duration,
-    call: impl FnOnce(&mut Store<InstanceState>) -> wasmtime::Result<T>,
-) -> Result<T, FilterFailure> {
+/// Sets the deadline of the call about to begin.
+fn begin_call(store: &mut Store<InstanceState>, timeout: Duration) {
     let ticks_allowed = store.data().ticker.call_begins(timeout);
     let state = store.data_mut();
     let now = Instant::now();
@@ -265,11 +351,42 @@ fn guarded<T>(
     state.hard_deadline = now + HARD_DEADLINE_FACTOR * timeout;
     state.ticks_seen = 0;
     state.ticks_allowed = ticks_allowed;
+    state.tick = timeout / ticks_allowed;
+    state.last_error = None;
     store.set_epoch_deadline(1);
-    store.data_mut().last_error = None;
-    // A panic in host code called by the guest (e.g. WASI stdio, which blocks on the async
-    // runtime) must cost this instance, not the worker thread.
-    let outcome = catch_unwind(AssertUnwindSafe(|| call(&mut *store)));
+}
+
+/// A call into Wasm, with a panic in host code it called caught: it must cost this instance,
+/// not the worker thread (WASI stdio, for one, blocks on the async runtime, which panics on a
+/// worker's).
+async fn caught<T>(
+    call: impl Future<Output = wasmtime::Result<T>>,
+) -> Result<wasmtime::Result<T>, Box<dyn Any + Send>> {
+    let mut call = std::pin::pin!(call);
+    std::future::poll_fn(|context| {
+        match catch_unwind(AssertUnwindSafe(|| call.as_mut().poll(context))) {
+            Ok(Poll::Ready(outcome)) => Poll::Ready(Ok(outcome)),
+            Ok(Poll::Pending) => Poll::Pending,
+            Err(panic) => Poll::Ready(Err(panic)),
+        }
+    })
+    .await
+}
+
+/// [`caught`] for a call that never waits.
+fn caught_now<T>(
+    call: impl FnOnce() -> wasmtime::Result<T>,
+) -> Result<wasmtime::Result<T>, Box<dyn Any + Send>> {
+    catch_unwind(AssertUnwindSafe(call))
+}
+
+/// Turns every way a call can fail into a [`FilterFailure`]: traps, the deadline, the memory
+/// cap, and a panic in host code it called.
+fn settle<T>(
+    store: &mut Store<InstanceState>,
+    outcome: Result<wasmtime::Result<T>, Box<dyn Any + Send>>,
+    timeout: Duration,
+) -> Result<T, FilterFailure> {
     match outcome {
         Ok(Ok(value)) => Ok(value),
         Ok(Err(error)) => {

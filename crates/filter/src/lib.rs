@@ -10,13 +10,14 @@
 //! - [`engine`]: one wasmtime engine with the pooling allocator; loading a component checks its
 //!   WIT version and imports before anything runs.
 //! - `ticker`: advances the engine's epoch, at which running calls check their deadlines.
-//! - `bindings`: the host side of `wit/filter.wit` (lazy reads, log, clock, kv).
+//! - `bindings`: the host side of `wit/filter.wit` (lazy reads, log, clock, kv, outbound); a
+//!   filter's `kv` operations go to the store of `gateway-kv` its definition chooses.
 //! - `declared`: what a filter declared it reads, and the input built from it for each call.
 //! - `edits`: a call's outcome (edits, context entries, metric updates) checked and applied.
 //! - [`metrics`]: the metrics filters declare, kept per worker without a lock.
 //! - [`cache`]: compiled components by content hash, in memory and on disk.
 //! - `instance`: one instance in its own store, every call under a deadline and a memory cap.
-//! - [`kv`]: the key-value store behind the `kv` capability, namespaced per filter.
+//! - [`outbound`]: what a filter's calls to configured services go through.
 //! - [`pool`]: per route and filter, initialised instances reused across requests.
 //! - [`chain`]: a route's filters in order, with each filter's failure policy.
 
@@ -28,8 +29,8 @@ mod edits;
 mod engine;
 mod heads;
 mod instance;
-mod kv;
 pub mod metrics;
+pub mod outbound;
 mod pool;
 mod ticker;
 
@@ -41,7 +42,6 @@ pub use cache::{ContentHash, Origin};
 pub use chain::{FilterChain, RequestPhase};
 pub use engine::{FilterEngine, LoadedFilter};
 pub use heads::{FilterReply, HeldBody, RequestHead, ResponseHead};
-pub use kv::KvStore;
 pub use pool::FilterPool;
 
 use gateway_config::ByteSize;

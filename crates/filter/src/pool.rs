@@ -1,9 +1,12 @@
 //! Initialised instances of one filter for one route, reused across requests.
 //!
-//! Calls into Wasm are synchronous and never cross an `.await`, so at most one instance per
-//! worker thread is checked out at a time and a small lock-free queue is enough. An instance is
-//! replaced after serving `max_uses` requests, and dropped after any failure: a trapped store is
-//! poisoned, and a store that ran out of time or memory is not worth trusting again.
+//! A call that never waits (a filter on the memory store, with no services granted) runs to its
+//! end once begun, so such a pool has at most one instance per worker thread checked out at a
+//! time. A call waiting on Redis or a service holds its instance while it is suspended, and the
+//! requests behind it need instances of their own: the pool makes one whenever none is idle,
+//! and keeps more idle when its filter may wait. A small lock-free queue holds them. An instance
+//! is replaced after serving `max_uses` requests, and dropped after any failure: a trapped store
+//! is poisoned, and a store that ran out of time or memory is not worth trusting again.
 
 use std::sync::Arc;
 
@@ -19,6 +22,7 @@ use crate::declared::Declared;
 use crate::edits;
 use crate::engine::LoadedFilter;
 use crate::instance::FilterInstance;
+use crate::outbound::OutboundGrant;
 use crate::{Error, FilterFailure, FilterReply, RequestHead, ResponseHead, Result};
 
 /// One filter in one route's chain, with its pool of instances.
@@ -30,21 +34,26 @@ pub struct FilterPool {
     /// What the filter registered with this route's config: its phases, what it reads, the
     /// bodies it wants and its metrics.
     declared: Declared,
+    outbound: Option<OutboundGrant>,
     idle: ArrayQueue<FilterInstance>,
 }
 
-/// Idle instances kept per pool: enough for every worker thread to be in a call at once.
-fn idle_capacity() -> usize {
-    std::thread::available_parallelism().map_or(4, |n| n.get() * 2)
+/// Idle instances kept per pool: enough for every worker thread to be in a call at once, or,
+/// when calls may wait, for the calls a burst keeps suspended at once.
+fn idle_capacity(calls_may_wait: bool) -> usize {
+    let threads = std::thread::available_parallelism().map_or(4, |n| n.get());
+    if calls_may_wait { 64 } else { threads * 2 }
 }
 
 impl FilterPool {
-    /// Makes the first instance, which validates the route's config for this filter.
-    pub fn new(
+    /// Makes the first instance, which validates the route's config for this filter. `outbound`
+    /// is what the route entry lets the filter call.
+    pub async fn new(
         filter: Arc<LoadedFilter>,
         route: &str,
         config: &serde_json::Value,
         policy: FailurePolicy,
+        outbound: Option<OutboundGrant>,
     ) -> Result<FilterPool> {
         let config_json = config.to_string();
         let refused = |reason: String| Error::Init {
@@ -52,16 +61,19 @@ impl FilterPool {
             filter: filter.name.to_string(),
             reason,
         };
-        let (instance, registration) = FilterInstance::new(&filter, &config_json)
+        let (instance, registration) = FilterInstance::new(&filter, &config_json, outbound.clone())
+            .await
             .map_err(|failure| refused(failure.to_string()))?;
         let declared = Declared::new(registration, &filter.name, &filter.metrics)
             .map_err(|reason| refused(format!("registered what cannot be: {reason}")))?;
+        let calls_may_wait = filter.kv.waits() || outbound.is_some();
         let pool = FilterPool {
             filter,
             config_json,
             policy,
             declared,
-            idle: ArrayQueue::new(idle_capacity()),
+            outbound,
+            idle: ArrayQueue::new(idle_capacity(calls_may_wait)),
         };
         pool.check_in(instance, Phases::REQUEST);
         Ok(pool)
@@ -87,11 +99,12 @@ impl FilterPool {
         self.declared.response_body
     }
 
-    fn check_out(&self) -> Result<FilterInstance, FilterFailure> {
+    async fn check_out(&self) -> Result<FilterInstance, FilterFailure> {
         if let Some(instance) = self.idle.pop() {
             return Ok(instance);
         }
-        FilterInstance::new(&self.filter, &self.config_json)
+        FilterInstance::new(&self.filter, &self.config_json, self.outbound.clone())
+            .await
             .map(|(instance, _)| instance)
             .map_err(|failure| match failure {
                 FilterFailure::Unavailable(reason) => FilterFailure::Unavailable(reason),
@@ -119,10 +132,15 @@ impl FilterPool {
     }
 
     /// Runs the request phase and applies its edits; `Some` is the filter's early answer.
-    pub fn on_request(&self, head: &mut RequestHead) -> Result<Option<FilterReply>, FilterFailure> {
+    pub async fn on_request(
+        &self,
+        head: &mut RequestHead,
+    ) -> Result<Option<FilterReply>, FilterFailure> {
         let input = self.declared.request_input(head);
-        let mut instance = self.check_out()?;
-        let outcome = instance.on_request(head, input.as_deref(), self.filter.settings.timeout)?;
+        let mut instance = self.check_out().await?;
+        let outcome = instance
+            .on_request(head, input, self.filter.settings.timeout)
+            .await?;
         let applied =
             edits::apply_to_request(&self.declared, instance.names(), head, &outcome.changes);
         self.check_in(instance, Phases::REQUEST);
@@ -132,19 +150,16 @@ impl FilterPool {
 
     /// Runs the response phase and applies its edits; `Some` is a reply that replaces the
     /// response.
-    pub fn on_response(
+    pub async fn on_response(
         &self,
         request: &mut RequestHead,
         response: &mut ResponseHead,
     ) -> Result<Option<FilterReply>, FilterFailure> {
         let input = self.declared.response_input(request, response);
-        let mut instance = self.check_out()?;
-        let outcome = instance.on_response(
-            request,
-            response,
-            input.as_deref(),
-            self.filter.settings.timeout,
-        )?;
+        let mut instance = self.check_out().await?;
+        let outcome = instance
+            .on_response(request, response, input, self.filter.settings.timeout)
+            .await?;
         let applied = edits::apply_to_response(
             &self.declared,
             instance.names(),

@@ -9,6 +9,8 @@
 //! - the upstream call, with the client's body bounded in time (`body`);
 //! - the response phase, and the headers a proxy owes both sides (`headers`).
 //!
+//! Filters' calls to configured services go through `outbound`.
+//!
 //! The state itself ([`ServingState`], [`LiveState`]) is built here from a checked
 //! configuration and swapped whole by a reload.
 
@@ -16,6 +18,7 @@ mod body;
 mod error;
 mod headers;
 mod hygiene;
+mod outbound;
 mod pipeline;
 mod state;
 

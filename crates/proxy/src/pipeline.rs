@@ -213,10 +213,10 @@ where
 {
     let all = chain.filters.len();
     let Some((first, limit)) = chain.request_body_need() else {
-        let phase = chain.on_request(head, 0..all);
+        let phase = chain.on_request(head, 0..all).await;
         return (phase.ran, phase.outcome.map_err(Error::Filter));
     };
-    let before = chain.on_request(head, 0..first);
+    let before = chain.on_request(head, 0..first).await;
     if !matches!(before.outcome, Ok(None)) {
         return (before.ran, before.outcome.map_err(Error::Filter));
     }
@@ -226,7 +226,7 @@ where
         Err(error) if error.is::<BodyReadTimeout>() => return (first, Err(Error::BodyTimeout)),
         Err(_) => return (first, Err(Error::BadBody)),
     };
-    let after = chain.on_request(head, first..all);
+    let after = chain.on_request(head, first..all).await;
     (after.ran, after.outcome.map_err(Error::Filter))
 }
 
@@ -324,7 +324,7 @@ async fn respond_through_chain(
             }
         }
     }
-    match chain.on_response(ran, request, &mut head) {
+    match chain.on_response(ran, request, &mut head).await {
         Ok(replaced) => {
             parts.status = head.status;
             parts.headers = head.headers;

@@ -13,17 +13,19 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 use gateway_config::{Config, EdgeLimits, PathMatch, ServiceRef};
+use gateway_filter::outbound::{OutboundGrant, Services};
 use gateway_filter::{FilterChain, FilterEngine, FilterPool, LoadedFilter};
 use gateway_routing::{HostMatcher, PathMatcher, Route, Router};
 use gateway_upstream::Service;
 
 use crate::Error;
 use crate::hygiene::SizeLimits;
+use crate::outbound::ConfiguredServices;
 
 /// The serving state.
 pub struct ServingState {
     pub(crate) router: Router<RouteEntry>,
-    pub(crate) services: HashMap<String, Arc<Service>>,
+    pub(crate) services: Arc<HashMap<String, Arc<Service>>>,
     /// The configured limits, also read when a connection is accepted.
     pub limits: EdgeLimits,
     /// The same size limits in the form the per-request edge checks use.
@@ -78,7 +80,7 @@ impl LiveState {
 impl ServingState {
     /// Loads every filter once, initialises it with each route's config, and builds the routes.
     /// Every problem found is returned, not just the first.
-    pub fn build(config: &Config, engine: &FilterEngine) -> Result<ServingState, Vec<Error>> {
+    pub async fn build(config: &Config, engine: &FilterEngine) -> Result<ServingState, Vec<Error>> {
         let mut problems = Vec::new();
 
         let mut filters: HashMap<&str, Arc<LoadedFilter>> = HashMap::new();
@@ -92,11 +94,16 @@ impl ServingState {
             }
         }
 
-        let services: HashMap<String, Arc<Service>> = config
-            .services
-            .iter()
-            .map(|(name, service)| (name.clone(), Arc::new(Service::new(name, service))))
-            .collect();
+        let services: Arc<HashMap<String, Arc<Service>>> = Arc::new(
+            config
+                .services
+                .iter()
+                .map(|(name, service)| (name.clone(), Arc::new(Service::new(name, service))))
+                .collect(),
+        );
+        let outbound: Arc<dyn Services> = Arc::new(ConfiguredServices {
+            services: services.clone(),
+        });
 
         let mut routes = Vec::with_capacity(config.routes.len());
         for route in &config.routes {
@@ -106,8 +113,19 @@ impl ServingState {
                 let Some(filter) = filters.get(entry.filter.as_str()) else {
                     continue;
                 };
-                match FilterPool::new(filter.clone(), &route.name, &entry.config, entry.on_failure)
-                {
+                let grant = (!entry.allow_services.is_empty()).then(|| OutboundGrant {
+                    allowed: entry.allow_services.clone().into(),
+                    services: outbound.clone(),
+                });
+                let pool = FilterPool::new(
+                    filter.clone(),
+                    &route.name,
+                    &entry.config,
+                    entry.on_failure,
+                    grant,
+                )
+                .await;
+                match pool {
                     Ok(pool) => chain.filters.push(pool),
                     Err(error) => problems.push(Error::Filter(error)),
                 }

@@ -732,6 +732,7 @@ mod tests {
 
     use gateway_config::Config;
     use gateway_filter::FilterEngine;
+    use gateway_kv::{KvStores, Limits};
     use gateway_proxy::ServingState;
     use tokio::io::DuplexStream;
 
@@ -741,7 +742,7 @@ mod tests {
         SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 1);
 
     /// A serving state forwarding everything to `upstream`, with no filters.
-    fn live(upstream: &str) -> Arc<LiveState> {
+    async fn live(upstream: &str) -> Arc<LiveState> {
         let yaml = format!(
             "listeners: [{{ address: 127.0.0.1:0 }}]\n\
              cache_dir: ~\n\
@@ -749,9 +750,10 @@ mod tests {
              routes: [{{ match: {{ path_prefix: / }}, service: echo }}]\n"
         );
         let config = Config::from_yaml(&yaml, Path::new(".")).expect("a valid configuration");
-        let engine = FilterEngine::new(gateway_rules::kv::Limits::default(), None)
+        let engine = FilterEngine::new(KvStores::memory(Limits::default()), None)
             .expect("the filter engine starts");
         let state = ServingState::build(&config, &engine)
+            .await
             .unwrap_or_else(|problems| panic!("cannot build the state: {problems:?}"));
         Arc::new(LiveState::new(state))
     }
@@ -784,7 +786,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_quiet_connection_parks_without_its_buffers_and_serves_its_next_request() {
-        let live = live("http://127.0.0.1:9");
+        let live = live("http://127.0.0.1:9").await;
         let (near, mut far) = tokio::io::duplex(64 * 1024);
         let (_stop, mut shutdown) = watch::channel(false);
         let mut connection = ClientConnection::new(near, BytesMut::new());
@@ -859,7 +861,7 @@ mod tests {
     #[tokio::test]
     async fn a_connection_is_never_parked_while_its_request_is_served() {
         let upstream = gateway_demo_upstream::Upstream::start("echo").await;
-        let live = live(&upstream.url());
+        let live = live(&upstream.url()).await;
         let (near, mut far) = tokio::io::duplex(64 * 1024);
         let (_stop, mut shutdown) = watch::channel(false);
         let mut connection = ClientConnection::new(near, BytesMut::new());

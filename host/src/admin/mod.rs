@@ -4,6 +4,9 @@
 //! - `POST /admin/reload`: reload now; answers with the attempt, 200 if applied, 422 if rejected;
 //! - `GET /admin/filter-metrics`: every metric the filters declared, each series with its labels
 //!   and value (a counter's total; a histogram's cumulative buckets, count and sum);
+//! - `GET /admin/kv`: the key-value stores behind the filters' `kv` capability: which one is
+//!   the default, and for each its state (a Redis `connected` or `down`, since when), its
+//!   operations, errors, timeouts and latency;
 //! - `GET /health`: liveness.
 
 use std::convert::Infallible;
@@ -19,7 +22,9 @@ use hyper_util::rt::TokioIo;
 use serde::Serialize;
 use tokio::net::TcpListener;
 
+use gateway_config::KvBackendKind;
 use gateway_filter::metrics::{MetricRegistry, SeriesValue};
+use gateway_kv::KvStores;
 use gateway_proxy::{Error, ResponseBody, error_response, full, request_id};
 use gateway_rules::metrics::MetricKind;
 use gateway_wire::fields::REQUEST_ID;
@@ -54,6 +59,7 @@ async fn handle(reloader: Arc<Reloader>, request: Request<Incoming>) -> Response
         (&Method::GET, "/admin/filter-metrics") => {
             json(StatusCode::OK, &filter_metrics(reloader.filter_metrics()))
         }
+        (&Method::GET, "/admin/kv") => json(StatusCode::OK, &kv_status(reloader.kv())),
         (&Method::GET, "/health") => json(StatusCode::OK, &serde_json::json!({ "status": "ok" })),
         _ => {
             let request_id = request_id(request.headers());
@@ -63,6 +69,17 @@ async fn handle(reloader: Arc<Reloader>, request: Request<Incoming>) -> Response
             response
         }
     }
+}
+
+fn kv_status(stores: &KvStores) -> serde_json::Value {
+    serde_json::json!({
+        "default": match stores.default {
+            KvBackendKind::Memory => "memory",
+            KvBackendKind::Redis => "redis",
+        },
+        "memory": stores.memory.status(),
+        "redis": stores.redis.as_ref().map(|redis| redis.status()),
+    })
 }
 
 fn filter_metrics(registry: &MetricRegistry) -> serde_json::Value {

@@ -18,8 +18,9 @@ use std::time::{Instant, SystemTime};
 
 use serde::Serialize;
 
-use gateway_config::Config;
+use gateway_config::{Config, KvSettings};
 use gateway_filter::{FilterEngine, Origin};
+use gateway_kv::KvStores;
 use gateway_proxy::{LiveState, ServingState};
 
 use crate::error::{Error, Result};
@@ -90,7 +91,7 @@ struct Fixed {
     listeners: Vec<SocketAddr>,
     admin: Option<SocketAddr>,
     cache_dir: Option<PathBuf>,
-    kv: (usize, u64),
+    kv: KvSettings,
 }
 
 impl Fixed {
@@ -99,7 +100,7 @@ impl Fixed {
             listeners: config.listeners.iter().map(|l| l.address).collect(),
             admin: config.admin.as_ref().map(|admin| admin.address),
             cache_dir: config.cache_dir.clone(),
-            kv: (config.kv.max_entries, config.kv.max_value_size.0),
+            kv: config.kv.clone(),
         }
     }
 
@@ -120,22 +121,31 @@ impl Fixed {
 }
 
 /// Builds a state from a valid configuration, or says everything that stops it.
-fn build_state(config_path: &Path, config: &Config, engine: &FilterEngine) -> Result<ServingState> {
-    ServingState::build(config, engine).map_err(|errors| Error::Unservable {
-        path: config_path.to_owned(),
-        // A problem may span lines (a regex error points at the bad character); indent its
-        // continuation lines so they read as part of it, not as problems of their own.
-        problems: errors
-            .iter()
-            .map(|error| error.to_string().replace('\n', "\n    "))
-            .collect(),
-    })
+async fn build_state(
+    config_path: &Path,
+    config: &Config,
+    engine: &FilterEngine,
+) -> Result<ServingState> {
+    ServingState::build(config, engine)
+        .await
+        .map_err(|errors| Error::Unservable {
+            path: config_path.to_owned(),
+            // A problem may span lines (a regex error points at the bad character); indent its
+            // continuation lines so they read as part of it, not as problems of their own.
+            problems: errors
+                .iter()
+                .map(|error| error.to_string().replace('\n', "\n    "))
+                .collect(),
+        })
 }
 
 /// Reads and validates the configuration and builds a state from it.
-pub(crate) fn build(config_path: &Path, engine: &FilterEngine) -> Result<(Config, ServingState)> {
+pub(crate) async fn build(
+    config_path: &Path,
+    engine: &FilterEngine,
+) -> Result<(Config, ServingState)> {
     let config = Config::load(config_path)?;
-    let gateway = build_state(config_path, &config, engine)?;
+    let gateway = build_state(config_path, &config, engine).await?;
     Ok((config, gateway))
 }
 
@@ -164,11 +174,11 @@ fn timestamp() -> String {
 
 impl Reloader {
     /// Builds the first state; an error is the reason the gateway cannot start.
-    pub fn start(config_path: &Path) -> Result<(Arc<Reloader>, Config)> {
+    pub async fn start(config_path: &Path) -> Result<(Arc<Reloader>, Config)> {
         let started = Instant::now();
         let config = Config::load(config_path)?;
-        let engine = FilterEngine::new(config.kv.limits(), config.cache_dir.clone())?;
-        let gateway = build_state(config_path, &config, &engine)?;
+        let engine = FilterEngine::new(KvStores::start(&config.kv)?, config.cache_dir.clone())?;
+        let gateway = build_state(config_path, &config, &engine).await?;
         let attempt = Attempt {
             trigger: Trigger::Startup,
             at: timestamp(),
@@ -221,6 +231,11 @@ impl Reloader {
         self.engine.metrics()
     }
 
+    /// The key-value stores the filters use, kept across reloads.
+    pub fn kv(&self) -> &KvStores {
+        self.engine.kv()
+    }
+
     pub fn status(&self) -> ReloadStatus {
         self.lock_status().clone()
     }
@@ -237,10 +252,13 @@ impl Reloader {
         let _one_at_a_time = self.running.lock().await;
         let started = Instant::now();
         let this = self.clone();
-        // Compiling and initialising filters is CPU work: keep it off the request threads.
-        let built = tokio::task::spawn_blocking(move || build(&this.config_path, &this.engine))
-            .await
-            .unwrap_or_else(|error| Err(Error::ReloadTask(error.to_string())));
+        // Compiling and initialising filters is CPU work: keep it off the request threads, and
+        // off this runtime's thread, which drives the timers of a filter's init that waits.
+        let built = tokio::task::spawn_blocking(move || {
+            tokio::runtime::Handle::current().block_on(build(&this.config_path, &this.engine))
+        })
+        .await
+        .unwrap_or_else(|error| Err(Error::ReloadTask(error.to_string())));
         let mut attempt = Attempt {
             trigger,
             at: String::new(),
