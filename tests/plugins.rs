@@ -46,6 +46,10 @@ fn bundled_filters_pass_their_cases() {
             "gateway_test_exchange.wasm",
             "tests/guests/exchange/cases.yaml",
         ),
+        (
+            "gateway_test_outbound_probe.wasm",
+            "tests/guests/outbound-probe/cases.yaml",
+        ),
     ];
     for (component, cases) in bundled {
         let (passed, transcript) =

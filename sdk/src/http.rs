@@ -10,61 +10,15 @@
 //! and responses.
 
 use std::cell::RefCell;
-use std::fmt;
 
 use gateway_rules::context;
 use gateway_rules::edit::{self, EditError};
 
-use crate::Reads;
 use crate::backend::{RequestRef, ResponseRef};
 use crate::wit::exports::gateway::filter::handler::RequestFields;
+use crate::{Error, Reads};
 use gateway_rules::changes::{Change, Writer};
 use gateway_rules::input::{InputBody, RequestInput};
-
-/// Something the gateway refused (an edit, a key-value write), with its reason.
-///
-/// ```
-/// use gateway_sdk::Headers;
-///
-/// # fn demo(request: &mut gateway_sdk::Request) {
-/// if let Err(error) = request.set_header("bad header", "x") {
-///     gateway_sdk::log::warn(&format!("cannot set header: {error}"));
-/// }
-/// # }
-/// ```
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Error {
-    message: String,
-}
-
-impl Error {
-    pub(crate) fn new(message: String) -> Self {
-        Error { message }
-    }
-
-    /// The gateway's reason for refusing.
-    ///
-    /// ```
-    /// # fn demo(request: &mut gateway_sdk::Request) {
-    /// let reason = request.set_path("no-slash").unwrap_err().message().to_owned();
-    /// # }
-    /// ```
-    pub fn message(&self) -> &str {
-        &self.message
-    }
-}
-
-impl fmt::Display for Error {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.message)
-    }
-}
-
-impl std::error::Error for Error {}
-
-fn refused(error: impl fmt::Display) -> Error {
-    Error::new(error.to_string())
-}
 
 mod sealed {
     /// Keeps [`super::Headers`] to the SDK's handles, so a method can join it without breaking
@@ -319,8 +273,8 @@ fn replay_names(edits: &Writer, mut names: Vec<String>) -> Vec<String> {
 /// building the `http` crate's types, whose parser would weigh on every filter. The name goes
 /// as written; the gateway compares names without case.
 fn check_header(name: &str, value: &str) -> Result<(), Error> {
-    edit::check_header_name(name).map_err(refused)?;
-    edit::check_header_value(value).map_err(refused)
+    edit::check_header_name(name).map_err(Error::refused)?;
+    edit::check_header_value(value).map_err(Error::refused)
 }
 
 /// Room for a request phase's edits before the buffer grows: a few headers and a path. Growing
@@ -341,7 +295,7 @@ fn touches(edits: &Writer, name: &str) -> bool {
 /// the declared limit.
 fn check_body(body: Option<&Body>, limit: Option<u32>, len: usize) -> Result<(), Error> {
     let held = matches!(body, Some(Body::Complete(_)));
-    edit::body(len, held, limit.unwrap_or(0)).map_err(refused)
+    edit::body(len, held, limit.unwrap_or(0)).map_err(Error::refused)
 }
 
 /// What the request phase was handed besides the body. Empty in the response phase, where the
@@ -459,7 +413,7 @@ impl<'a> Request<'a> {
         check: impl FnOnce() -> Result<(), Error>,
     ) -> Result<(), Error> {
         if self.phase == Phase::Response {
-            return Err(refused(EditError::WrongPhase(edit::REQUEST_SENT)));
+            return Err(Error::refused(EditError::WrongPhase(edit::REQUEST_SENT)));
         }
         check()?;
         self.edits.get_mut().push(&change);
@@ -513,7 +467,9 @@ impl<'a> Request<'a> {
     /// # }
     /// ```
     pub fn set_path(&mut self, path: &str) -> Result<(), Error> {
-        self.edit(Change::SetPath(path), || edit::path(path).map_err(refused))
+        self.edit(Change::SetPath(path), || {
+            edit::path(path).map_err(Error::refused)
+        })
     }
 
     /// The raw query string without the `?`, if there is one.
@@ -550,7 +506,7 @@ impl<'a> Request<'a> {
     /// ```
     pub fn set_query(&mut self, query: Option<&str>) -> Result<(), Error> {
         self.edit(Change::SetQuery(query), || match query {
-            Some(query) => edit::query(query).map_err(refused),
+            Some(query) => edit::query(query).map_err(Error::refused),
             None => Ok(()),
         })
     }
@@ -624,7 +580,7 @@ impl<'a> Request<'a> {
     /// ```
     pub fn set_body(&mut self, body: impl Into<Vec<u8>>) -> Result<(), Error> {
         if self.phase == Phase::Response {
-            return Err(refused(EditError::WrongPhase(edit::REQUEST_SENT)));
+            return Err(Error::refused(EditError::WrongPhase(edit::REQUEST_SENT)));
         }
         let body = body.into();
         check_body(self.body.as_ref(), self.reads.request_body, body.len())?;
@@ -676,8 +632,8 @@ impl<'a> Request<'a> {
     /// # }
     /// ```
     pub fn set_context(&self, key: &str, value: &str) -> Result<(), Error> {
-        context::key(key).map_err(refused)?;
-        context::value(key, value).map_err(refused)?;
+        context::key(key).map_err(Error::refused)?;
+        context::value(key, value).map_err(Error::refused)?;
         self.edits
             .borrow_mut()
             .push(&Change::SetContext(key, value));
@@ -877,7 +833,7 @@ impl<'a> Response<'a> {
     /// # }
     /// ```
     pub fn set_status(&mut self, status: u16) -> Result<(), Error> {
-        edit::status(status).map_err(refused)?;
+        edit::status(status).map_err(Error::refused)?;
         self.status = status;
         self.status_edited = true;
         Ok(())
@@ -1166,6 +1122,8 @@ mod tests {
         with_request(&Reads::default(), input(), |request| {
             let refused = request.set_path("no-slash").expect_err("refused");
             assert_eq!(refused.message(), EditError::Path.to_string());
+            assert_eq!(refused.kind(), crate::ErrorKind::Refused);
+            assert!(!refused.is_unavailable());
             assert!(request.set_header("bad name", "x").is_err());
             assert!(request.set_context("no spaces", "x").is_err());
             assert!(request.set_context("k", &"x".repeat(5000)).is_err());

@@ -94,9 +94,11 @@
 //! The public surface: [`Filter`] and [`export_filter!`]; what a filter declares it reads,
 //! [`Reads`]; the handles [`Request`] and [`Response`], whose headers are read and edited
 //! through the [`Headers`] trait they share, and the [`Body`] they may hold; the answers
-//! [`Action`] and [`Reply`]; the capabilities [`log`], [`clock`], [`kv`] and [`metrics`]; and,
-//! in native builds, `testing`. `Headers` is sealed: only the SDK's handles implement it, so a
-//! method can join it without breaking filters.
+//! [`Action`] and [`Reply`]; the capabilities [`log`], [`clock`], [`kv`], [`outbound`] and
+//! [`metrics`]; the one [`Error`] of edits, `kv` and `outbound`, whose [`ErrorKind`] tells a
+//! refusal from a store or service that could not answer; and, in native builds, `testing`.
+//! `Headers` is sealed: only the SDK's handles implement it, so a method can join it without
+//! breaking filters. `ErrorKind` is `#[non_exhaustive]`, so a capability can add a kind.
 #![deny(missing_docs)]
 
 // The generated bindings name their runtime by the absolute path `gateway_sdk::...`, which has to
@@ -111,11 +113,13 @@ mod backend;
 mod backend;
 pub mod clock;
 mod config;
+mod error;
 mod http;
 mod instance;
 pub mod kv;
 pub mod log;
 pub mod metrics;
+pub mod outbound;
 mod reads;
 #[cfg(target_family = "wasm")]
 #[doc(hidden)]
@@ -123,7 +127,8 @@ pub mod runtime;
 #[cfg(not(target_family = "wasm"))]
 pub mod testing;
 
-pub use http::{Body, Error, Headers, Reply, Request, Response};
+pub use error::{Error, ErrorKind};
+pub use http::{Body, Headers, Reply, Request, Response};
 pub use reads::Reads;
 pub use serde;
 pub use serde_json;

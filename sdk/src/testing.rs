@@ -3,7 +3,10 @@
 //! In native builds every host call of the SDK goes to an in-process test host instead of the
 //! gateway. A [`TestHost`] creates the filter from a configuration, runs its phases on a
 //! [`TestRequest`] and a [`TestResponse`], records what the filter logged and counted, and
-//! keeps its key-value state; the test sets the clock and may preload state.
+//! keeps its key-value state; the test sets the clock and may preload state. The test also
+//! plays the parts that can fail in production: it can make the store fail
+//! ([`TestHost::kv_fails`]), and it grants the filter services and answers for them
+//! ([`TestHost::grant_service`]), keeping what the filter sent ([`TestHost::outbound_requests`]).
 //!
 //! The test host plays the gateway's part exactly, with the gateway's rules (`gateway_rules`):
 //!
@@ -17,7 +20,9 @@
 //!   (`content-length` set, `transfer-encoding` dropped); context entries set in the request
 //!   phase are there in the response phase;
 //! - what the gateway would refuse after the call (a 33rd context entry, a reply it cannot
-//!   send) fails the filter there; here it panics, naming the refusal.
+//!   send) fails the filter there; here it panics, naming the refusal;
+//! - key-value operations meet the gateway's limits, and outbound calls its grants and its check
+//!   of what can be sent, before the store or a service is asked.
 //!
 //! ```
 //! use gateway_sdk::testing::{TestHost, TestRequest};
@@ -46,11 +51,13 @@
 //! ```
 
 use std::cell::RefCell;
+use std::collections::HashMap;
 use std::rc::Rc;
 use std::time::Duration;
 
 use gateway_rules::context::Context;
 use gateway_rules::edit::{self, EditError};
+use gateway_rules::kv::{KvMap, Limits};
 use gateway_rules::metrics::{self, MetricKind, MetricSpec};
 
 use crate::backend::{RequestRef, ResponseRef};
@@ -58,7 +65,7 @@ use crate::instance::{Instance, Outcome};
 use crate::log::Level;
 use crate::metrics::Registry;
 use crate::wit::exports::gateway::filter::handler::RequestFields;
-use crate::{Action, Filter, Phases, Reads};
+use crate::{Action, Filter, Phases, Reads, kv, outbound};
 use gateway_rules::changes::Change;
 use gateway_rules::input::{InputBody, RequestInput, ResponseInput};
 
@@ -461,24 +468,190 @@ pub struct LogLine {
     pub message: String,
 }
 
-/// The capabilities the test host answers with: the log, the clock, key-value state, and the
-/// metrics the filter declared and has not yet handed over.
-#[derive(Debug)]
+/// How the test host's key-value store fails, from [`TestHost::kv_fails`] until
+/// [`TestHost::kv_recovers`]: what a filter meets when the gateway's Redis is away.
+///
+/// ```
+/// use gateway_sdk::testing::KvFailure;
+///
+/// let down = KvFailure::Unavailable;
+/// assert_ne!(down, KvFailure::Timeout);
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KvFailure {
+    /// The store cannot be reached: operations fail with
+    /// [`ErrorKind::Unavailable`](crate::ErrorKind::Unavailable) and do not happen.
+    Unavailable,
+    /// The store does not answer in time: operations fail with
+    /// [`ErrorKind::Timeout`](crate::ErrorKind::Timeout). In the gateway such an operation may
+    /// or may not have happened; here it never has.
+    Timeout,
+}
+
+/// A request the filter sent with [`outbound::Request::send`], as the test host received it.
+///
+/// ```
+/// use gateway_sdk::testing::TestOutboundRequest;
+///
+/// # fn demo(sent: &TestOutboundRequest) {
+/// assert_eq!(sent.service, "idp");
+/// assert_eq!(sent.header("accept"), Some("application/json"));
+/// # }
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TestOutboundRequest {
+    /// The service it was sent to.
+    pub service: String,
+    /// The method, e.g. `GET`.
+    pub method: String,
+    /// The path and query.
+    pub path_and_query: String,
+    /// Lower-case names, in the order the filter added them.
+    pub headers: Vec<(String, String)>,
+    /// The body.
+    pub body: Vec<u8>,
+    /// The timeout the filter asked for, in whole milliseconds as it reaches the gateway.
+    pub timeout: Option<Duration>,
+}
+
+impl TestOutboundRequest {
+    fn sent(request: outbound::Request) -> Self {
+        TestOutboundRequest {
+            service: request.service,
+            method: request.method,
+            path_and_query: request.path_and_query,
+            headers: request
+                .headers
+                .into_iter()
+                .map(|(name, value)| (name.to_ascii_lowercase(), value))
+                .collect(),
+            body: request.body,
+            timeout: request
+                .timeout_ms
+                .map(|millis| Duration::from_millis(millis.into())),
+        }
+    }
+
+    /// The first value of a header (names compared case-insensitively).
+    ///
+    /// ```
+    /// # fn demo(sent: &gateway_sdk::testing::TestOutboundRequest) {
+    /// let authorized = sent.header("Authorization").is_some();
+    /// # }
+    /// ```
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(key, _)| key.eq_ignore_ascii_case(name))
+            .map(|(_, value)| value.as_str())
+    }
+}
+
+/// A service's answer in a test, as a handler given to [`TestHost::grant_service`] makes it.
+///
+/// ```
+/// use gateway_sdk::testing::TestOutboundResponse;
+///
+/// let keys = TestOutboundResponse::new(200)
+///     .with_header("content-type", "application/json")
+///     .with_body(r#"{"keys":[]}"#);
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TestOutboundResponse {
+    status: u16,
+    headers: Vec<(String, String)>,
+    body: Vec<u8>,
+}
+
+impl TestOutboundResponse {
+    /// An answer with this status, no headers and no body.
+    ///
+    /// ```
+    /// let not_found = gateway_sdk::testing::TestOutboundResponse::new(404);
+    /// ```
+    pub fn new(status: u16) -> Self {
+        TestOutboundResponse {
+            status,
+            headers: Vec::new(),
+            body: Vec::new(),
+        }
+    }
+
+    /// Adds a header (the name is stored lower-case, as the gateway hands it to the filter).
+    ///
+    /// ```
+    /// let answer = gateway_sdk::testing::TestOutboundResponse::new(200).with_header("X-Served", "a");
+    /// ```
+    pub fn with_header(mut self, name: &str, value: &str) -> Self {
+        self.headers
+            .push((name.to_ascii_lowercase(), value.to_owned()));
+        self
+    }
+
+    /// Sets the body.
+    ///
+    /// ```
+    /// let answer = gateway_sdk::testing::TestOutboundResponse::new(200).with_body("ok");
+    /// ```
+    pub fn with_body(mut self, body: impl Into<Vec<u8>>) -> Self {
+        self.body = body.into();
+        self
+    }
+}
+
+/// How a call to a granted service fails in a test, as a handler given to
+/// [`TestHost::grant_service`] says. A service the test did not grant fails with
+/// [`ErrorKind::NotAllowed`](crate::ErrorKind::NotAllowed), and a request the gateway cannot
+/// send with [`ErrorKind::Refused`](crate::ErrorKind::Refused), without asking the handler.
+///
+/// ```
+/// use gateway_sdk::testing::OutboundFailure;
+///
+/// let down = OutboundFailure::Failed("connection refused".into());
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OutboundFailure {
+    /// No answer in time: [`ErrorKind::Timeout`](crate::ErrorKind::Timeout).
+    Timeout,
+    /// The answer is larger than the gateway lets the filter receive:
+    /// [`ErrorKind::TooLarge`](crate::ErrorKind::TooLarge). The test host applies no size limit
+    /// of its own; answer this to test that path.
+    TooLarge,
+    /// The service could not be reached or broke off, for this reason:
+    /// [`ErrorKind::Unavailable`](crate::ErrorKind::Unavailable).
+    Failed(String),
+}
+
+/// What answers for a granted service.
+type Service = Rc<dyn Fn(&TestOutboundRequest) -> Result<TestOutboundResponse, OutboundFailure>>;
+
+/// The capabilities the test host answers with: the log, the clock, key-value state (and
+/// whether it is failing), the services granted and what was sent to them, and the metrics the
+/// filter declared and has not yet handed over.
 pub(crate) struct HostState {
     logs: Vec<LogLine>,
     pub now_ms: u64,
     pub monotonic_ns: u64,
-    pub kv: gateway_rules::kv::KvMap,
+    pub kv_limits: Limits,
+    kv: KvMap,
+    kv_failure: Option<KvFailure>,
+    services: HashMap<String, Service>,
+    sent: Vec<TestOutboundRequest>,
     pub metrics: Registry,
 }
 
 impl Default for HostState {
     fn default() -> Self {
+        let kv_limits = Limits::default();
         HostState {
             logs: Vec::new(),
             now_ms: 0,
             monotonic_ns: 0,
-            kv: gateway_rules::kv::KvMap::new(gateway_rules::kv::Limits::default()),
+            kv_limits,
+            kv: KvMap::new(kv_limits),
+            kv_failure: None,
+            services: HashMap::new(),
+            sent: Vec::new(),
             metrics: Registry::default(),
         }
     }
@@ -486,8 +659,22 @@ impl Default for HostState {
 
 impl HostState {
     /// Expiry runs on the monotonic clock, as in the gateway.
-    pub fn kv_now(&self) -> u64 {
+    fn kv_now(&self) -> u64 {
         self.monotonic_ns / 1_000_000
+    }
+
+    /// The map and the time for an operation the limits accepted, unless the store is failing.
+    pub fn kv_store(&mut self) -> Result<(&mut KvMap, u64), kv::Failure> {
+        match self.kv_failure {
+            None => {
+                let now = self.kv_now();
+                Ok((&mut self.kv, now))
+            }
+            Some(KvFailure::Unavailable) => Err(kv::Failure::Unavailable(
+                "the test host's store is failing (`TestHost::kv_fails`)".to_owned(),
+            )),
+            Some(KvFailure::Timeout) => Err(kv::Failure::Timeout),
+        }
     }
 
     pub fn log(&mut self, level: Level, message: &str) {
@@ -506,6 +693,42 @@ thread_local! {
 
 pub(crate) fn with_host<R>(use_host: impl FnOnce(&mut HostState) -> R) -> R {
     CURRENT.with(|current| use_host(&mut current.borrow().borrow_mut()))
+}
+
+/// An outbound call, answered as the gateway answers it: refused unless granted, then refused
+/// if it cannot be sent (the gateway's check, `gateway_rules::outbound`), then the handler's.
+pub(crate) fn send_outbound(
+    request: outbound::Request,
+) -> Result<outbound::Response, outbound::Failure> {
+    let sent = TestOutboundRequest::sent(request);
+    let service = with_host(|host| {
+        host.sent.push(sent.clone());
+        host.services.get(&sent.service).cloned()
+    });
+    let Some(service) = service else {
+        return Err(outbound::Failure::NotAllowed(format!(
+            "this route does not grant the filter the service `{}` (in a test: \
+             `TestHost::grant_service`)",
+            sent.service
+        )));
+    };
+    gateway_rules::outbound::request(
+        &sent.method,
+        sent.path_and_query.clone(),
+        sent.headers.clone(),
+    )
+    .map_err(|refused| outbound::Failure::BadRequest(refused.to_string()))?;
+    // Called with the host released: the handler may use the SDK itself (a kv read, a log line).
+    let answer = service(&sent).map_err(|failure| match failure {
+        OutboundFailure::Timeout => outbound::Failure::Timeout,
+        OutboundFailure::TooLarge => outbound::Failure::TooLarge,
+        OutboundFailure::Failed(reason) => outbound::Failure::Failed(reason),
+    })?;
+    Ok(outbound::Response {
+        status: answer.status,
+        headers: answer.headers,
+        body: answer.body,
+    })
 }
 
 /// Makes `host` the one host calls go to until the guard drops.
@@ -1236,6 +1459,162 @@ impl<F: Filter> TestHost<F> {
         host.kv.entries(host.kv_now())
     }
 
+    /// Makes every key-value operation of the filter fail with `failure` until
+    /// [`TestHost::kv_recovers`], as when the gateway's Redis is away, to test what the filter
+    /// does then. What the limits refuse is still refused first, as in the gateway. The test's
+    /// own [`kv_set`](TestHost::kv_set) and [`kv_get`](TestHost::kv_get) still reach the state,
+    /// which the failure leaves as it was.
+    ///
+    /// ```
+    /// use gateway_sdk::testing::{KvFailure, TestHost, TestRequest};
+    /// use gateway_sdk::{Action, Filter, Headers, Reply, Request, kv};
+    ///
+    /// /// Counts requests in `x-hits`; lets them through uncounted when it cannot count.
+    /// struct Count;
+    ///
+    /// impl Filter for Count {
+    ///     type Config = gateway_sdk::serde_json::Value;
+    ///     fn new(_: Self::Config) -> Result<Self, String> {
+    ///         Ok(Count)
+    ///     }
+    ///     fn on_request(&self, request: &mut Request) -> Action {
+    ///         match kv::increment("hits", 1, None) {
+    ///             Ok(hits) => {
+    ///                 let _ = request.set_header("x-hits", &hits.to_string());
+    ///             }
+    ///             Err(error) if error.is_unavailable() => {}
+    ///             Err(error) => return Action::Respond(Reply::text(500, error.to_string())),
+    ///         }
+    ///         Action::Continue
+    ///     }
+    /// }
+    ///
+    /// let mut host = TestHost::<Count>::new(gateway_sdk::serde_json::json!({})).expect("accepted");
+    /// host.kv_fails(KvFailure::Timeout);
+    /// let mut request = TestRequest::get("/");
+    /// assert!(host.on_request(&mut request).is_continue(), "fails open");
+    /// assert_eq!(request.header("x-hits"), None);
+    ///
+    /// host.kv_recovers();
+    /// let mut request = TestRequest::get("/");
+    /// host.on_request(&mut request);
+    /// assert_eq!(request.header("x-hits").as_deref(), Some("1"));
+    /// ```
+    pub fn kv_fails(&mut self, failure: KvFailure) {
+        self.host.borrow_mut().kv_failure = Some(failure);
+    }
+
+    /// Ends [`TestHost::kv_fails`]: the store answers again, with the state it held.
+    ///
+    /// ```
+    /// # use gateway_sdk::{Filter, testing::{KvFailure, TestHost}, serde_json::json};
+    /// # struct Noop;
+    /// # impl Filter for Noop {
+    /// #     type Config = gateway_sdk::serde_json::Value;
+    /// #     fn new(_: Self::Config) -> Result<Self, String> { Ok(Noop) }
+    /// # }
+    /// let mut host = TestHost::<Noop>::new(json!({})).expect("accepted");
+    /// host.kv_fails(KvFailure::Unavailable);
+    /// host.kv_recovers();
+    /// ```
+    pub fn kv_recovers(&mut self) {
+        self.host.borrow_mut().kv_failure = None;
+    }
+
+    /// Grants the filter the service `name`, answered by `handler`, as a route's
+    /// `allow_services` grants it in the gateway. A call to a service not granted fails with
+    /// [`ErrorKind::NotAllowed`](crate::ErrorKind::NotAllowed), as in the gateway, and one the
+    /// gateway cannot send (a bad method, path or header) with
+    /// [`ErrorKind::Refused`](crate::ErrorKind::Refused); neither reaches a handler. Granting a
+    /// name again replaces its handler.
+    ///
+    /// The handler gets the request as sent and returns the answer, or how the call fails.
+    ///
+    /// ```
+    /// use gateway_sdk::testing::{OutboundFailure, TestHost, TestOutboundResponse, TestRequest};
+    /// use gateway_sdk::{Action, Filter, Headers, Request, outbound};
+    ///
+    /// /// Stamps the identity provider's status, or why there is none, in `x-idp`.
+    /// struct Probe;
+    ///
+    /// impl Filter for Probe {
+    ///     type Config = gateway_sdk::serde_json::Value;
+    ///     fn new(_: Self::Config) -> Result<Self, String> {
+    ///         Ok(Probe)
+    ///     }
+    ///     fn on_request(&self, request: &mut Request) -> Action {
+    ///         let stamp = match outbound::Request::get("idp", "/health").send() {
+    ///             Ok(response) => response.status().to_string(),
+    ///             Err(error) => format!("{:?}", error.kind()),
+    ///         };
+    ///         let _ = request.set_header("x-idp", &stamp);
+    ///         Action::Continue
+    ///     }
+    /// }
+    ///
+    /// let stamp = |host: &mut TestHost<Probe>| {
+    ///     let mut request = TestRequest::get("/");
+    ///     host.on_request(&mut request);
+    ///     request.header("x-idp").unwrap_or_default()
+    /// };
+    /// let mut host = TestHost::<Probe>::new(gateway_sdk::serde_json::json!({})).expect("accepted");
+    /// assert_eq!(stamp(&mut host), "NotAllowed");
+    /// host.grant_service("idp", |sent| {
+    ///     assert_eq!(sent.path_and_query, "/health");
+    ///     Ok(TestOutboundResponse::new(204))
+    /// });
+    /// assert_eq!(stamp(&mut host), "204");
+    /// host.grant_service("idp", |_| Err(OutboundFailure::Timeout));
+    /// assert_eq!(stamp(&mut host), "Timeout");
+    /// ```
+    pub fn grant_service(
+        &mut self,
+        name: &str,
+        handler: impl Fn(&TestOutboundRequest) -> Result<TestOutboundResponse, OutboundFailure>
+        + 'static,
+    ) {
+        self.host
+            .borrow_mut()
+            .services
+            .insert(name.to_owned(), Rc::new(handler));
+    }
+
+    /// Every call the filter made with [`outbound::Request::send`], in order, granted or not:
+    /// to assert on what it sent, or on how often it called.
+    ///
+    /// ```
+    /// use gateway_sdk::testing::{TestHost, TestOutboundResponse, TestRequest};
+    /// use gateway_sdk::{Action, Filter, Request, outbound};
+    ///
+    /// struct Audit;
+    ///
+    /// impl Filter for Audit {
+    ///     type Config = gateway_sdk::serde_json::Value;
+    ///     fn new(_: Self::Config) -> Result<Self, String> {
+    ///         Ok(Audit)
+    ///     }
+    ///     fn on_request(&self, request: &mut Request) -> Action {
+    ///         let event = format!(r#"{{"path":"{}"}}"#, request.path());
+    ///         let _ = outbound::Request::post("audit", "/events")
+    ///             .header("content-type", "application/json")
+    ///             .body(event)
+    ///             .send();
+    ///         Action::Continue
+    ///     }
+    /// }
+    ///
+    /// let mut host = TestHost::<Audit>::new(gateway_sdk::serde_json::json!({})).expect("accepted");
+    /// host.grant_service("audit", |_| Ok(TestOutboundResponse::new(202)));
+    /// host.on_request(&mut TestRequest::get("/orders"));
+    /// let sent = host.outbound_requests();
+    /// assert_eq!(sent.len(), 1);
+    /// assert_eq!(sent[0].header("Content-Type"), Some("application/json"));
+    /// assert_eq!(sent[0].body, br#"{"path":"/orders"}"#);
+    /// ```
+    pub fn outbound_requests(&self) -> Vec<TestOutboundRequest> {
+        self.host.borrow().sent.clone()
+    }
+
     /// Moves both clocks forward.
     ///
     /// ```
@@ -1641,5 +2020,259 @@ mod tests {
     fn reading_a_series_never_declared_is_a_mistake_in_the_test() {
         let host = TestHost::<Counted>::new(json!([false, false])).expect("accepted");
         host.counter("decisions_total", &["maybe"]);
+    }
+
+    /// Runs each kv operation named in the request's query (`get`, `set`, `delete`,
+    /// `increment`, `cas`, `long-set`, `long-get`) and reports each result in `x-kv`.
+    struct KvOps;
+
+    impl Filter for KvOps {
+        type Config = serde_json::Value;
+
+        fn new(_: Self::Config) -> Result<Self, String> {
+            Ok(KvOps)
+        }
+
+        fn on_request(&self, request: &mut Request) -> Action {
+            let long = "k".repeat(2000);
+            let report = |result: Result<String, crate::Error>| match result {
+                Ok(value) => value,
+                Err(error) => format!("{:?}", error.kind()),
+            };
+            let results: Vec<String> = request
+                .query()
+                .unwrap_or_default()
+                .split(',')
+                .map(|operation| {
+                    report(match operation {
+                        "get" => kv::get_string("k").map(|value| format!("{value:?}")),
+                        "set" => kv::set("k", "v", None).map(|()| "set".to_owned()),
+                        "delete" => kv::delete("k").map(|was| was.to_string()),
+                        "increment" => kv::increment("n", 1, None).map(|n| n.to_string()),
+                        "cas" => kv::compare_and_swap("k", None, "w", None).map(|w| w.to_string()),
+                        "long-set" => kv::set(&long, "v", None).map(|()| "set".to_owned()),
+                        "long-get" => kv::get(&long).map(|value| format!("{value:?}")),
+                        other => panic!("no operation {other}"),
+                    })
+                })
+                .collect();
+            let _ = request.set_header("x-kv", &results.join(","));
+            Action::Continue
+        }
+    }
+
+    fn kv_ops(host: &mut TestHost<KvOps>, operations: &str) -> String {
+        let mut request = TestRequest::get(&format!("/?{operations}"));
+        host.on_request(&mut request);
+        request.header("x-kv").unwrap_or_default()
+    }
+
+    #[test]
+    fn a_failing_store_fails_every_operation_until_it_recovers() {
+        let all = "get,set,delete,increment,cas";
+        let mut host = TestHost::<KvOps>::new(json!({})).expect("accepted");
+        host.kv_set("k", "before", None);
+        host.kv_fails(KvFailure::Unavailable);
+        assert_eq!(
+            kv_ops(&mut host, all),
+            "Unavailable,Unavailable,Unavailable,Unavailable,Unavailable"
+        );
+        host.kv_fails(KvFailure::Timeout);
+        assert_eq!(
+            kv_ops(&mut host, all),
+            "Timeout,Timeout,Timeout,Timeout,Timeout"
+        );
+        assert_eq!(host.kv_entries(), [("k".to_owned(), b"before".to_vec())]);
+        host.kv_recovers();
+        assert_eq!(kv_ops(&mut host, all), r#"Some("before"),set,true,1,true"#);
+    }
+
+    #[test]
+    fn the_limits_come_before_the_store_as_in_the_gateway() {
+        let mut host = TestHost::<KvOps>::new(json!({})).expect("accepted");
+        host.kv_fails(KvFailure::Unavailable);
+        assert_eq!(kv_ops(&mut host, "long-set,long-get"), "Refused,None");
+    }
+
+    #[test]
+    fn text_that_is_not_utf8_reads_as_absent() {
+        let mut host = TestHost::<KvOps>::new(json!({})).expect("accepted");
+        host.kv_set("k", [0xff, 0xfe], None);
+        assert_eq!(kv_ops(&mut host, "get"), "None");
+    }
+
+    #[test]
+    fn store_errors_say_what_failed() {
+        let _entered = Entered::new(&Rc::default());
+        with_host(|host| host.kv_failure = Some(KvFailure::Unavailable));
+        let error = kv::get("k").expect_err("failing");
+        assert!(error.is_unavailable());
+        assert_eq!(
+            error.message(),
+            "the key-value store is unavailable: the test host's store is failing \
+             (`TestHost::kv_fails`)"
+        );
+        with_host(|host| host.kv_failure = Some(KvFailure::Timeout));
+        let error = kv::increment("n", 1, None).expect_err("failing");
+        assert_eq!(error.kind(), crate::ErrorKind::Timeout);
+        assert!(error.is_unavailable());
+        with_host(|host| host.kv_failure = None);
+        kv::set("n", "x", None).expect("stored");
+        let error = kv::increment("n", 1, None).expect_err("not an integer");
+        assert_eq!(error.kind(), crate::ErrorKind::Refused);
+        assert!(!error.is_unavailable());
+        assert_eq!(error.message(), "the value is not an integer");
+    }
+
+    /// Sends what the request says (`x-method`, `x-service`, the path and query, `x-send-header`
+    /// as `name: value`) and reports the answer or the error in the response header `x-answer`.
+    struct Caller;
+
+    impl Filter for Caller {
+        type Config = serde_json::Value;
+
+        fn new(_: Self::Config) -> Result<Self, String> {
+            Ok(Caller)
+        }
+
+        fn on_request(&self, request: &mut Request) -> Action {
+            let target = match request.query() {
+                Some(query) => format!("{}?{query}", request.path()),
+                None => request.path(),
+            };
+            let method = request
+                .header("x-method")
+                .unwrap_or_else(|| "GET".to_owned());
+            let service = request.header("x-service").unwrap_or_default();
+            let mut call = outbound::Request::new(&method, &service, &target)
+                .body("ping")
+                .timeout(Duration::from_micros(1500));
+            if let Some((name, value)) = request
+                .header("x-send-header")
+                .as_deref()
+                .and_then(|header| header.split_once(": "))
+            {
+                call = call.header(name, value);
+            }
+            let answer = match call.send() {
+                Ok(response) => format!(
+                    "{} {:?} {}",
+                    response.status(),
+                    response.header("X-Served"),
+                    response.text()
+                ),
+                Err(error) => format!("{:?}: {}", error.kind(), error.message()),
+            };
+            Action::Respond(crate::Reply::new(200).with_header("x-answer", &answer))
+        }
+    }
+
+    fn call(host: &mut TestHost<Caller>, service: &str, target: &str) -> String {
+        let mut request = TestRequest::get(target).with_header("x-service", service);
+        let action = host.on_request(&mut request);
+        let reply = action.reply().expect("answers");
+        reply.header("x-answer").unwrap_or_default().to_owned()
+    }
+
+    #[test]
+    fn only_granted_services_are_called() {
+        let mut host = TestHost::<Caller>::new(json!({})).expect("accepted");
+        assert_eq!(
+            call(&mut host, "idp", "/keys"),
+            "NotAllowed: this route does not grant the filter the service `idp` (in a test: \
+             `TestHost::grant_service`)"
+        );
+        host.grant_service("idp", |sent| {
+            Ok(TestOutboundResponse::new(200)
+                .with_header("X-Served", "idp-1")
+                .with_body(format!("{} {}", sent.method, sent.path_and_query)))
+        });
+        assert_eq!(
+            call(&mut host, "idp", "/keys?v=2"),
+            r#"200 Some("idp-1") GET /keys?v=2"#
+        );
+        assert!(call(&mut host, "other", "/").starts_with("NotAllowed: "));
+
+        let sent = host.outbound_requests();
+        assert_eq!(sent.len(), 3, "every call, granted or not");
+        assert_eq!(
+            sent[1],
+            TestOutboundRequest {
+                service: "idp".to_owned(),
+                method: "GET".to_owned(),
+                path_and_query: "/keys?v=2".to_owned(),
+                headers: vec![],
+                body: b"ping".to_vec(),
+                timeout: Some(Duration::from_millis(2)),
+            },
+            "the timeout as it crosses: whole milliseconds, rounded up"
+        );
+    }
+
+    #[test]
+    fn a_granted_service_fails_as_its_handler_says() {
+        let mut host = TestHost::<Caller>::new(json!({})).expect("accepted");
+        let cases = [
+            (
+                OutboundFailure::Timeout,
+                "Timeout: the service `idp` did not answer in time",
+            ),
+            (
+                OutboundFailure::TooLarge,
+                "TooLarge: the answer of the service `idp` is larger than the gateway lets the \
+                 filter receive",
+            ),
+            (
+                OutboundFailure::Failed("connection refused".to_owned()),
+                "Unavailable: the call to the service `idp` failed: connection refused",
+            ),
+        ];
+        for (failure, expected) in cases {
+            host.grant_service("idp", move |_| Err(failure.clone()));
+            assert_eq!(call(&mut host, "idp", "/"), expected);
+        }
+    }
+
+    #[test]
+    fn a_request_the_gateway_cannot_send_is_refused_before_the_service() {
+        let mut host = TestHost::<Caller>::new(json!({})).expect("accepted");
+        host.grant_service("idp", |_| panic!("never asked"));
+        let mut bad_method = TestRequest::get("/")
+            .with_header("x-service", "idp")
+            .with_header("x-method", "G T");
+        let action = host.on_request(&mut bad_method);
+        assert_eq!(
+            action.reply().and_then(|reply| reply.header("x-answer")),
+            Some("Refused: `G T` is not a method")
+        );
+        let mut bad_header = TestRequest::get("/")
+            .with_header("x-service", "idp")
+            .with_header("x-send-header", "bad name: x");
+        let action = host.on_request(&mut bad_header);
+        assert_eq!(
+            action.reply().and_then(|reply| reply.header("x-answer")),
+            Some("Refused: `bad name` is not a header name")
+        );
+    }
+
+    #[test]
+    fn a_handler_may_use_the_sdk_itself() {
+        let mut host = TestHost::<Caller>::new(json!({})).expect("accepted");
+        host.grant_service("idp", |sent| {
+            let calls = kv::increment("calls", 1, None).expect("counted");
+            crate::log::info("answered");
+            Ok(TestOutboundResponse::new(200)
+                .with_body(format!("{calls} {:?}", sent.header("accept"))))
+        });
+        let mut request = TestRequest::get("/")
+            .with_header("x-service", "idp")
+            .with_header("x-send-header", "Accept: text/plain");
+        let action = host.on_request(&mut request);
+        assert_eq!(
+            action.reply().and_then(|reply| reply.header("x-answer")),
+            Some(r#"200 None 1 Some("text/plain")"#)
+        );
+        assert_eq!(host.kv_get("calls").as_deref(), Some(&b"1"[..]));
+        assert_eq!(host.logs()[0].message, "answered");
     }
 }

@@ -8,7 +8,8 @@
 //! - [`context`]: the bounds of the request context filters share along the chain;
 //! - [`metrics`]: the metrics a filter may declare and the updates it may make;
 //! - [`input`]: what a phase is handed with its call, and its encoding;
-//! - [`kv`]: the semantics of the key-value capability (TTL, increment, compare-and-swap, bounds).
+//! - [`kv`]: the semantics of the key-value capability (TTL, increment, compare-and-swap, bounds);
+//! - [`outbound`]: the requests a filter may send to a service.
 
 pub mod changes;
 pub mod context;
@@ -16,3 +17,4 @@ pub mod edit;
 pub mod input;
 pub mod kv;
 pub mod metrics;
+pub mod outbound;

@@ -1,9 +1,15 @@
 //! Host calls in native builds: answered by the in-process test host of [`crate::testing`].
 //! Reads the filter did not declare go to the test message as it was when the call began, as
-//! the gateway's handles show it; the capabilities go to the test host's state.
+//! the gateway's handles show it; the capabilities go to the test host's state. Key-value
+//! operations meet the limits before the store, as in the gateway's stores: a refusal does not
+//! depend on whether the store is failing (`TestHost::kv_fails`).
 
+use gateway_rules::kv::KvError;
+
+use crate::kv::Failure as KvFailure;
 use crate::log::Level;
 use crate::metrics::Registry;
+use crate::outbound::{Failure as OutboundFailure, Request, Response};
 use crate::testing::{self, RequestState, ResponseState};
 
 /// A request in a test, for the duration of one call.
@@ -94,32 +100,47 @@ pub fn monotonic_ns() -> u64 {
     testing::with_host(|host| host.monotonic_ns)
 }
 
-pub fn kv_get(key: &str) -> Option<Vec<u8>> {
-    testing::with_host(|host| host.kv.get(key, host.kv_now()))
+/// What a store refuses whatever its state, in the rule's words.
+fn refused(error: KvError) -> KvFailure {
+    KvFailure::Refused(error.to_string())
 }
 
-pub fn kv_set(key: &str, value: &[u8], ttl_ms: Option<u64>) -> Result<(), String> {
+pub fn kv_get(key: &str) -> Result<Option<Vec<u8>>, KvFailure> {
     testing::with_host(|host| {
-        let now = host.kv_now();
-        host.kv
-            .set(key, value.to_vec(), ttl_ms, now)
-            .map_err(|error| error.to_string())
+        // No key over the limit can be stored, so the gateway's stores answer without asking.
+        if host.kv_limits.check_key(key).is_err() {
+            return Ok(None);
+        }
+        let (map, now) = host.kv_store()?;
+        Ok(map.get(key, now))
     })
 }
 
-pub fn kv_delete(key: &str) -> bool {
+pub fn kv_set(key: &str, value: &[u8], ttl_ms: Option<u64>) -> Result<(), KvFailure> {
     testing::with_host(|host| {
-        let now = host.kv_now();
-        host.kv.delete(key, now)
+        let limits = host.kv_limits;
+        limits.check_key(key).map_err(refused)?;
+        limits.check_value(value).map_err(refused)?;
+        let (map, now) = host.kv_store()?;
+        map.set(key, value.to_vec(), ttl_ms, now).map_err(refused)
     })
 }
 
-pub fn kv_increment(key: &str, delta: i64, ttl_ms: Option<u64>) -> Result<i64, String> {
+pub fn kv_delete(key: &str) -> Result<bool, KvFailure> {
     testing::with_host(|host| {
-        let now = host.kv_now();
-        host.kv
-            .increment(key, delta, ttl_ms, now)
-            .map_err(|error| error.to_string())
+        if host.kv_limits.check_key(key).is_err() {
+            return Ok(false);
+        }
+        let (map, now) = host.kv_store()?;
+        Ok(map.delete(key, now))
+    })
+}
+
+pub fn kv_increment(key: &str, delta: i64, ttl_ms: Option<u64>) -> Result<i64, KvFailure> {
+    testing::with_host(|host| {
+        host.kv_limits.check_key(key).map_err(refused)?;
+        let (map, now) = host.kv_store()?;
+        map.increment(key, delta, ttl_ms, now).map_err(refused)
     })
 }
 
@@ -128,11 +149,17 @@ pub fn kv_compare_and_swap(
     expected: Option<&[u8]>,
     new: &[u8],
     ttl_ms: Option<u64>,
-) -> Result<bool, String> {
+) -> Result<bool, KvFailure> {
     testing::with_host(|host| {
-        let now = host.kv_now();
-        host.kv
-            .compare_and_swap(key, expected, new.to_vec(), ttl_ms, now)
-            .map_err(|error| error.to_string())
+        let limits = host.kv_limits;
+        limits.check_key(key).map_err(refused)?;
+        limits.check_value(new).map_err(refused)?;
+        let (map, now) = host.kv_store()?;
+        map.compare_and_swap(key, expected, new.to_vec(), ttl_ms, now)
+            .map_err(refused)
     })
+}
+
+pub fn outbound_send(request: Request) -> Result<Response, OutboundFailure> {
+    testing::send_outbound(request)
 }

@@ -4,9 +4,11 @@
 
 use std::cell::{Cell, RefCell};
 
+use crate::kv::Failure as KvFailure;
 use crate::log::Level;
 use crate::metrics::Registry;
-use crate::wit::gateway::filter::{clock, http as host, kv, log};
+use crate::outbound::{Failure as OutboundFailure, Request, Response};
+use crate::wit::gateway::filter::{clock, http as host, kv, log, outbound};
 
 /// A borrowed request handle for the duration of one call.
 pub struct RequestRef<'a>(&'a host::Request);
@@ -113,20 +115,29 @@ pub fn monotonic_ns() -> u64 {
     clock::monotonic_ns()
 }
 
-pub fn kv_get(key: &str) -> Option<Vec<u8>> {
-    kv::get(key)
+/// A store's error as the SDK reports it.
+fn kv_failure(error: kv::KvError) -> KvFailure {
+    match error {
+        kv::KvError::Refused(reason) => KvFailure::Refused(reason),
+        kv::KvError::Unavailable(reason) => KvFailure::Unavailable(reason),
+        kv::KvError::Timeout => KvFailure::Timeout,
+    }
 }
 
-pub fn kv_set(key: &str, value: &[u8], ttl_ms: Option<u64>) -> Result<(), String> {
-    kv::set(key, value, ttl_ms)
+pub fn kv_get(key: &str) -> Result<Option<Vec<u8>>, KvFailure> {
+    kv::get(key).map_err(kv_failure)
 }
 
-pub fn kv_delete(key: &str) -> bool {
-    kv::delete(key)
+pub fn kv_set(key: &str, value: &[u8], ttl_ms: Option<u64>) -> Result<(), KvFailure> {
+    kv::set(key, value, ttl_ms).map_err(kv_failure)
 }
 
-pub fn kv_increment(key: &str, delta: i64, ttl_ms: Option<u64>) -> Result<i64, String> {
-    kv::increment(key, delta, ttl_ms)
+pub fn kv_delete(key: &str) -> Result<bool, KvFailure> {
+    kv::delete(key).map_err(kv_failure)
+}
+
+pub fn kv_increment(key: &str, delta: i64, ttl_ms: Option<u64>) -> Result<i64, KvFailure> {
+    kv::increment(key, delta, ttl_ms).map_err(kv_failure)
 }
 
 pub fn kv_compare_and_swap(
@@ -134,6 +145,31 @@ pub fn kv_compare_and_swap(
     expected: Option<&[u8]>,
     new: &[u8],
     ttl_ms: Option<u64>,
-) -> Result<bool, String> {
-    kv::compare_and_swap(key, expected, new, ttl_ms)
+) -> Result<bool, KvFailure> {
+    kv::compare_and_swap(key, expected, new, ttl_ms).map_err(kv_failure)
+}
+
+pub fn outbound_send(request: Request) -> Result<Response, OutboundFailure> {
+    let request = outbound::OutboundRequest {
+        service: request.service,
+        method: request.method,
+        path_and_query: request.path_and_query,
+        headers: request.headers,
+        body: request.body,
+        timeout_ms: request.timeout_ms,
+    };
+    match outbound::send(&request) {
+        Ok(answer) => Ok(Response {
+            status: answer.status,
+            headers: answer.headers,
+            body: answer.body,
+        }),
+        Err(error) => Err(match error {
+            outbound::OutboundError::NotAllowed(reason) => OutboundFailure::NotAllowed(reason),
+            outbound::OutboundError::BadRequest(reason) => OutboundFailure::BadRequest(reason),
+            outbound::OutboundError::Timeout => OutboundFailure::Timeout,
+            outbound::OutboundError::TooLarge => OutboundFailure::TooLarge,
+            outbound::OutboundError::Failed(reason) => OutboundFailure::Failed(reason),
+        }),
+    }
 }
