@@ -19,6 +19,9 @@ filters:
     module: gateway_test_outbound_probe.wasm
     timeout: 2s
     max_outbound_response: 64KiB
+  hasty:
+    module: gateway_test_outbound_probe.wasm
+    timeout: 300ms
 services:
   identity:
     instances: ["{identity}"]
@@ -36,6 +39,12 @@ routes:
     filters:
       - filter: outbound
         config: {{ service: private, timeout_ms: 500 }}
+        allow_services: [identity]
+  - name: hasty
+    match: {{ path_prefix: /hasty }}
+    filters:
+      - filter: hasty
+        config: {{ service: identity }}
         allow_services: [identity]
 "#,
         plugins = plugin_dir().display(),
@@ -97,5 +106,27 @@ async fn a_late_or_oversized_answer_fails_the_call_and_not_the_gateway() {
         fine.status.as_u16(),
         200,
         "the gateway and the filter still serve"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_phase_deadline_counts_the_time_waited_on_a_service() {
+    let (gateway, _identity, _private) = setup().await;
+    // No timeout of its own: the call waits until the filter's 300 ms deadline stops it.
+    let began = std::time::Instant::now();
+    let stopped = probe(&gateway, "/hasty", "/slow?ms=3000").await;
+    let took = began.elapsed();
+    stopped.assert_gateway_error(500, "FILTER_FAILED");
+    assert!(
+        took < std::time::Duration::from_millis(2500),
+        "the call outlived its deadline: {took:?}"
+    );
+    assert!(
+        gateway
+            .logs()
+            .iter()
+            .any(|line| line.contains("ran past its deadline of 300ms")),
+        "the failure says it was the deadline:\n{}",
+        gateway.logs().join("\n")
     );
 }

@@ -398,6 +398,10 @@ impl kv::Host for InstanceState {
     }
 }
 
+/// The wait for an outbound call that asked for no timeout of its own, longer than any phase's
+/// deadline may be.
+const NO_TIMEOUT_ASKED: Duration = Duration::from_secs(120);
+
 /// A filter's request as the gateway sends it, or why it cannot be sent: the rule the SDK's
 /// test host applies too.
 fn outbound_request(
@@ -424,16 +428,15 @@ impl outbound::Host for InstanceState {
             _ => return Ok(Err(not_granted(&self.filter, &request.service))),
         };
         let service = request.service.clone();
-        let asked = request
+        // Without a timeout of its own, the phase's deadline bounds the call: `wait` stops the
+        // call there, which fails the filter as having run past its deadline.
+        let timeout = request
             .timeout_ms
-            .map_or(Duration::MAX, |ms| Duration::from_millis(ms.into()));
+            .map_or(NO_TIMEOUT_ASKED, |ms| Duration::from_millis(ms.into()));
         let request = match outbound_request(request) {
             Ok(request) => request,
             Err(refused) => return Ok(Err(refused)),
         };
-        // The phase's deadline bounds the call anyway (see `wait`); a shorter wait asked for is
-        // the service's to keep.
-        let timeout = asked.min(self.time_left());
         let call = grant
             .services
             .send(&service, request, self.max_outbound_response, timeout);

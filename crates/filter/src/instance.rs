@@ -303,11 +303,6 @@ impl FilterInstance {
 }
 
 impl InstanceState {
-    /// What is left of the call's deadline.
-    pub(crate) fn time_left(&self) -> Duration {
-        self.call_deadline.saturating_duration_since(Instant::now())
-    }
-
     /// Waits for a host call's `operation` (on Redis, on a service) with the filter's call
     /// suspended. The wait counts against the call's deadline, both ways: it ends at the
     /// deadline, which stops the call, and the time waited counts as time the call ran.
