@@ -254,6 +254,8 @@ async fn redis_killed_under_load_gets_the_fallback_then_counting_resumes() {
         seen.len()
     );
 
+    // The log is read from the gateway's stderr as it comes: wait for the recovery line.
+    gateway.wait_for_log(&["the kv store is back"], Duration::from_secs(5));
     let logs = gateway.logs();
     let down = logs
         .iter()

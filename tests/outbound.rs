@@ -121,11 +121,13 @@ async fn the_phase_deadline_counts_the_time_waited_on_a_service() {
         took < std::time::Duration::from_millis(2500),
         "the call outlived its deadline: {took:?}"
     );
+    // The log is read from the gateway's stderr as it comes: wait for the line.
+    let said = gateway.wait_for_log(
+        &["ran past its deadline of 300ms"],
+        std::time::Duration::from_secs(5),
+    );
     assert!(
-        gateway
-            .logs()
-            .iter()
-            .any(|line| line.contains("ran past its deadline of 300ms")),
+        said.is_some(),
         "the failure says it was the deadline:\n{}",
         gateway.logs().join("\n")
     );
