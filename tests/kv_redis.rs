@@ -129,6 +129,22 @@ async fn load(url: String, tasks: usize, per_task: usize) -> Vec<Reply> {
     replies
 }
 
+/// 500 requests to `path` through each gateway from 10 concurrent clients each: the counts the
+/// upstream saw, sorted.
+async fn counts_through_both(first: &Gateway, second: &Gateway, path: &str) -> Vec<u64> {
+    let (a, b) = tokio::join!(
+        load(first.url(path), 10, 50),
+        load(second.url(path), 10, 50)
+    );
+    let mut counts: Vec<u64> = a
+        .iter()
+        .chain(&b)
+        .map(|reply| count_upstream(reply).expect("Redis is up"))
+        .collect();
+    counts.sort_unstable();
+    counts
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn two_gateways_sharing_redis_count_every_request_once() {
     let redis = RedisServer::start();
@@ -137,36 +153,16 @@ async fn two_gateways_sharing_redis_count_every_request_once() {
     let first = Gateway::start(&config);
     let second = Gateway::start(&config);
 
-    let (a, b) = tokio::join!(
-        load(first.url("/counted"), 10, 50),
-        load(second.url("/counted"), 10, 50),
-    );
-    let mut counts: Vec<u64> = a
-        .iter()
-        .chain(&b)
-        .map(|reply| count_upstream(reply).expect("Redis is up"))
-        .collect();
-    counts.sort_unstable();
     assert_eq!(
-        counts,
+        counts_through_both(&first, &second, "/counted").await,
         (1..=1000).collect::<Vec<u64>>(),
         "every increment, from either gateway, got its own count"
     );
     assert_eq!(redis.command(&["GET", "gateway:probe:hits"]), "1000");
 
     // The same with compare-and-swap: a read, then a write only if nobody wrote in between.
-    let (a, b) = tokio::join!(
-        load(first.url("/swapped"), 10, 50),
-        load(second.url("/swapped"), 10, 50),
-    );
-    let mut counts: Vec<u64> = a
-        .iter()
-        .chain(&b)
-        .map(|reply| count_upstream(reply).expect("Redis is up"))
-        .collect();
-    counts.sort_unstable();
     assert_eq!(
-        counts,
+        counts_through_both(&first, &second, "/swapped").await,
         (1..=1000).collect::<Vec<u64>>(),
         "no compare-and-swap lost an update"
     );
