@@ -171,14 +171,14 @@ impl FilterEngine {
                 })?;
         let handler = check_wit_version(&self.engine, &component).map_err(refuse)?;
         let link = |linker: &wasmtime::component::Linker<InstanceState>| {
-            let pre = linker
+            linker
                 .instantiate_pre(&component)
-                .map_err(|error| refuse(format!("cannot be linked: {error:#}")))?;
-            // The generated bindings check every export's type, with a message naming it.
-            FilterPre::new(pre.clone()).map_err(|error| refuse(format!("{error:#}")))?;
-            Ok::<_, Error>(pre)
+                .map_err(|error| refuse(format!("cannot be linked: {error:#}")))
         };
         let waiting = link(&self.linkers.waiting)?;
+        // The generated bindings check every export's type, with a message naming it. The
+        // exports are the component's, whichever way it is linked: once is enough.
+        FilterPre::new(waiting.clone()).map_err(|error| refuse(format!("{error:#}")))?;
         let kv = self.kv.backend(settings.kv).map_err(refuse)?;
         let immediate = match kv {
             KvBackend::Memory(_) => Some(link(&self.linkers.immediate)?),
