@@ -30,8 +30,8 @@ pub use gateway_routing::pattern::PathPattern;
 pub use instance::InstanceUrl;
 pub use size::ByteSize;
 pub use upstream::{
-    BalancerKind, CircuitBreaker, HashKey, HealthCheck, InstanceFile, OutlierDetection, Retries,
-    WeightedInstance,
+    BalancerKind, CircuitBreaker, HashKey, HashSource, HealthCheck, InstanceFile, OutlierDetection,
+    Retries, WeightedInstance,
 };
 
 /// The largest `memory_limit` a filter may be given.

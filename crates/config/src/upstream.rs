@@ -70,14 +70,23 @@ pub enum BalancerKind {
     Hash,
 }
 
-/// What `hash` hashes. Requests without it are spread at random.
+/// What `hash` hashes: `{ header: NAME }`, `{ cookie: NAME }`, `client_ip` or `path`.
+/// Requests without it are spread at random.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "snake_case", deny_unknown_fields)]
+#[serde(untagged)]
 pub enum HashKey {
     /// The value of this request header.
-    Header(String),
+    Header { header: String },
     /// The value of this cookie.
-    Cookie(String),
+    Cookie { cookie: String },
+    /// A property of the request itself.
+    Request(HashSource),
+}
+
+/// What of the request itself `hash` may hash.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HashSource {
     /// The client's IP address.
     ClientIp,
     /// The request path, normalised.

@@ -386,14 +386,13 @@ fn check_service(name: &str, service: &ServiceFile, problems: &mut Problems) -> 
             format_args!("{at}.hash_key"),
             "required by the `hash` balancer",
         ),
-        (BalancerKind::Hash, Some(HashKey::Header(header) | HashKey::Cookie(header)))
-            if http::HeaderName::from_bytes(header.as_bytes()).is_err() =>
-        {
-            problems.add(
-                format_args!("{at}.hash_key"),
-                format_args!("`{header}` is not a valid header or cookie name"),
-            )
-        }
+        (
+            BalancerKind::Hash,
+            Some(HashKey::Header { header } | HashKey::Cookie { cookie: header }),
+        ) if http::HeaderName::from_bytes(header.as_bytes()).is_err() => problems.add(
+            format_args!("{at}.hash_key"),
+            format_args!("`{header}` is not a valid header or cookie name"),
+        ),
         (BalancerKind::Hash, Some(_)) | (_, None) => {}
         (_, Some(_)) => problems.add(
             format_args!("{at}.hash_key"),

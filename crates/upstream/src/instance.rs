@@ -45,7 +45,8 @@ pub struct InstanceStatus {
     /// Times its breaker opened.
     pub breaker_opened: u32,
     pub in_flight: u32,
-    /// The peak-EWMA latency estimate, in milliseconds; measured for `p2c_ewma` only.
+    /// The peak-EWMA latency estimate, in milliseconds; measured for `p2c_ewma` only, once
+    /// the instance has answered.
     pub ewma_ms: Option<f64>,
 }
 
@@ -96,7 +97,10 @@ impl Instance {
             breaker: self.breaker.as_ref().map(|breaker| breaker.state(now)),
             breaker_opened: self.breaker.as_ref().map_or(0, Breaker::times_opened),
             in_flight: self.in_flight(),
-            ewma_ms: measured.then(|| self.latency.estimate(now) / 1_000_000.0),
+            ewma_ms: measured
+                .then(|| self.latency.estimate(now))
+                .flatten()
+                .map(|nanos| nanos / 1_000_000.0),
         }
     }
 

@@ -17,7 +17,9 @@ use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use bytes::Bytes;
-use gateway_config::{BalancerKind, CircuitBreaker, HashKey, OutlierDetection, Retries};
+use gateway_config::{
+    BalancerKind, CircuitBreaker, HashKey, HashSource, OutlierDetection, Retries,
+};
 use gateway_wire::upstream::OutgoingHead;
 use http::{HeaderMap, Method, Response, header};
 use http_body::Body;
@@ -255,7 +257,11 @@ impl Service {
                         format!("did not answer within {timeout:?}"),
                     ))
                 });
-            let finished = if self.balancer.reads_latency() || picked.permit.is_some() {
+            // Only what reads the time of the outcome costs a clock read.
+            let finished = if self.balancer.reads_latency()
+                || picked.permit.is_some()
+                || self.outlier_detection.is_some()
+            {
                 self.clock.now()
             } else {
                 now
@@ -382,11 +388,11 @@ impl Service {
     fn request_key(&self, request: &Outgoing<'_>) -> Option<u64> {
         let key = self.hash_key.as_ref()?;
         match key {
-            HashKey::Header(name) => request
+            HashKey::Header { header: name } => request
                 .headers
                 .get(name.as_str())
                 .map(|value| key_hash(value.as_bytes())),
-            HashKey::Cookie(name) => request
+            HashKey::Cookie { cookie: name } => request
                 .headers
                 .get_all(header::COOKIE)
                 .iter()
@@ -395,11 +401,11 @@ impl Service {
                 .filter_map(|pair| pair.trim().split_once('='))
                 .find(|(cookie, _)| cookie == name)
                 .map(|(_, value)| key_hash(value.as_bytes())),
-            HashKey::ClientIp => Some(match request.client_ip {
+            HashKey::Request(HashSource::ClientIp) => Some(match request.client_ip {
                 IpAddr::V4(ip) => key_hash(&ip.octets()),
                 IpAddr::V6(ip) => key_hash(&ip.octets()),
             }),
-            HashKey::Path => Some(key_hash(request.path.as_bytes())),
+            HashKey::Request(HashSource::Path) => Some(key_hash(request.path.as_bytes())),
         }
     }
 

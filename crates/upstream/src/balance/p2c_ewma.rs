@@ -7,7 +7,10 @@
 //! The estimate is `tower::load::PeakEwma`'s: a latency above the estimate replaces it at once
 //! (the peak), one below moves it by an exponentially weighted average whose weight decays
 //! with the time since the last update (`DECAY`); read, it decays towards zero with the time
-//! since, so an instance that was slow gets a new chance once it has been left alone. The
+//! since, so an instance that was slow gets a new chance once it has been left alone. An
+//! instance not measured yet is taken to be as fast as the one it is compared with, so that
+//! requests in flight decide (tower assumes a fixed default instead, which on a fast network
+//! keeps a new instance out for as long as that default takes to decay). The
 //! arithmetic is tower's; the type is not, because tower's wraps a `Service` it sends through
 //! (see the module doc of `balance`). Each instance's estimate is shared by every worker: an
 //! `f64` in an atomic, updated by whoever saw the latest answer (a lost update between two
@@ -19,34 +22,24 @@ use crate::instance::Instance;
 
 /// How quickly past latencies stop counting: tower's and linkerd's default.
 const DECAY_NANOS: f64 = 10_000_000_000.0;
-/// The estimate of an instance not measured yet: linkerd's default.
-const DEFAULT_RTT_NANOS: f64 = 30_000_000.0;
-
 /// One instance's latency estimate.
+#[derive(Default)]
 pub(crate) struct PeakEwma {
     estimate: AtomicU64,
+    /// 0 until the first answer is measured.
     updated_at: AtomicU64,
 }
 
-impl Default for PeakEwma {
-    fn default() -> PeakEwma {
-        PeakEwma {
-            estimate: AtomicU64::new(DEFAULT_RTT_NANOS.to_bits()),
-            updated_at: AtomicU64::new(0),
-        }
-    }
-}
-
 impl PeakEwma {
-    /// The estimate at `now`, in nanoseconds.
-    pub(crate) fn estimate(&self, now: u64) -> f64 {
-        let estimate = f64::from_bits(self.estimate.load(Ordering::Relaxed));
+    /// The estimate at `now`, in nanoseconds; `None` before the first answer.
+    pub(crate) fn estimate(&self, now: u64) -> Option<f64> {
         let updated_at = self.updated_at.load(Ordering::Relaxed);
         if updated_at == 0 {
-            return estimate;
+            return None;
         }
+        let estimate = f64::from_bits(self.estimate.load(Ordering::Relaxed));
         let elapsed = now.saturating_sub(updated_at) as f64;
-        estimate * (-elapsed / DECAY_NANOS).exp()
+        Some(estimate * (-elapsed / DECAY_NANOS).exp())
     }
 
     /// Takes in a response head that came `rtt` nanoseconds after its request was sent.
@@ -66,9 +59,21 @@ impl PeakEwma {
     }
 }
 
-fn cost(instance: &Instance, now: u64) -> f64 {
-    instance.latency.estimate(now) * f64::from(instance.in_flight() + 1)
-        / f64::from(instance.weight)
+/// Latency times requests in flight plus one, over the weight; `latency` stands in for an
+/// instance not measured yet.
+fn cost(instance: &Instance, latency: f64) -> f64 {
+    latency * f64::from(instance.in_flight() + 1) / f64::from(instance.weight)
+}
+
+/// Whether `second` costs less than `first`.
+fn cheaper(first: &Instance, second: &Instance, now: u64) -> bool {
+    let (a, b) = match (first.latency.estimate(now), second.latency.estimate(now)) {
+        (Some(a), Some(b)) => (a, b),
+        (Some(a), None) => (a, a),
+        (None, Some(b)) => (b, b),
+        (None, None) => (1.0, 1.0),
+    };
+    cost(second, b) < cost(first, a)
 }
 
 pub(crate) fn pick(
@@ -86,7 +91,7 @@ pub(crate) fn pick(
     let start = (first + 1 + fastrand::usize(..count - 1)) % count;
     let second = super::first_from(start, count, &|index| index != first && eligible(index));
     Some(match second {
-        Some(second) if cost(&instances[second], now) < cost(&instances[first], now) => second,
+        Some(second) if cheaper(&instances[first], &instances[second], now) => second,
         _ => first,
     })
 }
@@ -100,20 +105,19 @@ mod tests {
     fn a_peak_replaces_the_estimate_and_lower_latencies_pull_it_down_over_time() {
         let ewma = PeakEwma::default();
         let second = 1_000_000_000;
+        assert_eq!(ewma.estimate(1), None);
         ewma.observe(5_000_000, 1);
-        assert_eq!(ewma.estimate(1), 5_000_000.0);
+        assert_eq!(ewma.estimate(1), Some(5_000_000.0));
         ewma.observe(50_000_000, 2);
-        assert_eq!(ewma.estimate(2), 50_000_000.0, "the peak, at once");
+        assert_eq!(ewma.estimate(2), Some(50_000_000.0), "the peak, at once");
         ewma.observe(1_000_000, 10 * second);
-        let estimate = ewma.estimate(10 * second);
+        let estimate = ewma.estimate(10 * second).expect("measured");
         assert!(
             estimate < 20_000_000.0 && estimate > 1_000_000.0,
             "{estimate}"
         );
-        assert!(
-            ewma.estimate(30 * second) < estimate / 5.0,
-            "left alone, it decays"
-        );
+        let later = ewma.estimate(30 * second).expect("measured");
+        assert!(later < estimate / 5.0, "left alone, it decays");
     }
 
     #[test]
@@ -127,5 +131,14 @@ mod tests {
         assert_eq!(counts.get(&2), None, "{counts:?}");
         assert!(counts[&0] > 1000 && counts[&1] > 1000, "{counts:?}");
         assert_eq!(pick(&instances, 1, &|index| index == 2), Some(2));
+    }
+
+    #[test]
+    fn an_instance_not_measured_yet_competes_on_requests_in_flight() {
+        let instances = instances(&[1, 1]);
+        instances[0].latency.observe(1_000_000, 1);
+        let _busy = instances[0].start();
+        let counts = counts((0..100).map(|_| pick(&instances, 1, &|_| true)));
+        assert_eq!(counts.get(&1), Some(&100), "{counts:?}");
     }
 }
