@@ -262,7 +262,7 @@ async fn p2c_ewma_and_least_connections_move_load_away_from_a_slow_instance() {
             "{balancer}: the slow instance got {slow} of 300: {counts:?}"
         );
         assert!(
-            counts.get("a").is_some() && counts.get("b").is_some(),
+            counts.contains_key("a") && counts.contains_key("b"),
             "{counts:?}"
         );
     }

@@ -184,7 +184,11 @@ impl Breaker {
             }
             Permit::Normal => {
                 let failures = self.failures.fetch_add(1, Ordering::AcqRel) + 1;
-                if failures >= self.failure_threshold {
+                // A request let through while closed may end after the breaker opened: its
+                // failure is counted, but it changes nothing then.
+                if failures >= self.failure_threshold
+                    && self.state.load(Ordering::Acquire) == CLOSED
+                {
                     // Set before the state, so whoever sees it open sees when it opened.
                     let previous = self.opened_at.swap(now, Ordering::AcqRel);
                     if self

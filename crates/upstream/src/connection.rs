@@ -175,10 +175,7 @@ pub(super) struct ConnectionPool<S = TcpStream> {
 /// The idle connections one thread opened, most recently used last.
 struct IdleList<S> {
     thread: ThreadKey,
-    #[expect(
-        clippy::vec_box,
-        reason = "connections leave the list, boxed, inside response bodies"
-    )]
+    /// Boxed: connections leave the list inside response bodies.
     connections: Vec<Box<Connection<S>>>,
 }
 

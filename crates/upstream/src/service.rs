@@ -26,7 +26,7 @@ use http_body::Body;
 
 use crate::balance::Balancer;
 use crate::balance::hash::key_hash;
-use crate::breaker::Permit;
+use crate::breaker::{Breaker, Permit};
 use crate::clock::{Clock, SystemClock, nanos};
 use crate::connection::UpstreamBody;
 use crate::health::{active, passive};
@@ -96,11 +96,22 @@ impl Excluded {
     }
 }
 
-/// An instance picked for one try, with what it holds.
-struct Picked {
+/// An instance picked for one try, with what it holds. A permit not spent on an outcome (the
+/// request was dropped: the client went away) is handed back when this is dropped, so a
+/// half-open breaker never loses its probe slots.
+struct Picked<'s> {
     index: usize,
+    breaker: Option<&'s Breaker>,
     permit: Option<Permit>,
-    slot: Slot,
+    slot: Option<Slot>,
+}
+
+impl Drop for Picked<'_> {
+    fn drop(&mut self) {
+        if let (Some(breaker), Some(permit)) = (self.breaker, self.permit.take()) {
+            breaker.released(permit);
+        }
+    }
 }
 
 /// How one try went, as breakers and outlier detection count it.
@@ -229,10 +240,11 @@ impl Service {
             if let Some(previous) = last.take() {
                 let budget_allows = now < deadline && self.budget.withdraw(now);
                 if !budget_allows {
-                    self.release(&picked);
+                    drop(picked);
                     return previous.map(|forwarded| forwarded.holding(service_slot));
                 }
             }
+            let mut picked = picked;
             tried.insert(picked.index);
             tries += 1;
             let instance = &self.instances[picked.index];
@@ -276,10 +288,12 @@ impl Service {
                 Ok(mut response) => {
                     let status = response.status();
                     let verdict = self.verdict_on_status(status.as_u16());
-                    self.record(&picked, verdict, finished);
+                    self.record(&mut picked, verdict, finished);
                     let retry =
                         may_retry && retry::status_is_retryable(status, request.method, bodiless);
-                    response.body_mut().hold(InFlight::instance(picked.slot));
+                    if let Some(slot) = picked.slot.take() {
+                        response.body_mut().hold(InFlight::instance(slot));
+                    }
                     let forwarded = Forwarded { response, instance };
                     if !retry {
                         return Ok(forwarded.holding(service_slot));
@@ -292,8 +306,8 @@ impl Service {
                     } else {
                         Verdict::Neither
                     };
-                    self.record(&picked, verdict, finished);
-                    drop(picked.slot);
+                    self.record(&mut picked, verdict, finished);
+                    drop(picked);
                     let retry = may_retry
                         && retry::failure_is_retryable(error.kind, request.method, bodiless);
                     if !retry {
@@ -323,11 +337,12 @@ impl Service {
     }
 
     /// Tells the instance's breaker and outlier detection how a try went.
-    fn record(&self, picked: &Picked, verdict: Verdict, now: u64) {
+    fn record(&self, picked: &mut Picked<'_>, verdict: Verdict, now: u64) {
         let instance = &self.instances[picked.index];
+        let permit = picked.breaker.zip(picked.permit.take());
         match verdict {
             Verdict::Succeeded => {
-                if let (Some(breaker), Some(permit)) = (&instance.breaker, picked.permit) {
+                if let Some((breaker, permit)) = permit {
                     breaker.succeeded(permit, &instance.label);
                 }
                 if self.outlier_detection.is_some() {
@@ -335,7 +350,7 @@ impl Service {
                 }
             }
             Verdict::Failed => {
-                if let (Some(breaker), Some(permit)) = (&instance.breaker, picked.permit) {
+                if let Some((breaker, permit)) = permit {
                     breaker.failed(permit, now, &instance.label);
                 }
                 if let Some(config) = &self.outlier_detection
@@ -345,7 +360,7 @@ impl Service {
                 }
             }
             Verdict::Neither => {
-                if let (Some(breaker), Some(permit)) = (&instance.breaker, picked.permit) {
+                if let Some((breaker, permit)) = permit {
                     breaker.released(permit);
                 }
             }
@@ -376,14 +391,6 @@ impl Service {
         );
     }
 
-    fn release(&self, picked: &Picked) {
-        if let (Some(breaker), Some(permit)) =
-            (&self.instances[picked.index].breaker, picked.permit)
-        {
-            breaker.released(permit);
-        }
-    }
-
     /// The hash of the request's key, for `hash`.
     fn request_key(&self, request: &Outgoing<'_>) -> Option<u64> {
         let key = self.hash_key.as_ref()?;
@@ -411,7 +418,7 @@ impl Service {
 
     /// Picks an instance not in `tried` and takes its breaker permit and limit slot; or says
     /// why there is none.
-    fn pick(&self, tried: Excluded, key: Option<u64>, now: u64) -> Result<Picked> {
+    fn pick(&self, tried: Excluded, key: Option<u64>, now: u64) -> Result<Picked<'_>> {
         let healthy = |index: usize| !self.checks_health || self.instances[index].is_healthy(now);
         // Panic mode: with no instance healthy, health is not asked at all.
         let panic =
@@ -451,8 +458,9 @@ impl Service {
             };
             return Ok(Picked {
                 index,
+                breaker: instance.breaker.as_ref(),
                 permit,
-                slot,
+                slot: Some(slot),
             });
         }
     }
@@ -587,15 +595,15 @@ mod tests {
             });
         });
         for expected in 0..3 {
-            let picked = service
+            let mut picked = service
                 .pick(Excluded::default(), None, clock.now())
                 .expect("a pick");
             assert_eq!(picked.index, expected, "the open ones are skipped");
-            service.record(&picked, Verdict::Failed, clock.now());
+            service.record(&mut picked, Verdict::Failed, clock.now());
             clock.advance(Duration::from_secs(10));
         }
         // Opened 30 s, 20 s and 10 s ago: the first lets a probe through now, the others not.
-        let probe = service
+        let mut probe = service
             .pick(Excluded::default(), None, clock.now())
             .expect("a probe");
         assert_eq!((probe.index, probe.permit), (0, Some(Permit::Probe)));
@@ -605,7 +613,7 @@ mod tests {
             .expect("the probe is out, the others open");
         assert_eq!(error.kind, ErrorKind::CircuitOpen);
         assert_eq!(error.retry_after, Some(Duration::from_secs(10)));
-        service.record(&probe, Verdict::Succeeded, clock.now());
+        service.record(&mut probe, Verdict::Succeeded, clock.now());
         let picked = service
             .pick(Excluded::default(), None, clock.now())
             .expect("closed");
@@ -635,17 +643,17 @@ mod tests {
             excluded
         };
         for _ in 0..10 {
-            let picked = service
+            let mut picked = service
                 .pick(excluded_but_first, None, clock.now())
                 .expect("a pick");
-            service.record(&picked, Verdict::Neither, clock.now());
+            service.record(&mut picked, Verdict::Neither, clock.now());
         }
         assert!(service.instances[0].is_healthy(clock.now()));
         for _ in 0..2 {
-            let picked = service
+            let mut picked = service
                 .pick(excluded_but_first, None, clock.now())
                 .expect("a pick");
-            service.record(&picked, Verdict::Failed, clock.now());
+            service.record(&mut picked, Verdict::Failed, clock.now());
         }
         assert!(service.instances[0].outlier.is_ejected(clock.now()));
         assert_eq!(
@@ -655,11 +663,40 @@ mod tests {
     }
 
     #[test]
+    fn a_probe_whose_request_was_dropped_hands_its_slot_back() {
+        let (service, clock) = build(|config| {
+            config.instances.truncate(1);
+            config.weights.truncate(1);
+            config.circuit_breaker = Some(gateway_config::CircuitBreaker {
+                failure_threshold: 1,
+                open_duration: Duration::from_secs(1),
+                half_open_requests: 1,
+                failure_statuses: vec![503],
+            });
+        });
+        let mut picked = service
+            .pick(Excluded::default(), None, clock.now())
+            .expect("closed");
+        service.record(&mut picked, Verdict::Failed, clock.now());
+        clock.advance(Duration::from_secs(1));
+        let probe = service
+            .pick(Excluded::default(), None, clock.now())
+            .expect("a probe");
+        assert_eq!(probe.permit, Some(Permit::Probe));
+        // The client went away: the request's future, and its probe, are dropped.
+        drop(probe);
+        let probe = service
+            .pick(Excluded::default(), None, clock.now())
+            .expect("the probe's slot is free again");
+        assert_eq!(probe.permit, Some(Permit::Probe));
+    }
+
+    #[test]
     fn a_full_instance_is_skipped_and_all_full_is_overloaded() {
         let (service, clock) = build(|config| {
             config.max_concurrent_requests_per_instance = Some(1);
         });
-        let held: Vec<Picked> = (0..3)
+        let held: Vec<Picked<'_>> = (0..3)
             .map(|_| {
                 service
                     .pick(Excluded::default(), None, clock.now())
