@@ -697,6 +697,11 @@ impl<S: Transport> Body for UpstreamBody<S> {
 }
 
 impl<S> UpstreamBody<S> {
+    /// Whether the body is still arriving from the instance.
+    pub(crate) fn is_streaming(&self) -> bool {
+        matches!(self, UpstreamBody::Streaming(_))
+    }
+
     /// Keeps the request counted as in flight while the body is still arriving; a body read
     /// whole with its head frees the count at once.
     pub(crate) fn hold(&mut self, in_flight: InFlight) {

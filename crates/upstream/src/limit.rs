@@ -44,17 +44,41 @@ impl Counter {
 
     /// Takes a slot, if one is free.
     pub(crate) fn acquire(&self) -> Option<Slot> {
+        self.borrow().map(BorrowedSlot::into_owned)
+    }
+
+    /// Takes a slot for as long as the counter is borrowed: no reference count to touch, for
+    /// the many requests whose response arrives whole with its head.
+    pub(crate) fn borrow(&self) -> Option<BorrowedSlot<'_>> {
         let before = self.count.fetch_add(1, Ordering::AcqRel);
         if self.limit.is_some_and(|limit| before >= limit) {
             self.count.fetch_sub(1, Ordering::AcqRel);
             return None;
         }
-        Some(Slot(self.count.clone()))
+        Some(BorrowedSlot(self))
     }
 
     /// Whether a limit applies; without one the service does not count.
     pub(crate) fn is_limited(&self) -> bool {
         self.limit.is_some()
+    }
+}
+
+/// One request's slot, borrowing its counter; freed when dropped.
+pub(crate) struct BorrowedSlot<'c>(&'c Counter);
+
+impl BorrowedSlot<'_> {
+    /// The same slot, owning a reference to its counter, to travel with a response body.
+    pub(crate) fn into_owned(self) -> Slot {
+        let slot = Slot(self.0.count.clone());
+        std::mem::forget(self);
+        slot
+    }
+}
+
+impl Drop for BorrowedSlot<'_> {
+    fn drop(&mut self) {
+        self.0.count.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -111,7 +135,12 @@ mod tests {
         assert_eq!(counter.get(), 2, "a refusal leaves no trace");
         drop(first);
         assert!(counter.has_room());
-        assert!(counter.acquire().is_some());
+        let borrowed = counter.borrow().expect("room");
+        assert!(counter.borrow().is_none());
+        let owned = borrowed.into_owned();
+        assert_eq!(counter.get(), 2, "the same slot, owned");
+        drop(owned);
+        assert_eq!(counter.get(), 1);
         let unlimited = Counter::new(None);
         let _slots: Vec<_> = (0..100)
             .map(|_| unlimited.acquire().expect("room"))

@@ -31,7 +31,7 @@ use crate::clock::{Clock, SystemClock, nanos};
 use crate::connection::UpstreamBody;
 use crate::health::{active, passive};
 use crate::instance::{Instance, InstanceStatus};
-use crate::limit::{Counter, InFlight, Slot};
+use crate::limit::{BorrowedSlot, Counter, InFlight, Slot};
 use crate::retry::{self, Budget};
 use crate::{Error, ErrorKind, Result};
 
@@ -103,7 +103,7 @@ struct Picked<'s> {
     index: usize,
     breaker: Option<&'s Breaker>,
     permit: Option<Permit>,
-    slot: Option<Slot>,
+    slot: Option<BorrowedSlot<'s>>,
 }
 
 impl Drop for Picked<'_> {
@@ -291,8 +291,14 @@ impl Service {
                     self.record(&mut picked, verdict, finished);
                     let retry =
                         may_retry && retry::status_is_retryable(status, request.method, bodiless);
-                    if let Some(slot) = picked.slot.take() {
-                        response.body_mut().hold(InFlight::instance(slot));
+                    // A body still arriving keeps its instance busy; one read whole with its
+                    // head frees the slot now.
+                    if let Some(slot) = picked.slot.take()
+                        && response.body().is_streaming()
+                    {
+                        response
+                            .body_mut()
+                            .hold(InFlight::instance(slot.into_owned()));
                     }
                     let forwarded = Forwarded { response, instance };
                     if !retry {
@@ -449,7 +455,7 @@ impl Service {
                 },
                 None => None,
             };
-            let Some(slot) = instance.in_flight.acquire() else {
+            let Some(slot) = instance.in_flight.borrow() else {
                 if let (Some(breaker), Some(permit)) = (&instance.breaker, permit) {
                     breaker.released(permit);
                 }
