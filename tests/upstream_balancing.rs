@@ -265,5 +265,14 @@ async fn p2c_ewma_and_least_connections_move_load_away_from_a_slow_instance() {
             counts.contains_key("a") && counts.contains_key("b"),
             "{counts:?}"
         );
+        if balancer == "p2c_ewma" {
+            // The admin API shows the estimates the choice was made on.
+            let reply = gateway_tests::get(&gateway.admin_url("/admin/services")).await;
+            let services = reply.json();
+            let instances = &services["services"]["backend"]["instances"];
+            let ewma = |index: usize| instances[index]["ewma_ms"].as_f64().unwrap_or(0.0);
+            assert!(ewma(2) > ewma(0) && ewma(2) > ewma(1), "{instances}");
+            assert_eq!(services["services"]["backend"]["balancer"], "p2c_ewma");
+        }
     }
 }

@@ -371,3 +371,30 @@ async fn a_client_s_broken_body_never_counts_against_an_instance_and_real_failur
         .assert_gateway_error(503, "CIRCUIT_OPEN");
     assert_eq!(instance_status(&gateway, 0).await["breaker"], "open");
 }
+
+#[tokio::test]
+async fn a_try_past_its_timeout_is_retried_elsewhere_and_the_overall_timeout_bounds_all_tries() {
+    let slow = ControlledUpstream::start("slow").await;
+    let fast = ControlledUpstream::start("fast").await;
+    slow.set_delay(Duration::from_secs(5));
+    let gateway = Gateway::start(&config(
+        &[&slow, &fast],
+        "    request_timeout: 2s
+    retries: { attempts: 1, try_timeout: 300ms }",
+    ));
+    let client = http1_client();
+    let url = gateway.url("/item");
+    // Round robin: the slow one's turns time out and go to the fast one.
+    for _ in 0..4 {
+        let reply = get_on(&client, &url).await;
+        assert_eq!(reply.status, 200, "{}", reply.text());
+        assert_eq!(reply.header("x-upstream"), Some("fast"));
+    }
+    assert!(slow.requests() >= 2, "the slow instance had its turns");
+
+    // Both slow: each try times out, and the answer is 504 once the tries are used up.
+    fast.set_delay(Duration::from_secs(5));
+    get_on(&client, &url)
+        .await
+        .assert_gateway_error(504, "UPSTREAM_TIMEOUT");
+}
