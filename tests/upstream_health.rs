@@ -398,3 +398,39 @@ async fn a_try_past_its_timeout_is_retried_elsewhere_and_the_overall_timeout_bou
         .await
         .assert_gateway_error(504, "UPSTREAM_TIMEOUT");
 }
+
+#[tokio::test]
+async fn with_every_instance_unhealthy_the_answer_is_503_unless_panic_mode_uses_them_all() {
+    let upstream = ControlledUpstream::start("sick").await;
+    upstream.set_status(500);
+    let checks = "    health_check: { path: /health, interval: 100ms, timeout: 80ms, unhealthy_threshold: 2 }";
+    let gateway = Gateway::start(&config(&[&upstream], checks));
+    wait_for_status(&gateway, 0, |status| status["healthy"] == false).await;
+    let served = upstream.requests();
+    get(&gateway.url("/item"))
+        .await
+        .assert_gateway_error(503, "NO_HEALTHY_UPSTREAM");
+    assert_eq!(
+        upstream.requests(),
+        served,
+        "an unhealthy instance gets no traffic"
+    );
+
+    let panicking = Gateway::start(&config(
+        &[&upstream],
+        &format!("{checks}\n    panic_mode: true"),
+    ));
+    wait_for_status(&panicking, 0, |status| status["healthy"] == false).await;
+    let reply = get(&panicking.url("/item")).await;
+    assert_eq!(reply.status, 500, "{}", reply.text());
+    assert_eq!(
+        reply.header("x-upstream"),
+        Some("sick"),
+        "panic mode used it anyway"
+    );
+
+    // Healthy again: traffic flows.
+    upstream.set_status(200);
+    wait_for_status(&gateway, 0, |status| status["healthy"] == true).await;
+    assert_eq!(get(&gateway.url("/item")).await.status, 200);
+}

@@ -669,6 +669,50 @@ mod tests {
     }
 
     #[test]
+    fn the_hash_key_comes_from_the_header_cookie_client_ip_or_path_configured() {
+        let mut headers = HeaderMap::new();
+        headers.insert("x-user", "alice".parse().expect("a value"));
+        headers.append(
+            header::COOKIE,
+            "theme=dark; session=s1".parse().expect("a value"),
+        );
+        headers.append(header::COOKIE, "other=1".parse().expect("a value"));
+        let request = Outgoing {
+            method: &Method::GET,
+            target: "/a?b",
+            headers: &headers,
+            client_ip: IpAddr::from([10, 0, 0, 7]),
+            path: "/a",
+        };
+        let key = |hash_key: HashKey| {
+            let (service, _) = build(|config| {
+                config.balancer = BalancerKind::Hash;
+                config.hash_key = Some(hash_key);
+            });
+            service.request_key(&request)
+        };
+        let header_key = |name: &str| HashKey::Header {
+            header: name.to_owned(),
+        };
+        let cookie_key = |name: &str| HashKey::Cookie {
+            cookie: name.to_owned(),
+        };
+        assert_eq!(key(header_key("x-user")), Some(key_hash(b"alice")));
+        assert_eq!(key(header_key("x-missing")), None);
+        assert_eq!(key(cookie_key("session")), Some(key_hash(b"s1")));
+        assert_eq!(key(cookie_key("other")), Some(key_hash(b"1")));
+        assert_eq!(key(cookie_key("sess")), None);
+        assert_eq!(
+            key(HashKey::Request(HashSource::ClientIp)),
+            Some(key_hash(&[10, 0, 0, 7]))
+        );
+        assert_eq!(
+            key(HashKey::Request(HashSource::Path)),
+            Some(key_hash(b"/a"))
+        );
+    }
+
+    #[test]
     fn a_probe_whose_request_was_dropped_hands_its_slot_back() {
         let (service, clock) = build(|config| {
             config.instances.truncate(1);
