@@ -154,9 +154,16 @@ async fn an_instance_answering_503_is_ejected_after_the_threshold_gets_nothing_m
     let client = http1_client();
     let url = gateway.url("/item");
     // Round robin: b's turns fail and are retried on the others, so every answer is a 200.
+    // The ejection starts during the request that brings b to its third failure: not before
+    // that request was sent.
+    let mut ejected_no_earlier_than = None;
     for _ in 0..30 {
+        let sent = Instant::now();
         let reply = get_on(&client, &url).await;
         assert_eq!(reply.status, 200, "{}", reply.text());
+        if b.requests() == 3 && ejected_no_earlier_than.is_none() {
+            ejected_no_earlier_than = Some(sent);
+        }
     }
     assert_eq!(b.requests(), 3, "ejected after its third failure in a row");
     let status = instance_status(&gateway, 1).await;
@@ -165,20 +172,21 @@ async fn an_instance_answering_503_is_ejected_after_the_threshold_gets_nothing_m
         (Value::from(true), Value::from(1))
     );
 
-    // Ejected for 800 ms: then it gets traffic again (and fails again, for 1.6 s this time).
-    let ejected_at = Instant::now();
+    // Ejected for 800 ms: then it gets traffic again.
+    let ejected = ejected_no_earlier_than.expect("b failed three times");
     b.set_status(200);
-    let mut reached = false;
-    while !reached {
-        assert!(ejected_at.elapsed() < NOTICE, "never back");
+    loop {
+        assert!(ejected.elapsed() < NOTICE, "never back");
         assert_eq!(get_on(&client, &url).await.status, 200);
-        reached = b.requests() > 3;
+        if b.requests() > 3 {
+            break;
+        }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert!(
-        ejected_at.elapsed() >= Duration::from_millis(700),
+        ejected.elapsed() >= Duration::from_millis(800),
         "back after {:?}",
-        ejected_at.elapsed()
+        ejected.elapsed()
     );
 }
 
@@ -193,7 +201,10 @@ async fn a_breaker_opens_after_its_threshold_probes_after_its_open_duration_and_
     upstream.set_status(503);
     let client = http1_client();
     let url = gateway.url("/item");
+    // The breaker opens during the third request: not before it was sent.
+    let mut opened = Instant::now();
     for _ in 0..3 {
+        opened = Instant::now();
         let reply = get_on(&client, &url).await;
         assert_eq!(reply.status, 503);
         assert_eq!(
@@ -203,7 +214,6 @@ async fn a_breaker_opens_after_its_threshold_probes_after_its_open_duration_and_
         );
     }
     // Closed -> open: refused without reaching the instance, told when to come back.
-    let opened = Instant::now();
     let refused = get_on(&client, &url).await;
     refused.assert_gateway_error(503, "CIRCUIT_OPEN");
     assert_eq!(refused.header("retry-after"), Some("1"));
@@ -211,23 +221,22 @@ async fn a_breaker_opens_after_its_threshold_probes_after_its_open_duration_and_
     assert_eq!(instance_status(&gateway, 0).await["breaker"], "open");
 
     // Open -> half-open after 600 ms: one probe reaches the instance; it fails: open again.
-    let probe_at = probe(&client, &url, &upstream, 4).await;
+    let (probe_sent, probe_answered) = probe(&client, &url, &upstream, 4).await;
     assert!(
-        probe_at.duration_since(opened) >= Duration::from_millis(550),
+        probe_answered.duration_since(opened) >= Duration::from_millis(600),
         "probed after {:?}",
-        probe_at.duration_since(opened)
+        probe_answered.duration_since(opened)
     );
-    let reopened = Instant::now();
     get_on(&client, &url)
         .await
         .assert_gateway_error(503, "CIRCUIT_OPEN");
     assert_eq!(upstream.requests(), 4);
     assert_eq!(instance_status(&gateway, 0).await["breaker_opened"], 2);
 
-    // Half-open -> closed: the next probe succeeds and traffic flows again.
+    // Half-open -> closed: the next probe, 600 ms on, succeeds and traffic flows again.
     upstream.set_status(200);
-    let probe_at = probe(&client, &url, &upstream, 5).await;
-    assert!(probe_at.duration_since(reopened) >= Duration::from_millis(550));
+    let (_, answered) = probe(&client, &url, &upstream, 5).await;
+    assert!(answered.duration_since(probe_sent) >= Duration::from_millis(600));
     for _ in 0..5 {
         assert_eq!(get_on(&client, &url).await.status, 200);
     }
@@ -235,7 +244,7 @@ async fn a_breaker_opens_after_its_threshold_probes_after_its_open_duration_and_
 }
 
 /// Sends requests every 20 ms until the instance has seen `count` (bounded), and returns
-/// when the last of them was sent.
+/// when the last of them was sent and when its answer came.
 async fn probe(
     client: &hyper_util::client::legacy::Client<
         hyper_util::client::legacy::connect::HttpConnector,
@@ -244,14 +253,14 @@ async fn probe(
     url: &str,
     upstream: &ControlledUpstream,
     count: usize,
-) -> Instant {
+) -> (Instant, Instant) {
     let deadline = Instant::now() + NOTICE;
     loop {
         let sent = Instant::now();
         let reply = get_on(client, url).await;
         if upstream.requests() >= count {
             assert_eq!(upstream.requests(), count, "one probe at a time");
-            return sent;
+            return (sent, Instant::now());
         }
         reply.assert_gateway_error(503, "CIRCUIT_OPEN");
         assert!(Instant::now() < deadline, "no probe within {NOTICE:?}");
