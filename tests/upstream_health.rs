@@ -443,3 +443,41 @@ async fn with_every_instance_unhealthy_the_answer_is_503_unless_panic_mode_uses_
     wait_for_status(&gateway, 0, |status| status["healthy"] == true).await;
     assert_eq!(get(&gateway.url("/item")).await.status, 200);
 }
+
+#[tokio::test]
+async fn a_reload_keeps_an_ejected_instance_out_and_an_open_breaker_open() {
+    let a = ControlledUpstream::start("a").await;
+    let b = ControlledUpstream::start("b").await;
+    let text = config(
+        &[&a, &b],
+        "    outlier_detection: { consecutive_failures: 2, base_ejection_time: 60s, max_ejection_percent: 50 }
+    circuit_breaker: { failure_threshold: 2, open_duration: 60s }",
+    );
+    let gateway = Gateway::start(&text);
+    b.set_status(503);
+    let client = http1_client();
+    let url = gateway.url("/item");
+    for _ in 0..8 {
+        assert_eq!(get_on(&client, &url).await.status, 200);
+    }
+    assert_eq!(b.requests(), 2);
+    let before = instance_status(&gateway, 1).await;
+    assert_eq!(before["ejected"], true, "{before}");
+    assert_eq!(before["breaker"], "open", "{before}");
+
+    // The same file reloaded: a new state, which knows what the old one knew.
+    let reload = Request::post(gateway.admin_url("/admin/reload"))
+        .body(Full::new(Bytes::new()))
+        .expect("a request");
+    assert_eq!(send(&http1_client(), reload).await.status, 200);
+    let after = instance_status(&gateway, 1).await;
+    assert_eq!(
+        (&after["ejected"], &after["ejections"], &after["breaker"]),
+        (&Value::from(true), &Value::from(1), &Value::from("open")),
+        "{after}"
+    );
+    for _ in 0..8 {
+        assert_eq!(get_on(&client, &url).await.status, 200);
+    }
+    assert_eq!(b.requests(), 2, "still out after the reload");
+}

@@ -192,6 +192,17 @@ impl ServingState {
         }
     }
 
+    /// Takes on what `previous`, the state this one replaces, knows of the upstream instances
+    /// both have: their health, ejections, breakers and latency estimates (see
+    /// `Service::inherit`).
+    pub fn inherit_upstream_state(&self, previous: &ServingState) {
+        for (name, service) in self.services.iter() {
+            if let Some(old) = previous.services.get(name) {
+                service.inherit(old);
+            }
+        }
+    }
+
     /// The services, by name, as the admin API shows them.
     pub fn services(&self) -> impl Iterator<Item = (&str, &Service)> {
         self.services

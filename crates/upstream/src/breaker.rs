@@ -225,6 +225,37 @@ impl Breaker {
         }
     }
 
+    /// Takes on `previous`'s state, if it counts the same way: a reload keeps an open breaker
+    /// open. Probes in flight stay with `previous`.
+    pub(crate) fn inherit(&self, previous: &Breaker) {
+        let same = (
+            self.failure_threshold,
+            self.open_for,
+            self.half_open_requests,
+        ) == (
+            previous.failure_threshold,
+            previous.open_for,
+            previous.half_open_requests,
+        );
+        if !same {
+            return;
+        }
+        let state = match previous.state.load(Ordering::Acquire) {
+            // Its probes belong to the old state: here it may probe again.
+            HALF_OPEN => OPEN,
+            state => state,
+        };
+        self.opened_at.store(
+            previous.opened_at.load(Ordering::Acquire),
+            Ordering::Release,
+        );
+        self.failures
+            .store(previous.failures.load(Ordering::Acquire), Ordering::Release);
+        self.opened
+            .store(previous.opened.load(Ordering::Relaxed), Ordering::Relaxed);
+        self.state.store(state, Ordering::Release);
+    }
+
     /// Times it opened.
     pub(crate) fn times_opened(&self) -> u32 {
         self.opened.load(Ordering::Relaxed)

@@ -82,6 +82,18 @@ impl Instance {
         self.pool.sweep();
     }
 
+    /// Takes on what `previous` (the same instance in the state a reload replaces) knows of
+    /// it: health, ejection, breaker, latency. Requests in flight stay counted there.
+    pub(crate) fn inherit(&self, previous: &Instance) {
+        self.healthy
+            .store(previous.healthy.load(Ordering::Relaxed), Ordering::Relaxed);
+        self.outlier.inherit(&previous.outlier);
+        if let (Some(breaker), Some(old)) = (&self.breaker, &previous.breaker) {
+            breaker.inherit(old);
+        }
+        self.latency.inherit(&previous.latency);
+    }
+
     pub(crate) fn is_healthy(&self, now: u64) -> bool {
         self.healthy.load(Ordering::Relaxed) && !self.outlier.is_ejected(now)
     }

@@ -179,6 +179,22 @@ impl Service {
         }
     }
 
+    /// Takes on what `previous`, the service of this name in the state a reload replaces,
+    /// knows of the instances both list (by URL): their health, ejections, breakers and
+    /// latency estimates. A reload then neither brings back an instance that was out nor
+    /// forgets one that was failing. Active checks start afresh, from the inherited health.
+    pub fn inherit(&self, previous: &Service) {
+        for instance in &self.instances {
+            if let Some(old) = previous
+                .instances
+                .iter()
+                .find(|old| old.url == instance.url)
+            {
+                instance.inherit(old);
+            }
+        }
+    }
+
     /// What the admin API shows.
     pub fn status(&self) -> ServiceStatus {
         let now = self.clock.now();
@@ -710,6 +726,58 @@ mod tests {
             key(HashKey::Request(HashSource::Path)),
             Some(key_hash(b"/a"))
         );
+    }
+
+    #[test]
+    fn a_reloaded_service_keeps_what_it_knew_of_the_instances_it_still_lists() {
+        let breaker = gateway_config::CircuitBreaker {
+            failure_threshold: 1,
+            open_duration: Duration::from_secs(30),
+            half_open_requests: 1,
+            failure_statuses: vec![503],
+        };
+        let outlier = gateway_config::OutlierDetection {
+            consecutive_failures: 1,
+            base_ejection_time: Duration::from_secs(30),
+            max_ejection_time: Duration::from_secs(60),
+            max_ejection_percent: 100,
+        };
+        let (old, clock) = build(|config| {
+            config.circuit_breaker = Some(breaker.clone());
+            config.outlier_detection = Some(outlier.clone());
+        });
+        let mut first = old
+            .pick(Excluded::default(), None, clock.now())
+            .expect("a pick");
+        old.record(&mut first, Verdict::Failed, clock.now());
+        drop(first);
+        old.instances[1]
+            .healthy
+            .store(false, std::sync::atomic::Ordering::SeqCst);
+
+        // The new state lists the second and third instances, and a new one.
+        let mut config = gateway_config::Service::with_instances(
+            [2, 3, 4]
+                .map(|port| format!("http://127.0.0.1:{port}").parse().expect("a URL"))
+                .to_vec(),
+        );
+        config.circuit_breaker = Some(breaker);
+        config.outlier_detection = Some(outlier);
+        let new = Service::with_clock("s", &config, clock.clone());
+        new.inherit(&old);
+        let status = new.status();
+        assert!(!status.instances[0].healthy, "still unhealthy");
+        assert!(status.instances[1].healthy && status.instances[2].healthy);
+
+        // And the one that failed, listed again: still ejected, its breaker still open.
+        let mut config = config.clone();
+        config.instances[2] = "http://127.0.0.1:1".parse().expect("a URL");
+        let again = Service::with_clock("s", &config, clock.clone());
+        again.inherit(&old);
+        let status = again.status();
+        assert!(status.instances[2].ejected);
+        assert_eq!(status.instances[2].ejections, 1);
+        assert_eq!(status.instances[2].breaker, Some(crate::BreakerState::Open));
     }
 
     #[test]

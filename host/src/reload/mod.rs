@@ -275,6 +275,7 @@ impl Reloader {
                 attempt.warnings = self.fixed.changes(&Fixed::of(&config));
                 let filters = filter_infos(&gateway);
                 let in_use: HashSet<_> = gateway.filters.iter().map(|filter| filter.hash).collect();
+                gateway.inherit_upstream_state(&self.live.current());
                 gateway.start_health_checks();
                 self.live.replace(gateway);
                 self.engine.retain_components(&in_use);

@@ -42,6 +42,16 @@ impl PeakEwma {
         Some(estimate * (-elapsed / DECAY_NANOS).exp())
     }
 
+    /// Takes on `previous`'s estimate.
+    pub(crate) fn inherit(&self, previous: &PeakEwma) {
+        self.estimate
+            .store(previous.estimate.load(Ordering::Relaxed), Ordering::Relaxed);
+        self.updated_at.store(
+            previous.updated_at.load(Ordering::Relaxed),
+            Ordering::Relaxed,
+        );
+    }
+
     /// Takes in a response head that came `rtt` nanoseconds after its request was sent.
     pub(crate) fn observe(&self, rtt: u64, now: u64) {
         let rtt = rtt as f64;

@@ -9,8 +9,9 @@
 //! outlier ejection. The result is published in the instance's `healthy` flag, an atomic each
 //! worker reads on its picks without a lock. Each change is logged once.
 //!
-//! An instance starts healthy: a reload must not take a serving service out until its first
-//! checks have run. Checks go on the control plane's own connections to the instance (the
+//! An instance starts healthy, or as the state a reload replaced last found it
+//! (`Service::inherit`): a reload must not take a serving instance out, or bring a failing one
+//! back, before its first checks have run. Checks go on the control plane's own connections to the instance (the
 //! pool keeps one idle list per thread), so they never take a worker's.
 
 use std::sync::Weak;

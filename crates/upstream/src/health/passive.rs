@@ -60,6 +60,20 @@ impl Outlier {
         time
     }
 
+    /// Takes on `previous`'s failures and ejections: a reload keeps an ejected instance out.
+    pub(crate) fn inherit(&self, previous: &Outlier) {
+        for (mine, theirs) in [
+            (&self.failures, &previous.failures),
+            (&self.ejections, &previous.ejections),
+        ] {
+            mine.store(theirs.load(Ordering::Acquire), Ordering::Release);
+        }
+        self.ejected_until.store(
+            previous.ejected_until.load(Ordering::Acquire),
+            Ordering::Release,
+        );
+    }
+
     /// An active check passed: the instance serves again now.
     pub(crate) fn uneject(&self) {
         self.ejected_until.store(0, Ordering::Release);
