@@ -116,7 +116,10 @@ impl Drop for Picked<'_> {
 
 /// How one try went, as breakers and outlier detection count it.
 enum Verdict {
-    Succeeded,
+    /// An answer with this status: a failure for the breaker if it is one of its
+    /// `failure_statuses`, for outlier detection if it is a 5xx.
+    Answered(u16),
+    /// No answer, the instance's fault: a connect failure, reset, timeout or broken answer.
     Failed,
     /// The client's fault: nothing to say about the instance.
     Neither,
@@ -303,8 +306,7 @@ impl Service {
             match result {
                 Ok(mut response) => {
                     let status = response.status();
-                    let verdict = self.verdict_on_status(status.as_u16());
-                    self.record(&mut picked, verdict, finished);
+                    self.record(&mut picked, Verdict::Answered(status.as_u16()), finished);
                     let retry =
                         may_retry && retry::status_is_retryable(status, request.method, bodiless);
                     // A body still arriving keeps its instance busy; one read whole with its
@@ -345,46 +347,36 @@ impl Service {
         Error::new(kind, &self.name, reason)
     }
 
-    /// Whether an answer with `status` was a failure of the instance.
-    fn verdict_on_status(&self, status: u16) -> Verdict {
-        let breaker_counts = self
-            .breaker
-            .as_ref()
-            .is_some_and(|breaker| breaker.failure_statuses.contains(&status));
-        if status >= 500 || breaker_counts {
-            Verdict::Failed
-        } else {
-            Verdict::Succeeded
-        }
-    }
-
     /// Tells the instance's breaker and outlier detection how a try went.
     fn record(&self, picked: &mut Picked<'_>, verdict: Verdict, now: u64) {
         let instance = &self.instances[picked.index];
-        let permit = picked.breaker.zip(picked.permit.take());
-        match verdict {
-            Verdict::Succeeded => {
-                if let Some((breaker, permit)) = permit {
-                    breaker.succeeded(permit, &instance.label);
-                }
-                if self.outlier_detection.is_some() {
-                    instance.outlier.succeeded();
-                }
-            }
-            Verdict::Failed => {
-                if let Some((breaker, permit)) = permit {
-                    breaker.failed(permit, now, &instance.label);
-                }
-                if let Some(config) = &self.outlier_detection
-                    && instance.outlier.failed(config, now)
-                {
-                    self.eject(picked.index, config, now);
-                }
-            }
+        let (breaker_failed, outlier_failed) = match verdict {
+            Verdict::Answered(status) => (
+                self.breaker
+                    .as_ref()
+                    .is_some_and(|breaker| breaker.failure_statuses.contains(&status)),
+                status >= 500,
+            ),
+            Verdict::Failed => (true, true),
             Verdict::Neither => {
-                if let Some((breaker, permit)) = permit {
+                if let (Some(breaker), Some(permit)) = (picked.breaker, picked.permit.take()) {
                     breaker.released(permit);
                 }
+                return;
+            }
+        };
+        if let (Some(breaker), Some(permit)) = (picked.breaker, picked.permit.take()) {
+            if breaker_failed {
+                breaker.failed(permit, now, &instance.label);
+            } else {
+                breaker.succeeded(permit, &instance.label);
+            }
+        }
+        if let Some(config) = &self.outlier_detection {
+            if !outlier_failed {
+                instance.outlier.succeeded();
+            } else if instance.outlier.failed(config, now) {
+                self.eject(picked.index, config, now);
             }
         }
     }
@@ -635,7 +627,7 @@ mod tests {
             .expect("the probe is out, the others open");
         assert_eq!(error.kind, ErrorKind::CircuitOpen);
         assert_eq!(error.retry_after, Some(Duration::from_secs(10)));
-        service.record(&mut probe, Verdict::Succeeded, clock.now());
+        service.record(&mut probe, Verdict::Answered(200), clock.now());
         let picked = service
             .pick(Excluded::default(), None, clock.now())
             .expect("closed");
@@ -807,6 +799,39 @@ mod tests {
             .pick(Excluded::default(), None, clock.now())
             .expect("the probe's slot is free again");
         assert_eq!(probe.permit, Some(Permit::Probe));
+    }
+
+    #[test]
+    fn the_breaker_counts_its_failure_statuses_and_outlier_detection_every_5xx() {
+        let (service, clock) = build(|config| {
+            config.instances.truncate(1);
+            config.weights.truncate(1);
+            config.circuit_breaker = Some(gateway_config::CircuitBreaker {
+                failure_threshold: 2,
+                open_duration: Duration::from_secs(30),
+                half_open_requests: 1,
+                failure_statuses: vec![503],
+            });
+            config.outlier_detection = Some(gateway_config::OutlierDetection {
+                consecutive_failures: 2,
+                base_ejection_time: Duration::from_secs(30),
+                max_ejection_time: Duration::from_secs(60),
+                max_ejection_percent: 100,
+            });
+        });
+        for status in [500, 500] {
+            let mut picked = service
+                .pick(Excluded::default(), None, clock.now())
+                .expect("a pick");
+            service.record(&mut picked, Verdict::Answered(status), clock.now());
+        }
+        let status = service.status();
+        assert!(status.instances[0].ejected, "two 5xx in a row");
+        assert_eq!(
+            status.instances[0].breaker,
+            Some(crate::BreakerState::Closed),
+            "500 is not one of its failure statuses"
+        );
     }
 
     #[test]
