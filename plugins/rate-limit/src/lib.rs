@@ -311,9 +311,13 @@ impl RateLimit {
             self.shadow_logged.set((last, unlogged + 1));
             return;
         }
+        let since = if unlogged > 0 {
+            format!(" ({unlogged} more since the last line)")
+        } else {
+            String::new()
+        };
         log::info(&format!(
-            "rate limit `{}`: shadow limit `{}` would have refused a request ({unlogged} more \
-             since the last line)",
+            "rate limit `{}`: shadow limit `{}` would have refused a request{since}",
             self.policy.scope, limit.name
         ));
         self.shadow_logged.set((Some(now_ms), 0));
