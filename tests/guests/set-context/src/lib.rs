@@ -49,7 +49,9 @@ impl Filter for SetContext {
     fn reads(&self) -> Reads {
         self.entries
             .values()
-            .fold(Reads::default(), |reads, header| reads.request_header(header))
+            .fold(Reads::default(), |reads, header| {
+                reads.request_header(header)
+            })
     }
 
     fn on_request(&self, request: &mut Request) -> Action {
