@@ -467,3 +467,65 @@ async fn headers_and_retry_after_tell_the_truth() {
     assert_eq!(refused.header("x-ratelimit-remaining"), Some("0"));
     assert_eq!(refused.header("x-ratelimit-limit"), Some("3"));
 }
+
+/// `POST /admin/reload`, checked to have applied.
+async fn reload(gateway: &Gateway, config: &str) {
+    std::fs::write(gateway.config_path(), config).expect("config written");
+    let request = Request::post(gateway.admin_url("/admin/reload"))
+        .body(Full::new(Bytes::new()))
+        .expect("request");
+    let reply = send(&http1_client(), request).await;
+    assert_eq!(reply.status.as_u16(), 200, "{}", reply.text());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_reload_keeps_the_counters_of_limits_that_did_not_change() {
+    let upstream = Upstream::start("reload").await;
+    let with_admin = |rate_limit: &str| {
+        format!(
+            "admin:\n  address: 127.0.0.1:0\nwatch: false\n{}",
+            config(None, &upstream, &limited_route(rate_limit))
+        )
+    };
+    let before =
+        with_admin("{ limits: [{ name: m, algorithm: fixed_window, rate: 5, window: 1h }] }");
+    let gateway = Gateway::start(&before);
+    let url = gateway.url("/");
+    for _ in 0..3 {
+        assert_eq!(request(&url, &[]).await.status.as_u16(), 200);
+    }
+    // Another limit and other headers; `m` itself is as it was.
+    reload(
+        &gateway,
+        &with_admin(
+            "{ headers: { ietf: false }, limits: [{ name: m, algorithm: fixed_window, rate: 5, window: 1h }, { name: other, algorithm: token_bucket, rate: 100, window: 1h }] }",
+        ),
+    )
+    .await;
+    let next = request(&url, &[]).await;
+    assert_eq!(
+        next.header("ratelimit"),
+        None,
+        "the new configuration serves"
+    );
+    assert_eq!(
+        next.header("x-ratelimit-remaining"),
+        Some("1"),
+        "m still counts the 3 before"
+    );
+    assert_eq!(request(&url, &[]).await.status.as_u16(), 200);
+    request(&url, &[])
+        .await
+        .assert_gateway_error(429, "RATE_LIMITED");
+    // A limit whose numbers change starts afresh.
+    reload(
+        &gateway,
+        &with_admin("{ limits: [{ name: m, algorithm: fixed_window, rate: 6, window: 1h }] }"),
+    )
+    .await;
+    let mut statuses = Vec::new();
+    for _ in 0..7 {
+        statuses.push(request(&url, &[]).await.status.as_u16());
+    }
+    assert_eq!(statuses, [200, 200, 200, 200, 200, 200, 429]);
+}

@@ -213,7 +213,6 @@ impl RateLimit {
         };
         let mut taken: Vec<Taken> = Vec::new();
         let mut shown = Vec::new();
-        let mut shadowed = Vec::new();
         for &limit in limits {
             let value = source
                 .key(&limit.key)
@@ -228,7 +227,8 @@ impl RateLimit {
                     if decision.allowed {
                         shown.push((limit, decision));
                     } else if limit.shadow {
-                        shadowed.push(limit);
+                        self.count(limit, "shadow_limited");
+                        self.log_shadow(limit, now_ms);
                     } else {
                         for took in &taken {
                             took.give_back();
@@ -263,10 +263,6 @@ impl RateLimit {
         }
         for (limit, _) in &shown {
             self.count(limit, "allowed");
-        }
-        for limit in shadowed {
-            self.count(limit, "shadow_limited");
-            self.log_shadow(limit, now_ms);
         }
         // A shadow limit is invisible to clients: its numbers are not shown.
         shown.retain(|(limit, _)| !limit.shadow);

@@ -79,14 +79,23 @@ fn check_name(what: &str, name: &str) -> Result<(), String> {
     }
 }
 
+/// A header name is a token (RFC 9110, section 5.6.2).
+fn check_header_name(at: &str, name: &str) -> Result<(), String> {
+    let token = !name.is_empty()
+        && name
+            .bytes()
+            .all(|byte| byte.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&byte));
+    if token {
+        Ok(())
+    } else {
+        Err(format!("{at}: `{name}` is not a header name"))
+    }
+}
+
 fn check_key(at: &str, spec: &KeySpec) -> Result<(), String> {
     for part in spec.parts() {
-        if let KeyPart::Header(name) = part
-            && !name
-                .bytes()
-                .all(|byte| byte.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&byte))
-        {
-            return Err(format!("{at}: `{name}` is not a header name"));
+        if let KeyPart::Header(name) = part {
+            check_header_name(at, name)?;
         }
     }
     Ok(())
@@ -280,6 +289,7 @@ impl Policy {
         check_name("scope", &config.scope)?;
         check_key("key", &config.key)?;
         check_key("fallback", &config.fallback)?;
+        check_header_name("api_key_header", &config.api_key_header)?;
         if config.ipv6_prefix > 128 {
             return Err("ipv6_prefix must be 0 to 128".to_owned());
         }

@@ -583,6 +583,14 @@ fn bad_configurations_are_refused_with_the_field() {
     assert!(refused(json!({ "limits": [limit("m", "fixed_window", 1, "1m"), limit("m", "fixed_window", 2, "1m")] }))
         .contains("used twice"));
     assert!(refused(json!({ "limts": [] })).contains("unknown field"));
+    assert!(
+        refused(json!({ "api_key_header": "x api key", "limits": [limit("m", "fixed_window", 1, "1m")] }))
+            .contains("api_key_header: `x api key` is not a header name")
+    );
+    assert!(
+        refused(json!({ "key": "header:a b", "limits": [limit("m", "fixed_window", 1, "1m")] }))
+            .contains("is not a header name")
+    );
 }
 
 #[test]
