@@ -64,28 +64,12 @@ pub(crate) enum Taken {
 }
 
 /// Why a limit could not decide: the store failed, or every compare-and-swap lost.
-#[derive(Debug)]
+#[derive(Debug, thiserror::Error)]
 pub(crate) enum StoreFailure {
-    Kv(gateway_sdk::Error),
+    #[error("{0}")]
+    Kv(#[from] gateway_sdk::Error),
+    #[error("{CAS_TRIES} compare-and-swap rounds lost to other writers of the same bucket")]
     Contended,
-}
-
-impl From<gateway_sdk::Error> for StoreFailure {
-    fn from(error: gateway_sdk::Error) -> Self {
-        StoreFailure::Kv(error)
-    }
-}
-
-impl std::fmt::Display for StoreFailure {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            StoreFailure::Kv(error) => write!(f, "{error}"),
-            StoreFailure::Contended => write!(
-                f,
-                "{CAS_TRIES} compare-and-swap rounds lost to other writers of the same bucket"
-            ),
-        }
-    }
 }
 
 fn ttl(ms: u64) -> Option<Duration> {

@@ -6,6 +6,7 @@
 //! key goes in as its SHA-256, and a value that is long or holds characters outside a plain set
 //! goes in hashed too, so no client can write what it likes into a store key.
 
+use std::cell::OnceCell;
 use std::fmt;
 use std::net::{IpAddr, Ipv6Addr};
 
@@ -206,16 +207,34 @@ pub(crate) fn sha256_hex(bytes: &[u8]) -> String {
 
 /// What the key parts read from a request, before they are joined.
 pub(crate) struct KeySource<'a> {
-    pub(crate) request: &'a Request<'a>,
-    pub(crate) client_ip: &'a ClientIp,
-    pub(crate) api_key_header: &'a str,
+    request: &'a Request<'a>,
+    client_ip: &'a ClientIp,
+    api_key_header: &'a str,
+    /// The client's address as counted, found once for all the request's limits.
+    counted_ip: OnceCell<String>,
 }
 
-impl KeySource<'_> {
+impl<'a> KeySource<'a> {
+    pub(crate) fn new(
+        request: &'a Request<'a>,
+        client_ip: &'a ClientIp,
+        api_key_header: &'a str,
+    ) -> Self {
+        KeySource {
+            request,
+            client_ip,
+            api_key_header,
+            counted_ip: OnceCell::new(),
+        }
+    }
+
     fn value(&self, part: &KeyPart) -> Option<String> {
         let value = match part {
             KeyPart::Ip => {
-                return Some(self.client_ip.counted(self.client_ip.resolve(self.request)));
+                let counted = self
+                    .counted_ip
+                    .get_or_init(|| self.client_ip.counted(self.client_ip.resolve(self.request)));
+                return Some(counted.clone());
             }
             KeyPart::Route => return Some(String::new()),
             KeyPart::ApiKey => {

@@ -7,19 +7,19 @@
 //! with the consumer's overrides), decides each in order, and answers 429 `RATE_LIMITED` with
 //! `Retry-After` at the first that refuses, giving back what the earlier ones took. An allowed
 //! request carries the numbers of its limits in the context entry `rate_limit.headers`, and the
-//! response phase writes them as headers. See [`algorithm`] for what each algorithm allows at a
-//! window's edge, [`key`] for keys and trusted proxies, [`policy`] for store keys and reloads,
-//! and [`config::Config`] for every setting.
+//! response phase writes them as headers. The `algorithm` module says what each algorithm
+//! allows at a window's edge, [`key`] covers keys and trusted proxies, `policy` store keys and
+//! reloads, and [`config::Config`] every setting.
 //!
 //! When the store cannot answer, each limit does as its `on_store_error` says: `open` (the
 //! default) lets the request through uncounted, `closed` answers 503
 //! `RATE_LIMIT_UNAVAILABLE`. Either way the metric `store_errors_total` counts it, and each
 //! instance logs one warning when the store fails and one line when it answers again.
 
-pub mod algorithm;
+mod algorithm;
 pub mod config;
 pub mod key;
-pub mod policy;
+mod policy;
 #[cfg(test)]
 mod tests;
 
@@ -206,11 +206,7 @@ impl RateLimit {
     /// earlier ones took.
     fn decide<'a>(&self, request: &Request, limits: &[&'a Limit]) -> Verdict<'a> {
         let now_ms = clock::now_ms();
-        let source = KeySource {
-            request,
-            client_ip: &self.client_ip,
-            api_key_header: &self.api_key_header,
-        };
+        let source = KeySource::new(request, &self.client_ip, &self.api_key_header);
         let mut taken: Vec<Taken> = Vec::new();
         let mut shown = Vec::new();
         for &limit in limits {
