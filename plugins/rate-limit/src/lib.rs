@@ -244,15 +244,16 @@ impl RateLimit {
                 }
                 Err(failure) => {
                     self.store_fails(&failure);
+                    // A shadow limit never refuses, not even for want of a store.
                     match limit.on_store_error {
-                        OnStoreError::Open => self.count_store_error(limit, "open"),
-                        OnStoreError::Closed => {
+                        OnStoreError::Closed if !limit.shadow => {
                             self.count_store_error(limit, "closed");
                             for took in &taken {
                                 took.give_back();
                             }
                             return Verdict::Unavailable;
                         }
+                        _ => self.count_store_error(limit, "open"),
                     }
                 }
             }

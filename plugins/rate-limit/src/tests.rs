@@ -549,6 +549,21 @@ fn a_limit_that_fails_closed_answers_503_in_json() {
 }
 
 #[test]
+fn a_shadow_limit_never_refuses_even_when_it_would_fail_closed() {
+    let mut host = host(json!({
+        "shadow": true,
+        "on_store_error": "closed",
+        "limits": [limit("m", "fixed_window", 1, "1m")]
+    }));
+    host.kv_fails(KvFailure::Unavailable);
+    assert_eq!(allowed(&mut host, "192.0.2.1", 3), 3);
+    assert_eq!(
+        host.counter("store_errors_total", &["default", "m", "open"]),
+        3.0
+    );
+}
+
+#[test]
 fn bad_configurations_are_refused_with_the_field() {
     let refused = |config: Value| TestHost::<RateLimit>::new(config).err().expect("refused");
     assert!(refused(json!({})).contains("no limits"));
