@@ -113,8 +113,9 @@ async fn inside_one_minute() -> u64 {
     now_ms() / 60_000
 }
 
-/// How many replies were allowed (200), checking that every other one is a proper 429.
-fn allowed(replies: &[Reply]) -> usize {
+/// How many replies were allowed (200), checking that every other one is a proper 429 with a
+/// `Retry-After` of at most `longest` seconds.
+fn allowed(replies: &[Reply], longest: u64) -> usize {
     let mut allowed = 0;
     for reply in replies {
         if reply.status.as_u16() == 200 {
@@ -125,7 +126,7 @@ fn allowed(replies: &[Reply]) -> usize {
                 .header("retry-after")
                 .and_then(|value| value.parse().ok())
                 .expect("a Retry-After in seconds");
-            assert!((1..=60).contains(&retry), "Retry-After {retry}");
+            assert!((1..=longest).contains(&retry), "Retry-After {retry}");
         }
     }
     allowed
@@ -157,7 +158,7 @@ async fn one_gateway_allows_exactly_100_of_300() {
     let minute = inside_one_minute().await;
     let replies = load(gateway.url("/"), 10, 30).await;
     assert_eq!(now_ms() / 60_000, minute, "the load outlasted its window");
-    assert_eq!(allowed(&replies), 100);
+    assert_eq!(allowed(&replies, 60), 100);
     assert_eq!(remaining_values(&replies), (0..100).collect::<Vec<u64>>());
 }
 
@@ -166,8 +167,11 @@ async fn two_gateways_on_one_redis_allow_exactly_100_in_all() {
     let redis = RedisServer::start();
     let upstream = Upstream::start("two").await;
     let routes = format!(
-        "{}  - name: bucket\n    match: {{ path_prefix: /bucket }}\n    service: backend\n    filters:\n      - filter: rate-limit\n        config: {{ scope: bucket, limits: [{{ name: daily, algorithm: token_bucket, rate: 100, window: 24h }}] }}\n",
-        limited_route(PER_MINUTE).replace("path_prefix: /", "path_prefix: /window")
+        "{}{}  - name: bucket\n    match: {{ path_prefix: /bucket }}\n    service: backend\n    filters:\n      - filter: rate-limit\n        config: {{ scope: bucket, limits: [{{ name: daily, algorithm: token_bucket, rate: 100, window: 24h }}] }}\n",
+        limited_route(PER_MINUTE).replace("path_prefix: /", "path_prefix: /window"),
+        limited_route("{ scope: sliding, limits: [{ name: hourly, algorithm: sliding_window, rate: 100, window: 1h }] }")
+            .replace("path_prefix: /", "path_prefix: /sliding")
+            .replace("name: limited", "name: sliding")
     );
     let config = config(Some(&redis), &upstream, &routes);
     let first = Gateway::start(&config);
@@ -179,7 +183,7 @@ async fn two_gateways_on_one_redis_allow_exactly_100_in_all() {
         load(second.url("/window"), 5, 30)
     );
     assert_eq!(now_ms() / 60_000, minute, "the load outlasted its window");
-    let (from_first, from_second) = (allowed(&a), allowed(&b));
+    let (from_first, from_second) = (allowed(&a, 60), allowed(&b, 60));
     assert_eq!(
         from_first + from_second,
         100,
@@ -208,6 +212,13 @@ async fn two_gateways_on_one_redis_allow_exactly_100_in_all() {
         .filter(|reply| reply.status.as_u16() == 200)
         .count();
     assert_eq!(allowed_from_bucket, 100);
+
+    // The sliding window increments its current window: exact as well.
+    let (a, b) = tokio::join!(
+        load(first.url("/sliding"), 5, 30),
+        load(second.url("/sliding"), 5, 30)
+    );
+    assert_eq!(allowed(&a, 7200) + allowed(&b, 7200), 100);
 }
 
 #[tokio::test(flavor = "multi_thread")]
