@@ -6,7 +6,8 @@
 //! Request phase: finds the limits that apply (the first matching rule's, or the default ones,
 //! with the consumer's overrides), decides each in order, and answers 429 `RATE_LIMITED` with
 //! `Retry-After` at the first that refuses, giving back what the earlier ones took. An allowed
-//! request carries the numbers of its limits in the context entry `rate_limit.headers`, and the
+//! request carries the numbers of its limits in the context entry `rate_limit.headers.<scope>`,
+//! and the
 //! response phase writes them as headers. The `algorithm` module says what each algorithm
 //! allows at a window's edge, [`key`] covers keys and trusted proxies, `policy` store keys and
 //! reloads, and [`config::Config`] every setting.
@@ -33,9 +34,10 @@ use crate::config::{Algorithm, Config, HeadersConfig, OnStoreError};
 use crate::key::{ClientIp, KeyPart, KeySource};
 use crate::policy::{Limit, Policy};
 
-/// The context entry that carries an allowed request's headers to the response phase: one
-/// `name: value` per line.
-pub(crate) const HEADERS_ENTRY: &str = "rate_limit.headers";
+/// The start of the context entry that carries an allowed request's headers to the response
+/// phase, one `name: value` per line; the scope follows, so that two rate-limit filters in one
+/// chain keep their own.
+const HEADERS_ENTRY: &str = "rate_limit.headers.";
 
 /// How often, at most, one instance logs that shadow limits would have refused requests.
 const SHADOW_LOG_EVERY_MS: u64 = 10_000;
@@ -49,6 +51,8 @@ pub struct RateLimit {
     client_ip: ClientIp,
     api_key_header: String,
     headers: HeadersConfig,
+    /// `rate_limit.headers.<scope>`.
+    headers_entry: String,
     reads: Reads,
     requests: Counter,
     store_errors: Counter,
@@ -94,12 +98,14 @@ impl Filter for RateLimit {
                 ("action", &["open", "closed"]),
             ],
         );
-        let reads = reads(&policy, &config);
+        let headers_entry = format!("{HEADERS_ENTRY}{}", policy.scope);
+        let reads = reads(&policy, &config).context(&headers_entry);
         Ok(RateLimit {
             policy,
             client_ip,
             api_key_header: config.api_key_header.to_ascii_lowercase(),
             headers: config.headers,
+            headers_entry,
             reads,
             requests,
             store_errors,
@@ -140,7 +146,7 @@ impl Filter for RateLimit {
                         .iter()
                         .map(|(name, value)| format!("{name}: {value}"))
                         .collect();
-                    let _ = request.set_context(HEADERS_ENTRY, &encoded.join("\n"));
+                    let _ = request.set_context(&self.headers_entry, &encoded.join("\n"));
                 }
                 Action::Continue
             }
@@ -166,7 +172,7 @@ impl Filter for RateLimit {
     }
 
     fn on_response(&self, request: &Request, response: &mut Response) -> Action {
-        if let Some(lines) = request.context(HEADERS_ENTRY) {
+        if let Some(lines) = request.context(&self.headers_entry) {
             for line in lines.lines() {
                 if let Some((name, value)) = line.split_once(": ") {
                     let _ = response.set_header(name, value);
@@ -198,7 +204,7 @@ fn reads(policy: &Policy, config: &Config) -> Reads {
     for name in policy.header_parts() {
         reads = reads.request_header(&name);
     }
-    reads.context(HEADERS_ENTRY)
+    reads
 }
 
 impl RateLimit {

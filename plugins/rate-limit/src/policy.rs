@@ -63,10 +63,13 @@ pub(crate) struct Policy {
     pub(crate) consumers: Vec<(String, Vec<Limit>)>,
 }
 
+/// The longest scope: it goes into a context key, which holds 64 bytes.
+pub(crate) const MAX_SCOPE_LEN: usize = 40;
+
 /// Names in store keys, metrics and headers: short and plain.
-fn check_name(what: &str, name: &str) -> Result<(), String> {
+fn check_name(what: &str, name: &str, longest: usize) -> Result<(), String> {
     let plain = !name.is_empty()
-        && name.len() <= 64
+        && name.len() <= longest
         && name
             .bytes()
             .all(|byte| byte.is_ascii_alphanumeric() || matches!(byte, b'.' | b'_' | b'-'));
@@ -74,7 +77,7 @@ fn check_name(what: &str, name: &str) -> Result<(), String> {
         Ok(())
     } else {
         Err(format!(
-            "{what} `{name}` must be 1 to 64 bytes of ASCII letters, digits, `.`, `_` and `-`"
+            "{what} `{name}` must be 1 to {longest} bytes of ASCII letters, digits, `.`, `_` and `-`"
         ))
     }
 }
@@ -103,7 +106,7 @@ fn check_key(at: &str, spec: &KeySpec) -> Result<(), String> {
 
 impl Limit {
     fn compile(config: &Config, limit: &LimitConfig, at: &str) -> Result<Limit, String> {
-        check_name(&format!("{at}.name"), &limit.name)?;
+        check_name(&format!("{at}.name"), &limit.name, 64)?;
         if !(1..=MAX_RATE).contains(&limit.rate) {
             return Err(format!("{at}.rate must be 1 to {MAX_RATE}"));
         }
@@ -286,7 +289,7 @@ fn pattern_matches(pattern: &[Segment], path: &str) -> bool {
 
 impl Policy {
     pub(crate) fn compile(config: &Config) -> Result<Policy, String> {
-        check_name("scope", &config.scope)?;
+        check_name("scope", &config.scope, MAX_SCOPE_LEN)?;
         check_key("key", &config.key)?;
         check_key("fallback", &config.fallback)?;
         check_header_name("api_key_header", &config.api_key_header)?;

@@ -161,6 +161,33 @@ fn token_bucket_state_is_one_timestamp_under_the_limits_key() {
 }
 
 #[test]
+fn the_headers_travel_in_a_context_entry_of_the_scope() {
+    let mut host = host(json!({ "scope": "api", "limits": [limit("m", "fixed_window", 5, "1m")] }));
+    let mut request = from("192.0.2.1").with_context("rate_limit.headers.other", "x-other: 1");
+    assert!(host.on_request(&mut request).is_continue());
+    assert_eq!(
+        request.context("rate_limit.headers.api").as_deref(),
+        Some(
+            "x-ratelimit-limit: 5\nx-ratelimit-remaining: 4\nx-ratelimit-reset: 60\n\
+             ratelimit-policy: \"m\";q=5;w=60\nratelimit: \"m\";r=4;t=60"
+        )
+    );
+    assert_eq!(
+        request.context("rate_limit.headers.other").as_deref(),
+        Some("x-other: 1"),
+        "another rate-limit filter's entry is its own"
+    );
+    let long_scope = TestHost::<RateLimit>::new(json!({
+        "scope": "s".repeat(41), "limits": [limit("m", "fixed_window", 5, "1m")]
+    }));
+    assert!(
+        long_scope
+            .err()
+            .is_some_and(|error| error.contains("1 to 40 bytes"))
+    );
+}
+
+#[test]
 fn clients_are_counted_apart_and_ipv6_by_prefix() {
     let mut host = host(json!({ "limits": [limit("m", "fixed_window", 1, "1m")] }));
     assert_eq!(allowed(&mut host, "192.0.2.1", 2), 1);
