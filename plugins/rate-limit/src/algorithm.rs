@@ -147,8 +147,13 @@ impl Shape {
     ) -> Result<(Decision, Option<Taken>), StoreFailure> {
         let interval_us = self.interval_us();
         for _ in 0..CAS_TRIES {
-            let stored = kv::get_string(base)?;
-            let tat = stored.as_deref().and_then(|text| text.parse::<u64>().ok());
+            // Read as bytes: a value that is no timestamp (written by hand, say) reads as a
+            // full bucket and is swapped out like any other.
+            let stored = kv::get(base)?;
+            let tat = stored
+                .as_deref()
+                .and_then(|bytes| std::str::from_utf8(bytes).ok())
+                .and_then(|text| text.parse::<u64>().ok());
             let (decision, new_tat) = gcra(tat, now_ms, interval_us, self.burst);
             let Some(new_tat) = new_tat else {
                 return Ok((decision, None));
@@ -156,7 +161,7 @@ impl Shape {
             let lifetime_ms = (new_tat.saturating_sub(now_ms.saturating_mul(1000))).div_ceil(1000);
             let written = kv::compare_and_swap(
                 base,
-                stored.as_deref().map(str::as_bytes),
+                stored.as_deref(),
                 new_tat.to_string(),
                 ttl(lifetime_ms),
             )?;

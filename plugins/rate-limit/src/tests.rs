@@ -188,6 +188,15 @@ fn the_headers_travel_in_a_context_entry_of_the_scope() {
 }
 
 #[test]
+fn a_bucket_that_is_no_timestamp_reads_as_full() {
+    let mut host = host(json!({ "scope": "api", "limits": [limit("b", "token_bucket", 2, "1s")] }));
+    send(&mut host, from("192.0.2.1"));
+    let (key, _) = host.kv_entries().remove(0);
+    host.kv_set(&key, [0xff, 0xfe], None);
+    assert_eq!(allowed(&mut host, "192.0.2.1", 3), 2);
+}
+
+#[test]
 fn clients_are_counted_apart_and_ipv6_by_prefix() {
     let mut host = host(json!({ "limits": [limit("m", "fixed_window", 1, "1m")] }));
     assert_eq!(allowed(&mut host, "192.0.2.1", 2), 1);
