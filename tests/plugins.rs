@@ -35,6 +35,10 @@ fn bundled_filters_pass_their_cases() {
     let bundled = [
         ("gateway_plugin_rewrite.wasm", "plugins/rewrite/cases.yaml"),
         (
+            "gateway_plugin_rate_limit.wasm",
+            "plugins/rate-limit/cases.yaml",
+        ),
+        (
             "gateway_example_ip_filter.wasm",
             "examples/ip-filter/cases.yaml",
         ),

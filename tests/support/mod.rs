@@ -73,6 +73,8 @@ pub fn plugin_dir() -> PathBuf {
         "gateway_test_exchange.wasm",
         "gateway_test_raw_outcome.wasm",
         "gateway_test_outbound_probe.wasm",
+        "gateway_plugin_rate_limit.wasm",
+        "gateway_test_set_context.wasm",
         "stamp-blue.wasm",
         "stamp-green.wasm",
         "stamp-broken-init.wasm",
@@ -83,7 +85,8 @@ pub fn plugin_dir() -> PathBuf {
              --target wasm32-wasip2 -p gateway-plugin-rewrite -p gateway-test-misbehave \
              -p gateway-example-ip-filter -p gateway-test-kv-probe \
              -p gateway-test-wrong-version -p gateway-test-exchange -p gateway-test-raw-outcome \
-             -p gateway-test-outbound-probe`)",
+             -p gateway-test-outbound-probe -p gateway-plugin-rate-limit \
+             -p gateway-test-set-context`)",
             dir.display()
         );
     }

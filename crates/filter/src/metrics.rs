@@ -1,10 +1,17 @@
 //! The metrics filters declare, kept where the request path can update them without a lock.
 //!
-//! A filter declares its metrics at `init`; the registry keeps one [`Family`] per filter and
-//! metric name, shared by every route and instance of that filter and kept across reloads while
-//! the declaration stays the same. Each family holds one shard of cells per worker thread: an
-//! update is an uncontended atomic on the calling thread's shard, and only a reader (the export)
-//! adds the shards up.
+//! A filter declares its metrics at `init`; the registry keeps one [`Family`] per filter, metric
+//! name and declaration, shared by every instance that declared it that way and kept across
+//! reloads while the declaration stays the same. Each family holds one shard of cells per worker
+//! thread: an update is an uncontended atomic on the calling thread's shard, and only a reader
+//! (the export) adds the shards up.
+//!
+//! Routes configure one filter differently, and a filter's label values may follow its
+//! configuration (the rate limiter labels by its scope and limit names), so one metric name can
+//! have several declarations alive at once. The export merges them: one [`ExportedFamily`] per
+//! filter and metric name, whose series are the union of the declarations' label values, the
+//! series with the same labels added up. Counters so never go back when a reload changes a
+//! declaration, and no route's series hides another's.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -15,10 +22,16 @@ use gateway_rules::metrics::{MetricKind, MetricSpec};
 /// A family's filter and metric name.
 type FamilyKey = (Arc<str>, String);
 
+/// How many declarations of one metric the registry keeps. Past it, the oldest that no instance
+/// still uses is forgotten, with its values: a filter reloaded with ever new label values cannot
+/// grow the registry without bound.
+const DECLARATIONS_KEPT: usize = 16;
+
 /// Every metric every filter declared.
 #[derive(Default)]
 pub struct MetricRegistry {
-    families: Mutex<HashMap<FamilyKey, Arc<Family>>>,
+    /// Per filter and metric name, its declarations of one kind, oldest first.
+    families: Mutex<HashMap<FamilyKey, Vec<Arc<Family>>>>,
 }
 
 /// One declared metric of one filter, with its cells.
@@ -52,6 +65,65 @@ pub enum SeriesValue {
 pub struct Series {
     pub labels: Vec<(String, String)>,
     pub value: SeriesValue,
+}
+
+/// One metric of one filter as the export shows it: every declaration alive, merged.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ExportedFamily {
+    pub filter: Arc<str>,
+    pub name: String,
+    /// The newest declaration's.
+    pub help: String,
+    pub kind: MetricKind,
+    /// Ordered by labels.
+    pub series: Vec<Series>,
+}
+
+impl ExportedFamily {
+    /// The value of the series with exactly these labels, in any order; `None` if no
+    /// declaration has it.
+    pub fn value(&self, labels: &[(&str, &str)]) -> Option<&SeriesValue> {
+        self.series
+            .iter()
+            .find(|series| {
+                series.labels.len() == labels.len()
+                    && labels.iter().all(|(name, value)| {
+                        series
+                            .labels
+                            .iter()
+                            .any(|(have, held)| have == name && held == value)
+                    })
+            })
+            .map(|series| &series.value)
+    }
+}
+
+impl SeriesValue {
+    /// Adds another series of the same kind (and, for histograms, the same buckets).
+    fn add(&mut self, other: &SeriesValue) {
+        match (self, other) {
+            (SeriesValue::Counter(total), SeriesValue::Counter(more)) => *total += more,
+            (
+                SeriesValue::Histogram {
+                    buckets,
+                    count,
+                    sum,
+                },
+                SeriesValue::Histogram {
+                    buckets: more_buckets,
+                    count: more_count,
+                    sum: more_sum,
+                },
+            ) => {
+                for ((_, cumulative), (_, more)) in buckets.iter_mut().zip(more_buckets) {
+                    *cumulative += more;
+                }
+                *count += more_count;
+                *sum += more_sum;
+            }
+            _ => {}
+        }
+    }
 }
 
 fn shard_count() -> usize {
@@ -112,18 +184,8 @@ impl Family {
         }
     }
 
-    /// The value of the series with these label values (in declaration order), summed over the
-    /// shards; `None` if a value was not declared.
-    pub fn value(&self, labels: &[&str]) -> Option<SeriesValue> {
-        let series = self.spec.series_index(labels)?;
-        self.series()
-            .into_iter()
-            .nth(series as usize)
-            .map(|series| series.value)
-    }
-
     /// Every series, summed over the shards.
-    pub fn series(&self) -> Vec<Series> {
+    fn series(&self) -> Vec<Series> {
         (0..self.spec.series())
             .map(|series| {
                 let cell = |index: usize| {
@@ -175,8 +237,10 @@ impl Family {
 
 impl MetricRegistry {
     /// The families for a filter's declarations, in declaration order. A metric declared before
-    /// with the same shape keeps its family and its values; one declared anew with another shape
-    /// (a new version of the filter, say) starts a new family, which the export shows from then on.
+    /// the same way keeps its family and its values; one declared with other label values or
+    /// help gets a family of its own beside the others, merged with them in the export; one
+    /// declared as another kind (a counter become a histogram, new buckets: a new version of the
+    /// filter) replaces them all and starts over.
     pub(crate) fn register(&self, filter: &Arc<str>, specs: Vec<MetricSpec>) -> Vec<Arc<Family>> {
         let mut families = self
             .families
@@ -185,37 +249,73 @@ impl MetricRegistry {
         specs
             .into_iter()
             .map(|spec| {
-                let key = (filter.clone(), spec.name.clone());
-                match families.get(&key) {
-                    Some(family) if family.spec == spec => family.clone(),
-                    _ => {
-                        let family = Arc::new(Family::new(filter.clone(), spec));
-                        families.insert(key, family.clone());
-                        family
-                    }
+                let declarations = families
+                    .entry((filter.clone(), spec.name.clone()))
+                    .or_default();
+                if let Some(family) = declarations.iter().find(|family| family.spec == spec) {
+                    return family.clone();
                 }
+                if declarations
+                    .first()
+                    .is_some_and(|family| family.spec.kind != spec.kind)
+                {
+                    declarations.clear();
+                }
+                if declarations.len() >= DECLARATIONS_KEPT
+                    && let Some(unused) = declarations
+                        .iter()
+                        .position(|family| Arc::strong_count(family) == 1)
+                {
+                    declarations.remove(unused);
+                }
+                let family = Arc::new(Family::new(filter.clone(), spec));
+                declarations.push(family.clone());
+                family
             })
             .collect()
     }
 
-    /// Every family, ordered by filter and metric name.
-    pub fn families(&self) -> Vec<Arc<Family>> {
+    /// Every metric of every filter, ordered by filter and metric name, its declarations merged.
+    pub fn export(&self) -> Vec<ExportedFamily> {
         let families = self
             .families
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let mut all: Vec<Arc<Family>> = families.values().cloned().collect();
-        all.sort_by(|a, b| (&a.filter, &a.spec.name).cmp(&(&b.filter, &b.spec.name)));
-        all
+        let mut exported: Vec<ExportedFamily> = families
+            .iter()
+            .filter_map(|((filter, name), declarations)| {
+                let newest = declarations.last()?;
+                let mut series: Vec<Series> = Vec::new();
+                for family in declarations {
+                    for one in family.series() {
+                        match series.iter_mut().find(|held| held.labels == one.labels) {
+                            Some(held) => held.value.add(&one.value),
+                            None => series.push(one),
+                        }
+                    }
+                }
+                series.sort_by(|a, b| a.labels.cmp(&b.labels));
+                Some(ExportedFamily {
+                    filter: filter.clone(),
+                    name: name.clone(),
+                    help: newest.spec.help.clone(),
+                    kind: newest.spec.kind.clone(),
+                    series,
+                })
+            })
+            .collect();
+        exported.sort_by(|a, b| (&a.filter, &a.name).cmp(&(&b.filter, &b.name)));
+        exported
     }
 
     /// One series' value: `None` if not declared.
     #[cfg(test)]
-    fn value(&self, filter: &str, metric: &str, labels: &[&str]) -> Option<SeriesValue> {
-        self.families()
+    fn value(&self, filter: &str, metric: &str, labels: &[(&str, &str)]) -> Option<SeriesValue> {
+        self.export()
             .into_iter()
-            .find(|family| &*family.filter == filter && family.spec.name == metric)?
+            .find(|family| &*family.filter == filter && family.name == metric)?
             .value(labels)
+            .cloned()
     }
 }
 
@@ -252,44 +352,95 @@ mod tests {
             }
         });
         assert_eq!(
-            registry.value("f", "size", &["b"]),
+            registry.value("f", "size", &[("kind", "b")]),
             Some(SeriesValue::Histogram {
                 buckets: vec![(10.0, 4), (100.0, 8), (f64::INFINITY, 12)],
                 count: 12,
                 sum: 2220.0,
             })
         );
-        let untouched = registry.value("f", "size", &["a"]);
+        let untouched = registry.value("f", "size", &[("kind", "a")]);
         assert!(matches!(
             untouched,
             Some(SeriesValue::Histogram { count: 0, .. })
         ));
     }
 
-    #[test]
-    fn a_declaration_made_again_keeps_its_values_and_a_new_shape_starts_over() {
-        let registry = MetricRegistry::default();
-        let filter: Arc<str> = Arc::from("f");
-        let counter = MetricSpec {
+    fn hits(labels: &[&str]) -> MetricSpec {
+        MetricSpec {
             name: "hits".into(),
             help: String::new(),
             kind: MetricKind::Counter,
-            labels: Vec::new(),
-        };
-        registry.register(&filter, vec![counter.clone()])[0].record(0, 2.0);
-        registry.register(&filter, vec![counter.clone()])[0].record(0, 3.0);
+            labels: vec![Label {
+                name: "scope".into(),
+                values: labels.iter().map(|value| (*value).to_owned()).collect(),
+            }],
+        }
+    }
+
+    #[test]
+    fn a_declaration_made_again_keeps_its_values() {
+        let registry = MetricRegistry::default();
+        let filter: Arc<str> = Arc::from("f");
+        let first = registry.register(&filter, vec![hits(&["a"])]);
+        first[0].record(0, 2.0);
+        let again = registry.register(&filter, vec![hits(&["a"])]);
+        again[0].record(0, 3.0);
         assert_eq!(
-            registry.value("f", "hits", &[]),
+            registry.value("f", "hits", &[("scope", "a")]),
             Some(SeriesValue::Counter(5.0))
         );
-        let reshaped = MetricSpec {
-            help: "now with help".into(),
-            ..counter
-        };
-        registry.register(&filter, vec![reshaped]);
+    }
+
+    #[test]
+    fn routes_declaring_other_label_values_are_exported_together() {
+        let registry = MetricRegistry::default();
+        let filter: Arc<str> = Arc::from("f");
+        let route_a = registry.register(&filter, vec![hits(&["a", "shared"])]);
+        let route_b = registry.register(&filter, vec![hits(&["shared", "b"])]);
+        route_a[0].record(0, 1.0);
+        route_a[0].record(1, 10.0);
+        route_b[0].record(0, 100.0);
+        route_b[0].record(1, 1000.0);
         assert_eq!(
-            registry.value("f", "hits", &[]),
-            Some(SeriesValue::Counter(0.0))
+            registry.value("f", "hits", &[("scope", "a")]),
+            Some(SeriesValue::Counter(1.0))
         );
+        assert_eq!(
+            registry.value("f", "hits", &[("scope", "shared")]),
+            Some(SeriesValue::Counter(110.0))
+        );
+        assert_eq!(
+            registry.value("f", "hits", &[("scope", "b")]),
+            Some(SeriesValue::Counter(1000.0))
+        );
+        assert_eq!(registry.export()[0].series.len(), 3);
+    }
+
+    #[test]
+    fn another_kind_starts_over_and_unused_declarations_are_bounded() {
+        let registry = MetricRegistry::default();
+        let filter: Arc<str> = Arc::from("f");
+        let held = registry.register(&filter, vec![hits(&["kept"])]);
+        held[0].record(0, 7.0);
+        for index in 0..2 * DECLARATIONS_KEPT {
+            registry.register(&filter, vec![hits(&[&format!("gone-{index}")])]);
+        }
+        let exported = registry.export();
+        assert!(exported[0].series.len() <= DECLARATIONS_KEPT);
+        assert_eq!(
+            exported[0].value(&[("scope", "kept")]),
+            Some(&SeriesValue::Counter(7.0)),
+            "a declaration an instance still holds is never forgotten"
+        );
+        let histogram = MetricSpec {
+            kind: MetricKind::Histogram(vec![1.0]),
+            ..hits(&["kept"])
+        };
+        registry.register(&filter, vec![histogram]);
+        assert!(matches!(
+            registry.value("f", "hits", &[("scope", "kept")]),
+            Some(SeriesValue::Histogram { count: 0, .. })
+        ));
     }
 }

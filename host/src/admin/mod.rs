@@ -122,11 +122,11 @@ fn kv_status(stores: &KvStores) -> serde_json::Value {
 
 fn filter_metrics(registry: &MetricRegistry) -> serde_json::Value {
     let families: Vec<serde_json::Value> = registry
-        .families()
-        .iter()
+        .export()
+        .into_iter()
         .map(|family| {
             let series: Vec<serde_json::Value> = family
-                .series()
+                .series
                 .into_iter()
                 .map(|series| {
                     let labels: serde_json::Map<String, serde_json::Value> = series
@@ -161,14 +161,14 @@ fn filter_metrics(registry: &MetricRegistry) -> serde_json::Value {
                     }
                 })
                 .collect();
-            let kind = match family.spec.kind {
+            let kind = match family.kind {
                 MetricKind::Counter => "counter",
                 MetricKind::Histogram(_) => "histogram",
             };
             serde_json::json!({
-                "name": format!("filter_{}_{}", family.filter.replace('-', "_"), family.spec.name),
+                "name": format!("filter_{}_{}", family.filter.replace('-', "_"), family.name),
                 "filter": &*family.filter,
-                "help": family.spec.help,
+                "help": family.help,
                 "kind": kind,
                 "series": series,
             })

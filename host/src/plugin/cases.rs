@@ -516,31 +516,20 @@ fn metric_value(metrics: &MetricRegistry, filter: &str, series: &str) -> Result<
     } else {
         (name, None)
     };
-    let families = metrics.families();
+    let families = metrics.export();
     let family = families
         .iter()
-        .find(|family| &*family.filter == filter && family.spec.name == metric)
+        .find(|family| &*family.filter == filter && family.name == metric)
         .or_else(|| {
             families
                 .iter()
-                .find(|family| &*family.filter == filter && family.spec.name == name)
+                .find(|family| &*family.filter == filter && family.name == name)
         })
         .ok_or("the filter declared no such metric")?;
-    let values: Vec<&str> = family
-        .spec
-        .labels
-        .iter()
-        .map(|label| {
-            labels
-                .iter()
-                .find(|(name, _)| *name == label.name)
-                .map(|(_, value)| *value)
-                .ok_or_else(|| format!("label `{}` missing", label.name))
-        })
-        .collect::<Result<_, _>>()?;
     let value = family
-        .value(&values)
-        .ok_or("no series with those label values")?;
+        .value(&labels)
+        .cloned()
+        .ok_or("no series with those labels")?;
     match (value, part) {
         (SeriesValue::Counter(total), _) => Ok(total),
         (SeriesValue::Histogram { count, .. }, Some(false)) => Ok(count as f64),
