@@ -276,3 +276,20 @@ async fn p2c_ewma_and_least_connections_move_load_away_from_a_slow_instance() {
         }
     }
 }
+
+#[tokio::test]
+async fn p2c_ewma_does_not_take_an_instance_failing_fast_for_the_fastest() {
+    let upstreams = three(["a", "b", "c"]).await;
+    upstreams[0].set_delay(Duration::from_millis(2));
+    upstreams[1].set_delay(Duration::from_millis(2));
+    upstreams[2].set_status(503);
+    let gateway = Gateway::start(&config(&weighted(&upstreams, &[1, 1, 1]), "p2c_ewma", ""));
+    // Its 503s are retried on the others: every answer is a 200.
+    let counts = tally(&picks(&gateway, 300, |_| None).await);
+    assert_eq!(counts.get("c"), None, "the 503s never reach the client");
+    let failing = upstreams[2].requests();
+    assert!(
+        failing < 30,
+        "the instance failing fast got {failing} of 300"
+    );
+}

@@ -35,6 +35,10 @@ use crate::limit::{BorrowedSlot, Counter, InFlight, Slot};
 use crate::retry::{self, Budget};
 use crate::{Error, ErrorKind, Result};
 
+/// The latency `p2c_ewma` counts for a try that failed, at least: a second, far above any
+/// answer's, which then decays away with the estimate (10 s) unless failures go on.
+const FAILURE_PENALTY: u64 = 1_000_000_000;
+
 /// A request as the service sends it.
 pub struct Outgoing<'a> {
     pub method: &'a Method,
@@ -298,9 +302,19 @@ impl Service {
                 now
             };
             if self.balancer.reads_latency() {
-                instance
-                    .latency
-                    .observe(finished.saturating_sub(now), finished);
+                // A failure is often fast (a refused connection, a quick 503): measured as it
+                // is, it would make a failing instance look like the fastest one.
+                let failed = match &result {
+                    Ok(response) => response.status().is_server_error(),
+                    Err(error) => error.kind.is_instance_fault(),
+                };
+                let rtt = finished.saturating_sub(now);
+                let rtt = if failed {
+                    rtt.max(FAILURE_PENALTY)
+                } else {
+                    rtt
+                };
+                instance.latency.observe(rtt, finished);
             }
             let may_retry = tries <= self.retries.attempts as usize;
             match result {

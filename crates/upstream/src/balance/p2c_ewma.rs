@@ -6,8 +6,10 @@
 //!
 //! The estimate is `tower::load::PeakEwma`'s: a latency above the estimate replaces it at once
 //! (the peak), one below moves it by an exponentially weighted average whose weight decays
-//! with the time since the last update (`DECAY`); read, it decays towards zero with the time
-//! since, so an instance that was slow gets a new chance once it has been left alone. An
+//! with the time since the last update (`DECAY_NANOS`); read, it decays towards zero with the time
+//! since, so an instance that was slow gets a new chance once it has been left alone. A try
+//! that failed counts at least a second (`FAILURE_PENALTY` in `service`), so an instance that
+//! fails fast (a refused connection, a quick 503) does not look like the fastest. An
 //! instance not measured yet is taken to be as fast as the one it is compared with, so that
 //! requests in flight decide (tower assumes a fixed default instead, which on a fast network
 //! keeps a new instance out for as long as that default takes to decay). The
