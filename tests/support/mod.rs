@@ -10,6 +10,9 @@ pub use gateway_demo_upstream as upstream;
 pub mod redis;
 pub use redis::RedisServer;
 
+pub mod controlled;
+pub use controlled::{ControlledUpstream, eventually};
+
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

@@ -10,6 +10,9 @@ use std::time::Duration;
 use serde::{Deserialize, Deserializer, de};
 
 use crate::ByteSize;
+use crate::upstream::{
+    BalancerKind, CircuitBreaker, HashKey, HealthCheck, InstanceFile, OutlierDetection, Retries,
+};
 
 /// The whole configuration file.
 #[derive(Debug, Clone, Deserialize)]
@@ -302,14 +305,42 @@ pub enum Isolation {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ServiceFile {
-    /// Base URLs of the service's instances, e.g. `http://127.0.0.1:9000`; requests are spread
-    /// over them round robin.
-    pub instances: Vec<String>,
+    /// The service's instances: base URLs such as `http://127.0.0.1:9000`, or
+    /// `{ url: ..., weight: N }`; at most 256.
+    pub instances: Vec<InstanceFile>,
+    /// How an instance is picked for each request.
+    #[serde(default)]
+    pub balancer: BalancerKind,
+    /// What the `hash` balancer hashes; required by it, refused with any other.
+    #[serde(default)]
+    pub hash_key: Option<HashKey>,
+    /// Active health checks; off unless given.
+    #[serde(default)]
+    pub health_check: Option<HealthCheck>,
+    /// Passive health checks on real traffic; off unless given.
+    #[serde(default)]
+    pub outlier_detection: Option<OutlierDetection>,
+    /// A circuit breaker per instance; off unless given.
+    #[serde(default)]
+    pub circuit_breaker: Option<CircuitBreaker>,
+    /// Retries and their budget; one retry on another instance by default.
+    #[serde(default)]
+    pub retries: Retries,
+    /// When no instance is healthy, use them all rather than answer 503 `NO_HEALTHY_UPSTREAM`.
+    #[serde(default)]
+    pub panic_mode: bool,
+    /// Requests in flight to the whole service at once; past it 503 `OVERLOADED` at once.
+    #[serde(default)]
+    pub max_concurrent_requests: Option<u32>,
+    /// Requests in flight to any one instance at once; a full instance is skipped, and when
+    /// all are full the request gets 503 `OVERLOADED` at once.
+    #[serde(default)]
+    pub max_concurrent_requests_per_instance: Option<u32>,
     /// Longest wait for a TCP connection to an instance; past it the request gets 502.
     #[serde(default = "default_connect_timeout", with = "humantime_serde")]
     pub connect_timeout: Duration,
-    /// Longest wait for an instance's response head after the request was sent; past it the
-    /// request gets 504.
+    /// Longest wait for an instance's response head after the request was sent, all tries
+    /// together; past it the request gets 504.
     #[serde(default = "default_request_timeout", with = "humantime_serde")]
     pub request_timeout: Duration,
     /// Longest wait between two reads of an instance's response body, once its head has come;

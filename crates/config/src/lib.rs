@@ -13,6 +13,7 @@
 mod file;
 mod instance;
 mod size;
+mod upstream;
 mod validate;
 
 use std::collections::BTreeMap;
@@ -28,6 +29,10 @@ pub use file::{
 pub use gateway_routing::pattern::PathPattern;
 pub use instance::InstanceUrl;
 pub use size::ByteSize;
+pub use upstream::{
+    BalancerKind, CircuitBreaker, HashKey, HashSource, HealthCheck, InstanceFile, OutlierDetection,
+    Retries, WeightedInstance,
+};
 
 /// The largest `memory_limit` a filter may be given.
 pub const MAX_MEMORY_LIMIT: ByteSize = ByteSize(256 << 20);
@@ -83,14 +88,51 @@ pub struct Config {
     pub routes: Vec<Route>,
 }
 
-/// An upstream service: its instances and its timeouts (see [`ServiceFile`]).
+/// An upstream service: its instances, timeouts and policies (see [`ServiceFile`]).
 #[derive(Debug, Clone)]
 pub struct Service {
-    /// Never empty.
+    /// Never empty; at most 256.
     pub instances: Vec<InstanceUrl>,
+    /// One per instance, each 1 to 100.
+    pub weights: Vec<u32>,
     pub connect_timeout: Duration,
+    /// All tries together.
     pub request_timeout: Duration,
     pub read_timeout: Duration,
+    pub balancer: BalancerKind,
+    /// Given exactly when `balancer` is `hash`.
+    pub hash_key: Option<HashKey>,
+    pub health_check: Option<HealthCheck>,
+    pub outlier_detection: Option<OutlierDetection>,
+    pub circuit_breaker: Option<CircuitBreaker>,
+    /// `try_timeout` is filled in (never longer than `request_timeout`).
+    pub retries: Retries,
+    pub panic_mode: bool,
+    pub max_concurrent_requests: Option<u32>,
+    pub max_concurrent_requests_per_instance: Option<u32>,
+}
+
+impl Service {
+    /// A service of these instances with every default, as a configuration without any policy
+    /// key gives it.
+    pub fn with_instances(instances: Vec<InstanceUrl>) -> Service {
+        Service {
+            weights: vec![1; instances.len()],
+            instances,
+            connect_timeout: Duration::from_secs(5),
+            request_timeout: Duration::from_secs(30),
+            read_timeout: Duration::from_secs(60),
+            balancer: BalancerKind::RoundRobin,
+            hash_key: None,
+            health_check: None,
+            outlier_detection: None,
+            circuit_breaker: None,
+            retries: Retries::default(),
+            panic_mode: false,
+            max_concurrent_requests: None,
+            max_concurrent_requests_per_instance: None,
+        }
+    }
 }
 
 /// A route (see [`RouteFile`]).

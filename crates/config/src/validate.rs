@@ -12,6 +12,7 @@ use std::time::Duration;
 use http::Method;
 
 use crate::file::{ConfigFile, KvBackendKind, RouteFile, ServiceFile};
+use crate::upstream::{BalancerKind, HashKey, HealthCheck, Retries};
 use crate::{
     ByteSize, Config, InstanceUrl, MAX_MEMORY_LIMIT, PathMatch, Route, Service, ServiceRef,
 };
@@ -31,6 +32,11 @@ const REDIS_TIMEOUT: (Duration, Duration) = (Duration::from_millis(1), Duration:
 const REDIS_CONNECTIONS: (usize, usize) = (1, 64);
 const UPSTREAM_TIMEOUT: (Duration, Duration) =
     (Duration::from_millis(1), Duration::from_secs(3600));
+/// The bounds on a service's balancing and protection.
+const MAX_INSTANCES: usize = 256;
+const WEIGHT: (u32, u32) = (1, 100);
+const FAILURE_COUNT: (u32, u32) = (1, 1000);
+const RETRY_ATTEMPTS: (u32, u32) = (0, 5);
 
 /// Collects problems while walking the configuration.
 #[derive(Default)]
@@ -333,18 +339,31 @@ fn check_redis(config: &ConfigFile, problems: &mut Problems) {
 
 fn check_service(name: &str, service: &ServiceFile, problems: &mut Problems) -> Option<Service> {
     let before = problems.0.len();
+    let at = format!("services.{name}");
     if service.instances.is_empty() {
         problems.add(
-            format_args!("services.{name}.instances"),
+            format_args!("{at}.instances"),
             "at least one instance is required",
         );
     }
+    if service.instances.len() > MAX_INSTANCES {
+        problems.add(
+            format_args!("{at}.instances"),
+            format_args!("at most {MAX_INSTANCES} instances are supported"),
+        );
+    }
     let mut instances = Vec::with_capacity(service.instances.len());
-    for (index, url) in service.instances.iter().enumerate() {
-        match url.parse::<InstanceUrl>() {
+    for (index, instance) in service.instances.iter().enumerate() {
+        match instance.url().parse::<InstanceUrl>() {
             Ok(url) => instances.push(url),
-            Err(reason) => problems.add(format_args!("services.{name}.instances[{index}]"), reason),
+            Err(reason) => problems.add(format_args!("{at}.instances[{index}]"), reason),
         }
+        problems.bounded(
+            format_args!("{at}.instances[{index}].weight"),
+            instance.weight(),
+            WEIGHT,
+            |weight| weight.to_string(),
+        );
     }
     for (field, value) in [
         ("connect_timeout", service.connect_timeout),
@@ -352,25 +371,213 @@ fn check_service(name: &str, service: &ServiceFile, problems: &mut Problems) -> 
         ("read_timeout", service.read_timeout),
     ] {
         if value.is_zero() {
-            problems.add(
-                format_args!("services.{name}.{field}"),
-                "must be more than 0",
-            );
+            problems.add(format_args!("{at}.{field}"), "must be more than 0");
         } else {
             problems.bounded(
-                format_args!("services.{name}.{field}"),
+                format_args!("{at}.{field}"),
                 value,
                 UPSTREAM_TIMEOUT,
                 duration,
             );
         }
     }
+    match (service.balancer, &service.hash_key) {
+        (BalancerKind::Hash, None) => problems.add(
+            format_args!("{at}.hash_key"),
+            "required by the `hash` balancer",
+        ),
+        (
+            BalancerKind::Hash,
+            Some(HashKey::Header { header } | HashKey::Cookie { cookie: header }),
+        ) if http::HeaderName::from_bytes(header.as_bytes()).is_err() => problems.add(
+            format_args!("{at}.hash_key"),
+            format_args!("`{header}` is not a valid header or cookie name"),
+        ),
+        (BalancerKind::Hash, Some(_)) | (_, None) => {}
+        (_, Some(_)) => problems.add(
+            format_args!("{at}.hash_key"),
+            "only the `hash` balancer reads it",
+        ),
+    }
+    if let Some(check) = &service.health_check {
+        check_health_check(&at, check, problems);
+    }
+    if let Some(outlier) = &service.outlier_detection {
+        let at = format!("{at}.outlier_detection");
+        problems.bounded(
+            format_args!("{at}.consecutive_failures"),
+            outlier.consecutive_failures,
+            FAILURE_COUNT,
+            u32_text,
+        );
+        for (field, value) in [
+            ("base_ejection_time", outlier.base_ejection_time),
+            ("max_ejection_time", outlier.max_ejection_time),
+        ] {
+            problems.bounded(
+                format_args!("{at}.{field}"),
+                value,
+                UPSTREAM_TIMEOUT,
+                duration,
+            );
+        }
+        if outlier.max_ejection_time < outlier.base_ejection_time {
+            problems.add(
+                format_args!("{at}.max_ejection_time"),
+                "must not be shorter than base_ejection_time",
+            );
+        }
+        problems.bounded(
+            format_args!("{at}.max_ejection_percent"),
+            outlier.max_ejection_percent,
+            (1, 100),
+            u32_text,
+        );
+    }
+    if let Some(breaker) = &service.circuit_breaker {
+        let at = format!("{at}.circuit_breaker");
+        problems.bounded(
+            format_args!("{at}.failure_threshold"),
+            breaker.failure_threshold,
+            FAILURE_COUNT,
+            u32_text,
+        );
+        problems.bounded(
+            format_args!("{at}.open_duration"),
+            breaker.open_duration,
+            UPSTREAM_TIMEOUT,
+            duration,
+        );
+        problems.bounded(
+            format_args!("{at}.half_open_requests"),
+            breaker.half_open_requests,
+            FAILURE_COUNT,
+            u32_text,
+        );
+        check_statuses(
+            &format!("{at}.failure_statuses"),
+            &breaker.failure_statuses,
+            problems,
+        );
+    }
+    let retries = &service.retries;
+    problems.bounded(
+        format_args!("{at}.retries.attempts"),
+        retries.attempts,
+        RETRY_ATTEMPTS,
+        u32_text,
+    );
+    if let Some(try_timeout) = retries.try_timeout {
+        problems.bounded(
+            format_args!("{at}.retries.try_timeout"),
+            try_timeout,
+            UPSTREAM_TIMEOUT,
+            duration,
+        );
+        if try_timeout > service.request_timeout {
+            problems.add(
+                format_args!("{at}.retries.try_timeout"),
+                "must not be longer than request_timeout, which bounds all tries together",
+            );
+        }
+    }
+    problems.bounded(
+        format_args!("{at}.retries.budget_percent"),
+        retries.budget_percent,
+        (0, 1000),
+        u32_text,
+    );
+    problems.bounded(
+        format_args!("{at}.retries.budget_min_per_second"),
+        retries.budget_min_per_second,
+        (0, 100_000),
+        u32_text,
+    );
+    for (field, value) in [
+        ("max_concurrent_requests", service.max_concurrent_requests),
+        (
+            "max_concurrent_requests_per_instance",
+            service.max_concurrent_requests_per_instance,
+        ),
+    ] {
+        if let Some(value) = value {
+            problems.bounded(
+                format_args!("{at}.{field}"),
+                value,
+                (1, 1_000_000),
+                u32_text,
+            );
+        }
+    }
     (problems.0.len() == before).then(|| Service {
         instances,
+        weights: service.instances.iter().map(|i| i.weight()).collect(),
         connect_timeout: service.connect_timeout,
         request_timeout: service.request_timeout,
         read_timeout: service.read_timeout,
+        balancer: service.balancer,
+        hash_key: service.hash_key.clone(),
+        health_check: service.health_check.clone(),
+        outlier_detection: service.outlier_detection.clone(),
+        circuit_breaker: service.circuit_breaker.clone(),
+        retries: Retries {
+            try_timeout: Some(retries.try_timeout.unwrap_or(service.request_timeout)),
+            ..retries.clone()
+        },
+        panic_mode: service.panic_mode,
+        max_concurrent_requests: service.max_concurrent_requests,
+        max_concurrent_requests_per_instance: service.max_concurrent_requests_per_instance,
     })
+}
+
+fn check_health_check(service: &str, check: &HealthCheck, problems: &mut Problems) {
+    let at = format!("{service}.health_check");
+    if !check.path.starts_with('/') || check.path.parse::<http::uri::PathAndQuery>().is_err() {
+        problems.add(
+            format_args!("{at}.path"),
+            "must be a path starting with `/`",
+        );
+    }
+    for (field, value) in [("interval", check.interval), ("timeout", check.timeout)] {
+        problems.bounded(
+            format_args!("{at}.{field}"),
+            value,
+            UPSTREAM_TIMEOUT,
+            duration,
+        );
+    }
+    if check.timeout > check.interval {
+        problems.add(
+            format_args!("{at}.timeout"),
+            "must not be longer than interval",
+        );
+    }
+    check_statuses(
+        &format!("{at}.expected_statuses"),
+        &check.expected_statuses,
+        problems,
+    );
+    for (field, value) in [
+        ("healthy_threshold", check.healthy_threshold),
+        ("unhealthy_threshold", check.unhealthy_threshold),
+    ] {
+        problems.bounded(format_args!("{at}.{field}"), value, (1, 100), u32_text);
+    }
+}
+
+fn check_statuses(at: &str, statuses: &[u16], problems: &mut Problems) {
+    if statuses.is_empty() {
+        problems.add(at, "give at least one status");
+    }
+    for status in statuses {
+        if !(100..=599).contains(status) {
+            problems.add(at, format_args!("{status} is not an HTTP status"));
+        }
+    }
+}
+
+fn u32_text(value: &u32) -> String {
+    value.to_string()
 }
 
 /// The route, if it has no problems; every problem it has goes to `problems`.

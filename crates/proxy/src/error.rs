@@ -91,6 +91,8 @@ pub struct ClientError {
     pub message: Cow<'static, str>,
     /// The connection cannot be trusted for another request (framing was ambiguous).
     pub close: bool,
+    /// Seconds for `Retry-After`; a 503 without them says 1.
+    pub retry_after: Option<u64>,
 }
 
 impl Error {
@@ -101,6 +103,7 @@ impl Error {
             code,
             message: Cow::Borrowed(message),
             close: false,
+            retry_after: None,
         };
         match self {
             Error::Edge(violation) => ClientError {
@@ -108,12 +111,14 @@ impl Error {
                 code: violation.code(),
                 message: Cow::Owned(violation.to_string()),
                 close: violation.closes_connection(),
+                retry_after: None,
             },
             Error::BadPath(reason) => ClientError {
                 status: StatusCode::BAD_REQUEST,
                 code: "BAD_PATH",
                 message: Cow::Owned(reason.to_string()),
                 close: false,
+                retry_after: None,
             },
             Error::NoRoute | Error::UnknownService(_) => plain(
                 StatusCode::NOT_FOUND,
@@ -156,6 +161,32 @@ impl Error {
                         "the upstream service failed to answer",
                     )
                 }
+                ErrorKind::NoHealthyInstance => plain(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "NO_HEALTHY_UPSTREAM",
+                    "no instance of the upstream service is healthy",
+                ),
+                ErrorKind::CircuitOpen => ClientError {
+                    // Whole seconds, rounded up: a client told 0 would come straight back.
+                    retry_after: Some(
+                        error
+                            .retry_after
+                            .map_or(1, |wait| {
+                                wait.as_secs() + u64::from(wait.subsec_nanos() > 0)
+                            })
+                            .max(1),
+                    ),
+                    ..plain(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "CIRCUIT_OPEN",
+                        "the upstream service is failing; its circuit breaker is open",
+                    )
+                },
+                ErrorKind::Overloaded => plain(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "OVERLOADED",
+                    "the upstream service has too many requests in flight",
+                ),
                 // Malformed framing, cut short, or longer than announced: where the next request
                 // on the connection starts is unknown.
                 ErrorKind::ClientBody => ClientError {
@@ -163,6 +194,7 @@ impl Error {
                     code: "BAD_REQUEST",
                     message: Cow::Borrowed("the request body is malformed or incomplete"),
                     close: true,
+                    retry_after: None,
                 },
             },
             Error::UpstreamBody(error) if error.kind() == std::io::ErrorKind::TimedOut => plain(
@@ -180,12 +212,14 @@ impl Error {
                 code: "BAD_REQUEST",
                 message: Cow::Borrowed("the request body is malformed or incomplete"),
                 close: true,
+                retry_after: None,
             },
             Error::BodyTimeout => ClientError {
                 status: StatusCode::REQUEST_TIMEOUT,
                 code: "REQUEST_TIMEOUT",
                 message: Cow::Borrowed("the request body was not received in time"),
                 close: true,
+                retry_after: None,
             },
             Error::Filter(_) | Error::RouteService { .. } => plain(
                 StatusCode::INTERNAL_SERVER_ERROR,

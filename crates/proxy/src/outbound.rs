@@ -3,6 +3,7 @@
 //! proxied traffic.
 
 use std::collections::HashMap;
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -12,7 +13,7 @@ use http_body_util::{BodyExt, Full, Limited};
 use gateway_filter::outbound::{
     OutboundCall, OutboundError, OutboundRequest, OutboundResponse, Services,
 };
-use gateway_upstream::Service;
+use gateway_upstream::{Outgoing, Service};
 
 use crate::headers;
 
@@ -52,16 +53,22 @@ async fn call(
     headers::strip_hop_by_hop(&mut request.headers);
     request.headers.remove(header::CONTENT_LENGTH);
     request.headers.remove(header::TRANSFER_ENCODING);
-    let instance = service.pick();
-    let response = instance
-        .send(
-            &request.method,
-            &request.path_and_query,
-            &request.headers,
-            Full::new(request.body),
-        )
+    let path = request
+        .path_and_query
+        .split_once('?')
+        .map_or(request.path_and_query.as_str(), |(path, _)| path);
+    let outgoing = Outgoing {
+        method: &request.method,
+        target: &request.path_and_query,
+        headers: &request.headers,
+        client_ip: IpAddr::from([127, 0, 0, 1]),
+        path,
+    };
+    let response = service
+        .forward(outgoing, Full::new(request.body))
         .await
-        .map_err(|error| OutboundError::Failed(error.to_string()))?;
+        .map_err(|error| OutboundError::Failed(error.to_string()))?
+        .response;
     let (mut parts, body) = response.into_parts();
     headers::strip_hop_by_hop(&mut parts.headers);
     let body = Limited::new(body, max_body)

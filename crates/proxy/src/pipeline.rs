@@ -8,7 +8,7 @@ use std::time::{Instant, SystemTime};
 use bytes::Bytes;
 use gateway_filter::{FilterChain, FilterReply, HeldBody, RequestHead, ResponseHead};
 use gateway_routing::Route;
-use gateway_upstream::{Instance, Service};
+use gateway_upstream::{Instance, Outgoing, Service};
 use gateway_wire::fields::REQUEST_ID;
 use http::header::{self, HeaderValue};
 use http::{Request, Response, StatusCode, Uri, Version};
@@ -255,13 +255,17 @@ where
         }
         Target::None => return Err(Error::NoService(route.name.clone())),
     };
-    let instance = service.pick();
-    outcome.upstream = Some(instance);
-
     let target = upstream_target(client_uri, head);
-    let response = instance
-        .send(&head.method, &target, &head.headers, body)
-        .await?;
+    let outgoing = Outgoing {
+        method: &head.method,
+        target: &target,
+        headers: &head.headers,
+        client_ip: head.client_ip,
+        path: &head.path,
+    };
+    let forwarded = service.forward(outgoing, body).await?;
+    outcome.upstream = Some(forwarded.instance);
+    let response = forwarded.response;
     let (mut parts, body) = response.into_parts();
     headers::strip_hop_by_hop(&mut parts.headers);
     Ok(Response::from_parts(
@@ -404,7 +408,9 @@ pub fn error_response(
     if client.close && version < Version::HTTP_2 {
         headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
     }
-    if client.status == StatusCode::SERVICE_UNAVAILABLE {
+    if let Some(seconds) = client.retry_after {
+        headers.insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+    } else if client.status == StatusCode::SERVICE_UNAVAILABLE {
         headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
     }
     response

@@ -178,9 +178,35 @@ impl ServingState {
     /// went unused too long.
     pub fn sweep_idle_upstream_connections(&self) {
         for service in self.services.values() {
-            for instance in &service.instances {
+            for instance in service.instances() {
                 instance.sweep_idle_connections();
             }
         }
+    }
+
+    /// Starts the services' active health checks on the calling runtime (the control
+    /// plane's): once per gateway, not per worker. They end when this state is dropped.
+    pub fn start_health_checks(&self) {
+        for service in self.services.values() {
+            service.start_health_checks();
+        }
+    }
+
+    /// Takes on what `previous`, the state this one replaces, knows of the upstream instances
+    /// both have: their health, ejections, breakers and latency estimates (see
+    /// `Service::inherit`).
+    pub fn inherit_upstream_state(&self, previous: &ServingState) {
+        for (name, service) in self.services.iter() {
+            if let Some(old) = previous.services.get(name) {
+                service.inherit(old);
+            }
+        }
+    }
+
+    /// The services, by name, as the admin API shows them.
+    pub fn services(&self) -> impl Iterator<Item = (&str, &Service)> {
+        self.services
+            .iter()
+            .map(|(name, service)| (name.as_str(), &**service))
     }
 }

@@ -40,6 +40,7 @@ use gateway_config::InstanceUrl;
 use gateway_wire::upstream::{self, OutgoingHead, RequestFraming, ResponseHead};
 use gateway_wire::{self as wire, BodyDecoder, Decoded, Malformed, make_room};
 
+use crate::limit::InFlight;
 use crate::{Error, ErrorKind, Result};
 
 /// A request body as the pool sends it: any body, whatever its error type.
@@ -174,10 +175,7 @@ pub(super) struct ConnectionPool<S = TcpStream> {
 /// The idle connections one thread opened, most recently used last.
 struct IdleList<S> {
     thread: ThreadKey,
-    #[expect(
-        clippy::vec_box,
-        reason = "connections leave the list, boxed, inside response bodies"
-    )]
+    /// Boxed: connections leave the list inside response bodies.
     connections: Vec<Box<Connection<S>>>,
 }
 
@@ -418,6 +416,7 @@ impl<S: Transport> ConnectionPool<S> {
                 decoder,
                 reusable,
                 stall: None,
+                in_flight: InFlight::default(),
             }),
         };
         Sent::Done(Ok(Response::from_parts(head.parts, body)))
@@ -590,6 +589,8 @@ pub struct Streaming<S> {
     /// When the instance, silent since the last read, has taken too long. Made on the first
     /// wait only: most bodies arrive without one.
     stall: Option<Pin<Box<Sleep>>>,
+    /// The request counts as in flight to its instance until its body has been read.
+    in_flight: InFlight,
 }
 
 impl<S: Transport> Body for UpstreamBody<S> {
@@ -691,6 +692,21 @@ impl<S: Transport> Body for UpstreamBody<S> {
             }
             UpstreamBody::Streaming(streaming) => streaming.decoder.size_hint(),
             UpstreamBody::Done => SizeHint::with_exact(0),
+        }
+    }
+}
+
+impl<S> UpstreamBody<S> {
+    /// Whether the body is still arriving from the instance.
+    pub(crate) fn is_streaming(&self) -> bool {
+        matches!(self, UpstreamBody::Streaming(_))
+    }
+
+    /// Keeps the request counted as in flight while the body is still arriving; a body read
+    /// whole with its head frees the count at once.
+    pub(crate) fn hold(&mut self, in_flight: InFlight) {
+        if let UpstreamBody::Streaming(streaming) = self {
+            streaming.in_flight.join(in_flight);
         }
     }
 }

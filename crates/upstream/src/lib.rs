@@ -1,27 +1,47 @@
-//! Upstream services: their instances, how one is picked, and the HTTP/1.1 connections that
-//! reach it.
+//! Upstream services: their instances, how one is picked, how they are kept healthy, and the
+//! HTTP/1.1 connections that reach them.
 //!
-//! The public surface is what the proxy needs: build a [`Service`] from its checked
-//! configuration, [`Service::pick`] an [`Instance`], and [`Instance::send`] a request to it. A
-//! failure comes back as an [`Error`] whose [`ErrorKind`] says what happened (connect refused,
-//! timeout, reset before or after the request was sent, protocol, the client's body), so that
-//! whoever counts failures against an instance classifies them without parsing text.
+//! The public surface is what the proxy and the admin API need: build a [`Service`] from its
+//! checked configuration, [`Service::forward`] a request (pick, try, retry), start its active
+//! health checks with [`Service::start_health_checks`] on the control plane's runtime, and read
+//! its [`Service::status`]. A failure comes back as an [`Error`] whose [`ErrorKind`] says what
+//! happened (connect refused, timeout, reset before or after the request was sent, protocol,
+//! the client's body, or no instance could take the request: none healthy, breakers open,
+//! overloaded), so that whoever counts failures classifies them without parsing text.
+//!
+//! The modules, in the order a request meets them:
+//! - `service`: the request's way through the rest, and its tries;
+//! - `limit`: requests in flight, per service and per instance, and the limits on them;
+//! - `balance`: one file per balancer;
+//! - `health`: `active` checks, once per gateway, and `passive` ones (outlier detection);
+//! - `breaker`: a circuit breaker per instance;
+//! - `connection`: the per-worker idle connections, and the HTTP/1.1 exchange itself;
+//! - `retry`: what is retried, and the budget;
+//! - `clock`: the time all of them read, which unit tests move by hand.
+//!
+//! What is per worker and what is shared: only the idle connections are per worker (a socket
+//! belongs to the runtime that opened it, 0003). Everything else about an instance (health,
+//! ejection, breaker, requests in flight, latency estimate, round-robin cursors, the retry
+//! budget) is shared by every worker in atomics, read on the request path without a lock: an
+//! instance that fails on one worker is avoided by all.
 
+mod balance;
+mod breaker;
+mod clock;
 mod connection;
+mod health;
+mod instance;
+mod limit;
+mod retry;
+mod service;
 
 use std::fmt;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use bytes::Bytes;
-use gateway_config::InstanceUrl;
-use gateway_wire::upstream::OutgoingHead;
-use http::{HeaderMap, Method, Response};
-use http_body::Body;
-
-use self::connection::ConnectionPool;
+pub use self::breaker::BreakerState;
 pub use self::connection::{Transport, UpstreamBody};
+pub use self::instance::{Instance, InstanceStatus};
+pub use self::service::{Forwarded, Outgoing, Service, ServiceStatus};
 
 /// What went wrong on the way to an instance or back.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -41,12 +61,26 @@ pub enum ErrorKind {
     /// The client's request body failed while it was being sent: cut short, malformed, or too
     /// slow. The client's fault, never the instance's.
     ClientBody,
+    /// Every instance is unhealthy (active checks) or ejected (outlier detection), and the
+    /// service has no panic mode.
+    NoHealthyInstance,
+    /// Every healthy instance's circuit breaker is open; [`Error::retry_after`] says when the
+    /// first lets a probe through.
+    CircuitOpen,
+    /// The service, or every instance, has as many requests in flight as its limit allows.
+    Overloaded,
 }
 
 impl ErrorKind {
     /// Whether the instance is to blame, as breakers and health checks count it.
     pub fn is_instance_fault(self) -> bool {
-        self != ErrorKind::ClientBody
+        !matches!(
+            self,
+            ErrorKind::ClientBody
+                | ErrorKind::NoHealthyInstance
+                | ErrorKind::CircuitOpen
+                | ErrorKind::Overloaded
+        )
     }
 }
 
@@ -54,12 +88,15 @@ impl ErrorKind {
 #[derive(Debug)]
 pub struct Error {
     pub kind: ErrorKind,
-    /// The instance's label, `service@host:port`.
+    /// The instance's label, `service@host:port`; the service's name when no instance could
+    /// take the request.
     pub instance: String,
     /// What happened, for the log.
     pub reason: String,
     /// The client body's own error, for [`ErrorKind::ClientBody`].
     pub source: Option<Box<dyn std::error::Error + Send + Sync>>,
+    /// For [`ErrorKind::CircuitOpen`]: how long until a breaker lets a probe through.
+    pub retry_after: Option<Duration>,
 }
 
 impl Error {
@@ -69,6 +106,7 @@ impl Error {
             instance: instance.to_owned(),
             reason: reason.into(),
             source: None,
+            retry_after: None,
         }
     }
 }
@@ -90,6 +128,9 @@ impl fmt::Display for Error {
                 f,
                 "the client's request body failed on its way to {instance}: {reason}"
             ),
+            ErrorKind::NoHealthyInstance | ErrorKind::CircuitOpen | ErrorKind::Overloaded => {
+                write!(f, "service {instance}: {reason}")
+            }
         }
     }
 }
@@ -104,88 +145,6 @@ impl std::error::Error for Error {
 
 /// `Result` with this crate's [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;
-
-/// One instance of a service and its idle connections.
-pub struct Instance {
-    url: InstanceUrl,
-    /// `service@host:port`, as logs and errors name it.
-    pub label: String,
-    request_timeout: Duration,
-    pool: Arc<ConnectionPool>,
-}
-
-impl Instance {
-    /// Closes the calling worker's idle connections to this instance that are closed or stale.
-    pub fn sweep_idle_connections(&self) {
-        self.pool.sweep();
-    }
-
-    /// Sends the request (`target` in origin form; the instance's own host goes as `Host` when
-    /// `headers` has none) and returns the response once its head has arrived, within the
-    /// service's `request_timeout`; the body streams as the client reads it. The head is only
-    /// borrowed: the response phase still sees it.
-    pub async fn send<B>(
-        &self,
-        method: &Method,
-        target: &str,
-        headers: &HeaderMap,
-        body: B,
-    ) -> Result<Response<UpstreamBody>>
-    where
-        B: Body<Data = Bytes> + Unpin,
-        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-    {
-        let head = OutgoingHead {
-            method,
-            target,
-            headers,
-            host: &self.url.host_header,
-        };
-        let sent = self.pool.send(&self.url, &self.label, head, body);
-        tokio::time::timeout(self.request_timeout, sent)
-            .await
-            .unwrap_or_else(|_| {
-                Err(Error::new(
-                    ErrorKind::ResponseTimeout,
-                    &self.label,
-                    format!("did not answer within {:?}", self.request_timeout),
-                ))
-            })
-    }
-}
-
-/// A service: its instances, and which one the next request goes to.
-pub struct Service {
-    pub instances: Vec<Instance>,
-    next: AtomicUsize,
-}
-
-impl Service {
-    /// The service `name` as the configuration describes it.
-    pub fn new(name: &str, config: &gateway_config::Service) -> Service {
-        let instances = config
-            .instances
-            .iter()
-            .map(|url| Instance {
-                label: format!("{name}@{}", url.authority),
-                url: url.clone(),
-                request_timeout: config.request_timeout,
-                pool: ConnectionPool::new(config.connect_timeout, config.read_timeout),
-            })
-            .collect();
-        Service {
-            instances,
-            next: AtomicUsize::new(0),
-        }
-    }
-
-    /// The next instance, round robin.
-    #[inline]
-    pub fn pick(&self) -> &Instance {
-        let turn = self.next.fetch_add(1, Ordering::Relaxed);
-        &self.instances[turn % self.instances.len()]
-    }
-}
 
 #[cfg(test)]
 mod tests {
@@ -204,23 +163,8 @@ mod tests {
         ] {
             assert!(kind.is_instance_fault(), "{kind:?}");
         }
-        assert!(!ClientBody.is_instance_fault());
-    }
-
-    #[test]
-    fn instances_are_picked_round_robin() {
-        let config = gateway_config::Service {
-            instances: ["http://127.0.0.1:1", "http://127.0.0.1:2"]
-                .map(|url| url.parse().expect("a valid URL"))
-                .to_vec(),
-            connect_timeout: Duration::from_secs(1),
-            request_timeout: Duration::from_secs(1),
-            read_timeout: Duration::from_secs(1),
-        };
-        let service = Service::new("s", &config);
-        let picks: Vec<u16> = (0..4)
-            .map(|_| service.pick().url.authority.port_u16().unwrap_or(0))
-            .collect();
-        assert_eq!(picks, [1, 2, 1, 2]);
+        for kind in [ClientBody, NoHealthyInstance, CircuitOpen, Overloaded] {
+            assert!(!kind.is_instance_fault(), "{kind:?}");
+        }
     }
 }

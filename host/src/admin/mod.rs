@@ -7,6 +7,9 @@
 //! - `GET /admin/kv`: the key-value stores behind the filters' `kv` capability: which one is
 //!   the default, and for each its state (a Redis `connected` or `down`, since when), its
 //!   operations, errors, timeouts and latency;
+//! - `GET /admin/services`: each upstream service's balancer and, for each instance, its
+//!   health (active checks), whether it is ejected and how often it was, its breaker's state
+//!   and how often it opened, its requests in flight and its latency estimate;
 //! - `GET /health`: liveness.
 
 use std::convert::Infallible;
@@ -25,7 +28,7 @@ use tokio::net::TcpListener;
 use gateway_config::KvBackendKind;
 use gateway_filter::metrics::{MetricRegistry, SeriesValue};
 use gateway_kv::KvStores;
-use gateway_proxy::{Error, ResponseBody, error_response, full, request_id};
+use gateway_proxy::{Error, ResponseBody, ServingState, error_response, full, request_id};
 use gateway_rules::metrics::MetricKind;
 use gateway_wire::fields::REQUEST_ID;
 
@@ -60,6 +63,9 @@ async fn handle(reloader: Arc<Reloader>, request: Request<Incoming>) -> Response
             json(StatusCode::OK, &filter_metrics(reloader.filter_metrics()))
         }
         (&Method::GET, "/admin/kv") => json(StatusCode::OK, &kv_status(reloader.kv())),
+        (&Method::GET, "/admin/services") => {
+            json(StatusCode::OK, &services_status(&reloader.live().current()))
+        }
         (&Method::GET, "/health") => json(StatusCode::OK, &serde_json::json!({ "status": "ok" })),
         _ => {
             let request_id = request_id(request.headers());
@@ -69,6 +75,38 @@ async fn handle(reloader: Arc<Reloader>, request: Request<Incoming>) -> Response
             response
         }
     }
+}
+
+fn services_status(state: &ServingState) -> serde_json::Value {
+    let services: serde_json::Map<String, serde_json::Value> = state
+        .services()
+        .map(|(name, service)| {
+            let status = service.status();
+            let instances: Vec<serde_json::Value> = status
+                .instances
+                .iter()
+                .map(|instance| {
+                    serde_json::json!({
+                        "url": instance.url,
+                        "weight": instance.weight,
+                        "healthy": instance.healthy,
+                        "ejected": instance.ejected,
+                        "ejections": instance.ejections,
+                        "breaker": instance.breaker.map(|state| state.as_str()),
+                        "breaker_opened": instance.breaker_opened,
+                        "in_flight": instance.in_flight,
+                        "ewma_ms": instance.ewma_ms,
+                    })
+                })
+                .collect();
+            let value = serde_json::json!({
+                "balancer": status.balancer,
+                "instances": instances,
+            });
+            (name.to_owned(), value)
+        })
+        .collect();
+    serde_json::json!({ "services": services })
 }
 
 fn kv_status(stores: &KvStores) -> serde_json::Value {

@@ -195,6 +195,8 @@ impl Reloader {
             last_failure: None,
             filters: filter_infos(&gateway),
         };
+        // Once per gateway, on this (the control plane's) runtime.
+        gateway.start_health_checks();
         let reloader = Reloader {
             config_path: config_path.to_owned(),
             engine,
@@ -273,6 +275,8 @@ impl Reloader {
                 attempt.warnings = self.fixed.changes(&Fixed::of(&config));
                 let filters = filter_infos(&gateway);
                 let in_use: HashSet<_> = gateway.filters.iter().map(|filter| filter.hash).collect();
+                gateway.inherit_upstream_state(&self.live.current());
+                gateway.start_health_checks();
                 self.live.replace(gateway);
                 self.engine.retain_components(&in_use);
                 Some(filters)

@@ -1,0 +1,124 @@
+//! One instance of a service: its address, its idle connections (per worker), and its shared
+//! state (health, ejection, breaker, requests in flight, latency), which every worker reads
+//! and writes through atomics.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use gateway_config::InstanceUrl;
+
+use crate::balance::p2c_ewma::PeakEwma;
+use crate::breaker::{Breaker, BreakerState};
+use crate::connection::ConnectionPool;
+use crate::health::passive::Outlier;
+use crate::limit::Counter;
+
+/// One instance of a service.
+pub struct Instance {
+    pub(crate) url: InstanceUrl,
+    /// `service@host:port`, as logs and errors name it.
+    pub label: String,
+    pub(crate) weight: u32,
+    pub(crate) pool: Arc<ConnectionPool>,
+    pub(crate) in_flight: Counter,
+    /// As the active checks last found it; healthy until a check says otherwise.
+    pub(crate) healthy: AtomicBool,
+    pub(crate) outlier: Outlier,
+    pub(crate) breaker: Option<Breaker>,
+    pub(crate) latency: PeakEwma,
+}
+
+/// What the admin API shows of an instance.
+#[derive(Debug, Clone)]
+pub struct InstanceStatus {
+    pub label: String,
+    pub url: String,
+    pub weight: u32,
+    /// As the active checks last found it (always true without them).
+    pub healthy: bool,
+    /// Ejected by outlier detection now.
+    pub ejected: bool,
+    /// Times it has been ejected.
+    pub ejections: u32,
+    /// `None` without a breaker.
+    pub breaker: Option<BreakerState>,
+    /// Times its breaker opened.
+    pub breaker_opened: u32,
+    pub in_flight: u32,
+    /// The peak-EWMA latency estimate, in milliseconds; measured for `p2c_ewma` only, once
+    /// the instance has answered.
+    pub ewma_ms: Option<f64>,
+}
+
+impl Instance {
+    /// The instances of service `name`, as the configuration lists them.
+    pub(crate) fn all(name: &str, config: &gateway_config::Service) -> Vec<Instance> {
+        config
+            .instances
+            .iter()
+            .zip(&config.weights)
+            .map(|(url, &weight)| Instance {
+                label: format!("{name}@{}", url.authority),
+                url: url.clone(),
+                weight,
+                pool: ConnectionPool::new(config.connect_timeout, config.read_timeout),
+                in_flight: Counter::new(config.max_concurrent_requests_per_instance),
+                healthy: AtomicBool::new(true),
+                outlier: Outlier::default(),
+                breaker: config.circuit_breaker.as_ref().map(Breaker::new),
+                latency: PeakEwma::default(),
+            })
+            .collect()
+    }
+
+    /// Requests in flight to this instance, from every worker.
+    #[inline]
+    pub(crate) fn in_flight(&self) -> u32 {
+        self.in_flight.get()
+    }
+
+    /// Closes the calling worker's idle connections to this instance that are closed or stale.
+    pub fn sweep_idle_connections(&self) {
+        self.pool.sweep();
+    }
+
+    /// Takes on what `previous` (the same instance in the state a reload replaces) knows of
+    /// it: health, ejection, breaker, latency. Requests in flight stay counted there.
+    pub(crate) fn inherit(&self, previous: &Instance) {
+        self.healthy
+            .store(previous.healthy.load(Ordering::Relaxed), Ordering::Relaxed);
+        self.outlier.inherit(&previous.outlier);
+        if let (Some(breaker), Some(old)) = (&self.breaker, &previous.breaker) {
+            breaker.inherit(old);
+        }
+        self.latency.inherit(&previous.latency);
+    }
+
+    pub(crate) fn is_healthy(&self, now: u64) -> bool {
+        self.healthy.load(Ordering::Relaxed) && !self.outlier.is_ejected(now)
+    }
+
+    pub(crate) fn status(&self, now: u64, measured: bool) -> InstanceStatus {
+        InstanceStatus {
+            label: self.label.clone(),
+            url: format!("{}://{}", self.url.scheme, self.url.authority),
+            weight: self.weight,
+            healthy: self.healthy.load(Ordering::Relaxed),
+            ejected: self.outlier.is_ejected(now),
+            ejections: self.outlier.ejections(),
+            breaker: self.breaker.as_ref().map(|breaker| breaker.state(now)),
+            breaker_opened: self.breaker.as_ref().map_or(0, Breaker::times_opened),
+            in_flight: self.in_flight(),
+            ewma_ms: measured
+                .then(|| self.latency.estimate(now))
+                .flatten()
+                .map(|nanos| nanos / 1_000_000.0),
+        }
+    }
+
+    /// Counts a request in flight, as a test of the balancers needs it.
+    #[cfg(test)]
+    pub(crate) fn start(&self) -> crate::limit::BorrowedSlot<'_> {
+        self.in_flight.borrow().expect("no limit in tests")
+    }
+}
