@@ -38,7 +38,8 @@ pub(crate) fn hash(password: &str, scheme: Scheme, cost: Argon2Cost) -> anyhow::
         Scheme::Argon2id => {
             let params = argon2::Params::new(cost.memory_kib, cost.passes, cost.lanes, None)
                 .map_err(|error| anyhow::anyhow!("invalid Argon2 parameters: {error}"))?;
-            let hasher = argon2::Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, params);
+            let hasher =
+                argon2::Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, params);
             let salt = SaltString::generate(&mut OsRng);
             Ok(hasher
                 .hash_password(password.as_bytes(), &salt)
@@ -53,7 +54,9 @@ pub(crate) fn hash(password: &str, scheme: Scheme, cost: Argon2Cost) -> anyhow::
 pub(crate) fn read_password(input: impl BufRead) -> anyhow::Result<String> {
     let mut line = String::new();
     let mut input = input;
-    input.read_line(&mut line).context("cannot read the password from stdin")?;
+    input
+        .read_line(&mut line)
+        .context("cannot read the password from stdin")?;
     let password = line.strip_suffix('\n').unwrap_or(&line);
     Ok(password.strip_suffix('\r').unwrap_or(password).to_owned())
 }
@@ -64,7 +67,11 @@ mod tests {
 
     use super::*;
 
-    const CHEAP: Argon2Cost = Argon2Cost { memory_kib: 64, passes: 1, lanes: 1 };
+    const CHEAP: Argon2Cost = Argon2Cost {
+        memory_kib: 64,
+        passes: 1,
+        lanes: 1,
+    };
 
     #[test]
     fn argon2id_hashes_verify_and_are_salted() {
@@ -73,13 +80,24 @@ mod tests {
         assert!(first.starts_with("$argon2id$v=19$m=64,t=1,p=1$"), "{first}");
         assert_ne!(first, second, "a fresh salt each time");
         let parsed = PasswordHash::new(&first).expect("PHC string");
-        assert!(argon2::Argon2::default().verify_password(b"s3cret", &parsed).is_ok());
-        assert!(argon2::Argon2::default().verify_password(b"wrong", &parsed).is_err());
+        assert!(
+            argon2::Argon2::default()
+                .verify_password(b"s3cret", &parsed)
+                .is_ok()
+        );
+        assert!(
+            argon2::Argon2::default()
+                .verify_password(b"wrong", &parsed)
+                .is_err()
+        );
     }
 
     #[test]
     fn the_password_is_the_first_line_without_its_end() {
-        assert_eq!(read_password(&b"pa ss\r\nrest"[..]).expect("reads"), "pa ss");
+        assert_eq!(
+            read_password(&b"pa ss\r\nrest"[..]).expect("reads"),
+            "pa ss"
+        );
         assert_eq!(read_password(&b"last"[..]).expect("reads"), "last");
         assert!(hash("", Scheme::Argon2id, CHEAP).is_err());
     }
