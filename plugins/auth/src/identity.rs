@@ -122,6 +122,14 @@ pub(crate) enum HeaderSource {
 
 impl HeaderSource {
     pub(crate) fn parse(header: &str, source: &str) -> Result<Self, Error> {
+        // RFC 9110 §5.6.2: a header name is a token; checked here so no request fails on it.
+        let token = |b: u8| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b);
+        if header.is_empty() || !header.bytes().all(token) {
+            return Err(Error::UpstreamHeader {
+                header: header.to_owned(),
+                reason: "not a valid header name".to_owned(),
+            });
+        }
         let source = match source {
             "subject" => HeaderSource::Subject,
             "roles" => HeaderSource::Roles,

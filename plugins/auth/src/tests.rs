@@ -653,6 +653,7 @@ fn bad_keys_are_refused_at_load() {
         json!({"providers": [{"name": "p", "keys": [{"algorithm": "RS256", "pem": RSA_PUBLIC}], "typo": 1}]}),
         json!({"public_paths": ["health"]}),
         json!({"upstream_headers": {"x-user": "password"}}),
+        json!({"upstream_headers": {"x user": "subject"}}),
         json!({"api_keys": {"keys": [{"sha256": "abc", "consumer": "c"}]}}),
     ];
     for config in bad {
