@@ -34,6 +34,7 @@ fn plugin_test(component: &Path, cases: &Path) -> (bool, String) {
 fn bundled_filters_pass_their_cases() {
     let bundled = [
         ("gateway_plugin_rewrite.wasm", "plugins/rewrite/cases.yaml"),
+        ("gateway_plugin_auth.wasm", "plugins/auth/cases.yaml"),
         (
             "gateway_plugin_rate_limit.wasm",
             "plugins/rate-limit/cases.yaml",

@@ -16,6 +16,7 @@
 //! - `reload`: rebuilding the serving state when files change, and swapping it in atomically;
 //! - `admin`: the admin API (reload status and trigger);
 //! - `plugin`: tools for plugin authors (`gateway plugin new`, `gateway plugin test`);
+//! - `auth`: `gateway auth hash-password`, for the auth filter's users;
 //! - `telemetry`: log lines, human or JSON.
 //!
 //! Glossary:
@@ -48,6 +49,7 @@ use crate::reload::{Reloader, Trigger};
 use crate::telemetry::LogFormat;
 
 mod admin;
+mod auth;
 mod error;
 mod plugin;
 mod reload;
@@ -88,6 +90,28 @@ enum Command {
     /// Tools for plugin authors.
     #[command(subcommand)]
     Plugin(PluginCommand),
+    /// Tools for the auth filter's configuration.
+    #[command(subcommand)]
+    Auth(AuthCommand),
+}
+
+#[derive(Subcommand)]
+enum AuthCommand {
+    /// Read a password from stdin and print its hash for a user's `password_hash`.
+    HashPassword {
+        /// The hash to write.
+        #[arg(long, value_enum, default_value = "argon2id")]
+        scheme: auth::Scheme,
+        /// Argon2id memory, in KiB.
+        #[arg(long, default_value_t = 19_456)]
+        memory_kib: u32,
+        /// Argon2id passes.
+        #[arg(long, default_value_t = 2)]
+        passes: u32,
+        /// Argon2id lanes.
+        #[arg(long, default_value_t = 1)]
+        lanes: u32,
+    },
 }
 
 #[derive(Subcommand)]
@@ -144,6 +168,21 @@ fn report(error: &anyhow::Error) {
 
 fn run(command: Command) -> anyhow::Result<()> {
     match command {
+        Command::Auth(AuthCommand::HashPassword {
+            scheme,
+            memory_kib,
+            passes,
+            lanes,
+        }) => {
+            let password = auth::read_password(std::io::stdin().lock())?;
+            let cost = auth::Argon2Cost {
+                memory_kib,
+                passes,
+                lanes,
+            };
+            println!("{}", auth::hash(&password, scheme, cost)?);
+            Ok(())
+        }
         Command::Plugin(PluginCommand::New {
             name,
             path,

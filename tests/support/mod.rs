@@ -82,7 +82,7 @@ pub fn plugin_dir() -> PathBuf {
         assert!(
             dir.join(plugin).is_file(),
             "no {plugin} in {}: build the plugins with scripts/test (or `cargo build --profile wasm \
-             --target wasm32-wasip2 -p gateway-plugin-rewrite -p gateway-test-misbehave \
+             --target wasm32-wasip2 -p gateway-plugin-rewrite -p gateway-plugin-auth -p gateway-test-misbehave \
              -p gateway-example-ip-filter -p gateway-test-kv-probe \
              -p gateway-test-wrong-version -p gateway-test-exchange -p gateway-test-raw-outcome \
              -p gateway-test-outbound-probe -p gateway-plugin-rate-limit \
