@@ -1,6 +1,7 @@
 //! The rate-limit filter end to end: the real gateway with the compiled filter, real upstreams,
 //! and a real `redis-server` for the gateways that share one. Exact counts on one gateway and
-//! across two, keys by address, API key and authenticated subject, a spoofed `X-Forwarded-For`,
+//! across two, keys by address, API key and authenticated subject (through a stand-in and through
+//! the real auth filter), a spoofed `X-Forwarded-For`,
 //! Redis stopped under load with either store-failure policy, and the headers' values.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -551,4 +552,107 @@ async fn a_reload_keeps_the_counters_of_limits_that_did_not_change() {
         statuses.push(request(&url, &[]).await.status.as_u16());
     }
     assert_eq!(statuses, [200, 200, 200, 200, 200, 200, 429]);
+}
+
+/// The real auth filter ahead of the limiter: its key read from the fixture file (`from_file`),
+/// a public path, and an API key whose consumer has a limit of its own.
+fn auth_and_limit_config(upstream: &Upstream, api_key: &str) -> String {
+    use sha2::Digest;
+    let fixtures = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/auth");
+    let auth = serde_json::json!({
+        "providers": [{
+            "name": "test",
+            "keys": [{
+                "algorithm": "RS256",
+                "pem": { "from_file": fixtures.join("rsa-public.pem") },
+            }],
+        }],
+        "api_keys": { "keys": [{
+            "sha256": hex(&sha2::Sha256::digest(api_key.as_bytes())),
+            "consumer": "partner",
+        }] },
+        "public_paths": ["/open"],
+    });
+    let limit = serde_json::json!({
+        "key": "subject",
+        "fallback": "ip",
+        "limits": [{ "name": "m", "algorithm": "token_bucket", "rate": 2, "window": "1h" }],
+        "consumers": { "partner": [{ "name": "m", "algorithm": "token_bucket", "rate": 4, "window": "1h" }] },
+    });
+    format!(
+        r#"
+listeners:
+  - address: 127.0.0.1:0
+plugin_dir: "{plugins}"
+filters:
+  auth: {{ module: gateway_plugin_auth.wasm }}
+  rate-limit: {{ module: gateway_plugin_rate_limit.wasm }}
+services:
+  backend:
+    instances: ["{upstream}"]
+routes:
+  - name: limited
+    match: {{ path_prefix: / }}
+    service: backend
+    filters:
+      - {{ filter: auth, config: {auth} }}
+      - {{ filter: rate-limit, config: {limit} }}
+"#,
+        plugins = plugin_dir().display(),
+        upstream = upstream.url(),
+    )
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|byte| format!("{byte:02x}")).collect()
+}
+
+fn token_for(subject: &str) -> String {
+    let pem = std::fs::read(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/auth/rsa-private.pem"),
+    )
+    .expect("the test key");
+    let key = jsonwebtoken::EncodingKey::from_rsa_pem(&pem).expect("an RSA key");
+    let claims = serde_json::json!({ "sub": subject, "exp": now_ms() / 1000 + 600 });
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::RS256),
+        &claims,
+        &key,
+    )
+    .expect("signs")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn users_the_auth_filter_verified_are_limited_apart_and_a_consumer_by_its_own_limit() {
+    let upstream = Upstream::start("after-auth").await;
+    let api_key = "partner-key-0123456789";
+    let gateway = Gateway::start(&auth_and_limit_config(&upstream, api_key));
+    let url = gateway.url("/items");
+    let alice = format!("Bearer {}", token_for("alice"));
+    let bob = format!("Bearer {}", token_for("bob"));
+    for _ in 0..2 {
+        assert_eq!(request(&url, &[("authorization", &alice)]).await.status.as_u16(), 200);
+    }
+    request(&url, &[("authorization", &alice)])
+        .await
+        .assert_gateway_error(429, "RATE_LIMITED");
+    // Another verified subject has a bucket of its own.
+    assert_eq!(request(&url, &[("authorization", &bob)]).await.status.as_u16(), 200);
+    // A token that does not verify gets no further than the auth filter.
+    request(&url, &[("authorization", "Bearer not.a.token")])
+        .await
+        .assert_gateway_error(401, "INVALID_TOKEN");
+    // The API key's consumer gets its own, higher limit.
+    for _ in 0..4 {
+        assert_eq!(request(&url, &[("x-api-key", api_key)]).await.status.as_u16(), 200);
+    }
+    request(&url, &[("x-api-key", api_key)])
+        .await
+        .assert_gateway_error(429, "RATE_LIMITED");
+    // A public path has no subject: the client's address is the key, apart from alice's.
+    let open = gateway.url("/open");
+    for _ in 0..2 {
+        assert_eq!(request(&open, &[]).await.status.as_u16(), 200);
+    }
+    request(&open, &[]).await.assert_gateway_error(429, "RATE_LIMITED");
 }

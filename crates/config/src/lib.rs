@@ -11,6 +11,7 @@
 //! left for a later step to check.
 
 mod file;
+mod include;
 mod instance;
 mod size;
 mod upstream;
@@ -187,6 +188,7 @@ impl Config {
     /// Parses and checks configuration text whose relative paths are relative to `base`.
     pub fn from_yaml(text: &str, base: &Path) -> Result<Config, Vec<String>> {
         let mut file = ConfigFile::parse(text)?;
+        include::resolve(&mut file, base)?;
         file.plugin_dir = base.join(&file.plugin_dir);
         file.cache_dir = file.cache_dir.map(|dir| base.join(dir));
         validate::check(file)
