@@ -34,6 +34,7 @@ fn plugin_test(component: &Path, cases: &Path) -> (bool, String) {
 fn bundled_filters_pass_their_cases() {
     let bundled = [
         ("gateway_plugin_rewrite.wasm", "plugins/rewrite/cases.yaml"),
+        ("gateway_plugin_cache.wasm", "plugins/cache/cases.yaml"),
         (
             "gateway_example_ip_filter.wasm",
             "examples/ip-filter/cases.yaml",
