@@ -21,7 +21,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use gateway_tests::{Gateway, Reply, http1_client, plugin_dir, send};
+use gateway_tests::{Gateway, RedisServer, Reply, http1_client, plugin_dir, send};
 use http::{Request, Response, StatusCode};
 use http_body_util::Full;
 use hyper::body::Incoming;
@@ -156,6 +156,8 @@ plugin_dir: "{plugins}"
 filters:
   cache:
     module: gateway_plugin_cache.wasm
+    # Room for a Redis round trip on a loaded machine.
+    timeout: 1s
 services:
   backend:
     instances: ["http://{upstream}"]
@@ -368,4 +370,108 @@ async fn a_successful_post_invalidates_its_url() {
         (after.text(), cache_status(&after)),
         ("/fresh/orders #2".into(), "MISS")
     );
+}
+
+/// `POST /admin/cache/purge` with a JSON body.
+async fn purge(gateway: &Gateway, body: serde_json::Value) -> Reply {
+    let request = Request::post(gateway.admin_url("/admin/cache/purge"))
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(body.to_string())))
+        .expect("request");
+    send(&http1_client(), request).await
+}
+
+#[tokio::test]
+async fn purge_by_url_by_prefix_and_by_zone() {
+    let upstream = CountingUpstream::start().await;
+    let gateway = gateway(&upstream, "{}", "");
+    let host = "127.0.0.1";
+    for path in [
+        "/fresh/a",
+        "/fresh/a?x=1",
+        "/fresh/b",
+        "/fresh/bb",
+        "/vary/c",
+    ] {
+        get(&gateway, path).await;
+        assert_eq!(cache_status(&get(&gateway, path).await), "HIT", "{path}");
+    }
+    let by_url = purge(
+        &gateway,
+        serde_json::json!({ "url": format!("http://{host}/fresh/a") }),
+    )
+    .await;
+    assert_eq!(by_url.status, 200, "{}", by_url.text());
+    assert_eq!(
+        by_url.json()["removed"],
+        1,
+        "the URL, not its other queries"
+    );
+    assert_eq!(cache_status(&get(&gateway, "/fresh/a").await), "MISS");
+    assert_eq!(cache_status(&get(&gateway, "/fresh/a?x=1").await), "HIT");
+    let by_prefix = purge(
+        &gateway,
+        serde_json::json!({ "prefix": format!("http://{host}/fresh/b") }),
+    )
+    .await;
+    assert_eq!(by_prefix.json()["removed"], 2);
+    assert_eq!(cache_status(&get(&gateway, "/fresh/b").await), "MISS");
+    assert_eq!(cache_status(&get(&gateway, "/fresh/bb").await), "MISS");
+    // The whole zone: every entry, a Vary marker and its variant included.
+    let zone = purge(&gateway, serde_json::json!({ "zone": "default" })).await;
+    assert_eq!(zone.json()["removed"], 6, "{}", zone.text());
+    assert_eq!(cache_status(&get(&gateway, "/vary/c").await), "MISS");
+    // Bad requests get the gateway's JSON error.
+    purge(&gateway, serde_json::json!({ "url": "/relative" }))
+        .await
+        .assert_gateway_error(400, "BAD_PURGE");
+    purge(&gateway, serde_json::json!({ "zone": "a b" }))
+        .await
+        .assert_gateway_error(400, "BAD_PURGE");
+    purge(&gateway, serde_json::json!({ "filter": "nope" }))
+        .await
+        .assert_gateway_error(404, "NO_SUCH_FILTER");
+}
+
+#[tokio::test]
+async fn two_gateways_share_entries_and_purges_on_redis() {
+    let redis = RedisServer::start();
+    let upstream = CountingUpstream::start().await;
+    let sections = format!(
+        "kv:\n  backend: redis\n  redis:\n    url: \"{}\"\n    operation_timeout: 200ms",
+        redis.url()
+    );
+    let first = gateway(&upstream, "{}", &sections);
+    let second = gateway(&upstream, "{}", &sections);
+    assert_eq!(cache_status(&get(&first, "/fresh/shared").await), "MISS");
+    let other = get(&second, "/fresh/shared").await;
+    assert_eq!(
+        (cache_status(&other), other.text()),
+        ("HIT", "/fresh/shared #1".into())
+    );
+    // Vary on Redis: the marker and both variants, seen from either gateway.
+    request(&first, "GET", "/vary/r", &[("accept-encoding", "gzip")]).await;
+    request(&second, "GET", "/vary/r", &[("accept-encoding", "br")]).await;
+    let gzip = request(&second, "GET", "/vary/r", &[("accept-encoding", "gzip")]).await;
+    let br = request(&first, "GET", "/vary/r", &[("accept-encoding", "br")]).await;
+    assert_eq!((cache_status(&gzip), cache_status(&br)), ("HIT", "HIT"));
+    // An invalidation through one gateway reaches the other.
+    request(&second, "POST", "/fresh/shared", &[]).await;
+    assert_eq!(cache_status(&get(&first, "/fresh/shared").await), "MISS");
+    assert_eq!(upstream.count("GET", "/fresh/shared"), 2);
+    // A purge through one gateway's admin API empties the shared store.
+    let purged = purge(
+        &second,
+        serde_json::json!({ "prefix": "http://127.0.0.1/vary/" }),
+    )
+    .await;
+    assert_eq!(purged.json()["removed"], 3, "{}", purged.text());
+    assert_eq!(
+        cache_status(&request(&first, "GET", "/vary/r", &[("accept-encoding", "gzip")]).await),
+        "MISS"
+    );
+    // Left: /fresh/shared, and /vary/r's new marker and gzip variant.
+    let zone = purge(&first, serde_json::json!({ "zone": "default" })).await;
+    assert_eq!(zone.json()["removed"], 3, "{}", zone.text());
+    assert_eq!(cache_status(&get(&second, "/fresh/shared").await), "MISS");
 }

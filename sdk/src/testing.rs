@@ -1439,7 +1439,7 @@ impl<F: Filter> TestHost<F> {
     /// ```
     pub fn kv_get(&self, key: &str) -> Option<Vec<u8>> {
         let host = self.host.borrow();
-        host.kv.get(key, host.kv_now())
+        host.kv.peek(key, host.kv_now())
     }
 
     /// Every live key-value entry, sorted by key.

@@ -126,6 +126,23 @@ impl KvBackend {
         }
     }
 
+    /// Removes every key of `namespace` that starts with `prefix` and that `matches` accepts
+    /// (given the key without the namespace); how many were removed. For the admin API's
+    /// purge: the filters themselves can only name keys.
+    pub async fn delete_matching(
+        &self,
+        namespace: &str,
+        prefix: &str,
+        matches: impl Fn(&str) -> bool,
+    ) -> Result<usize, KvError> {
+        match self {
+            KvBackend::Memory(store) => {
+                Ok(store.delete_matching(namespace, |key| key.starts_with(prefix) && matches(key)))
+            }
+            KvBackend::Redis(store) => store.delete_matching(namespace, prefix, matches).await,
+        }
+    }
+
     pub async fn get(&self, namespace: &str, key: &str) -> Result<Option<Vec<u8>>, KvError> {
         match self {
             KvBackend::Memory(store) => store.get(namespace, key),

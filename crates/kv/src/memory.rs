@@ -39,6 +39,11 @@ impl MemoryStore {
     pub fn new(limits: Limits) -> MemoryStore {
         let per_shard = Limits {
             max_entries: limits.max_entries.div_ceil(SHARDS).max(1),
+            // A shard must still hold the largest value a filter may store.
+            max_bytes: limits
+                .max_bytes
+                .div_ceil(SHARDS)
+                .max(limits.max_value_bytes + limits.max_key_bytes + 64),
             // The maps' keys carry the namespace, which the key limit does not count: the store
             // checks the filter's own key, as the Redis store does, and the maps do not.
             max_key_bytes: usize::MAX,
@@ -61,13 +66,14 @@ impl MemoryStore {
 
     /// The store's state: always connected, since it was made; with the entries it holds.
     pub fn status(&self) -> BackendStatus {
-        let (operations, entries) = (0..SHARDS).fold((0u64, 0u64), |(operations, entries), n| {
+        let (mut operations, mut entries, mut bytes, mut evictions) = (0u64, 0u64, 0u64, 0u64);
+        for n in 0..SHARDS {
             let shard = self.lock(n);
-            (
-                operations + shard.operations,
-                entries + shard.map.len() as u64,
-            )
-        });
+            operations += shard.operations;
+            entries += shard.map.len() as u64;
+            bytes += shard.map.bytes() as u64;
+            evictions += shard.map.evictions();
+        }
         BackendStatus {
             backend: "memory",
             state: BackendState::Connected,
@@ -79,6 +85,8 @@ impl MemoryStore {
             max_latency_us: None,
             last_error: None,
             entries: Some(entries),
+            bytes: Some(bytes),
+            evictions: Some(evictions),
         }
     }
 
@@ -102,6 +110,23 @@ impl MemoryStore {
         let mut shard = self.lock(self.hasher.hash_one(&full_key) as usize % SHARDS);
         shard.operations += 1;
         operation(&mut shard.map, &full_key, now_ms())
+    }
+
+    /// Removes every key of `namespace` that `matches` accepts; how many live ones were
+    /// removed. Takes each shard's lock in turn, so other operations wait at most for one
+    /// shard's sweep.
+    pub fn delete_matching(&self, namespace: &str, matches: impl Fn(&str) -> bool) -> usize {
+        let mark = format!("{namespace}\0");
+        (0..SHARDS)
+            .map(|n| {
+                let mut shard = self.lock(n);
+                shard.operations += 1;
+                shard.map.remove_matching(
+                    |key| key.strip_prefix(&mark).is_some_and(&matches),
+                    now_ms(),
+                )
+            })
+            .sum()
     }
 
     pub fn get(&self, namespace: &str, key: &str) -> Result<Option<Vec<u8>>, KvError> {

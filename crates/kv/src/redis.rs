@@ -328,6 +328,57 @@ impl RedisStore {
         Ok(removed > 0)
     }
 
+    /// Removes every key of `namespace` that starts with `prefix` and that `matches` accepts;
+    /// how many were removed. Walks the keyspace with `SCAN` and a `MATCH` pattern, a batch
+    /// per round trip (never `KEYS`, which blocks Redis for the whole keyspace), and deletes
+    /// each batch's matches with one `UNLINK`. Each round trip is bounded by the operation
+    /// timeout; a failure part way leaves what was removed so far removed.
+    pub async fn delete_matching(
+        &self,
+        namespace: &str,
+        prefix: &str,
+        matches: impl Fn(&str) -> bool,
+    ) -> Result<usize, KvError> {
+        let base = self.redis_key(namespace, "");
+        let pattern = format!("{}*", glob_escape(&format!("{base}{prefix}")));
+        let mut cursor: u64 = 0;
+        let mut removed = 0;
+        loop {
+            self.shared.counters.operation();
+            let mut command = redis::cmd("SCAN");
+            command
+                .arg(cursor)
+                .arg("MATCH")
+                .arg(&pattern)
+                .arg("COUNT")
+                .arg(1000);
+            let (next, keys): (u64, Vec<String>) = self
+                .call(
+                    move |mut connection| async move { command.query_async(&mut connection).await },
+                )
+                .await?;
+            let doomed: Vec<String> = keys
+                .into_iter()
+                .filter(|key| key.strip_prefix(&base).is_some_and(&matches))
+                .collect();
+            if !doomed.is_empty() {
+                self.shared.counters.operation();
+                let mut command = redis::cmd("UNLINK");
+                command.arg(doomed);
+                let count: usize = self
+                    .call(move |mut connection| async move {
+                        command.query_async(&mut connection).await
+                    })
+                    .await?;
+                removed += count;
+            }
+            if next == 0 {
+                return Ok(removed);
+            }
+            cursor = next;
+        }
+    }
+
     /// Adds `delta` to the integer at `key` (absent: 0) and returns the new value. The TTL
     /// applies only if this creates the entry.
     pub async fn increment(
@@ -398,6 +449,8 @@ impl RedisStore {
             max_latency_us: (answered > 0).then(|| counters.latency_us_max.load(Ordering::Relaxed)),
             last_error: shared.last_error.load_full().map(|error| (*error).clone()),
             entries: None,
+            bytes: None,
+            evictions: None,
         }
     }
 
@@ -459,6 +512,18 @@ impl RedisStore {
             },
         }
     }
+}
+
+/// `text` as a Redis glob pattern that matches only itself.
+fn glob_escape(text: &str) -> String {
+    let mut escaped = String::with_capacity(text.len());
+    for c in text.chars() {
+        if matches!(c, '*' | '?' | '[' | ']' | '\\' | '^' | '-') {
+            escaped.push('\\');
+        }
+        escaped.push(c);
+    }
+    escaped
 }
 
 /// The TTL argument of the scripts: `''` for none.

@@ -7,7 +7,10 @@
 //! - `GET /admin/kv`: the key-value stores behind the filters' `kv` capability: which one is
 //!   the default, and for each its state (a Redis `connected` or `down`, since when), its
 //!   operations, errors, timeouts and latency;
+//! - `POST /admin/cache/purge`: removes cache entries by URL, prefix or zone (see [`purge`]);
 //! - `GET /health`: liveness.
+
+mod purge;
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -60,6 +63,10 @@ async fn handle(reloader: Arc<Reloader>, request: Request<Incoming>) -> Response
             json(StatusCode::OK, &filter_metrics(reloader.filter_metrics()))
         }
         (&Method::GET, "/admin/kv") => json(StatusCode::OK, &kv_status(reloader.kv())),
+        (&Method::POST, "/admin/cache/purge") => {
+            let request_id = request_id(request.headers());
+            purge::purge(&reloader, request.into_body(), &request_id).await
+        }
         (&Method::GET, "/health") => json(StatusCode::OK, &serde_json::json!({ "status": "ok" })),
         _ => {
             let request_id = request_id(request.headers());

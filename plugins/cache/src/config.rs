@@ -105,12 +105,7 @@ pub enum SetCookie {
 
 /// Checks what serde cannot: names and bounds.
 pub(crate) fn check(config: &Config) -> Result<(), String> {
-    let zone_ok = !config.zone.is_empty()
-        && config.zone.len() <= 64
-        && config
-            .zone
-            .bytes()
-            .all(|byte| byte.is_ascii_alphanumeric() || matches!(byte, b'.' | b'_' | b'-'));
+    let zone_ok = gateway_rules::cache::valid_zone(&config.zone);
     if !zone_ok {
         return Err(format!(
             "zone `{}`: use 1 to 64 ASCII letters, digits, `.`, `_` or `-`",

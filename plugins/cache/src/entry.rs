@@ -124,15 +124,8 @@ pub(crate) fn escape(value: &str, out: &mut String) {
     }
 }
 
-/// The URL key: zone, host, path and query.
-pub(crate) fn url_key(zone: &str, host: &str, path: &str, query: Option<&str>) -> String {
-    let mut key = format!("{zone} {}{path}", host.to_ascii_lowercase());
-    if let Some(query) = query {
-        key.push('?');
-        key.push_str(query);
-    }
-    key
-}
+/// The URL key: zone, host, path and query (the layout the admin API's purge shares).
+pub(crate) use gateway_rules::cache::url_key;
 
 /// Where the last invalidation time of a URL is kept.
 pub(crate) fn tombstone_key(url_key: &str) -> String {
