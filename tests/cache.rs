@@ -156,8 +156,8 @@ plugin_dir: "{plugins}"
 filters:
   cache:
     module: gateway_plugin_cache.wasm
-    # Room for a Redis round trip on a loaded machine.
-    timeout: 1s
+    # Room for a Redis round trip, and for single flight's waits, on a loaded machine.
+    timeout: 5s
 services:
   backend:
     instances: ["http://{upstream}"]
@@ -474,4 +474,36 @@ async fn two_gateways_share_entries_and_purges_on_redis() {
     let zone = purge(&first, serde_json::json!({ "zone": "default" })).await;
     assert_eq!(zone.json()["removed"], 3, "{}", zone.text());
     assert_eq!(cache_status(&get(&second, "/fresh/shared").await), "MISS");
+}
+
+#[tokio::test]
+async fn fifty_concurrent_misses_reach_the_upstream_once() {
+    let upstream = CountingUpstream::start().await;
+    let gateway = gateway(&upstream, "{ lock_wait: 4s }", "");
+    let url = gateway.url("/slow/herd");
+    let client = http1_client();
+    let requests: Vec<_> = (0..50)
+        .map(|_| {
+            let (client, url) = (client.clone(), url.clone());
+            tokio::spawn(async move {
+                let request = Request::get(url)
+                    .body(Full::new(Bytes::new()))
+                    .expect("request");
+                send(&client, request).await
+            })
+        })
+        .collect();
+    let mut statuses = HashMap::new();
+    for request in requests {
+        let reply = request.await.expect("request task");
+        assert_eq!(reply.status, 200);
+        assert_eq!(
+            reply.text(),
+            "/slow/herd #1",
+            "every client got the one upstream answer"
+        );
+        *statuses.entry(cache_status(&reply).to_owned()).or_insert(0) += 1;
+    }
+    assert_eq!(upstream.count("GET", "/slow/herd"), 1, "{statuses:?}");
+    assert_eq!(statuses.get("MISS"), Some(&1), "{statuses:?}");
 }

@@ -90,6 +90,7 @@ impl LoadedFilter {
             hash: self.hash,
             origin: self.origin,
             waiting: self.waiting.clone(),
+            // Only where it was linked so: a filter that takes locks never is, on any store.
             immediate: match kv {
                 KvBackend::Memory(_) => self.immediate.clone(),
                 KvBackend::Redis(_) => None,
@@ -100,6 +101,15 @@ impl LoadedFilter {
             ticker: self.ticker.clone(),
         }
     }
+}
+
+/// Whether the component imports `lock`, whose waits suspend even on the memory store.
+fn imports_lock(engine: &Engine, component: &wasmtime::component::Component) -> bool {
+    let lock = format!("{WIT_PACKAGE}/{}@", crate::bindings::LOCK_INTERFACE);
+    component
+        .component_type()
+        .imports(engine)
+        .any(|(name, _)| name.starts_with(&lock))
 }
 
 impl FilterEngine {
@@ -181,8 +191,10 @@ impl FilterEngine {
         FilterPre::new(waiting.clone()).map_err(|error| refuse(format!("{error:#}")))?;
         let kv = self.kv.backend(settings.kv).map_err(refuse)?;
         let immediate = match kv {
-            KvBackend::Memory(_) => Some(link(&self.linkers.immediate)?),
-            KvBackend::Redis(_) => None,
+            KvBackend::Memory(_) if !imports_lock(&self.engine, &component) => {
+                Some(link(&self.linkers.immediate)?)
+            }
+            _ => None,
         };
         let exports = HandlerExports::of(&component, &handler).map_err(refuse)?;
         Ok(LoadedFilter {

@@ -66,7 +66,7 @@ impl FilterPool {
             .map_err(|failure| refused(failure.to_string()))?;
         let declared = Declared::new(registration, &filter.name, &filter.metrics)
             .map_err(|reason| refused(format!("registered what cannot be: {reason}")))?;
-        let calls_may_wait = filter.kv.waits() || outbound.is_some();
+        let calls_may_wait = filter.immediate.is_none() || outbound.is_some();
         let pool = FilterPool {
             filter,
             config_json,

@@ -18,6 +18,8 @@ const SHARDS: usize = 16;
 /// Key-value state shared by every filter instance; each filter sees only its own namespace.
 pub struct MemoryStore {
     shards: Vec<Mutex<Shard>>,
+    /// The single-flight locks of filters on this store.
+    pub locks: crate::LockTable,
     hasher: RandomState,
     limits: Limits,
     created: Instant,
@@ -50,6 +52,7 @@ impl MemoryStore {
             ..limits
         };
         MemoryStore {
+            locks: crate::LockTable::default(),
             shards: (0..SHARDS)
                 .map(|_| {
                     Mutex::new(Shard {

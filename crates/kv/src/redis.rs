@@ -76,7 +76,7 @@ use tokio::sync::{Notify, oneshot};
 
 pub use gateway_config::RedisSettings;
 
-use crate::{BackendState, BackendStatus, Error, KvError};
+use crate::{Acquire, BackendState, BackendStatus, Error, KvError};
 
 /// First wait before reconnecting; it doubles up to [`LAST_RETRY`].
 const FIRST_RETRY: Duration = Duration::from_millis(50);
@@ -140,6 +140,40 @@ return 1
 ",
     )
 });
+
+/// Takes the lock at `KEYS[1]` for the holder `ARGV[1]` for `ARGV[2]` ms, or renews it if the
+/// holder has it: 1 if it holds it now, 0 if another does.
+static ACQUIRE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+local current = redis.call('GET', KEYS[1])
+if not current then
+    redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+    return 1
+end
+if current == ARGV[1] then
+    redis.call('PEXPIRE', KEYS[1], ARGV[2])
+    return 1
+end
+return 0
+",
+    )
+});
+
+/// Deletes the lock at `KEYS[1]` if the holder `ARGV[1]` has it: 1 if it did.
+static RELEASE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+    return redis.call('DEL', KEYS[1])
+end
+return 0
+",
+    )
+});
+
+/// How often a waiter on a Redis lock looks whether it is gone.
+const LOCK_POLL: Duration = Duration::from_millis(5);
 
 /// Key-value state in Redis, shared by every gateway that uses the same Redis and prefix.
 ///
@@ -377,6 +411,77 @@ impl RedisStore {
             }
             cursor = next;
         }
+    }
+
+    /// The Redis key of a filter's lock: `<prefix>-lock:<namespace>:<key>`, apart from every
+    /// filter's keys (`<prefix>:...`).
+    pub fn lock_key(&self, namespace: &str, key: &str) -> String {
+        format!("{}-lock:{namespace}:{key}", self.shared.prefix)
+    }
+
+    /// Takes a single-flight lock (see [`crate::lock`]): one script to take or renew it, then,
+    /// while another holds it, a look every few milliseconds until it is gone or `wait` ends.
+    pub async fn acquire(
+        &self,
+        namespace: &str,
+        key: &str,
+        holder: &str,
+        lease: Duration,
+        wait: Duration,
+    ) -> Result<Acquire, KvError> {
+        self.shared.limits.check_key(key)?;
+        let redis_key = self.lock_key(namespace, key);
+        let deadline = tokio::time::Instant::now() + wait;
+        let lease_ms = millis(lease).clamp(1, MAX_TTL_MS);
+        self.shared.counters.operation();
+        let (script_key, owner) = (redis_key.clone(), holder.to_owned());
+        let took: i64 = self
+            .call(move |mut connection| async move {
+                ACQUIRE
+                    .key(script_key)
+                    .arg(owner)
+                    .arg(lease_ms)
+                    .invoke_async(&mut connection)
+                    .await
+            })
+            .await?;
+        if took == 1 {
+            return Ok(Acquire::Acquired);
+        }
+        loop {
+            if tokio::time::Instant::now() + LOCK_POLL > deadline {
+                return Ok(Acquire::TimedOut);
+            }
+            tokio::time::sleep(LOCK_POLL).await;
+            self.shared.counters.operation();
+            let mut command = redis::cmd("EXISTS");
+            command.arg(&redis_key);
+            let exists: i64 = self
+                .call(
+                    move |mut connection| async move { command.query_async(&mut connection).await },
+                )
+                .await?;
+            if exists == 0 {
+                return Ok(Acquire::Released);
+            }
+        }
+    }
+
+    /// Releases a lock `holder` holds; whether it did.
+    pub async fn release(&self, namespace: &str, key: &str, holder: &str) -> Result<bool, KvError> {
+        self.shared.limits.check_key(key)?;
+        self.shared.counters.operation();
+        let (redis_key, owner) = (self.lock_key(namespace, key), holder.to_owned());
+        let released: i64 = self
+            .call(move |mut connection| async move {
+                RELEASE
+                    .key(redis_key)
+                    .arg(owner)
+                    .invoke_async(&mut connection)
+                    .await
+            })
+            .await?;
+        Ok(released == 1)
     }
 
     /// Adds `delta` to the integer at `key` (absent: 0) and returns the new value. The TTL

@@ -50,6 +50,19 @@ pub struct Config {
     /// the cache under a key that includes a digest of their credentials. Without it they
     /// bypass the cache, unless an answer says `public`, `s-maxage` or `must-revalidate`.
     pub per_user: bool,
+    /// Concurrent misses for one key: the first goes upstream, the others wait up to this long
+    /// for its answer (then go upstream themselves). The wait is cut short before the filter's
+    /// own `timeout`, so raise that to let them wait this long. `0s`: every miss goes upstream.
+    #[serde(with = "humantime_serde")]
+    pub lock_wait: Duration,
+    /// The longest the first miss holds the others back if its request never finishes (a
+    /// client gone, a filter failing): about the upstream's own timeout.
+    #[serde(with = "humantime_serde")]
+    pub lock_lease: Duration,
+    /// How long an answer found uncacheable is remembered, so requests for it go upstream at
+    /// once instead of waiting for each other (hit-for-miss).
+    #[serde(with = "humantime_serde")]
+    pub hit_for_miss: Duration,
     /// What to do with an answer that sets a cookie: `bypass` (never store it) or `strip`
     /// (store it without its `Set-Cookie` lines, so no client ever gets another's cookie; the
     /// client that caused the store still gets its cookie).
@@ -67,6 +80,9 @@ impl Default for Config {
             max_entry_size: 1 << 20,
             key: KeyConfig::default(),
             per_user: false,
+            lock_wait: Duration::from_secs(5),
+            lock_lease: Duration::from_secs(30),
+            hit_for_miss: Duration::from_secs(10),
             set_cookie: SetCookie::Bypass,
         }
     }
@@ -117,6 +133,12 @@ pub(crate) fn check(config: &Config) -> Result<(), String> {
     }
     if config.default_ttl > config.max_ttl {
         return Err("default_ttl must not be longer than max_ttl".to_owned());
+    }
+    if config.lock_lease.is_zero() || config.lock_lease > Duration::from_secs(3600) {
+        return Err("lock_lease must be more than 0s and at most 1h".to_owned());
+    }
+    if config.lock_wait > config.lock_lease {
+        return Err("lock_wait must not be longer than lock_lease".to_owned());
     }
     if config.max_entry_size == 0 {
         return Err("max_entry_size must be more than 0".to_owned());

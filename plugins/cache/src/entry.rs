@@ -12,6 +12,8 @@
 //!   answer, and each variant under `<key> v<generation>:<values>`. A new set of names starts
 //!   a new generation, so variants stored under the old names are never found again; deleting
 //!   the marker (invalidation, purge) makes every variant unreachable at once.
+//! - At a key whose last answer could not be stored, `HFM` for a short while (hit-for-miss):
+//!   requests for it go upstream at once instead of queueing behind each other's lock.
 //! - `<zone> <host><path>[?<query>] !inv`: when entries carry key parts, the time of the last
 //!   invalidation of the URL: an entry stored before it is treated as absent, whoever's it is.
 //!
@@ -88,12 +90,20 @@ pub(crate) enum Stored {
         generation: String,
         names: Vec<String>,
     },
+    /// The last answer was not storable: requests go upstream without waiting for each other.
+    HitForMiss,
 }
+
+/// What marks a key whose last answer was not storable.
+pub(crate) const HIT_FOR_MISS: &[u8] = b"HFM";
 
 const VARY_MARKER: &str = "VARY ";
 
 impl Stored {
     pub(crate) fn decode(bytes: &[u8]) -> Option<Stored> {
+        if bytes == HIT_FOR_MISS {
+            return Some(Stored::HitForMiss);
+        }
         match bytes.strip_prefix(VARY_MARKER.as_bytes()) {
             Some(rest) => {
                 let text = std::str::from_utf8(rest).ok()?;

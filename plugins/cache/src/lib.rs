@@ -29,6 +29,7 @@ mod tests;
 use std::cell::Cell;
 use std::time::Duration;
 
+use gateway_sdk::lock::{self, Outcome};
 use gateway_sdk::metrics::Counter;
 use gateway_sdk::{Action, Body, Filter, Headers, Reads, Reply, Request, Response, clock, kv};
 use sha2::{Digest, Sha256};
@@ -41,6 +42,8 @@ use crate::rfc::{Answer, CacheControl, Use};
 const STATE: &str = "cache.state";
 const KEY: &str = "cache.key";
 const SENT_MS: &str = "cache.sent";
+/// Set while this request holds the key's single-flight lock.
+const LOCKED: &str = "cache.locked";
 /// The client's own conditionals, replaced by the cache's while it revalidates.
 const CLIENT_INM: &str = "cache.inm";
 const CLIENT_IMS: &str = "cache.ims";
@@ -161,6 +164,7 @@ impl Filter for Cache {
             .context(STATE)
             .context(KEY)
             .context(SENT_MS)
+            .context(LOCKED)
             .response_body(self.config.max_entry_size);
         for name in &self.config.key.headers {
             reads = reads.request_header(name);
@@ -196,14 +200,17 @@ impl Filter for Cache {
                 return self.bypass(request);
             }
         };
-        let Some(entry) = found else {
-            let state = if authorized {
-                State::Authorized
-            } else {
-                State::Miss
-            };
-            self.remember(request, state, &key);
-            return Action::Continue;
+        let entry = match found {
+            Found::Entry(entry) => entry,
+            Found::Uncacheable => {
+                self.remember(request, State::Miss, &key);
+                return Action::Continue;
+            }
+            Found::Nothing if authorized => {
+                self.remember(request, State::Authorized, &key);
+                return Action::Continue;
+            }
+            Found::Nothing => return self.miss(request, &key, &request_cc, State::Miss),
         };
         let stored_cc = CacheControl::parse(&entry.header_values("cache-control"));
         if authorized && !(stored_cc.public || stored_cc.s_maxage.is_some()) {
@@ -226,14 +233,17 @@ impl Filter for Cache {
                     ));
                 }
                 match self.revalidate(request, &entry) {
-                    Ok(true) => self.remember(request, State::Revalidate, &key),
-                    Ok(false) => self.remember(request, State::Expired, &key),
+                    Ok(true) => {
+                        self.remember(request, State::Revalidate, &key);
+                        Action::Continue
+                    }
+                    Ok(false) => self.miss(request, &key, &request_cc, State::Expired),
                     Err(error) => {
                         gateway_sdk::log::warn(&format!("cannot revalidate: {error}"));
                         self.remember(request, State::Expired, &key);
+                        Action::Continue
                     }
                 }
-                Action::Continue
             }
         }
     }
@@ -243,6 +253,28 @@ impl Filter for Cache {
             return Action::Continue;
         };
         let key = request.context(KEY).unwrap_or_default();
+        let action = self.respond(request, response, state, &key);
+        // After the answer is stored, so the requests waiting for it find it.
+        if request.context(LOCKED).is_some() {
+            if let Err(error) = lock::release(&key) {
+                self.store_failed(&error);
+            }
+            request.remove_context(LOCKED);
+        }
+        action
+    }
+}
+
+impl Cache {
+    /// The response phase, for a request the request phase decided on.
+    fn respond(
+        &self,
+        request: &Request,
+        response: &mut Response,
+        state: State,
+        key: &str,
+    ) -> Action {
+        let key = key.to_owned();
         match state {
             State::Invalidate => {
                 if (200..400).contains(&response.status()) {
@@ -265,7 +297,10 @@ impl Filter for Cache {
                     _ => "expired",
                 };
                 if request.method() == "GET" {
-                    self.store(request, response, &key, state == State::Authorized);
+                    let stored = self.store(request, response, &key, state == State::Authorized);
+                    if !stored && request.context(LOCKED).is_some() {
+                        self.remember_uncacheable(&key);
+                    }
                 }
                 self.label(response, status);
                 Action::Continue
@@ -291,6 +326,55 @@ fn request_cache_control(request: &Request) -> CacheControl {
 }
 
 impl Cache {
+    /// A request with nothing usable stored: with single flight, the first goes upstream
+    /// holding the key's lock and the others wait for its answer.
+    fn miss(
+        &self,
+        request: &mut Request,
+        key: &str,
+        request_cc: &CacheControl,
+        state: State,
+    ) -> Action {
+        if self.config.lock_wait.is_zero() || request.method() != "GET" {
+            self.remember(request, state, key);
+            return Action::Continue;
+        }
+        match lock::acquire(key, self.config.lock_lease, self.config.lock_wait) {
+            Ok(Outcome::Acquired) => {
+                self.remember(request, state, key);
+                if let Err(error) = request.set_context(LOCKED, "1") {
+                    gateway_sdk::log::warn(&format!("cannot keep the lock state: {error}"));
+                }
+                return Action::Continue;
+            }
+            Ok(Outcome::Released) => {
+                // The first request's answer, if it could be stored.
+                if let Ok(Found::Entry(entry)) = self.lookup(key, request) {
+                    let stored_cc = CacheControl::parse(&entry.header_values("cache-control"));
+                    let age =
+                        rfc::current_age(entry.initial_age, entry.response_ms, clock::now_ms());
+                    if rfc::usable(request_cc, &stored_cc, entry.lifetime, age) == Use::Fresh {
+                        return self.serve(request, &entry, age, "hit");
+                    }
+                }
+            }
+            Ok(Outcome::TimedOut) => {}
+            Err(error) => self.store_failed(&error),
+        }
+        self.remember(request, state, key);
+        Action::Continue
+    }
+
+    /// Marks the key hit-for-miss, unless a storable answer replaced it meanwhile.
+    fn remember_uncacheable(&self, key: &str) {
+        if self.config.hit_for_miss.is_zero() {
+            return;
+        }
+        if let Err(error) = kv::set(key, entry::HIT_FOR_MISS, Some(self.config.hit_for_miss)) {
+            self.store_failed(&error);
+        }
+    }
+
     /// The URL key of the request as it arrived.
     fn url_key(&self, request: &Request) -> String {
         let host = request.authority().unwrap_or_default();
@@ -341,18 +425,19 @@ impl Cache {
     }
 
     /// The entry for the request, following a `Vary` marker to the request's variant.
-    fn lookup(&self, key: &str, request: &Request) -> Result<Option<Entry>, gateway_sdk::Error> {
+    fn lookup(&self, key: &str, request: &Request) -> Result<Found, gateway_sdk::Error> {
         let Some(bytes) = kv::get(key)? else {
-            return Ok(None);
+            return Ok(Found::Nothing);
         };
         let entry = match Stored::decode(&bytes) {
-            None => return Ok(None),
+            None => return Ok(Found::Nothing),
+            Some(Stored::HitForMiss) => return Ok(Found::Uncacheable),
             Some(Stored::Entry(entry)) => entry,
             Some(Stored::Vary { generation, names }) => {
                 let variant = entry::variant_key(key, &generation, &vary_values(request, &names));
                 match kv::get(&variant)?.as_deref().and_then(Entry::decode) {
                     Some(entry) => entry,
-                    None => return Ok(None),
+                    None => return Ok(Found::Nothing),
                 }
             }
         };
@@ -361,10 +446,10 @@ impl Cache {
             let invalidated = kv::get_string(&entry::tombstone_key(url))?
                 .and_then(|text| text.parse::<u64>().ok());
             if invalidated.is_some_and(|at| entry.response_ms <= at) {
-                return Ok(None);
+                return Ok(Found::Nothing);
             }
         }
-        Ok(Some(entry))
+        Ok(Found::Entry(entry))
     }
 
     /// Answers from a stored entry: a 304 when the client's conditional matches it, else the
@@ -473,8 +558,8 @@ impl Cache {
         }
     }
 
-    /// Stores the answer if RFC 9111 and the route allow it.
-    fn store(&self, request: &Request, response: &Response, key: &str, authorized: bool) {
+    /// Stores the answer if RFC 9111 and the route allow it; whether it was storable.
+    fn store(&self, request: &Request, response: &Response, key: &str, authorized: bool) -> bool {
         let now = clock::now_ms();
         let facts = AnswerHeaders::read(response);
         let answer = facts.answer(response.status(), now);
@@ -486,7 +571,7 @@ impl Cache {
                 Ok(lifetime) => lifetime.min(self.config.max_ttl.as_secs()),
                 Err(reason) => {
                     self.not_stored.inc_with(&[reason.label()]);
-                    return;
+                    return false;
                 }
             };
         let body = match response.body() {
@@ -494,7 +579,7 @@ impl Cache {
             _ => {
                 self.not_stored
                     .inc_with(&[rfc::NotStored::TooLarge.label()]);
-                return;
+                return false;
             }
         };
         let sent_ms = request
@@ -512,6 +597,7 @@ impl Cache {
         };
         let cc = answer.cc.clone();
         self.put(request, key, &entry, &answer.vary, &cc);
+        true
     }
 
     /// Writes an entry, and the `Vary` marker that leads to it.
@@ -570,7 +656,8 @@ impl Cache {
     /// (RFC 9111 §4.3.4).
     fn refresh(&self, request: &Request, response: &mut Response, key: &str) -> Action {
         let found = match self.lookup(key, request) {
-            Ok(found) => found,
+            Ok(Found::Entry(entry)) => Some(entry),
+            Ok(_) => None,
             Err(error) => {
                 self.store_failed(&error);
                 None
@@ -646,7 +733,7 @@ impl Cache {
     /// Serves the stale entry in place of an upstream's 5xx, where allowed (RFC 5861 §4).
     fn stale_if_error(&self, request: &Request, response: &mut Response, key: &str) -> Action {
         let now = clock::now_ms();
-        if let Ok(Some(entry)) = self.lookup(key, request) {
+        if let Ok(Found::Entry(entry)) = self.lookup(key, request) {
             let stored_cc = CacheControl::parse(&entry.header_values("cache-control"));
             let age = rfc::current_age(entry.initial_age, entry.response_ms, now);
             let route = self.config.stale_if_error.as_secs();
@@ -710,6 +797,14 @@ impl Cache {
             }
         }
     }
+}
+
+/// What a lookup found at a key.
+enum Found {
+    Entry(Entry),
+    Nothing,
+    /// Marked hit-for-miss.
+    Uncacheable,
 }
 
 /// The request's values of the headers an answer varies on.

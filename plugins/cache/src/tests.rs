@@ -993,3 +993,61 @@ fn bad_configurations_are_refused_with_the_reason() {
     assert!(refused(json!({ "key": { "headers": ["bad name"] } })).contains("key.headers"));
     assert!(refused(json!({ "ttl": "1s" })).contains("ttl"));
 }
+
+#[test]
+fn the_first_miss_holds_the_lock_until_its_answer_is_stored() {
+    let mut host = host(json!({}));
+    let key = "default shop.example/hot";
+    let mut request = get("/hot");
+    assert!(host.on_request(&mut request).is_continue());
+    assert!(
+        host.lock_held(key),
+        "the first miss goes upstream holding the lock"
+    );
+    let mut response = ok("max-age=60", "hot");
+    host.on_response(&request, &mut response);
+    assert!(!host.lock_held(key), "released once the answer is stored");
+    assert!(host.kv_get(key).is_some());
+}
+
+#[test]
+fn a_waiter_serves_what_the_holder_stored() {
+    let mut host = host(json!({}));
+    let key = "default shop.example/hot";
+    // Another request holds the lock and stores its answer before it lets go.
+    exchange(&mut host, get("/hot"), |_| {
+        ok("max-age=60", "from the holder")
+    });
+    let stored = host.kv_get(key).expect("stored");
+    host.kv_set(key, stored, None);
+    host.lock_held_elsewhere(key, true);
+    // A request that finds the entry does not touch the lock; one that finds nothing waits.
+    let served = exchange(&mut host, get("/hot"), |_| panic!("upstream"));
+    assert_eq!(served.2, "from the holder");
+    let mut cold = get("/cold");
+    host.lock_held_elsewhere("default shop.example/cold", false);
+    assert!(
+        host.on_request(&mut cold).is_continue(),
+        "timed out: goes upstream itself"
+    );
+    assert!(!host.lock_held("default shop.example/cold"));
+}
+
+#[test]
+fn an_uncacheable_answer_is_remembered_so_nobody_waits_for_it() {
+    let mut host = host(json!({ "hit_for_miss": "10s" }));
+    let key = "default shop.example/live";
+    exchange(&mut host, get("/live"), |_| ok("no-store", "live"));
+    assert_eq!(host.kv_get(key).as_deref(), Some(&b"HFM"[..]));
+    let mut request = get("/live");
+    assert!(host.on_request(&mut request).is_continue());
+    assert!(
+        !host.lock_held(key),
+        "hit-for-miss: straight upstream, no lock"
+    );
+    // Once the marker expires, the next miss takes the lock again.
+    host.advance(Duration::from_secs(11));
+    let mut later = get("/live");
+    assert!(host.on_request(&mut later).is_continue());
+    assert!(host.lock_held(key));
+}
