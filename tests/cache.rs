@@ -507,3 +507,35 @@ async fn fifty_concurrent_misses_reach_the_upstream_once() {
     assert_eq!(upstream.count("GET", "/slow/herd"), 1, "{statuses:?}");
     assert_eq!(statuses.get("MISS"), Some(&1), "{statuses:?}");
 }
+
+#[tokio::test]
+async fn concurrent_misses_on_two_gateways_sharing_redis_reach_the_upstream_once() {
+    let redis = RedisServer::start();
+    let upstream = CountingUpstream::start().await;
+    let sections = format!(
+        "kv:\n  backend: redis\n  redis:\n    url: \"{}\"\n    operation_timeout: 200ms",
+        redis.url()
+    );
+    let gateways = [
+        gateway(&upstream, "{ lock_wait: 4s }", &sections),
+        gateway(&upstream, "{ lock_wait: 4s }", &sections),
+    ];
+    let client = http1_client();
+    let requests: Vec<_> = (0..40)
+        .map(|n| {
+            let url = gateways[n % 2].url("/slow/shared-herd");
+            let client = client.clone();
+            tokio::spawn(async move {
+                let request = Request::get(url)
+                    .body(Full::new(Bytes::new()))
+                    .expect("request");
+                send(&client, request).await
+            })
+        })
+        .collect();
+    for request in requests {
+        let reply = request.await.expect("request task");
+        assert_eq!(reply.text(), "/slow/shared-herd #1");
+    }
+    assert_eq!(upstream.count("GET", "/slow/shared-herd"), 1);
+}
