@@ -269,4 +269,42 @@ mod tests {
         assert_eq!(status.operations, 3);
         assert_eq!(status.entries, Some(2));
     }
+
+    #[test]
+    fn a_purge_removes_only_its_namespaces_matching_keys() {
+        let store = MemoryStore::new(Limits::default());
+        for key in ["z a/1", "z a/2", "z b/1"] {
+            store.set("cache", key, b"v".to_vec(), None).expect("set");
+        }
+        store
+            .set("other", "z a/1", b"v".to_vec(), None)
+            .expect("set");
+        assert_eq!(
+            store.delete_matching("cache", |key| key.starts_with("z a/")),
+            2
+        );
+        assert_eq!(store.get("cache", "z a/1"), Ok(None));
+        assert_eq!(store.get("cache", "z b/1"), Ok(Some(b"v".to_vec())));
+        assert_eq!(store.get("other", "z a/1"), Ok(Some(b"v".to_vec())));
+    }
+
+    #[test]
+    fn the_status_counts_bytes_and_evictions() {
+        let store = MemoryStore::new(Limits {
+            max_bytes: 16 * 1024,
+            max_value_bytes: 512,
+            ..Limits::default()
+        });
+        for n in 0..200 {
+            store
+                .set("f", &format!("k{n}"), vec![0; 500], None)
+                .expect("set");
+        }
+        let status = store.status();
+        let bytes = status.bytes.expect("the memory store counts its bytes");
+        // Each of the 16 shards holds at least one largest value with its longest key.
+        let per_shard = (512 + 1024 + 64) as u64;
+        assert!(bytes <= 16 * per_shard, "{bytes} bytes");
+        assert!(status.evictions.expect("counted") > 0);
+    }
 }

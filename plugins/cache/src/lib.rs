@@ -298,7 +298,9 @@ impl Cache {
                 };
                 if request.method() == "GET" {
                     let stored = self.store(request, response, &key, state == State::Authorized);
-                    if !stored && request.context(LOCKED).is_some() {
+                    // A 304 answers the client's own conditional: it says nothing about
+                    // whether the resource can be stored.
+                    if !stored && response.status() != 304 && request.context(LOCKED).is_some() {
                         self.remember_uncacheable(&key);
                     }
                 }
