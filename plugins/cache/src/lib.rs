@@ -151,8 +151,12 @@ impl Filter for Cache {
             .path()
             .query()
             .authority()
+            // Read on every GET: declared, they come with the call instead of a crossing each.
             .request_header("cache-control")
+            .request_header("pragma")
             .request_header("authorization")
+            .request_header("if-none-match")
+            .request_header("if-modified-since")
             .response_header("cache-control")
             .response_header("expires")
             .response_header("date")
@@ -220,8 +224,8 @@ impl Filter for Cache {
         let now = clock::now_ms();
         let age = rfc::current_age(entry.initial_age, entry.response_ms, now);
         match rfc::usable(&request_cc, &stored_cc, entry.lifetime, age) {
-            Use::Fresh => self.serve(request, &entry, age, "hit"),
-            Use::StaleAccepted => self.serve(request, &entry, age, "stale"),
+            Use::Fresh => self.serve(request, entry, age, "hit"),
+            Use::StaleAccepted => self.serve(request, entry, age, "stale"),
             Use::Revalidate => {
                 if request_cc.only_if_cached {
                     // RFC 9111 §5.2.1.7: the client wants no upstream request.
@@ -356,7 +360,7 @@ impl Cache {
                     let age =
                         rfc::current_age(entry.initial_age, entry.response_ms, clock::now_ms());
                     if rfc::usable(request_cc, &stored_cc, entry.lifetime, age) == Use::Fresh {
-                        return self.serve(request, &entry, age, "hit");
+                        return self.serve(request, entry, age, "hit");
                     }
                 }
             }
@@ -456,7 +460,7 @@ impl Cache {
 
     /// Answers from a stored entry: a 304 when the client's conditional matches it, else the
     /// stored answer.
-    fn serve(&self, request: &Request, entry: &Entry, age: u64, status: &'static str) -> Action {
+    fn serve(&self, request: &Request, entry: Entry, age: u64, status: &'static str) -> Action {
         self.requests.inc_with(&[status]);
         let if_none_match = request.header_values("if-none-match");
         let if_modified_since = request.header("if-modified-since");
@@ -487,9 +491,10 @@ impl Cache {
             }
             reply
         } else {
+            // Moved, not copied: a hit's body crosses out of the filter once.
             let mut reply = Reply::new(entry.status);
-            reply.headers = entry.headers.clone();
-            reply.with_body(entry.body.clone())
+            reply.headers = entry.headers;
+            reply.with_body(entry.body)
         };
         reply = reply
             .with_header("age", age.to_string())
