@@ -74,6 +74,8 @@ pub struct LoadedFilter {
     /// Linked for calls that never wait, if its store is the memory one.
     pub(crate) immediate: Option<InstancePre<InstanceState>>,
     pub(crate) exports: HandlerExports,
+    /// Whether it imports `lock`: its requests' leftover locks are released when they end.
+    pub(crate) takes_locks: bool,
     /// The store of its `kv` operations.
     pub kv: KvBackend,
     pub(crate) metrics: Arc<MetricRegistry>,
@@ -96,6 +98,7 @@ impl LoadedFilter {
                 KvBackend::Redis(_) => None,
             },
             exports: self.exports.clone(),
+            takes_locks: self.takes_locks,
             kv,
             metrics,
             ticker: self.ticker.clone(),
@@ -190,10 +193,9 @@ impl FilterEngine {
         // exports are the component's, whichever way it is linked: once is enough.
         FilterPre::new(waiting.clone()).map_err(|error| refuse(format!("{error:#}")))?;
         let kv = self.kv.backend(settings.kv).map_err(refuse)?;
+        let takes_locks = imports_lock(&self.engine, &component);
         let immediate = match kv {
-            KvBackend::Memory(_) if !imports_lock(&self.engine, &component) => {
-                Some(link(&self.linkers.immediate)?)
-            }
+            KvBackend::Memory(_) if !takes_locks => Some(link(&self.linkers.immediate)?),
             _ => None,
         };
         let exports = HandlerExports::of(&component, &handler).map_err(refuse)?;
@@ -205,6 +207,7 @@ impl FilterEngine {
             waiting,
             immediate,
             exports,
+            takes_locks,
             kv,
             metrics: self.metrics.clone(),
             ticker: self.ticker.clone(),

@@ -164,6 +164,14 @@ impl KvBackend {
         }
     }
 
+    /// Releases every lock of `namespace` that `holder` still holds, when its request ends.
+    pub async fn release_all(&self, namespace: &str, holder: &str) -> Result<usize, KvError> {
+        match self {
+            KvBackend::Memory(store) => Ok(store.locks.release_all(namespace, holder)),
+            KvBackend::Redis(store) => store.release_all(namespace, holder).await,
+        }
+    }
+
     /// Releases a lock `holder` holds; whether it did.
     pub async fn release(&self, namespace: &str, key: &str, holder: &str) -> Result<bool, KvError> {
         match self {

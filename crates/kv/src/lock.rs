@@ -13,6 +13,7 @@
 //! lock taken in one call can be released in another.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -41,6 +42,19 @@ struct Held {
 #[derive(Default)]
 pub struct LockTable {
     held: Mutex<HashMap<String, Held>>,
+    /// Locks held, kept with the map: every request's end asks, and most find none without
+    /// taking the map's lock.
+    count: AtomicUsize,
+}
+
+impl LockTable {
+    /// Removes a lock from the map and wakes its waiters.
+    fn let_go(&self, held: &mut HashMap<String, Held>, full_key: &str) {
+        if let Some(current) = held.remove(full_key) {
+            self.count.fetch_sub(1, Ordering::Relaxed);
+            current.released.notify_waiters();
+        }
+    }
 }
 
 impl LockTable {
@@ -78,22 +92,24 @@ impl LockTable {
                     }
                     _ if waited => {
                         // Let go while this caller waited: it looks for the holder's work.
-                        if let Some(stale) = held.remove(&full_key) {
-                            stale.released.notify_waiters();
-                        }
+                        self.let_go(&mut held, &full_key);
                         return Acquire::Released;
                     }
                     _ => {
-                        if let Some(stale) = held.insert(
+                        let stale = held.insert(
                             full_key,
                             Held {
                                 holder: holder.to_owned(),
                                 until: now + lease,
                                 released: Arc::new(Notify::new()),
                             },
-                        ) {
+                        );
+                        match stale {
                             // Its lease had ended: whoever waited on it looks again.
-                            stale.released.notify_waiters();
+                            Some(stale) => stale.released.notify_waiters(),
+                            None => {
+                                self.count.fetch_add(1, Ordering::Relaxed);
+                            }
                         }
                         return Acquire::Acquired;
                     }
@@ -112,15 +128,32 @@ impl LockTable {
         }
     }
 
+    /// Releases every lock of `namespace` that `holder` still holds: when its request ends, so
+    /// a holder that failed before releasing strands nobody until its lease ends. How many.
+    pub fn release_all(&self, namespace: &str, holder: &str) -> usize {
+        if self.count.load(Ordering::Relaxed) == 0 {
+            return 0;
+        }
+        let mark = format!("{namespace}\0");
+        let mut held = self.lock();
+        let keys: Vec<String> = held
+            .iter()
+            .filter(|(key, current)| current.holder == holder && key.starts_with(&mark))
+            .map(|(key, _)| key.clone())
+            .collect();
+        for key in &keys {
+            self.let_go(&mut held, key);
+        }
+        keys.len()
+    }
+
     /// Releases the lock if `holder` holds it; whether it did.
     pub fn release(&self, namespace: &str, key: &str, holder: &str) -> bool {
         let full_key = format!("{namespace}\0{key}");
         let mut held = self.lock();
         match held.get(&full_key) {
             Some(current) if current.holder == holder => {
-                if let Some(current) = held.remove(&full_key) {
-                    current.released.notify_waiters();
-                }
+                self.let_go(&mut held, &full_key);
                 true
             }
             _ => false,
@@ -201,5 +234,35 @@ mod tests {
             !table.release("f", "k", "a"),
             "a lease that ended is no longer held"
         );
+    }
+
+    #[tokio::test]
+    async fn a_requests_end_lets_its_waiters_go() {
+        let table = Arc::new(LockTable::default());
+        let now = Duration::ZERO;
+        assert_eq!(
+            table.acquire("f", "k", "a", LEASE, now).await,
+            Acquire::Acquired
+        );
+        assert_eq!(
+            table.acquire("f", "j", "a", LEASE, now).await,
+            Acquire::Acquired
+        );
+        assert_eq!(
+            table.acquire("g", "k", "a", LEASE, now).await,
+            Acquire::Acquired
+        );
+        let waiter = {
+            let table = table.clone();
+            tokio::spawn(async move {
+                table
+                    .acquire("f", "k", "b", LEASE, Duration::from_secs(5))
+                    .await
+            })
+        };
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert_eq!(table.release_all("f", "a"), 2, "only its own namespace's");
+        assert_eq!(waiter.await.expect("waiter"), Acquire::Released);
+        assert!(table.release("g", "k", "a"));
     }
 }

@@ -180,6 +180,9 @@ const LOCK_POLL: Duration = Duration::from_millis(5);
 /// Operations must be called on a tokio runtime with its timer enabled: the timeout runs there.
 pub struct RedisStore {
     shared: Arc<Shared>,
+    /// The locks this gateway took and has not released, by holder: what a request's end
+    /// releases.
+    locks: std::sync::Mutex<std::collections::HashMap<String, Vec<String>>>,
     /// Dropping it ends the `kv-redis` thread, which closes the connections.
     _stop: oneshot::Sender<()>,
 }
@@ -296,6 +299,7 @@ impl RedisStore {
         match ready.recv() {
             Ok(Ok(())) => Ok(Arc::new(RedisStore {
                 shared,
+                locks: std::sync::Mutex::default(),
                 _stop: stop,
             })),
             Ok(Err(error)) => Err(Error::Thread(error)),
@@ -446,6 +450,11 @@ impl RedisStore {
             })
             .await?;
         if took == 1 {
+            let mut locks = self.taken();
+            let keys = locks.entry(holder.to_owned()).or_default();
+            if !keys.iter().any(|taken| *taken == key) {
+                keys.push(key.to_owned());
+            }
             return Ok(Acquire::Acquired);
         }
         loop {
@@ -467,9 +476,39 @@ impl RedisStore {
         }
     }
 
+    fn taken(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<String, Vec<String>>> {
+        self.locks
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Releases every lock of `namespace` that `holder` took through this gateway and still
+    /// holds; how many. Costs nothing when the holder released them itself.
+    pub async fn release_all(&self, namespace: &str, holder: &str) -> Result<usize, KvError> {
+        let Some(keys) = self.taken().remove(holder) else {
+            return Ok(0);
+        };
+        let mut released = 0;
+        for key in keys {
+            if self.release(namespace, &key, holder).await? {
+                released += 1;
+            }
+        }
+        Ok(released)
+    }
+
     /// Releases a lock `holder` holds; whether it did.
     pub async fn release(&self, namespace: &str, key: &str, holder: &str) -> Result<bool, KvError> {
         self.shared.limits.check_key(key)?;
+        {
+            let mut locks = self.taken();
+            if let Some(keys) = locks.get_mut(holder) {
+                keys.retain(|taken| taken != key);
+                if keys.is_empty() {
+                    locks.remove(holder);
+                }
+            }
+        }
         self.shared.counters.operation();
         let (redis_key, owner) = (self.lock_key(namespace, key), holder.to_owned());
         let released: i64 = self
