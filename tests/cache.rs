@@ -9,6 +9,7 @@
 //! - `/etag/..`: `max-age=1, ETag: "v1"`, and a 304 to `If-None-Match: "v1"`;
 //! - `/tagged/..`: `max-age=60, ETag: "t1"`;
 //! - `/slow/..`: `max-age=60` after 300 ms;
+//! - `/fail/..`: 503 after 300 ms;
 //! - any other method: 201.
 //!
 //! Every body is `<path> #<count>` plus what the path adds, so a test sees which request of
@@ -131,6 +132,13 @@ async fn answer(
         "tagged" => response
             .header("cache-control", "max-age=60")
             .header("etag", "\"t1\""),
+        "fail" => {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            return response
+                .status(StatusCode::SERVICE_UNAVAILABLE)
+                .body(Full::new(Bytes::from(body)))
+                .expect("response");
+        }
         "slow" => {
             tokio::time::sleep(Duration::from_millis(300)).await;
             response.header("cache-control", "max-age=60")
@@ -538,4 +546,35 @@ async fn concurrent_misses_on_two_gateways_sharing_redis_reach_the_upstream_once
         assert_eq!(reply.text(), "/slow/shared-herd #1");
     }
     assert_eq!(upstream.count("GET", "/slow/shared-herd"), 1);
+}
+
+#[tokio::test]
+async fn misses_waiting_for_a_failing_first_request_go_upstream_themselves() {
+    let upstream = CountingUpstream::start().await;
+    let gateway = gateway(&upstream, "{ lock_wait: 4s }", "");
+    let url = gateway.url("/fail/f");
+    let client = http1_client();
+    let requests: Vec<_> = (0..10)
+        .map(|_| {
+            let (client, url) = (client.clone(), url.clone());
+            tokio::spawn(async move {
+                let request = Request::get(url)
+                    .body(Full::new(Bytes::new()))
+                    .expect("request");
+                send(&client, request).await
+            })
+        })
+        .collect();
+    for request in requests {
+        let reply = request.await.expect("request task");
+        assert_eq!(reply.status, StatusCode::SERVICE_UNAVAILABLE);
+    }
+    // Each got its own upstream answer: nothing was stored to share, and nobody waited on.
+    assert_eq!(upstream.count("GET", "/fail/f"), 10);
+    // Remembered as uncacheable: the next request goes straight upstream.
+    let next = get(&gateway, "/fail/f").await;
+    assert_eq!(
+        (next.status, cache_status(&next)),
+        (StatusCode::SERVICE_UNAVAILABLE, "MISS")
+    );
 }

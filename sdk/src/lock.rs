@@ -2,7 +2,8 @@
 //! it instead of repeating it (a cache's concurrent misses for one answer, a token refresh).
 //!
 //! A lock is held by a request, not by a filter instance: take it in the request phase and
-//! release it in the response phase. It is released by [`release`], or when its lease ends,
+//! release it in the response phase. It is released by [`release`], by the gateway when the
+//! request's response phases are done (whatever it still holds then), or when its lease ends,
 //! whichever comes first, so a holder that failed strands its waiters for at most the lease.
 //! Locks live in the same store as the filter's [`kv`](crate::kv) state: this gateway's memory,
 //! or a Redis that several gateways share, where a lock is one for all of them. A wait never
