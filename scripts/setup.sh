@@ -7,7 +7,7 @@ REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 # Outside the clone so CI runs on the same machine reuse the (slow) wasmtime build.
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/wasm-gateway/target}"
 export GATEWAY_PLUGIN_DIR="$CARGO_TARGET_DIR/wasm32-wasip2/wasm"
-PLUGIN_PACKAGES=(-p gateway-plugin-rewrite -p gateway-plugin-auth -p gateway-plugin-rate-limit -p gateway-example-ip-filter -p gateway-test-misbehave -p gateway-test-kv-probe -p gateway-test-wrong-version -p gateway-test-exchange -p gateway-test-raw-outcome -p gateway-test-outbound-probe -p gateway-test-set-context)
+PLUGIN_PACKAGES=(-p gateway-plugin-rewrite -p gateway-plugin-auth -p gateway-plugin-rate-limit -p gateway-plugin-cache -p gateway-example-ip-filter -p gateway-test-misbehave -p gateway-test-kv-probe -p gateway-test-wrong-version -p gateway-test-exchange -p gateway-test-raw-outcome -p gateway-test-outbound-probe -p gateway-test-set-context)
 
 step() { printf '\n==> %s\n' "$*" >&2; }
 fail() { printf '\nFAILED: %s\n' "$*" >&2; exit 1; }

@@ -16,6 +16,7 @@ const LIMITS: Limits = Limits {
     max_entries: 10_000,
     max_key_bytes: 64,
     max_value_bytes: 256,
+    max_bytes: 1 << 20,
 };
 
 /// Long enough never to fire on a loaded test machine, except where a test wants it to.

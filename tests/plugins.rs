@@ -39,6 +39,7 @@ fn bundled_filters_pass_their_cases() {
             "gateway_plugin_rate_limit.wasm",
             "plugins/rate-limit/cases.yaml",
         ),
+        ("gateway_plugin_cache.wasm", "plugins/cache/cases.yaml"),
         (
             "gateway_example_ip_filter.wasm",
             "examples/ip-filter/cases.yaml",

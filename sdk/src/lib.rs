@@ -94,7 +94,7 @@
 //! The public surface: [`Filter`] and [`export_filter!`]; what a filter declares it reads,
 //! [`Reads`]; the handles [`Request`] and [`Response`], whose headers are read and edited
 //! through the [`Headers`] trait they share, and the [`Body`] they may hold; the answers
-//! [`Action`] and [`Reply`]; the capabilities [`log`], [`clock`], [`kv`], [`outbound`] and
+//! [`Action`] and [`Reply`]; the capabilities [`log`], [`clock`], [`kv`], [`lock`], [`outbound`] and
 //! [`metrics`]; the one [`Error`] of edits, `kv` and `outbound`, whose [`ErrorKind`] tells a
 //! refusal from a store or service that could not answer; and, in native builds, `testing`.
 //! `Headers` is sealed: only the SDK's handles implement it, so a method can join it without
@@ -117,6 +117,7 @@ mod error;
 mod http;
 mod instance;
 pub mod kv;
+pub mod lock;
 pub mod log;
 pub mod metrics;
 pub mod outbound;

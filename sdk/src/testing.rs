@@ -62,6 +62,7 @@ use gateway_rules::metrics::{self, MetricKind, MetricSpec};
 
 use crate::backend::{RequestRef, ResponseRef};
 use crate::instance::{Instance, Outcome};
+use crate::lock::Outcome as LockOutcome;
 use crate::log::Level;
 use crate::metrics::Registry;
 use crate::wit::exports::gateway::filter::handler::RequestFields;
@@ -635,6 +636,10 @@ pub(crate) struct HostState {
     pub kv_limits: Limits,
     kv: KvMap,
     kv_failure: Option<KvFailure>,
+    /// Locks the test's requests hold: until when, on the monotonic clock in milliseconds.
+    locks: HashMap<String, u64>,
+    /// Locks another request holds, and whether it lets go while a request waits.
+    held_elsewhere: HashMap<String, bool>,
     services: HashMap<String, Service>,
     sent: Vec<TestOutboundRequest>,
     pub metrics: Registry,
@@ -650,6 +655,8 @@ impl Default for HostState {
             kv_limits,
             kv: KvMap::new(kv_limits),
             kv_failure: None,
+            locks: HashMap::new(),
+            held_elsewhere: HashMap::new(),
             services: HashMap::new(),
             sent: Vec::new(),
             metrics: Registry::default(),
@@ -675,6 +682,30 @@ impl HostState {
             )),
             Some(KvFailure::Timeout) => Err(kv::Failure::Timeout),
         }
+    }
+
+    /// A lock for the test's requests: taken, unless another request holds it (then it waits
+    /// no time: it lets go at once or not at all, as the test said). The store failing fails
+    /// it, as in the gateway, where locks live in the filter's store.
+    pub fn lock_acquire(&mut self, key: &str, lease_ms: u32) -> Result<LockOutcome, kv::Failure> {
+        self.kv_store()?;
+        let now = self.kv_now();
+        if let Some(lets_go) = self.held_elsewhere.get(key).copied() {
+            if !lets_go {
+                return Ok(LockOutcome::TimedOut);
+            }
+            self.held_elsewhere.remove(key);
+            return Ok(LockOutcome::Released);
+        }
+        self.locks
+            .insert(key.to_owned(), now.saturating_add(u64::from(lease_ms)));
+        Ok(LockOutcome::Acquired)
+    }
+
+    pub fn lock_release(&mut self, key: &str) -> Result<bool, kv::Failure> {
+        self.kv_store()?;
+        let now = self.kv_now();
+        Ok(self.locks.remove(key).is_some_and(|until| until > now))
     }
 
     pub fn log(&mut self, level: Level, message: &str) {
@@ -1439,7 +1470,7 @@ impl<F: Filter> TestHost<F> {
     /// ```
     pub fn kv_get(&self, key: &str) -> Option<Vec<u8>> {
         let host = self.host.borrow();
-        host.kv.get(key, host.kv_now())
+        host.kv.peek(key, host.kv_now())
     }
 
     /// Every live key-value entry, sorted by key.
@@ -1519,6 +1550,46 @@ impl<F: Filter> TestHost<F> {
     /// ```
     pub fn kv_recovers(&mut self) {
         self.host.borrow_mut().kv_failure = None;
+    }
+
+    /// Plays another request holding the lock on `key`: the filter's `acquire` then gives
+    /// [`Outcome::Released`](crate::lock::Outcome::Released) if `lets_go` (once; the lock is
+    /// free after it), or [`Outcome::TimedOut`](crate::lock::Outcome::TimedOut).
+    ///
+    /// ```
+    /// # use gateway_sdk::{Filter, testing::TestHost, serde_json::json};
+    /// # struct Noop;
+    /// # impl Filter for Noop {
+    /// #     type Config = gateway_sdk::serde_json::Value;
+    /// #     fn new(_: Self::Config) -> Result<Self, String> { Ok(Noop) }
+    /// # }
+    /// let mut host = TestHost::<Noop>::new(json!({})).expect("accepted");
+    /// host.lock_held_elsewhere("refresh", false);
+    /// ```
+    pub fn lock_held_elsewhere(&mut self, key: &str, lets_go: bool) {
+        self.host
+            .borrow_mut()
+            .held_elsewhere
+            .insert(key.to_owned(), lets_go);
+    }
+
+    /// Whether one of the test's requests holds the lock on `key` (taken, not released, its
+    /// lease not over).
+    ///
+    /// ```
+    /// # use gateway_sdk::{Filter, testing::TestHost, serde_json::json};
+    /// # struct Noop;
+    /// # impl Filter for Noop {
+    /// #     type Config = gateway_sdk::serde_json::Value;
+    /// #     fn new(_: Self::Config) -> Result<Self, String> { Ok(Noop) }
+    /// # }
+    /// let host = TestHost::<Noop>::new(json!({})).expect("accepted");
+    /// assert!(!host.lock_held("refresh"));
+    /// ```
+    pub fn lock_held(&self, key: &str) -> bool {
+        let host = self.host.borrow();
+        let now = host.kv_now();
+        host.locks.get(key).is_some_and(|until| *until > now)
     }
 
     /// Grants the filter the service `name`, answered by `handler`, as a route's

@@ -66,6 +66,7 @@ pub fn plugin_dir() -> PathBuf {
         .unwrap_or_else(|| target_dir().join("wasm32-wasip2/wasm"));
     for plugin in [
         "gateway_plugin_rewrite.wasm",
+        "gateway_plugin_cache.wasm",
         "gateway_test_misbehave.wasm",
         "gateway_example_ip_filter.wasm",
         "gateway_test_kv_probe.wasm",

@@ -150,10 +150,13 @@ pub struct KvSettings {
     /// alone) or `redis` (shared by every gateway using the same Redis; needs `redis`).
     pub backend: KvBackendKind,
     /// Most entries the memory store holds across all filters; past it, expired entries and
-    /// then arbitrary ones are evicted, as a cache does.
+    /// then the least recently used ones are evicted, as a cache does.
     pub max_entries: usize,
     /// Largest value a filter may store, on either backend.
     pub max_value_size: ByteSize,
+    /// Most bytes of keys and values the memory store holds across all filters; past it, the
+    /// least recently used entries are evicted.
+    pub max_memory: ByteSize,
     /// The Redis that the `redis` backend talks to.
     pub redis: Option<RedisSettings>,
 }
@@ -165,6 +168,7 @@ impl Default for KvSettings {
             backend: KvBackendKind::Memory,
             max_entries: limits.max_entries,
             max_value_size: ByteSize(limits.max_value_bytes as u64),
+            max_memory: ByteSize(limits.max_bytes as u64),
             redis: None,
         }
     }
@@ -175,6 +179,7 @@ impl KvSettings {
         gateway_rules::kv::Limits {
             max_entries: self.max_entries,
             max_value_bytes: self.max_value_size.as_usize(),
+            max_bytes: self.max_memory.as_usize(),
             ..gateway_rules::kv::Limits::default()
         }
     }

@@ -25,6 +25,8 @@ const URI_BYTES: (ByteSize, ByteSize) = (ByteSize(64), ByteSize(1 << 20));
 const CLIENT_TIMEOUT: (Duration, Duration) = (Duration::from_millis(1), Duration::from_secs(3600));
 const KV_ENTRIES: (usize, usize) = (1, 100_000_000);
 const KV_VALUE: (ByteSize, ByteSize) = (ByteSize(1), ByteSize(64 << 20));
+/// The memory store's bytes: at least one largest value, at most a sane share of a machine.
+const KV_MEMORY: (ByteSize, ByteSize) = (ByteSize(1 << 10), ByteSize(64 << 30));
 const FILTER_TIMEOUT: (Duration, Duration) = (Duration::from_millis(1), Duration::from_secs(60));
 const FILTER_MEMORY: (ByteSize, ByteSize) = (ByteSize(1 << 20), MAX_MEMORY_LIMIT);
 const OUTBOUND_RESPONSE: (ByteSize, ByteSize) = (ByteSize(1), ByteSize(64 << 20));
@@ -227,6 +229,13 @@ fn check_filters(config: &ConfigFile, problems: &mut Problems) {
         KV_VALUE,
         size,
     );
+    problems.bounded("kv.max_memory", config.kv.max_memory, KV_MEMORY, size);
+    if config.kv.max_memory < config.kv.max_value_size {
+        problems.add(
+            "kv.max_memory",
+            "must be at least kv.max_value_size, or the largest value could never be stored",
+        );
+    }
     check_redis(config, problems);
     for (name, filter) in &config.filters {
         // Names appear in logs, metrics and key-value namespaces: keep them plain.

@@ -5,7 +5,8 @@
 //! is linked one of two ways ([`Linkers`]):
 //! - `waiting`, for a filter on Redis or granted services: called with `call_async` on a stack
 //!   of its own, so a wait suspends the call and the worker serves other connections meanwhile;
-//! - `immediate`, for a filter on the memory store with no services granted: the same host
+//! - `immediate`, for a filter on the memory store with no services granted that does not
+//!   import `lock` (a lock waits on another request even in memory): the same host
 //!   functions, answered at once, called with a plain `call`. Suspending costs a stack switch
 //!   each way, measured at more than a tenth of a short call (see `docs/decisions`), which a
 //!   filter that never waits should not pay.
@@ -23,7 +24,7 @@ use http::HeaderMap;
 use wasmtime::component::{HasSelf, Linker, Resource};
 use wasmtime::{Engine, StoreContextMut};
 
-use gateway_kv::KvError;
+use gateway_kv::{Acquire, KvError};
 
 use crate::heads::{RequestHead, ResponseHead};
 use crate::instance::{CallHeads, InstanceState};
@@ -35,6 +36,7 @@ wasmtime::component::bindgen!({
     world: "filter",
     imports: {
         "gateway:filter/kv": async | trappable,
+        "gateway:filter/lock": async | trappable,
         "gateway:filter/outbound": async | trappable,
         default: trappable,
     },
@@ -45,7 +47,7 @@ pub(crate) use exports::gateway::filter::handler::{
     Action, Environment, MetricKind, Outcome, Registration, RequestFields,
 };
 pub(crate) use gateway::filter::http::Reply;
-use gateway::filter::{clock, http as wit_http, kv, log, outbound};
+use gateway::filter::{clock, http as wit_http, kv, lock, log, outbound};
 
 /// The two ways a filter is linked: see the module documentation.
 pub(crate) struct Linkers {
@@ -395,6 +397,49 @@ impl kv::Host for InstanceState {
         let (kv, filter) = (self.kv.clone(), self.filter.clone());
         self.kv_operation(kv.compare_and_swap(&filter, &key, expected.as_deref(), new, ttl_ms))
             .await
+    }
+}
+
+/// The interface a filter imports to take single-flight locks: linked only as waiting.
+pub(crate) const LOCK_INTERFACE: &str = "lock";
+
+/// What a lock wait leaves of the call's deadline, so that a wait the filter asked for too
+/// long ends as `timed-out` and the filter still has time to act on it.
+const LOCK_MARGIN: Duration = Duration::from_millis(2);
+
+impl lock::Host for InstanceState {
+    async fn acquire(
+        &mut self,
+        key: String,
+        lease_ms: u32,
+        wait_ms: u32,
+    ) -> wasmtime::Result<Result<lock::AcquireOutcome, kv::KvError>> {
+        // The request holds the lock, whichever instance runs its next phase.
+        let holder = self.heads.request()?.request_id().to_owned();
+        let left = self
+            .call_deadline
+            .saturating_duration_since(std::time::Instant::now())
+            .saturating_sub(LOCK_MARGIN);
+        let wait = Duration::from_millis(u64::from(wait_ms)).min(left);
+        let lease = Duration::from_millis(u64::from(lease_ms));
+        let (kv, filter) = (self.kv.clone(), self.filter.clone());
+        let acquired = self
+            .wait(kv.acquire(&filter, &key, &holder, lease, wait))
+            .await?;
+        Ok(acquired
+            .map(|outcome| match outcome {
+                Acquire::Acquired => lock::AcquireOutcome::Acquired,
+                Acquire::Released => lock::AcquireOutcome::Released,
+                Acquire::TimedOut => lock::AcquireOutcome::TimedOut,
+            })
+            .map_err(kv_error))
+    }
+
+    async fn release(&mut self, key: String) -> wasmtime::Result<Result<bool, kv::KvError>> {
+        let holder = self.heads.request()?.request_id().to_owned();
+        let (kv, filter) = (self.kv.clone(), self.filter.clone());
+        let released = self.wait(kv.release(&filter, &key, &holder)).await?;
+        Ok(released.map_err(kv_error))
     }
 }
 

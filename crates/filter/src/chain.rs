@@ -97,7 +97,9 @@ impl FilterChain {
         response: &mut ResponseHead,
     ) -> Result<Option<Bytes>, Error> {
         let mut replaced_body = None;
-        for pool in self.filters[..ran.min(self.filters.len())].iter().rev() {
+        let mut refused = None;
+        let ran = &self.filters[..ran.min(self.filters.len())];
+        for pool in ran.iter().rev() {
             if !pool.phases().contains(Phases::RESPONSE) {
                 continue;
             }
@@ -110,12 +112,20 @@ impl FilterChain {
                 }
                 Err(failure) => {
                     if let Some(error) = apply_policy(pool, request, failure, "response") {
-                        return Err(error);
+                        refused = Some(error);
+                        break;
                     }
                 }
             }
         }
-        Ok(replaced_body)
+        // The filters are done with the request: what it still holds, it holds by mistake.
+        for pool in ran {
+            pool.release_locks(request).await;
+        }
+        match refused {
+            Some(error) => Err(error),
+            None => Ok(replaced_body),
+        }
     }
 }
 

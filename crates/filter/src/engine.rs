@@ -74,6 +74,8 @@ pub struct LoadedFilter {
     /// Linked for calls that never wait, if its store is the memory one.
     pub(crate) immediate: Option<InstancePre<InstanceState>>,
     pub(crate) exports: HandlerExports,
+    /// Whether it imports `lock`: its requests' leftover locks are released when they end.
+    pub(crate) takes_locks: bool,
     /// The store of its `kv` operations.
     pub kv: KvBackend,
     pub(crate) metrics: Arc<MetricRegistry>,
@@ -90,16 +92,27 @@ impl LoadedFilter {
             hash: self.hash,
             origin: self.origin,
             waiting: self.waiting.clone(),
+            // Only where it was linked so: a filter that takes locks never is, on any store.
             immediate: match kv {
                 KvBackend::Memory(_) => self.immediate.clone(),
                 KvBackend::Redis(_) => None,
             },
             exports: self.exports.clone(),
+            takes_locks: self.takes_locks,
             kv,
             metrics,
             ticker: self.ticker.clone(),
         }
     }
+}
+
+/// Whether the component imports `lock`, whose waits suspend even on the memory store.
+fn imports_lock(engine: &Engine, component: &wasmtime::component::Component) -> bool {
+    let lock = format!("{WIT_PACKAGE}/{}@", crate::bindings::LOCK_INTERFACE);
+    component
+        .component_type()
+        .imports(engine)
+        .any(|(name, _)| name.starts_with(&lock))
 }
 
 impl FilterEngine {
@@ -180,9 +193,10 @@ impl FilterEngine {
         // exports are the component's, whichever way it is linked: once is enough.
         FilterPre::new(waiting.clone()).map_err(|error| refuse(format!("{error:#}")))?;
         let kv = self.kv.backend(settings.kv).map_err(refuse)?;
+        let takes_locks = imports_lock(&self.engine, &component);
         let immediate = match kv {
-            KvBackend::Memory(_) => Some(link(&self.linkers.immediate)?),
-            KvBackend::Redis(_) => None,
+            KvBackend::Memory(_) if !takes_locks => Some(link(&self.linkers.immediate)?),
+            _ => None,
         };
         let exports = HandlerExports::of(&component, &handler).map_err(refuse)?;
         Ok(LoadedFilter {
@@ -193,6 +207,7 @@ impl FilterEngine {
             waiting,
             immediate,
             exports,
+            takes_locks,
             kv,
             metrics: self.metrics.clone(),
             ticker: self.ticker.clone(),

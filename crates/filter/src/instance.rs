@@ -81,7 +81,7 @@ pub(crate) struct InstanceState {
     pub(crate) names: HeaderNames,
     ticker: Arc<EpochTicker>,
     /// When the call in progress runs out of time.
-    call_deadline: Instant,
+    pub(crate) call_deadline: Instant,
     /// Ticks the call in progress has seen while it ran, and how many it must see before its
     /// deadline counts: a thread descheduled on a busy machine sees one tick however long it
     /// waited, so time the call did not run does not use up its deadline.

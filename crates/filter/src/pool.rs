@@ -66,7 +66,7 @@ impl FilterPool {
             .map_err(|failure| refused(failure.to_string()))?;
         let declared = Declared::new(registration, &filter.name, &filter.metrics)
             .map_err(|reason| refused(format!("registered what cannot be: {reason}")))?;
-        let calls_may_wait = filter.kv.waits() || outbound.is_some();
+        let calls_may_wait = filter.immediate.is_none() || outbound.is_some();
         let pool = FilterPool {
             filter,
             config_json,
@@ -77,6 +77,30 @@ impl FilterPool {
         };
         pool.check_in(instance, Phases::REQUEST);
         Ok(pool)
+    }
+
+    /// Releases the locks the request still holds in this filter's store, if it takes locks:
+    /// the request has ended, and a filter that failed before releasing must not hold the
+    /// others back until the lease ends.
+    pub(crate) async fn release_locks(&self, request: &RequestHead) {
+        if !self.filter.takes_locks {
+            return;
+        }
+        let holder = request.request_id();
+        match self.filter.kv.release_all(&self.filter.name, holder).await {
+            Ok(0) => {}
+            Ok(released) => {
+                tracing::debug!(
+                    filter = self.name(),
+                    request_id = holder,
+                    released,
+                    "released the locks the request still held"
+                );
+            }
+            Err(error) => {
+                tracing::debug!(filter = self.name(), request_id = holder, %error, "cannot release the locks the request still holds; their leases end them");
+            }
+        }
     }
 
     pub fn name(&self) -> &str {

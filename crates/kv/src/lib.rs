@@ -13,6 +13,7 @@
 //! to hold either, [`KvError`] for what a filter receives when an operation fails, and
 //! [`BackendStatus`] (from `status()` on either store) for the admin API.
 
+pub mod lock;
 pub mod memory;
 pub mod redis;
 mod status;
@@ -22,6 +23,7 @@ use std::time::Duration;
 
 use gateway_config::{KvBackendKind, KvSettings};
 pub use gateway_rules::kv::Limits;
+pub use lock::{Acquire, LockTable};
 pub use memory::MemoryStore;
 pub use redis::{RedisSettings, RedisStore};
 pub use status::{BackendState, BackendStatus};
@@ -123,6 +125,58 @@ impl KvBackend {
         match self {
             KvBackend::Memory(store) => store.status(),
             KvBackend::Redis(store) => store.status(),
+        }
+    }
+
+    /// Removes every key of `namespace` that starts with `prefix` and that `matches` accepts
+    /// (given the key without the namespace); how many were removed. For the admin API's
+    /// purge: the filters themselves can only name keys.
+    pub async fn delete_matching(
+        &self,
+        namespace: &str,
+        prefix: &str,
+        matches: impl Fn(&str) -> bool,
+    ) -> Result<usize, KvError> {
+        match self {
+            KvBackend::Memory(store) => {
+                Ok(store.delete_matching(namespace, |key| key.starts_with(prefix) && matches(key)))
+            }
+            KvBackend::Redis(store) => store.delete_matching(namespace, prefix, matches).await,
+        }
+    }
+
+    /// Takes a single-flight lock for `holder` (see [`lock`]), in the same store as the
+    /// filter's keys.
+    pub async fn acquire(
+        &self,
+        namespace: &str,
+        key: &str,
+        holder: &str,
+        lease: Duration,
+        wait: Duration,
+    ) -> Result<Acquire, KvError> {
+        match self {
+            KvBackend::Memory(store) => Ok(store
+                .locks
+                .acquire(namespace, key, holder, lease, wait)
+                .await),
+            KvBackend::Redis(store) => store.acquire(namespace, key, holder, lease, wait).await,
+        }
+    }
+
+    /// Releases every lock of `namespace` that `holder` still holds, when its request ends.
+    pub async fn release_all(&self, namespace: &str, holder: &str) -> Result<usize, KvError> {
+        match self {
+            KvBackend::Memory(store) => Ok(store.locks.release_all(namespace, holder)),
+            KvBackend::Redis(store) => store.release_all(namespace, holder).await,
+        }
+    }
+
+    /// Releases a lock `holder` holds; whether it did.
+    pub async fn release(&self, namespace: &str, key: &str, holder: &str) -> Result<bool, KvError> {
+        match self {
+            KvBackend::Memory(store) => Ok(store.locks.release(namespace, key, holder)),
+            KvBackend::Redis(store) => store.release(namespace, key, holder).await,
         }
     }
 

@@ -18,6 +18,8 @@ const SHARDS: usize = 16;
 /// Key-value state shared by every filter instance; each filter sees only its own namespace.
 pub struct MemoryStore {
     shards: Vec<Mutex<Shard>>,
+    /// The single-flight locks of filters on this store.
+    pub locks: crate::LockTable,
     hasher: RandomState,
     limits: Limits,
     created: Instant,
@@ -39,12 +41,18 @@ impl MemoryStore {
     pub fn new(limits: Limits) -> MemoryStore {
         let per_shard = Limits {
             max_entries: limits.max_entries.div_ceil(SHARDS).max(1),
+            // A shard must still hold the largest value a filter may store.
+            max_bytes: limits
+                .max_bytes
+                .div_ceil(SHARDS)
+                .max(limits.max_value_bytes + limits.max_key_bytes + 64),
             // The maps' keys carry the namespace, which the key limit does not count: the store
             // checks the filter's own key, as the Redis store does, and the maps do not.
             max_key_bytes: usize::MAX,
             ..limits
         };
         MemoryStore {
+            locks: crate::LockTable::default(),
             shards: (0..SHARDS)
                 .map(|_| {
                     Mutex::new(Shard {
@@ -61,13 +69,14 @@ impl MemoryStore {
 
     /// The store's state: always connected, since it was made; with the entries it holds.
     pub fn status(&self) -> BackendStatus {
-        let (operations, entries) = (0..SHARDS).fold((0u64, 0u64), |(operations, entries), n| {
+        let (mut operations, mut entries, mut bytes, mut evictions) = (0u64, 0u64, 0u64, 0u64);
+        for n in 0..SHARDS {
             let shard = self.lock(n);
-            (
-                operations + shard.operations,
-                entries + shard.map.len() as u64,
-            )
-        });
+            operations += shard.operations;
+            entries += shard.map.len() as u64;
+            bytes += shard.map.bytes() as u64;
+            evictions += shard.map.evictions();
+        }
         BackendStatus {
             backend: "memory",
             state: BackendState::Connected,
@@ -79,6 +88,8 @@ impl MemoryStore {
             max_latency_us: None,
             last_error: None,
             entries: Some(entries),
+            bytes: Some(bytes),
+            evictions: Some(evictions),
         }
     }
 
@@ -102,6 +113,23 @@ impl MemoryStore {
         let mut shard = self.lock(self.hasher.hash_one(&full_key) as usize % SHARDS);
         shard.operations += 1;
         operation(&mut shard.map, &full_key, now_ms())
+    }
+
+    /// Removes every key of `namespace` that `matches` accepts; how many live ones were
+    /// removed. Takes each shard's lock in turn, so other operations wait at most for one
+    /// shard's sweep.
+    pub fn delete_matching(&self, namespace: &str, matches: impl Fn(&str) -> bool) -> usize {
+        let mark = format!("{namespace}\0");
+        (0..SHARDS)
+            .map(|n| {
+                let mut shard = self.lock(n);
+                shard.operations += 1;
+                shard.map.remove_matching(
+                    |key| key.strip_prefix(&mark).is_some_and(&matches),
+                    now_ms(),
+                )
+            })
+            .sum()
     }
 
     pub fn get(&self, namespace: &str, key: &str) -> Result<Option<Vec<u8>>, KvError> {
@@ -240,5 +268,43 @@ mod tests {
         assert_eq!(status.state, BackendState::Connected);
         assert_eq!(status.operations, 3);
         assert_eq!(status.entries, Some(2));
+    }
+
+    #[test]
+    fn a_purge_removes_only_its_namespaces_matching_keys() {
+        let store = MemoryStore::new(Limits::default());
+        for key in ["z a/1", "z a/2", "z b/1"] {
+            store.set("cache", key, b"v".to_vec(), None).expect("set");
+        }
+        store
+            .set("other", "z a/1", b"v".to_vec(), None)
+            .expect("set");
+        assert_eq!(
+            store.delete_matching("cache", |key| key.starts_with("z a/")),
+            2
+        );
+        assert_eq!(store.get("cache", "z a/1"), Ok(None));
+        assert_eq!(store.get("cache", "z b/1"), Ok(Some(b"v".to_vec())));
+        assert_eq!(store.get("other", "z a/1"), Ok(Some(b"v".to_vec())));
+    }
+
+    #[test]
+    fn the_status_counts_bytes_and_evictions() {
+        let store = MemoryStore::new(Limits {
+            max_bytes: 16 * 1024,
+            max_value_bytes: 512,
+            ..Limits::default()
+        });
+        for n in 0..200 {
+            store
+                .set("f", &format!("k{n}"), vec![0; 500], None)
+                .expect("set");
+        }
+        let status = store.status();
+        let bytes = status.bytes.expect("the memory store counts its bytes");
+        // Each of the 16 shards holds at least one largest value with its longest key.
+        let per_shard = (512 + 1024 + 64) as u64;
+        assert!(bytes <= 16 * per_shard, "{bytes} bytes");
+        assert!(status.evictions.expect("counted") > 0);
     }
 }

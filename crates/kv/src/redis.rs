@@ -76,7 +76,7 @@ use tokio::sync::{Notify, oneshot};
 
 pub use gateway_config::RedisSettings;
 
-use crate::{BackendState, BackendStatus, Error, KvError};
+use crate::{Acquire, BackendState, BackendStatus, Error, KvError};
 
 /// First wait before reconnecting; it doubles up to [`LAST_RETRY`].
 const FIRST_RETRY: Duration = Duration::from_millis(50);
@@ -141,11 +141,48 @@ return 1
     )
 });
 
+/// Takes the lock at `KEYS[1]` for the holder `ARGV[1]` for `ARGV[2]` ms, or renews it if the
+/// holder has it: 1 if it holds it now, 0 if another does.
+static ACQUIRE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+local current = redis.call('GET', KEYS[1])
+if not current then
+    redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+    return 1
+end
+if current == ARGV[1] then
+    redis.call('PEXPIRE', KEYS[1], ARGV[2])
+    return 1
+end
+return 0
+",
+    )
+});
+
+/// Deletes the lock at `KEYS[1]` if the holder `ARGV[1]` has it: 1 if it did.
+static RELEASE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+    return redis.call('DEL', KEYS[1])
+end
+return 0
+",
+    )
+});
+
+/// How often a waiter on a Redis lock looks whether it is gone.
+const LOCK_POLL: Duration = Duration::from_millis(5);
+
 /// Key-value state in Redis, shared by every gateway that uses the same Redis and prefix.
 ///
 /// Operations must be called on a tokio runtime with its timer enabled: the timeout runs there.
 pub struct RedisStore {
     shared: Arc<Shared>,
+    /// The locks this gateway took and has not released, by holder: what a request's end
+    /// releases.
+    locks: std::sync::Mutex<std::collections::HashMap<String, Vec<String>>>,
     /// Dropping it ends the `kv-redis` thread, which closes the connections.
     _stop: oneshot::Sender<()>,
 }
@@ -262,6 +299,7 @@ impl RedisStore {
         match ready.recv() {
             Ok(Ok(())) => Ok(Arc::new(RedisStore {
                 shared,
+                locks: std::sync::Mutex::default(),
                 _stop: stop,
             })),
             Ok(Err(error)) => Err(Error::Thread(error)),
@@ -326,6 +364,163 @@ impl RedisStore {
             .call(move |mut connection| async move { command.query_async(&mut connection).await })
             .await?;
         Ok(removed > 0)
+    }
+
+    /// Removes every key of `namespace` that starts with `prefix` and that `matches` accepts;
+    /// how many were removed. Walks the keyspace with `SCAN` and a `MATCH` pattern, a batch
+    /// per round trip (never `KEYS`, which blocks Redis for the whole keyspace), and deletes
+    /// each batch's matches with one `UNLINK`. Each round trip is bounded by the operation
+    /// timeout; a failure part way leaves what was removed so far removed.
+    pub async fn delete_matching(
+        &self,
+        namespace: &str,
+        prefix: &str,
+        matches: impl Fn(&str) -> bool,
+    ) -> Result<usize, KvError> {
+        let base = self.redis_key(namespace, "");
+        let pattern = format!("{}*", glob_escape(&format!("{base}{prefix}")));
+        let mut cursor: u64 = 0;
+        let mut removed = 0;
+        loop {
+            self.shared.counters.operation();
+            let mut command = redis::cmd("SCAN");
+            command
+                .arg(cursor)
+                .arg("MATCH")
+                .arg(&pattern)
+                .arg("COUNT")
+                .arg(1000);
+            let (next, keys): (u64, Vec<String>) = self
+                .call(
+                    move |mut connection| async move { command.query_async(&mut connection).await },
+                )
+                .await?;
+            let doomed: Vec<String> = keys
+                .into_iter()
+                .filter(|key| key.strip_prefix(&base).is_some_and(&matches))
+                .collect();
+            if !doomed.is_empty() {
+                self.shared.counters.operation();
+                let mut command = redis::cmd("UNLINK");
+                command.arg(doomed);
+                let count: usize = self
+                    .call(move |mut connection| async move {
+                        command.query_async(&mut connection).await
+                    })
+                    .await?;
+                removed += count;
+            }
+            if next == 0 {
+                return Ok(removed);
+            }
+            cursor = next;
+        }
+    }
+
+    /// The Redis key of a filter's lock: `<prefix>-lock:<namespace>:<key>`, apart from every
+    /// filter's keys (`<prefix>:...`).
+    pub fn lock_key(&self, namespace: &str, key: &str) -> String {
+        format!("{}-lock:{namespace}:{key}", self.shared.prefix)
+    }
+
+    /// Takes a single-flight lock (see [`crate::lock`]): one script to take or renew it, then,
+    /// while another holds it, a look every few milliseconds until it is gone or `wait` ends.
+    pub async fn acquire(
+        &self,
+        namespace: &str,
+        key: &str,
+        holder: &str,
+        lease: Duration,
+        wait: Duration,
+    ) -> Result<Acquire, KvError> {
+        self.shared.limits.check_key(key)?;
+        let redis_key = self.lock_key(namespace, key);
+        let deadline = tokio::time::Instant::now() + wait;
+        let lease_ms = millis(lease).clamp(1, MAX_TTL_MS);
+        self.shared.counters.operation();
+        let (script_key, owner) = (redis_key.clone(), holder.to_owned());
+        let took: i64 = self
+            .call(move |mut connection| async move {
+                ACQUIRE
+                    .key(script_key)
+                    .arg(owner)
+                    .arg(lease_ms)
+                    .invoke_async(&mut connection)
+                    .await
+            })
+            .await?;
+        if took == 1 {
+            let mut locks = self.taken();
+            let keys = locks.entry(holder.to_owned()).or_default();
+            if !keys.iter().any(|taken| *taken == key) {
+                keys.push(key.to_owned());
+            }
+            return Ok(Acquire::Acquired);
+        }
+        loop {
+            if tokio::time::Instant::now() + LOCK_POLL > deadline {
+                return Ok(Acquire::TimedOut);
+            }
+            tokio::time::sleep(LOCK_POLL).await;
+            self.shared.counters.operation();
+            let mut command = redis::cmd("EXISTS");
+            command.arg(&redis_key);
+            let exists: i64 = self
+                .call(
+                    move |mut connection| async move { command.query_async(&mut connection).await },
+                )
+                .await?;
+            if exists == 0 {
+                return Ok(Acquire::Released);
+            }
+        }
+    }
+
+    fn taken(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<String, Vec<String>>> {
+        self.locks
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Releases every lock of `namespace` that `holder` took through this gateway and still
+    /// holds; how many. Costs nothing when the holder released them itself.
+    pub async fn release_all(&self, namespace: &str, holder: &str) -> Result<usize, KvError> {
+        let Some(keys) = self.taken().remove(holder) else {
+            return Ok(0);
+        };
+        let mut released = 0;
+        for key in keys {
+            if self.release(namespace, &key, holder).await? {
+                released += 1;
+            }
+        }
+        Ok(released)
+    }
+
+    /// Releases a lock `holder` holds; whether it did.
+    pub async fn release(&self, namespace: &str, key: &str, holder: &str) -> Result<bool, KvError> {
+        self.shared.limits.check_key(key)?;
+        {
+            let mut locks = self.taken();
+            if let Some(keys) = locks.get_mut(holder) {
+                keys.retain(|taken| taken != key);
+                if keys.is_empty() {
+                    locks.remove(holder);
+                }
+            }
+        }
+        self.shared.counters.operation();
+        let (redis_key, owner) = (self.lock_key(namespace, key), holder.to_owned());
+        let released: i64 = self
+            .call(move |mut connection| async move {
+                RELEASE
+                    .key(redis_key)
+                    .arg(owner)
+                    .invoke_async(&mut connection)
+                    .await
+            })
+            .await?;
+        Ok(released == 1)
     }
 
     /// Adds `delta` to the integer at `key` (absent: 0) and returns the new value. The TTL
@@ -398,6 +593,8 @@ impl RedisStore {
             max_latency_us: (answered > 0).then(|| counters.latency_us_max.load(Ordering::Relaxed)),
             last_error: shared.last_error.load_full().map(|error| (*error).clone()),
             entries: None,
+            bytes: None,
+            evictions: None,
         }
     }
 
@@ -459,6 +656,18 @@ impl RedisStore {
             },
         }
     }
+}
+
+/// `text` as a Redis glob pattern that matches only itself.
+fn glob_escape(text: &str) -> String {
+    let mut escaped = String::with_capacity(text.len());
+    for c in text.chars() {
+        if matches!(c, '*' | '?' | '[' | ']' | '\\' | '^' | '-') {
+            escaped.push('\\');
+        }
+        escaped.push(c);
+    }
+    escaped
 }
 
 /// The TTL argument of the scripts: `''` for none.

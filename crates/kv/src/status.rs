@@ -45,4 +45,10 @@ pub struct BackendStatus {
     /// until they are dropped).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub entries: Option<u64>,
+    /// Bytes of keys and values held, for the memory store.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bytes: Option<u64>,
+    /// Live entries the memory store evicted to stay within its bounds.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub evictions: Option<u64>,
 }

@@ -10,7 +10,10 @@
 //! - `GET /admin/services`: each upstream service's balancer and, for each instance, its
 //!   health (active checks), whether it is ejected and how often it was, its breaker's state
 //!   and how often it opened, its requests in flight and its latency estimate;
+//! - `POST /admin/cache/purge`: removes cache entries by URL, prefix or zone (see [`purge`]);
 //! - `GET /health`: liveness.
+
+mod purge;
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -65,6 +68,10 @@ async fn handle(reloader: Arc<Reloader>, request: Request<Incoming>) -> Response
         (&Method::GET, "/admin/kv") => json(StatusCode::OK, &kv_status(reloader.kv())),
         (&Method::GET, "/admin/services") => {
             json(StatusCode::OK, &services_status(&reloader.live().current()))
+        }
+        (&Method::POST, "/admin/cache/purge") => {
+            let request_id = request_id(request.headers());
+            purge::purge(&reloader, request.into_body(), &request_id).await
         }
         (&Method::GET, "/health") => json(StatusCode::OK, &serde_json::json!({ "status": "ok" })),
         _ => {

@@ -13,8 +13,10 @@
 //!   (a fixed window, as rate limiting needs); the value is stored as decimal text, so `get`
 //!   returns e.g. `b"42"`, and only such text can be incremented (not `+5` or `007`);
 //! - `compare_and_swap` writes only if the current value equals `expected` (`None`: absent);
-//! - the map is bounded: when it is full, expired entries are dropped first, then an arbitrary
-//!   entry is evicted, as a cache does.
+//! - the map is bounded in entries and in bytes (keys and values): when a write would pass
+//!   either bound, expired entries are dropped first, then the least recently used ones are
+//!   evicted, as a cache does. A read or a write counts as a use, so a counter touched on every
+//!   request outlives a cached answer nobody asked for since.
 //!
 //! ```
 //! use gateway_rules::kv::{KvMap, Limits};
@@ -25,7 +27,7 @@
 //! assert_eq!(map.increment("hits", 1, Some(1_000), 1_000), Ok(1)); // the window expired
 //! ```
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 /// Bounds on what the map holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -36,6 +38,8 @@ pub struct Limits {
     pub max_key_bytes: usize,
     /// Largest value accepted, in bytes.
     pub max_value_bytes: usize,
+    /// Most bytes of keys and values held; past it, entries are evicted.
+    pub max_bytes: usize,
 }
 
 impl Limits {
@@ -79,6 +83,7 @@ impl Default for Limits {
             max_entries: 100_000,
             max_key_bytes: 1024,
             max_value_bytes: 1 << 20,
+            max_bytes: 256 << 20,
         }
     }
 }
@@ -101,6 +106,8 @@ struct Entry {
     value: Vec<u8>,
     /// Milliseconds on the caller's monotonic clock; `None` never expires.
     expires_at: Option<u64>,
+    /// When it was last used, as the map counts uses: its place in `KvMap::uses`.
+    used: u64,
 }
 
 impl Entry {
@@ -113,6 +120,14 @@ impl Entry {
 #[derive(Debug, Clone)]
 pub struct KvMap {
     entries: HashMap<String, Entry>,
+    /// The keys by their last use, least recent first.
+    uses: BTreeMap<u64, String>,
+    /// Uses so far: the next use's number.
+    clock: u64,
+    /// Bytes of keys and values held.
+    bytes: usize,
+    /// Live entries evicted to make room.
+    evictions: u64,
     limits: Limits,
 }
 
@@ -125,8 +140,44 @@ impl KvMap {
     pub fn new(limits: Limits) -> Self {
         KvMap {
             entries: HashMap::new(),
+            uses: BTreeMap::new(),
+            clock: 0,
+            bytes: 0,
+            evictions: 0,
             limits,
         }
+    }
+
+    /// Bytes of keys and values held, expired entries included until they are dropped.
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+
+    /// Live entries evicted so far to make room.
+    pub fn evictions(&self) -> u64 {
+        self.evictions
+    }
+
+    fn next_use(&mut self) -> u64 {
+        self.clock += 1;
+        self.clock
+    }
+
+    /// Marks `key` as just used.
+    fn touch(&mut self, key: &str) {
+        let now = self.next_use();
+        if let Some(entry) = self.entries.get_mut(key) {
+            self.uses.remove(&entry.used);
+            entry.used = now;
+            self.uses.insert(now, key.to_owned());
+        }
+    }
+
+    fn remove(&mut self, key: &str) -> Option<Entry> {
+        let entry = self.entries.remove(key)?;
+        self.uses.remove(&entry.used);
+        self.bytes -= key.len() + entry.value.len();
+        Some(entry)
     }
 
     /// Entries held, expired ones included until they are dropped.
@@ -143,28 +194,78 @@ impl KvMap {
         self.entries.get(key).filter(|entry| entry.live(now))
     }
 
-    /// Makes room for one more key, if `key` is new and the map is full.
-    fn make_room(&mut self, key: &str, now: u64) {
-        if self.entries.len() < self.limits.max_entries || self.entries.contains_key(key) {
+    fn full(&self, adding: usize) -> bool {
+        self.entries.len() >= self.limits.max_entries
+            || self.bytes.saturating_add(adding) > self.limits.max_bytes
+    }
+
+    /// Makes room for `adding` more bytes in one more entry (`key` is not in the map).
+    fn make_room(&mut self, adding: usize, now: u64) {
+        if !self.full(adding) {
             return;
         }
-        self.entries.retain(|_, entry| entry.live(now));
-        if self.entries.len() >= self.limits.max_entries
-            && let Some(victim) = self.entries.keys().next().cloned()
-        {
-            self.entries.remove(&victim);
+        let expired: Vec<String> = self
+            .entries
+            .iter()
+            .filter(|(_, entry)| !entry.live(now))
+            .map(|(key, _)| key.clone())
+            .collect();
+        for key in expired {
+            self.remove(&key);
+        }
+        while self.full(adding) {
+            let Some((_, victim)) = self.uses.pop_first() else {
+                break;
+            };
+            if let Some(entry) = self.entries.remove(&victim) {
+                self.bytes -= victim.len() + entry.value.len();
+                self.evictions += 1;
+            }
         }
     }
 
     fn insert(&mut self, key: &str, value: Vec<u8>, expires_at: Option<u64>, now: u64) {
-        self.make_room(key, now);
-        self.entries
-            .insert(key.to_owned(), Entry { value, expires_at });
+        self.remove(key);
+        self.make_room(key.len() + value.len(), now);
+        let used = self.next_use();
+        self.bytes += key.len() + value.len();
+        self.uses.insert(used, key.to_owned());
+        self.entries.insert(
+            key.to_owned(),
+            Entry {
+                value,
+                expires_at,
+                used,
+            },
+        );
     }
 
-    /// The value, if present and not expired.
-    pub fn get(&self, key: &str, now: u64) -> Option<Vec<u8>> {
+    /// The value, if present and not expired; a use of the entry.
+    pub fn get(&mut self, key: &str, now: u64) -> Option<Vec<u8>> {
+        let value = self.live(key, now).map(|entry| entry.value.clone());
+        if value.is_some() {
+            self.touch(key);
+        }
+        value
+    }
+
+    /// The value, if present and not expired, without counting a use: for inspection.
+    pub fn peek(&self, key: &str, now: u64) -> Option<Vec<u8>> {
         self.live(key, now).map(|entry| entry.value.clone())
+    }
+
+    /// Removes every entry whose key `matches`; how many live ones were removed.
+    pub fn remove_matching(&mut self, matches: impl Fn(&str) -> bool, now: u64) -> usize {
+        let keys: Vec<String> = self
+            .entries
+            .keys()
+            .filter(|key| matches(key))
+            .cloned()
+            .collect();
+        keys.iter()
+            .filter_map(|key| self.remove(key))
+            .filter(|entry| entry.live(now))
+            .count()
     }
 
     /// Stores a value, replacing any other, with an optional time to live.
@@ -183,9 +284,7 @@ impl KvMap {
 
     /// Removes a value; whether a live one was there.
     pub fn delete(&mut self, key: &str, now: u64) -> bool {
-        self.entries
-            .remove(key)
-            .is_some_and(|entry| entry.live(now))
+        self.remove(key).is_some_and(|entry| entry.live(now))
     }
 
     /// Adds `delta` to the integer at `key` (absent: 0) and returns the new value. The TTL
@@ -258,6 +357,7 @@ mod tests {
             max_entries: 3,
             max_key_bytes: 8,
             max_value_bytes: 4,
+            max_bytes: 1 << 20,
         })
     }
 
@@ -301,13 +401,7 @@ mod tests {
             Err(KvError::NotAnInteger),
             "only canonical decimal text is a counter"
         );
-        kv.entries.insert(
-            "big".into(),
-            Entry {
-                value: i64::MAX.to_string().into_bytes(),
-                expires_at: None,
-            },
-        );
+        kv.insert("big", i64::MAX.to_string().into_bytes(), None, 0);
         assert_eq!(kv.increment("big", 1, None, 0), Err(KvError::Overflow));
     }
 
@@ -369,5 +463,42 @@ mod tests {
         kv.set("new", b"1".to_vec(), None, 20).expect("set");
         let keys: Vec<String> = kv.entries(20).into_iter().map(|(key, _)| key).collect();
         assert_eq!(keys, ["keep1", "keep2", "new"]);
+    }
+
+    #[test]
+    fn a_full_map_evicts_the_least_recently_used() {
+        let mut kv = map();
+        for key in ["a", "b", "c"] {
+            kv.set(key, b"v".to_vec(), None, 0).expect("set");
+        }
+        assert_eq!(kv.get("a", 0), Some(b"v".to_vec()), "a use of `a`");
+        kv.set("d", b"v".to_vec(), None, 0).expect("set");
+        let keys: Vec<String> = kv.entries(0).into_iter().map(|(key, _)| key).collect();
+        assert_eq!(keys, ["a", "c", "d"], "`b` was the least recently used");
+        assert_eq!(kv.evictions(), 1);
+        assert_eq!(kv.peek("c", 0), Some(b"v".to_vec()));
+        kv.set("e", b"v".to_vec(), None, 0).expect("set");
+        assert_eq!(kv.peek("c", 0), None, "a peek is no use");
+    }
+
+    #[test]
+    fn the_bytes_held_stay_within_their_bound() {
+        let mut kv = KvMap::new(Limits {
+            max_entries: 100,
+            max_key_bytes: 8,
+            max_value_bytes: 64,
+            max_bytes: 100,
+        });
+        for n in 0..10 {
+            kv.set(&format!("k{n}"), vec![0; 40], None, 0).expect("set");
+            assert!(kv.bytes() <= 100, "{} bytes held", kv.bytes());
+        }
+        assert_eq!(kv.len(), 2, "two entries of 42 bytes fit in 100");
+        assert_eq!(kv.evictions(), 8);
+        kv.set("k9", b"1".to_vec(), None, 0)
+            .expect("a smaller value replaces");
+        assert_eq!(kv.bytes(), 42 + 3);
+        assert_eq!(kv.remove_matching(|key| key.starts_with('k'), 0), 2);
+        assert_eq!((kv.len(), kv.bytes()), (0, 0));
     }
 }

@@ -1,6 +1,7 @@
 //! The rules a filter meets, written once: the gateway applies them and so does the SDK's test
 //! host, so a filter's unit tests and production agree.
 //!
+//! - [`cache`]: the key layout of the bundled cache filter, which the admin API purges;
 //! - [`edit`]: the edits a filter may make (header names and values, paths, queries, statuses,
 //!   bodies);
 //! - [`changes`]: what a phase hands back (edits, context entries, metric updates), and its
@@ -11,6 +12,7 @@
 //! - [`kv`]: the semantics of the key-value capability (TTL, increment, compare-and-swap, bounds);
 //! - [`outbound`]: the requests a filter may send to a service.
 
+pub mod cache;
 pub mod changes;
 pub mod context;
 pub mod edit;

@@ -7,6 +7,7 @@
 use gateway_rules::kv::KvError;
 
 use crate::kv::Failure as KvFailure;
+use crate::lock::Outcome as LockOutcome;
 use crate::log::Level;
 use crate::metrics::Registry;
 use crate::outbound::{Failure as OutboundFailure, Request, Response};
@@ -157,6 +158,20 @@ pub fn kv_compare_and_swap(
         let (map, now) = host.kv_store()?;
         map.compare_and_swap(key, expected, new.to_vec(), ttl_ms, now)
             .map_err(refused)
+    })
+}
+
+pub fn lock_acquire(key: &str, lease_ms: u32, _wait_ms: u32) -> Result<LockOutcome, KvFailure> {
+    testing::with_host(|host| {
+        host.kv_limits.check_key(key).map_err(refused)?;
+        host.lock_acquire(key, lease_ms)
+    })
+}
+
+pub fn lock_release(key: &str) -> Result<bool, KvFailure> {
+    testing::with_host(|host| {
+        host.kv_limits.check_key(key).map_err(refused)?;
+        host.lock_release(key)
     })
 }
 

@@ -5,10 +5,11 @@
 use std::cell::{Cell, RefCell};
 
 use crate::kv::Failure as KvFailure;
+use crate::lock::Outcome as LockOutcome;
 use crate::log::Level;
 use crate::metrics::Registry;
 use crate::outbound::{Failure as OutboundFailure, Request, Response};
-use crate::wit::gateway::filter::{clock, http as host, kv, log, outbound};
+use crate::wit::gateway::filter::{clock, http as host, kv, lock, log, outbound};
 
 /// A borrowed request handle for the duration of one call.
 pub struct RequestRef<'a>(&'a host::Request);
@@ -147,6 +148,19 @@ pub fn kv_compare_and_swap(
     ttl_ms: Option<u64>,
 ) -> Result<bool, KvFailure> {
     kv::compare_and_swap(key, expected, new, ttl_ms).map_err(kv_failure)
+}
+
+pub fn lock_acquire(key: &str, lease_ms: u32, wait_ms: u32) -> Result<LockOutcome, KvFailure> {
+    let outcome = lock::acquire(key, lease_ms, wait_ms).map_err(kv_failure)?;
+    Ok(match outcome {
+        lock::AcquireOutcome::Acquired => LockOutcome::Acquired,
+        lock::AcquireOutcome::Released => LockOutcome::Released,
+        lock::AcquireOutcome::TimedOut => LockOutcome::TimedOut,
+    })
+}
+
+pub fn lock_release(key: &str) -> Result<bool, KvFailure> {
+    lock::release(key).map_err(kv_failure)
 }
 
 pub fn outbound_send(request: Request) -> Result<Response, OutboundFailure> {
