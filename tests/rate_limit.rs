@@ -631,20 +631,38 @@ async fn users_the_auth_filter_verified_are_limited_apart_and_a_consumer_by_its_
     let alice = format!("Bearer {}", token_for("alice"));
     let bob = format!("Bearer {}", token_for("bob"));
     for _ in 0..2 {
-        assert_eq!(request(&url, &[("authorization", &alice)]).await.status.as_u16(), 200);
+        assert_eq!(
+            request(&url, &[("authorization", &alice)])
+                .await
+                .status
+                .as_u16(),
+            200
+        );
     }
     request(&url, &[("authorization", &alice)])
         .await
         .assert_gateway_error(429, "RATE_LIMITED");
     // Another verified subject has a bucket of its own.
-    assert_eq!(request(&url, &[("authorization", &bob)]).await.status.as_u16(), 200);
+    assert_eq!(
+        request(&url, &[("authorization", &bob)])
+            .await
+            .status
+            .as_u16(),
+        200
+    );
     // A token that does not verify gets no further than the auth filter.
     request(&url, &[("authorization", "Bearer not.a.token")])
         .await
         .assert_gateway_error(401, "INVALID_TOKEN");
     // The API key's consumer gets its own, higher limit.
     for _ in 0..4 {
-        assert_eq!(request(&url, &[("x-api-key", api_key)]).await.status.as_u16(), 200);
+        assert_eq!(
+            request(&url, &[("x-api-key", api_key)])
+                .await
+                .status
+                .as_u16(),
+            200
+        );
     }
     request(&url, &[("x-api-key", api_key)])
         .await
@@ -654,5 +672,7 @@ async fn users_the_auth_filter_verified_are_limited_apart_and_a_consumer_by_its_
     for _ in 0..2 {
         assert_eq!(request(&open, &[]).await.status.as_u16(), 200);
     }
-    request(&open, &[]).await.assert_gateway_error(429, "RATE_LIMITED");
+    request(&open, &[])
+        .await
+        .assert_gateway_error(429, "RATE_LIMITED");
 }

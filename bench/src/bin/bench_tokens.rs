@@ -44,10 +44,18 @@ fn main() -> ExitCode {
     }
 }
 
-fn tokens(key_path: &str, count: &str, issuer: &str, audience: &str) -> Result<Vec<String>, String> {
-    let pem = std::fs::read(key_path).map_err(|error| format!("cannot read {key_path}: {error}"))?;
+fn tokens(
+    key_path: &str,
+    count: &str,
+    issuer: &str,
+    audience: &str,
+) -> Result<Vec<String>, String> {
+    let pem =
+        std::fs::read(key_path).map_err(|error| format!("cannot read {key_path}: {error}"))?;
     let key = EncodingKey::from_rsa_pem(&pem).map_err(|error| format!("{key_path}: {error}"))?;
-    let count: usize = count.parse().map_err(|_| format!("COUNT must be a number, not `{count}`"))?;
+    let count: usize = count
+        .parse()
+        .map_err(|_| format!("COUNT must be a number, not `{count}`"))?;
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_err(|error| error.to_string())?

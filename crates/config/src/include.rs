@@ -45,7 +45,9 @@ fn resolve_value(
         serde_json::Value::Object(map) => {
             if let Some(path) = map.get(FROM_FILE) {
                 if map.len() != 1 {
-                    problems.push(format!("{field}: `{FROM_FILE}` must be the object's only key"));
+                    problems.push(format!(
+                        "{field}: `{FROM_FILE}` must be the object's only key"
+                    ));
                     return;
                 }
                 let Some(path) = path.as_str() else {
@@ -83,7 +85,10 @@ fn read(path: &Path) -> Result<serde_json::Value, String> {
     }
     let text =
         std::fs::read_to_string(path).map_err(|error| format!("cannot read {shown}: {error}"))?;
-    if path.extension().is_some_and(|extension| extension == "json") {
+    if path
+        .extension()
+        .is_some_and(|extension| extension == "json")
+    {
         serde_json::from_str(&text).map_err(|error| format!("{shown} is not JSON: {error}"))
     } else {
         Ok(serde_json::Value::String(text))
