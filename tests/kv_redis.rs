@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use gateway_tests::{Gateway, RedisServer, Reply, Upstream, http1_client, plugin_dir, send};
+use gateway_tests::{Gateway, RedisServer, Reply, Upstream, http1_client, load, plugin_dir, send};
 use http::Request;
 use http_body_util::Full;
 
@@ -102,31 +102,6 @@ fn count_upstream(reply: &Reply) -> Option<u64> {
         .as_str()
         .unwrap_or_else(|| panic!("neither x-hits nor x-kv upstream: {}", reply.json()));
     Some(hits.parse().expect("a count"))
-}
-
-/// Sends `per_task` requests from each of `tasks` concurrent clients to `url`.
-async fn load(url: String, tasks: usize, per_task: usize) -> Vec<Reply> {
-    let handles: Vec<_> = (0..tasks)
-        .map(|_| {
-            let url = url.clone();
-            tokio::spawn(async move {
-                let client = http1_client();
-                let mut replies = Vec::with_capacity(per_task);
-                for _ in 0..per_task {
-                    let request = Request::get(&url)
-                        .body(Full::new(Bytes::new()))
-                        .expect("request");
-                    replies.push(send(&client, request).await);
-                }
-                replies
-            })
-        })
-        .collect();
-    let mut replies = Vec::new();
-    for handle in handles {
-        replies.extend(handle.await.expect("load task"));
-    }
-    replies
 }
 
 /// 500 requests to `path` through each gateway from 10 concurrent clients each: the counts the

@@ -7,7 +7,7 @@
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use gateway_tests::{Gateway, RedisServer, Reply, Upstream, http1_client, plugin_dir, send};
+use gateway_tests::{Gateway, RedisServer, Reply, Upstream, http1_client, load, plugin_dir, send};
 use http::Request;
 use http_body_util::Full;
 
@@ -69,31 +69,6 @@ async fn request(url: &str, headers: &[(&str, &str)]) -> Reply {
         builder.body(Full::new(Bytes::new())).expect("request"),
     )
     .await
-}
-
-/// Sends `per_task` requests to `url` from each of `tasks` concurrent clients.
-async fn load(url: String, tasks: usize, per_task: usize) -> Vec<Reply> {
-    let handles: Vec<_> = (0..tasks)
-        .map(|_| {
-            let url = url.clone();
-            tokio::spawn(async move {
-                let client = http1_client();
-                let mut replies = Vec::with_capacity(per_task);
-                for _ in 0..per_task {
-                    let request = Request::get(&url)
-                        .body(Full::new(Bytes::new()))
-                        .expect("request");
-                    replies.push(send(&client, request).await);
-                }
-                replies
-            })
-        })
-        .collect();
-    let mut replies = Vec::new();
-    for handle in handles {
-        replies.extend(handle.await.expect("load task"));
-    }
-    replies
 }
 
 fn now_ms() -> u64 {

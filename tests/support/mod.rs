@@ -380,6 +380,31 @@ pub async fn send(
 }
 
 /// GET with a fresh HTTP/1.1 client.
+/// Sends `per_task` requests from each of `tasks` concurrent clients to `url`.
+pub async fn load(url: String, tasks: usize, per_task: usize) -> Vec<Reply> {
+    let handles: Vec<_> = (0..tasks)
+        .map(|_| {
+            let url = url.clone();
+            tokio::spawn(async move {
+                let client = http1_client();
+                let mut replies = Vec::with_capacity(per_task);
+                for _ in 0..per_task {
+                    let request = Request::get(&url)
+                        .body(Full::new(Bytes::new()))
+                        .expect("request");
+                    replies.push(send(&client, request).await);
+                }
+                replies
+            })
+        })
+        .collect();
+    let mut replies = Vec::new();
+    for handle in handles {
+        replies.extend(handle.await.expect("load task"));
+    }
+    replies
+}
+
 pub async fn get(url: &str) -> Reply {
     let request = Request::get(url)
         .body(Full::new(Bytes::new()))
