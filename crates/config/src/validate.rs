@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use http::Method;
 
+use crate::observe::DebugTrace;
 use crate::file::{ConfigFile, KvBackendKind, RouteFile, ServiceFile};
 use crate::upstream::{BalancerKind, HashKey, HealthCheck, Retries};
 use crate::{
@@ -39,6 +40,12 @@ const MAX_INSTANCES: usize = 256;
 const WEIGHT: (u32, u32) = (1, 100);
 const FAILURE_COUNT: (u32, u32) = (1, 1000);
 const RETRY_ATTEMPTS: (u32, u32) = (0, 5);
+/// The bounds on the access log: a buffer that holds at least a few lines, and a wait short
+/// enough that `tail -f` still reads as live.
+const ACCESS_LOG_BUFFER: (ByteSize, ByteSize) = (ByteSize(4 << 10), ByteSize(16 << 20));
+const ACCESS_LOG_FLUSH: (Duration, Duration) = (Duration::from_millis(10), Duration::from_secs(60));
+const ACCESS_LOG_PENDING: (usize, usize) = (1, 1024);
+const DEBUG_SECRET_BYTES: (usize, usize) = (8, 256);
 
 /// Collects problems while walking the configuration.
 #[derive(Default)]
@@ -116,6 +123,7 @@ pub(crate) fn check(file: ConfigFile) -> Result<Config, Vec<String>> {
     let mut problems = Problems::default();
     check_listeners(&file, &mut problems);
     check_limits(&file, &mut problems);
+    check_access_log(&file, &mut problems);
     check_filters(&file, &mut problems);
     let services = file
         .services
@@ -149,7 +157,26 @@ pub(crate) fn check(file: ConfigFile) -> Result<Config, Vec<String>> {
         filters: file.filters,
         services,
         routes,
+        access_log: file.access_log,
+        tracing: file.tracing,
     })
+}
+
+fn check_access_log(config: &ConfigFile, problems: &mut Problems) {
+    let log = &config.access_log;
+    problems.bounded("access_log.buffer", log.buffer, ACCESS_LOG_BUFFER, size);
+    problems.bounded(
+        "access_log.flush_interval",
+        log.flush_interval,
+        ACCESS_LOG_FLUSH,
+        duration,
+    );
+    problems.bounded(
+        "access_log.max_pending_buffers",
+        log.max_pending_buffers,
+        ACCESS_LOG_PENDING,
+        count,
+    );
 }
 
 fn check_listeners(config: &ConfigFile, problems: &mut Problems) {
@@ -693,6 +720,9 @@ fn check_route(
             }
         }
     }
+    if let Some(trace) = &route.debug_trace {
+        check_debug_trace(&at, trace, problems);
+    }
     if problems.0.len() != before {
         return None;
     }
@@ -704,7 +734,38 @@ fn check_route(
         service,
         filters: route.filters.clone(),
         allow_dot_segment_params: route.allow_dot_segment_params,
+        debug_trace: route.debug_trace.clone(),
     })
+}
+
+fn check_debug_trace(at: &str, trace: &DebugTrace, problems: &mut Problems) {
+    if trace.clients.is_none() && trace.secret.is_none() {
+        problems.add(
+            format_args!("{at}.debug_trace"),
+            "give `clients`, `secret` or both: a trace for every client shows anyone how the filters decide",
+        );
+    }
+    if trace.clients.as_ref().is_some_and(Vec::is_empty) {
+        problems.add(
+            format_args!("{at}.debug_trace.clients"),
+            "list at least one address range, or leave `clients` out",
+        );
+    }
+    if let Some(secret) = &trace.secret {
+        let usable = secret.bytes().all(|b| b.is_ascii_graphic());
+        if !usable {
+            problems.add(
+                format_args!("{at}.debug_trace.secret"),
+                "must be printable ASCII without spaces, as a header value is sent",
+            );
+        }
+        problems.bounded(
+            format_args!("{at}.debug_trace.secret"),
+            secret.len(),
+            DEBUG_SECRET_BYTES,
+            |bytes| format!("{bytes} bytes"),
+        );
+    }
 }
 
 fn check_method(field: &str, method: &str, problems: &mut Problems) -> Option<Method> {
