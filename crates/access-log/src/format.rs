@@ -33,8 +33,6 @@ pub struct Line<'a> {
     pub trace_id: Option<&'a str>,
     /// The gateway's own span in that trace: 16 lower-case hex digits.
     pub span_id: Option<&'a str>,
-    /// The `x-gateway-trace` value of a request that got a debug trace.
-    pub decisions: Option<&'a str>,
 }
 
 /// Appends `line` and its newline to `out`.
@@ -90,10 +88,6 @@ fn json(line: &Line<'_>, out: &mut Vec<u8>) {
     json_optional(line.trace_id.map(str::as_bytes), out);
     out.extend_from_slice(b",\"span_id\":");
     json_optional(line.span_id.map(str::as_bytes), out);
-    if let Some(decisions) = line.decisions {
-        out.extend_from_slice(b",\"decisions\":");
-        json_string(decisions.as_bytes(), out);
-    }
     out.push(b'}');
 }
 
@@ -271,7 +265,6 @@ mod tests {
             user_agent: Some(b"curl/8 \xff\n"),
             trace_id: Some("4bf92f3577b34da6a3ce929d0e0e4736"),
             span_id: Some("00f067aa0ba902b7"),
-            decisions: None,
         }
     }
 
@@ -299,7 +292,6 @@ mod tests {
         assert_eq!(value["user_agent"], "curl/8 \u{ff}\n");
         assert_eq!(value["trace_id"], "4bf92f3577b34da6a3ce929d0e0e4736");
         assert_eq!(value["span_id"], "00f067aa0ba902b7");
-        assert!(value.get("decisions").is_none());
     }
 
     #[test]

@@ -23,7 +23,6 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crossbeam_queue::ArrayQueue;
@@ -98,9 +97,14 @@ pub type Settings = gateway_config::AccessLog;
 
 /// The handle of the started log; [`AccessLog::finish`] writes what is buffered and stops it.
 pub struct AccessLog {
-    writer: Option<JoinHandle<()>>,
+    /// Closed by the writer thread as it ends.
+    done: Receiver<()>,
     shared: Arc<Shared>,
 }
+
+/// How long shutdown waits for the last lines: a destination that takes longer (a stalled
+/// pipe) must not keep the gateway from exiting.
+const FINISH_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Starts the writer thread and installs the log for [`write`]. The file, if the destination
 /// is one, is opened here so that a path that cannot be written stops the start with a clear
@@ -127,27 +131,32 @@ pub fn start(settings: &Settings) -> Result<AccessLog> {
         reported_drops: 0,
         failing: false,
     };
-    let thread = std::thread::Builder::new()
+    let (finished, done) = std::sync::mpsc::channel();
+    std::thread::Builder::new()
         .name("gateway-access-log".to_owned())
-        .spawn(move || writer.run())
+        .spawn(move || {
+            writer.run();
+            let _ = finished.send(());
+        })
         .map_err(Error::Thread)?;
-    Ok(AccessLog {
-        writer: Some(thread),
-        shared,
-    })
+    Ok(AccessLog { done, shared })
 }
 
 impl AccessLog {
     /// Writes every line still buffered and stops the writer. Call it once no request can
     /// still be logged (the workers have stopped); lines written after it are lost.
-    pub fn finish(mut self) {
+    pub fn finish(self) {
         self.shared.finish.store(true, Ordering::Release);
         // A full queue means the writer is busy and sees the flag when it next looks.
         let _ = self.shared.handoff.try_send(Handoff::Wake);
-        if let Some(writer) = self.writer.take()
-            && writer.join().is_err()
-        {
-            tracing::error!("the access-log writer panicked; buffered lines are lost");
+        match self.done.recv_timeout(FINISH_TIMEOUT) {
+            Ok(()) => {}
+            Err(RecvTimeoutError::Timeout) => tracing::error!(
+                "the access log's destination took more than {FINISH_TIMEOUT:?}; its last lines are lost"
+            ),
+            Err(RecvTimeoutError::Disconnected) => {
+                tracing::error!("the access-log writer panicked; buffered lines are lost")
+            }
         }
     }
 }

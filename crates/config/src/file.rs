@@ -10,7 +10,7 @@ use std::time::Duration;
 use serde::{Deserialize, Deserializer, de};
 
 use crate::ByteSize;
-use crate::observe::{AccessLog, DebugTrace};
+use crate::observe::AccessLog;
 use crate::upstream::{
     BalancerKind, CircuitBreaker, HashKey, HealthCheck, InstanceFile, OutlierDetection, Retries,
 };
@@ -411,10 +411,6 @@ pub struct RouteFile {
     /// Java servers do, so `/public/..;/admin` would reach `/admin` behind the gateway's back.
     #[serde(default)]
     pub allow_dot_segment_params: bool,
-    /// Answer the clients it allows with an `x-gateway-trace` header of the filters'
-    /// decisions; off unless given.
-    #[serde(default)]
-    pub debug_trace: Option<DebugTrace>,
 }
 
 /// The conditions a request must meet to take a route. All given conditions must hold.

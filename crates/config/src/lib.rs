@@ -28,7 +28,7 @@ pub use file::{
     Admin, ConfigFile, EdgeLimits, FailurePolicy, FilterDefinition, Isolation, KvBackendKind,
     KvSettings, Listener, RedisSettings, RouteFile, RouteFilter, RouteMatch, ServiceFile, Tracing,
 };
-pub use observe::{AccessLog, AccessLogDestination, AccessLogFormat, DebugTrace};
+pub use observe::{AccessLog, AccessLogDestination, AccessLogFormat};
 pub use gateway_routing::pattern::PathPattern;
 pub use instance::InstanceUrl;
 pub use size::ByteSize;
@@ -156,7 +156,6 @@ pub struct Route {
     /// Each names a filter of [`Config::filters`].
     pub filters: Vec<RouteFilter>,
     pub allow_dot_segment_params: bool,
-    pub debug_trace: Option<DebugTrace>,
 }
 
 /// How a route matches paths.

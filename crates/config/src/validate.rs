@@ -11,7 +11,6 @@ use std::time::Duration;
 
 use http::Method;
 
-use crate::observe::DebugTrace;
 use crate::file::{ConfigFile, KvBackendKind, RouteFile, ServiceFile};
 use crate::upstream::{BalancerKind, HashKey, HealthCheck, Retries};
 use crate::{
@@ -45,7 +44,6 @@ const RETRY_ATTEMPTS: (u32, u32) = (0, 5);
 const ACCESS_LOG_BUFFER: (ByteSize, ByteSize) = (ByteSize(4 << 10), ByteSize(16 << 20));
 const ACCESS_LOG_FLUSH: (Duration, Duration) = (Duration::from_millis(10), Duration::from_secs(60));
 const ACCESS_LOG_PENDING: (usize, usize) = (1, 1024);
-const DEBUG_SECRET_BYTES: (usize, usize) = (8, 256);
 
 /// Collects problems while walking the configuration.
 #[derive(Default)]
@@ -720,9 +718,6 @@ fn check_route(
             }
         }
     }
-    if let Some(trace) = &route.debug_trace {
-        check_debug_trace(&at, trace, problems);
-    }
     if problems.0.len() != before {
         return None;
     }
@@ -734,38 +729,7 @@ fn check_route(
         service,
         filters: route.filters.clone(),
         allow_dot_segment_params: route.allow_dot_segment_params,
-        debug_trace: route.debug_trace.clone(),
     })
-}
-
-fn check_debug_trace(at: &str, trace: &DebugTrace, problems: &mut Problems) {
-    if trace.clients.is_none() && trace.secret.is_none() {
-        problems.add(
-            format_args!("{at}.debug_trace"),
-            "give `clients`, `secret` or both: a trace for every client shows anyone how the filters decide",
-        );
-    }
-    if trace.clients.as_ref().is_some_and(Vec::is_empty) {
-        problems.add(
-            format_args!("{at}.debug_trace.clients"),
-            "list at least one address range, or leave `clients` out",
-        );
-    }
-    if let Some(secret) = &trace.secret {
-        let usable = secret.bytes().all(|b| b.is_ascii_graphic());
-        if !usable {
-            problems.add(
-                format_args!("{at}.debug_trace.secret"),
-                "must be printable ASCII without spaces, as a header value is sent",
-            );
-        }
-        problems.bounded(
-            format_args!("{at}.debug_trace.secret"),
-            secret.len(),
-            DEBUG_SECRET_BYTES,
-            |bytes| format!("{bytes} bytes"),
-        );
-    }
 }
 
 fn check_method(field: &str, method: &str, problems: &mut Problems) -> Option<Method> {
