@@ -4,8 +4,8 @@
 //! buffer is handed to the writer thread, which also takes every partly filled buffer once per
 //! flush interval, as nginx's `access_log ... buffer= flush=` does. The request path never
 //! touches the destination. When the destination is slower than the traffic, at most
-//! `max_pending_buffers` full buffers wait; past them, lines are dropped and counted, and one
-//! warning per flush interval says how many, so a stuck disk or pipe bounds memory instead of
+//! `max_pending_buffers` full buffers wait; past them, lines are dropped and counted, and a
+//! warning at most once a second says how many, so a stuck disk or pipe bounds memory instead of
 //! growing it.
 //!
 //! The log is process-wide, like the `tracing` subscriber it took over from: [`start`]
@@ -88,6 +88,11 @@ struct Shared {
     /// Written buffers kept for reuse, so a busy log does not allocate one per flush.
     spare: ArrayQueue<Vec<u8>>,
     dropped: AtomicU64,
+    /// How many of `dropped` a warning has told of.
+    reported: AtomicU64,
+    /// When the last warning about drops was written, in milliseconds after `started`.
+    last_warning: AtomicU64,
+    started: Instant,
     reopen: AtomicBool,
     finish: AtomicBool,
 }
@@ -106,6 +111,9 @@ pub struct AccessLog {
 /// pipe) must not keep the gateway from exiting.
 const FINISH_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// The shortest time between two warnings about dropped lines.
+const DROP_WARNING_INTERVAL_MS: u64 = 1000;
+
 /// Starts the writer thread and installs the log for [`write`]. The file, if the destination
 /// is one, is opened here so that a path that cannot be written stops the start with a clear
 /// message.
@@ -119,6 +127,9 @@ pub fn start(settings: &Settings) -> Result<AccessLog> {
         handoff,
         spare: ArrayQueue::new(settings.max_pending_buffers + 1),
         dropped: AtomicU64::new(0),
+        reported: AtomicU64::new(0),
+        last_warning: AtomicU64::new(0),
+        started: Instant::now(),
         reopen: AtomicBool::new(false),
         finish: AtomicBool::new(false),
     });
@@ -128,7 +139,6 @@ pub fn start(settings: &Settings) -> Result<AccessLog> {
         destination,
         pending,
         flush_interval: settings.flush_interval,
-        reported_drops: 0,
         failing: false,
     };
     let (finished, done) = std::sync::mpsc::channel();
@@ -218,11 +228,41 @@ impl Shared {
             Ok(()) => {}
             Err(TrySendError::Full(Handoff::Full(batch)))
             | Err(TrySendError::Disconnected(Handoff::Full(batch))) => {
-                self.dropped.fetch_add(batch.lines, Ordering::Relaxed);
+                self.count_dropped(batch.lines);
                 self.recycle(batch.bytes);
             }
             Err(TrySendError::Full(Handoff::Wake))
             | Err(TrySendError::Disconnected(Handoff::Wake)) => {}
+        }
+    }
+
+    /// Counts lines that were lost, and warns about them at most once a second: the writer
+    /// may be the thread stuck on the destination, so whoever drops lines tells.
+    fn count_dropped(&self, lines: u64) {
+        self.dropped.fetch_add(lines, Ordering::Relaxed);
+        let now = u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        let last = self.last_warning.load(Ordering::Relaxed);
+        if last != 0 && now.saturating_sub(last) < DROP_WARNING_INTERVAL_MS {
+            return;
+        }
+        let won = self
+            .last_warning
+            .compare_exchange(last, now.max(1), Ordering::Relaxed, Ordering::Relaxed)
+            .is_ok();
+        if won {
+            self.warn_dropped();
+        }
+    }
+
+    fn warn_dropped(&self) {
+        let total = self.dropped.load(Ordering::Relaxed);
+        let reported = self.reported.swap(total, Ordering::Relaxed);
+        if total > reported {
+            tracing::warn!(
+                dropped = total - reported,
+                total,
+                "access-log lines dropped: the destination is slower than the traffic"
+            );
         }
     }
 
@@ -291,7 +331,6 @@ struct Writer {
     destination: Destination,
     pending: Receiver<Handoff>,
     flush_interval: Duration,
-    reported_drops: u64,
     /// Whether the last write failed, so a failing destination is reported once, not per
     /// buffer.
     failing: bool,
@@ -315,7 +354,6 @@ impl Writer {
             }
             if Instant::now() >= next_flush {
                 self.flush_shards();
-                self.report_drops();
                 next_flush = Instant::now() + self.flush_interval;
             }
         }
@@ -325,7 +363,7 @@ impl Writer {
             }
         }
         self.flush_shards();
-        self.report_drops();
+        self.shared.warn_dropped();
     }
 
     /// Takes every worker's partly filled buffer and writes it.
@@ -357,7 +395,7 @@ impl Writer {
                 }
             }
             Err(error) => {
-                self.shared.dropped.fetch_add(batch.lines, Ordering::Relaxed);
+                self.shared.count_dropped(batch.lines);
                 if !self.failing {
                     self.failing = true;
                     tracing::error!(%error, "cannot write the access log; lines are dropped until it can");
@@ -365,17 +403,5 @@ impl Writer {
             }
         }
         self.shared.recycle(batch.bytes);
-    }
-
-    fn report_drops(&mut self) {
-        let dropped = self.shared.dropped.load(Ordering::Relaxed);
-        if dropped > self.reported_drops {
-            tracing::warn!(
-                dropped = dropped - self.reported_drops,
-                total = dropped,
-                "access-log lines dropped: the destination is slower than the traffic"
-            );
-            self.reported_drops = dropped;
-        }
     }
 }

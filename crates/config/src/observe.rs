@@ -26,7 +26,7 @@ pub struct AccessLog {
     #[serde(with = "humantime_serde")]
     pub flush_interval: Duration,
     /// Full buffers that may wait for a slow destination; past it, new lines are dropped and
-    /// counted (one warning per flush interval says how many), so memory stays bounded.
+    /// counted (a warning at most once a second says how many), so memory stays bounded.
     pub max_pending_buffers: usize,
 }
 
@@ -56,10 +56,57 @@ pub enum AccessLogFormat {
 
 /// Where access-log lines go.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "kebab-case")]
+#[serde(try_from = "DestinationFile")]
 pub enum AccessLogDestination {
     /// The gateway's standard error, with its other logs.
     Stderr,
     /// This file, created if missing, appended to, reopened on SIGUSR1.
     File(PathBuf),
+}
+
+/// `stderr` or `{ file: PATH }` as written in YAML, which has no plain form for an enum
+/// variant with data.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum DestinationFile {
+    Word(String),
+    File(FileDestination),
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileDestination {
+    /// The log file.
+    file: PathBuf,
+}
+
+impl TryFrom<DestinationFile> for AccessLogDestination {
+    type Error = String;
+
+    fn try_from(written: DestinationFile) -> Result<Self, String> {
+        match written {
+            DestinationFile::Word(word) if word == "stderr" => Ok(AccessLogDestination::Stderr),
+            DestinationFile::Word(word) => Err(format!(
+                "`{word}` is not a destination: write `stderr` or `{{ file: PATH }}`"
+            )),
+            DestinationFile::File(FileDestination { file }) => Ok(AccessLogDestination::File(file)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_destination_is_stderr_or_a_file() {
+        let parse = |text: &str| serde_yaml_ng::from_str::<AccessLogDestination>(text);
+        assert_eq!(parse("stderr").ok(), Some(AccessLogDestination::Stderr));
+        assert_eq!(
+            parse("{ file: /var/log/access.log }").ok(),
+            Some(AccessLogDestination::File("/var/log/access.log".into()))
+        );
+        assert!(parse("stdout").is_err());
+        assert!(parse("{ file: a, mode: b }").is_err());
+    }
 }
