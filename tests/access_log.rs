@@ -63,7 +63,9 @@ async fn a_json_line_on_stderr_carries_every_field() {
     assert_eq!(entry["client"], "127.0.0.1");
     assert_eq!(entry["route"], "all");
     assert_eq!(
-        entry["upstream"].as_str().map(|label| label.starts_with("backend@")),
+        entry["upstream"]
+            .as_str()
+            .map(|label| label.starts_with("backend@")),
         Some(true),
         "{line}"
     );
@@ -71,7 +73,10 @@ async fn a_json_line_on_stderr_carries_every_field() {
     assert_eq!(entry["referer"], "http://example.com/from");
     assert_eq!(entry["error"], serde_json::Value::Null);
     assert!(entry["duration_us"].as_u64().is_some(), "{line}");
-    assert!(entry["bytes"].as_u64().is_some_and(|bytes| bytes > 0), "{line}");
+    assert!(
+        entry["bytes"].as_u64().is_some_and(|bytes| bytes > 0),
+        "{line}"
+    );
     assert_eq!(entry["trace_id"].as_str().map(str::len), Some(32), "{line}");
     assert_eq!(entry["span_id"].as_str().map(str::len), Some(16), "{line}");
     humantime::parse_rfc3339(entry["time"].as_str().expect("a time")).expect("RFC 3339");
@@ -81,7 +86,10 @@ async fn a_json_line_on_stderr_carries_every_field() {
     let id = missing.header("x-request-id").expect("an id").to_owned();
     let upstream_status = missing.status.as_u16();
     let line = gateway
-        .wait_for_log(&[&format!("\"request_id\":\"{id}\"")], Duration::from_secs(5))
+        .wait_for_log(
+            &[&format!("\"request_id\":\"{id}\"")],
+            Duration::from_secs(5),
+        )
         .expect("a line for the second request");
     let entry: serde_json::Value = serde_json::from_str(&line).expect("a JSON line");
     assert_eq!(entry["status"], upstream_status);
@@ -99,7 +107,10 @@ async fn combined_lines_go_to_a_file_that_sigusr1_reopens() {
             path.display()
         ),
     ));
-    assert_eq!(request_with(&gateway, "/before?n=1", "combined-1").await, 200);
+    assert_eq!(
+        request_with(&gateway, "/before?n=1", "combined-1").await,
+        200
+    );
     assert!(
         eventually(Duration::from_secs(5), || !file_lines(&path).is_empty()).await,
         "the line reaches the file"
@@ -143,7 +154,10 @@ async fn combined_lines_go_to_a_file_that_sigusr1_reopens() {
     let old = file_lines(&rotated);
     assert!(old[0].contains("/before?n=1"), "{old:?}");
     let new = file_lines(&path);
-    assert!(new.iter().all(|line| line.contains("GET /after?n=")), "{new:?}");
+    assert!(
+        new.iter().all(|line| line.contains("GET /after?n=")),
+        "{new:?}"
+    );
     assert!(
         gateway
             .wait_for_log(&["access log reopened"], Duration::from_secs(1))
@@ -210,7 +224,10 @@ async fn a_stalled_destination_drops_and_counts_lines_and_the_gateway_keeps_serv
         .wait_for_log(&["access-log lines dropped"], Duration::from_secs(5))
         .expect("a warning counting the dropped lines");
     let warning: serde_json::Value = serde_json::from_str(&warning).expect("JSON");
-    assert!(warning["dropped"].as_u64().is_some_and(|n| n > 0), "{warning}");
+    assert!(
+        warning["dropped"].as_u64().is_some_and(|n| n > 0),
+        "{warning}"
+    );
 
     // Memory stays where it was after a second burst as large as the first.
     let before = resident_kib(gateway.pid());

@@ -38,7 +38,11 @@ fn parts(traceparent: &str) -> (String, String, String) {
     let fields: Vec<&str> = traceparent.split('-').collect();
     assert_eq!(fields.len(), 4, "{traceparent}");
     assert_eq!(fields[0], "00", "{traceparent}");
-    (fields[1].to_owned(), fields[2].to_owned(), fields[3].to_owned())
+    (
+        fields[1].to_owned(),
+        fields[2].to_owned(),
+        fields[3].to_owned(),
+    )
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -73,7 +77,11 @@ async fn a_traceparent_is_passed_upstream_with_the_gateway_as_parent() {
         .expect("an access-log line");
     let entry: serde_json::Value = serde_json::from_str(&line).expect("JSON");
     assert_eq!(entry["trace_id"], TRACE_ID);
-    assert_eq!(entry["span_id"], parent.as_str(), "the log names the gateway's span");
+    assert_eq!(
+        entry["span_id"],
+        parent.as_str(),
+        "the log names the gateway's span"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -85,7 +93,11 @@ async fn a_trace_is_created_from_the_request_id_when_absent_or_invalid() {
     let request_id = reply.header("x-request-id").expect("a request id");
     let sent = upstream_got(&reply, "traceparent").expect("a traceparent upstream");
     let (trace_id, parent, flags) = parts(&sent);
-    assert_eq!(trace_id, request_id.replace('-', ""), "linked to the request id");
+    assert_eq!(
+        trace_id,
+        request_id.replace('-', ""),
+        "linked to the request id"
+    );
     assert_eq!(parent.len(), 16);
     assert_ne!(parent, "0000000000000000");
     assert_eq!(flags, "00");
@@ -105,7 +117,11 @@ async fn a_trace_is_created_from_the_request_id_when_absent_or_invalid() {
         .await;
         let request_id = reply.header("x-request-id").expect("a request id");
         let sent = upstream_got(&reply, "traceparent").expect("a traceparent upstream");
-        assert_eq!(parts(&sent).0, request_id.replace('-', ""), "restarted for {value}");
+        assert_eq!(
+            parts(&sent).0,
+            request_id.replace('-', ""),
+            "restarted for {value}"
+        );
         assert_eq!(
             upstream_got(&reply, "tracestate"),
             None,
@@ -116,7 +132,10 @@ async fn a_trace_is_created_from_the_request_id_when_absent_or_invalid() {
     // A later version is read as far as version 00 goes, and sent on as 00.
     let reply = traced(
         &gateway,
-        &[("traceparent", &format!("cc-{TRACE_ID}-{CALLER_SPAN}-01-future"))],
+        &[(
+            "traceparent",
+            &format!("cc-{TRACE_ID}-{CALLER_SPAN}-01-future"),
+        )],
     )
     .await;
     let sent = upstream_got(&reply, "traceparent").expect("a traceparent upstream");

@@ -28,9 +28,9 @@ pub use file::{
     Admin, ConfigFile, EdgeLimits, FailurePolicy, FilterDefinition, Isolation, KvBackendKind,
     KvSettings, Listener, RedisSettings, RouteFile, RouteFilter, RouteMatch, ServiceFile, Tracing,
 };
-pub use observe::{AccessLog, AccessLogDestination, AccessLogFormat};
 pub use gateway_routing::pattern::PathPattern;
 pub use instance::InstanceUrl;
+pub use observe::{AccessLog, AccessLogDestination, AccessLogFormat};
 pub use size::ByteSize;
 pub use upstream::{
     BalancerKind, CircuitBreaker, HashKey, HashSource, HealthCheck, InstanceFile, OutlierDetection,

@@ -19,8 +19,8 @@ use http_body_util::{BodyExt, Either};
 use crate::body::{BodyLimits, BodyReadTimeout, Prefixed, RequestBody, ResponseBody, full};
 use crate::state::{RouteEntry, ServingState, Target};
 use crate::trace::TraceContext;
-use gateway_access_log::Line;
 use crate::{Error, Result, headers, hygiene};
+use gateway_access_log::Line;
 use gateway_routing::normalize;
 
 /// What the pipeline knows about the connection a request came on.
@@ -102,9 +102,7 @@ where
                 u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX)
             }),
             route: outcome.route,
-            upstream: outcome
-                .upstream
-                .map(|instance| instance.label.as_str()),
+            upstream: outcome.upstream.map(|instance| instance.label.as_str()),
             error: outcome
                 .error
                 .as_ref()

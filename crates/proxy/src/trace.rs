@@ -184,7 +184,9 @@ fn tracestate_key(key: &[u8]) -> bool {
         first_ok
             && part.len() <= most
             && part.iter().all(|&b| {
-                b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'_' | b'-' | b'*' | b'/')
+                b.is_ascii_lowercase()
+                    || b.is_ascii_digit()
+                    || matches!(b, b'_' | b'-' | b'*' | b'/')
             })
     };
     match key.iter().position(|&b| b == b'@') {
@@ -232,9 +234,15 @@ mod tests {
         let sent = headers[TRACEPARENT].to_str().expect("ASCII");
         assert_eq!(
             sent,
-            format!("00-4bf92f3577b34da6a3ce929d0e0e4736-{}-01", context.span_id())
+            format!(
+                "00-4bf92f3577b34da6a3ce929d0e0e4736-{}-01",
+                context.span_id()
+            )
         );
-        assert_eq!(headers[TRACESTATE], "congo=t61rcWkgMzE, rojo=00f067aa0ba902b7");
+        assert_eq!(
+            headers[TRACESTATE],
+            "congo=t61rcWkgMzE, rojo=00f067aa0ba902b7"
+        );
     }
 
     #[test]
@@ -261,7 +269,10 @@ mod tests {
             assert!(headers.get(TRACESTATE).is_none(), "{value}");
             assert_eq!(
                 headers[TRACEPARENT].to_str().expect("ASCII"),
-                format!("00-9b2f3c4d0e1f4a2b8c3d4e5f60718293-{}-00", context.span_id())
+                format!(
+                    "00-9b2f3c4d0e1f4a2b8c3d4e5f60718293-{}-00",
+                    context.span_id()
+                )
             );
         }
         let (context, _) = traced(&[GOOD, GOOD], &[]);
