@@ -162,7 +162,7 @@ async fn request_ids_are_generated_passed_upstream_and_returned() {
     let line = s
         .gateway
         .wait_for_log(
-            &["\"target\":\"access\"", "client-chosen-42"],
+            &["\"request_id\":\"client-chosen-42\"", "\"duration_us\""],
             Duration::from_secs(5),
         )
         .expect("an access-log line for the request");

@@ -263,6 +263,12 @@ fn validate(path: &Path) -> anyhow::Result<()> {
 async fn serve(path: &Path, workers: usize) -> anyhow::Result<()> {
     let started = std::time::Instant::now();
     let (reloader, config) = Reloader::start(path).await?;
+    let access_log = config
+        .access_log
+        .enabled
+        .then(|| gateway_access_log::start(&config.access_log))
+        .transpose()?;
+    reopen_access_log_on_usr1();
     let addresses: Vec<_> = config.listeners.iter().map(|l| l.address).collect();
     let listeners = gateway_server::bind(&addresses).await?;
     if let Some(admin) = &config.admin {
@@ -297,6 +303,9 @@ async fn serve(path: &Path, workers: usize) -> anyhow::Result<()> {
     tokio::task::spawn_blocking(move || workers.stop())
         .await
         .context("the workers did not stop cleanly")?;
+    if let Some(access_log) = access_log {
+        access_log.finish();
+    }
     tracing::info!("all connections closed");
     Ok(())
 }
@@ -321,6 +330,26 @@ fn reload_on_hangup(reloader: Arc<Reloader>) {
     }
     #[cfg(not(unix))]
     let _ = reloader;
+}
+
+/// SIGUSR1 reopens the access log's file, as logrotate expects after it moved the file away.
+fn reopen_access_log_on_usr1() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::user_defined1()) {
+            Ok(mut signals) => {
+                tokio::spawn(async move {
+                    while signals.recv().await.is_some() {
+                        gateway_access_log::reopen();
+                    }
+                });
+            }
+            Err(error) => {
+                tracing::warn!(%error, "cannot watch SIGUSR1; the access log file is never reopened")
+            }
+        }
+    }
 }
 
 async fn shutdown_signal() {

@@ -1,6 +1,7 @@
 //! Logs: human-readable by default, one JSON object per line with `--log-format json`.
-//! `RUST_LOG` picks levels per target; access-log lines use the `access` target and filter
-//! logs the `filter` target, so either can be turned down on its own (`RUST_LOG=info,access=off`).
+//! `RUST_LOG` picks levels per target; filter logs use the `filter` target, so they can be
+//! turned down on their own. The access log is not one of these: it has its own writer and
+//! its own `access_log` section in the configuration (`gateway-access-log`).
 
 use tracing_subscriber::EnvFilter;
 

@@ -10,6 +10,7 @@ use std::time::Duration;
 use serde::{Deserialize, Deserializer, de};
 
 use crate::ByteSize;
+use crate::observe::AccessLog;
 use crate::upstream::{
     BalancerKind, CircuitBreaker, HashKey, HealthCheck, InstanceFile, OutlierDetection, Retries,
 };
@@ -48,6 +49,27 @@ pub struct ConfigFile {
     pub services: BTreeMap<String, ServiceFile>,
     /// Routes, tried in order; the first that matches a request handles it.
     pub routes: Vec<RouteFile>,
+    /// The access log; on, as JSON on stderr, unless this says otherwise.
+    #[serde(default)]
+    pub access_log: AccessLog,
+    /// W3C trace context: `traceparent` and `tracestate` read, checked and passed upstream.
+    #[serde(default)]
+    pub tracing: Tracing,
+}
+
+/// How requests take part in distributed traces.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Tracing {
+    /// Read a client's `traceparent` and `tracestate`, and send them upstream with the
+    /// gateway's span as the new parent; a request without one starts a trace. On by default.
+    pub propagate: bool,
+}
+
+impl Default for Tracing {
+    fn default() -> Self {
+        Tracing { propagate: true }
+    }
 }
 
 fn yes() -> bool {

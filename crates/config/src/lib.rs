@@ -13,6 +13,7 @@
 mod file;
 mod include;
 mod instance;
+mod observe;
 mod size;
 mod upstream;
 mod validate;
@@ -25,10 +26,11 @@ use http::Method;
 
 pub use file::{
     Admin, ConfigFile, EdgeLimits, FailurePolicy, FilterDefinition, Isolation, KvBackendKind,
-    KvSettings, Listener, RedisSettings, RouteFile, RouteFilter, RouteMatch, ServiceFile,
+    KvSettings, Listener, RedisSettings, RouteFile, RouteFilter, RouteMatch, ServiceFile, Tracing,
 };
 pub use gateway_routing::pattern::PathPattern;
 pub use instance::InstanceUrl;
+pub use observe::{AccessLog, AccessLogDestination, AccessLogFormat};
 pub use size::ByteSize;
 pub use upstream::{
     BalancerKind, CircuitBreaker, HashKey, HashSource, HealthCheck, InstanceFile, OutlierDetection,
@@ -87,6 +89,9 @@ pub struct Config {
     pub filters: BTreeMap<String, FilterDefinition>,
     pub services: BTreeMap<String, Service>,
     pub routes: Vec<Route>,
+    /// `destination` is resolved against the configuration file's folder.
+    pub access_log: AccessLog,
+    pub tracing: Tracing,
 }
 
 /// An upstream service: its instances, timeouts and policies (see [`ServiceFile`]).
@@ -191,6 +196,9 @@ impl Config {
         include::resolve(&mut file, base)?;
         file.plugin_dir = base.join(&file.plugin_dir);
         file.cache_dir = file.cache_dir.map(|dir| base.join(dir));
+        if let AccessLogDestination::File(path) = &mut file.access_log.destination {
+            *path = base.join(&*path);
+        }
         validate::check(file)
     }
 }

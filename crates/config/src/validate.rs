@@ -39,6 +39,11 @@ const MAX_INSTANCES: usize = 256;
 const WEIGHT: (u32, u32) = (1, 100);
 const FAILURE_COUNT: (u32, u32) = (1, 1000);
 const RETRY_ATTEMPTS: (u32, u32) = (0, 5);
+/// The bounds on the access log: a buffer that holds at least a few lines, and a wait short
+/// enough that `tail -f` still reads as live.
+const ACCESS_LOG_BUFFER: (ByteSize, ByteSize) = (ByteSize(4 << 10), ByteSize(16 << 20));
+const ACCESS_LOG_FLUSH: (Duration, Duration) = (Duration::from_millis(10), Duration::from_secs(60));
+const ACCESS_LOG_PENDING: (usize, usize) = (1, 1024);
 
 /// Collects problems while walking the configuration.
 #[derive(Default)]
@@ -116,6 +121,7 @@ pub(crate) fn check(file: ConfigFile) -> Result<Config, Vec<String>> {
     let mut problems = Problems::default();
     check_listeners(&file, &mut problems);
     check_limits(&file, &mut problems);
+    check_access_log(&file, &mut problems);
     check_filters(&file, &mut problems);
     let services = file
         .services
@@ -149,7 +155,26 @@ pub(crate) fn check(file: ConfigFile) -> Result<Config, Vec<String>> {
         filters: file.filters,
         services,
         routes,
+        access_log: file.access_log,
+        tracing: file.tracing,
     })
+}
+
+fn check_access_log(config: &ConfigFile, problems: &mut Problems) {
+    let log = &config.access_log;
+    problems.bounded("access_log.buffer", log.buffer, ACCESS_LOG_BUFFER, size);
+    problems.bounded(
+        "access_log.flush_interval",
+        log.flush_interval,
+        ACCESS_LOG_FLUSH,
+        duration,
+    );
+    problems.bounded(
+        "access_log.max_pending_buffers",
+        log.max_pending_buffers,
+        ACCESS_LOG_PENDING,
+        count,
+    );
 }
 
 fn check_listeners(config: &ConfigFile, problems: &mut Problems) {

@@ -21,6 +21,7 @@ mod hygiene;
 mod outbound;
 mod pipeline;
 mod state;
+mod trace;
 
 pub use body::{ResponseBody, full};
 pub use error::{ClientError, Error, Result};

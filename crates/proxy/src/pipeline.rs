@@ -1,5 +1,6 @@
 //! The request pipeline: edge checks, path normalisation, routing, the filter chain's request
-//! phase, the upstream call, the response phase, and one access-log line.
+//! phase, the upstream call, the response phase, and one access-log line (handed to
+//! `gateway-access-log`'s per-worker buffer, never written here).
 
 use std::borrow::Cow;
 use std::net::SocketAddr;
@@ -17,7 +18,9 @@ use http_body_util::{BodyExt, Either};
 
 use crate::body::{BodyLimits, BodyReadTimeout, Prefixed, RequestBody, ResponseBody, full};
 use crate::state::{RouteEntry, ServingState, Target};
+use crate::trace::TraceContext;
 use crate::{Error, Result, headers, hygiene};
+use gateway_access_log::Line;
 use gateway_routing::normalize;
 
 /// What the pipeline knows about the connection a request came on.
@@ -34,6 +37,7 @@ struct Outcome<'g> {
     route: Option<&'g str>,
     upstream: Option<&'g Instance>,
     error: Option<Error>,
+    trace: Option<TraceContext>,
 }
 
 /// Serves one client request. Never fails: every error becomes the documented JSON answer.
@@ -50,13 +54,20 @@ where
     let request_id = headers::request_id(request.headers());
     let method = request.method().clone();
     let version = request.version();
-    let access_log = tracing::enabled!(target: "access", tracing::Level::INFO);
+    let access_log = gateway_access_log::enabled();
     // Only the access log needs the time taken: no clock read without it.
     let started = access_log.then(Instant::now);
     // Logged as received: the normalised form may not exist if the path is refused.
     let target = access_log
         .then(|| request.uri().path_and_query().map(ToString::to_string))
         .flatten();
+    // Reference counts on the parsed head, not copies.
+    let header = |name| {
+        access_log
+            .then(|| request.headers().get(name).cloned())
+            .flatten()
+    };
+    let (referer, user_agent) = (header(header::REFERER), header(header::USER_AGENT));
     let mut outcome = Outcome::default();
 
     // The edge checks come before `/health` too: a request with ambiguous framing must never
@@ -77,19 +88,30 @@ where
         .insert(REQUEST_ID, request_id.clone());
 
     if access_log {
-        tracing::info!(
-            target: "access",
-            request_id = request_id.to_str().unwrap_or("-"),
-            client = %client.ip(),
-            method = %method,
-            target = target.as_deref().unwrap_or("-"),
-            version = ?version,
-            status = response.status().as_u16(),
-            duration_us = started.map_or(0, |started| u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX)),
-            route = outcome.route.unwrap_or("-"),
-            upstream = outcome.upstream.map_or("-", |instance| instance.label.as_str()),
-            error = %outcome.error.as_ref().map(ToString::to_string).unwrap_or_default(),
-        );
+        let trace = outcome.trace.as_ref();
+        gateway_access_log::write(&Line {
+            time: SystemTime::now(),
+            request_id: request_id.to_str().unwrap_or("-"),
+            client: client.ip(),
+            method: Some(method.as_str()),
+            target: target.as_deref(),
+            version,
+            status: response.status().as_u16(),
+            bytes: response.body().size_hint().exact(),
+            duration_us: started.map_or(0, |started| {
+                u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX)
+            }),
+            route: outcome.route,
+            upstream: outcome.upstream.map(|instance| instance.label.as_str()),
+            error: outcome
+                .error
+                .as_ref()
+                .map(|error| error as &dyn std::fmt::Display),
+            referer: referer.as_ref().map(HeaderValue::as_bytes),
+            user_agent: user_agent.as_ref().map(HeaderValue::as_bytes),
+            trace_id: trace.map(TraceContext::trace_id),
+            span_id: trace.map(TraceContext::span_id),
+        });
     }
     response
 }
@@ -99,14 +121,24 @@ where
 pub fn refuse_unreadable(client: SocketAddr, error: Error) -> Response<ResponseBody> {
     let request_id = headers::request_id(&http::HeaderMap::new());
     let mut response = error_response(&error, &request_id, Version::HTTP_11);
-    tracing::info!(
-        target: "access",
-        request_id = request_id.to_str().unwrap_or("-"),
-        client = %client.ip(),
-        status = response.status().as_u16(),
-        error = %error,
-        "unreadable request head",
-    );
+    gateway_access_log::write(&Line {
+        time: SystemTime::now(),
+        request_id: request_id.to_str().unwrap_or("-"),
+        client: client.ip(),
+        method: None,
+        target: None,
+        version: Version::HTTP_11,
+        status: response.status().as_u16(),
+        bytes: response.body().size_hint().exact(),
+        duration_us: 0,
+        route: None,
+        upstream: None,
+        error: Some(&error),
+        referer: None,
+        user_agent: None,
+        trace_id: None,
+        span_id: None,
+    });
     response.headers_mut().insert(REQUEST_ID, request_id);
     response
 }
@@ -166,6 +198,12 @@ where
     headers::strip_hop_by_hop(&mut head.headers);
     headers::set_forwarded(&mut head.headers, head.client_ip, original_host.as_ref());
     head.headers.insert(REQUEST_ID, request_id.clone());
+    if state.propagate_traces {
+        outcome.trace = Some(TraceContext::continue_or_start(
+            &mut head.headers,
+            request_id,
+        ));
+    }
 
     let mut body = Prefixed::new(RequestBody::new(
         body,

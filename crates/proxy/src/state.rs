@@ -34,6 +34,8 @@ pub struct ServingState {
     pub filters: Vec<Arc<LoadedFilter>>,
     /// Where those components were found.
     pub plugin_dir: PathBuf,
+    /// Continue or start a W3C trace for each routed request (`tracing.propagate`).
+    pub(crate) propagate_traces: bool,
 }
 
 /// What a route leads to.
@@ -171,6 +173,7 @@ impl ServingState {
             limits: config.limits.clone(),
             filters: filters.into_values().collect(),
             plugin_dir: config.plugin_dir.clone(),
+            propagate_traces: config.tracing.propagate,
         })
     }
 
