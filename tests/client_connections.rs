@@ -161,11 +161,7 @@ async fn shutdown_closes_parked_connections_and_finishes_requests_in_flight() {
     busy.send("GET /slow?ms=800 HTTP/1.1\r\nHost: gateway.test\r\n\r\n")
         .await;
     tokio::time::sleep(Duration::from_millis(200)).await;
-    let terminate = std::process::Command::new("kill")
-        .args(["-TERM", &gateway.pid().to_string()])
-        .status()
-        .expect("kill runs");
-    assert!(terminate.success(), "kill -TERM: {terminate}");
+    gateway.signal("TERM");
 
     let closed = parked.closed_within(WAIT).await;
     assert!(

@@ -725,11 +725,7 @@ async fn without_watching_only_the_admin_api_and_sighup_reload() {
     assert_eq!(refused["generation"], by_admin["generation"]);
 
     replace(&s.stamp_file(), &built("stamp-blue.wasm"), Write::Rename);
-    let hangup = std::process::Command::new("kill")
-        .args(["-HUP", &s.gateway.pid().to_string()])
-        .status()
-        .expect("kill runs");
-    assert!(hangup.success(), "kill -HUP: {hangup}");
+    s.gateway.signal("HUP");
     let by_signal = applied(&s.gateway, &refused, "SIGHUP reloads").await;
     assert_eq!(by_signal["last"]["trigger"], "signal", "{by_signal:#}");
     assert_eq!(by_signal["last"]["applied"], true, "{by_signal:#}");
