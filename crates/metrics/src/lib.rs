@@ -472,7 +472,7 @@ impl Collector for Exposition {
                 }
                 let labels = [
                     ("service", service.as_str()),
-                    ("instance", instance.as_str()),
+                    ("upstream", instance.as_str()),
                     ("outcome", outcome),
                 ];
                 counter(value).encode(family.encode_family(&labels)?)?;
@@ -487,7 +487,7 @@ impl Collector for Exposition {
         for ((service, instance), metrics) in &registry.instances {
             let labels = [
                 ("service", service.as_str()),
-                ("instance", instance.as_str()),
+                ("upstream", instance.as_str()),
             ];
             histogram(family.encode_family(&labels)?, &metrics.cells, TRY_DURATION)?;
         }
