@@ -51,6 +51,7 @@ use crate::telemetry::LogFormat;
 mod admin;
 mod auth;
 mod error;
+mod metrics;
 mod plugin;
 mod reload;
 mod telemetry;

@@ -55,6 +55,9 @@ pub struct ConfigFile {
     /// W3C trace context: `traceparent` and `tracestate` read, checked and passed upstream.
     #[serde(default)]
     pub tracing: Tracing,
+    /// The gateway's own metrics; counted unless this turns them off.
+    #[serde(default)]
+    pub metrics: crate::Metrics,
 }
 
 /// How requests take part in distributed traces.

@@ -30,7 +30,7 @@ pub use file::{
 };
 pub use gateway_routing::pattern::PathPattern;
 pub use instance::InstanceUrl;
-pub use observe::{AccessLog, AccessLogDestination, AccessLogFormat};
+pub use observe::{AccessLog, AccessLogDestination, AccessLogFormat, Metrics};
 pub use size::ByteSize;
 pub use upstream::{
     BalancerKind, CircuitBreaker, HashKey, HashSource, HealthCheck, InstanceFile, OutlierDetection,
@@ -92,6 +92,7 @@ pub struct Config {
     /// `destination` is resolved against the configuration file's folder.
     pub access_log: AccessLog,
     pub tracing: Tracing,
+    pub metrics: Metrics,
 }
 
 /// An upstream service: its instances, timeouts and policies (see [`ServiceFile`]).

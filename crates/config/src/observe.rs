@@ -43,6 +43,23 @@ impl Default for AccessLog {
     }
 }
 
+/// The gateway's own Prometheus metrics, at `GET /metrics` on the admin listener.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Metrics {
+    /// Count requests, filter calls, upstream tries, connections and bytes; on by default.
+    /// Off, the request path reads no clock for them and `/metrics` shows only what the
+    /// gateway's state says (instance health, breakers, reloads, kv, the filters' metrics).
+    /// Takes effect on reload too.
+    pub enabled: bool,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics { enabled: true }
+    }
+}
+
 /// How an access-log line is written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "kebab-case")]

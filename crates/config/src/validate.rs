@@ -157,6 +157,7 @@ pub(crate) fn check(file: ConfigFile) -> Result<Config, Vec<String>> {
         routes,
         access_log: file.access_log,
         tracing: file.tracing,
+        metrics: file.metrics,
     })
 }
 

@@ -13,6 +13,7 @@ use std::sync::Arc;
 use crossbeam_queue::ArrayQueue;
 
 use gateway_config::{FailurePolicy, Isolation};
+use gateway_metrics::{CallEnd, FilterMetrics, Phase};
 
 use gateway_rules::edit;
 use http::HeaderMap;
@@ -36,6 +37,8 @@ pub struct FilterPool {
     declared: Declared,
     outbound: Option<OutboundGrant>,
     idle: ArrayQueue<FilterInstance>,
+    /// The filter's call counters, shared by every route it serves.
+    metrics: Arc<FilterMetrics>,
 }
 
 /// Idle instances kept per pool: enough for every worker thread to be in a call at once, or,
@@ -67,6 +70,7 @@ impl FilterPool {
         let declared = Declared::new(registration, &filter.name, &filter.metrics)
             .map_err(|reason| refused(format!("registered what cannot be: {reason}")))?;
         let calls_may_wait = filter.immediate.is_none() || outbound.is_some();
+        let metrics = gateway_metrics::filter(&filter.name);
         let pool = FilterPool {
             filter,
             config_json,
@@ -74,6 +78,7 @@ impl FilterPool {
             declared,
             outbound,
             idle: ArrayQueue::new(idle_capacity(calls_may_wait)),
+            metrics,
         };
         pool.check_in(instance, Phases::REQUEST);
         Ok(pool)
@@ -160,6 +165,17 @@ impl FilterPool {
         &self,
         head: &mut RequestHead,
     ) -> Result<Option<FilterReply>, FilterFailure> {
+        let started = gateway_metrics::start();
+        let result = self.request_call(head).await;
+        self.metrics
+            .record(Phase::Request, call_end(&result), started);
+        result
+    }
+
+    async fn request_call(
+        &self,
+        head: &mut RequestHead,
+    ) -> Result<Option<FilterReply>, FilterFailure> {
         let input = self.declared.request_input(head);
         let mut instance = self.check_out().await?;
         let outcome = instance
@@ -179,6 +195,18 @@ impl FilterPool {
         request: &mut RequestHead,
         response: &mut ResponseHead,
     ) -> Result<Option<FilterReply>, FilterFailure> {
+        let started = gateway_metrics::start();
+        let result = self.response_call(request, response).await;
+        self.metrics
+            .record(Phase::Response, call_end(&result), started);
+        result
+    }
+
+    async fn response_call(
+        &self,
+        request: &mut RequestHead,
+        response: &mut ResponseHead,
+    ) -> Result<Option<FilterReply>, FilterFailure> {
         let input = self.declared.response_input(request, response);
         let mut instance = self.check_out().await?;
         let outcome = instance
@@ -194,6 +222,18 @@ impl FilterPool {
         self.check_in(instance, Phases::RESPONSE);
         applied.map_err(FilterFailure::BadEdit)?;
         answer(outcome.action)
+    }
+}
+
+/// How a call ended, as the metrics count it.
+fn call_end(result: &Result<Option<FilterReply>, FilterFailure>) -> CallEnd {
+    match result {
+        Ok(None) => CallEnd::Continued,
+        Ok(Some(_)) => CallEnd::Replied,
+        Err(FilterFailure::Trap(_)) => CallEnd::Trap,
+        Err(FilterFailure::Timeout(_)) => CallEnd::Timeout,
+        Err(FilterFailure::MemoryLimit(_)) => CallEnd::MemoryLimit,
+        Err(_) => CallEnd::OtherFailure,
     }
 }
 

@@ -21,6 +21,7 @@ use crate::state::{RouteEntry, ServingState, Target};
 use crate::trace::TraceContext;
 use crate::{Error, Result, headers, hygiene};
 use gateway_access_log::Line;
+use gateway_metrics::RouteMetrics;
 use gateway_routing::normalize;
 
 /// What the pipeline knows about the connection a request came on.
@@ -35,6 +36,8 @@ pub struct Peer {
 #[derive(Default)]
 struct Outcome<'g> {
     route: Option<&'g str>,
+    /// The route's counters, once routed.
+    metrics: Option<&'g RouteMetrics>,
     upstream: Option<&'g Instance>,
     error: Option<Error>,
     trace: Option<TraceContext>,
@@ -55,8 +58,9 @@ where
     let method = request.method().clone();
     let version = request.version();
     let access_log = gateway_access_log::enabled();
-    // Only the access log needs the time taken: no clock read without it.
-    let started = access_log.then(Instant::now);
+    let metrics = gateway_metrics::enabled();
+    // Only the access log and the metrics need the time taken: no clock read without them.
+    let started = (access_log || metrics).then(Instant::now);
     // Logged as received: the normalised form may not exist if the path is refused.
     let target = access_log
         .then(|| request.uri().path_and_query().map(ToString::to_string))
@@ -87,6 +91,13 @@ where
         .headers_mut()
         .insert(REQUEST_ID, request_id.clone());
 
+    if metrics {
+        outcome.metrics.unwrap_or(&*state.unrouted).record(
+            &method,
+            response.status().as_u16(),
+            started,
+        );
+    }
     if access_log {
         let trace = outcome.trace.as_ref();
         gateway_access_log::write(&Line {
@@ -173,6 +184,7 @@ where
         .ok_or(Error::NoRoute)?;
     let route = matched.route;
     outcome.route = Some(&route.name);
+    outcome.metrics = Some(&*route.value.metrics);
     if !route.value.allow_dot_segment_params && normalize::has_dot_segment_params(&path) {
         return Err(Error::BadPath(normalize::PathError::DotSegmentParams));
     }

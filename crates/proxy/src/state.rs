@@ -15,6 +15,7 @@ use arc_swap::ArcSwap;
 use gateway_config::{Config, EdgeLimits, PathMatch, ServiceRef};
 use gateway_filter::outbound::{OutboundGrant, Services};
 use gateway_filter::{FilterChain, FilterEngine, FilterPool, LoadedFilter};
+use gateway_metrics::RouteMetrics;
 use gateway_routing::{HostMatcher, PathMatcher, Route, Router};
 use gateway_upstream::Service;
 
@@ -36,6 +37,8 @@ pub struct ServingState {
     pub plugin_dir: PathBuf,
     /// Continue or start a W3C trace for each routed request (`tracing.propagate`).
     pub(crate) propagate_traces: bool,
+    /// The counters of requests that took no route.
+    pub(crate) unrouted: Arc<RouteMetrics>,
 }
 
 /// What a route leads to.
@@ -44,6 +47,8 @@ pub(crate) struct RouteEntry {
     pub(crate) chain: FilterChain,
     /// Paths with `/..;/` or `/.;/` segments may take this route.
     pub(crate) allow_dot_segment_params: bool,
+    /// This route's counters, kept by name across reloads.
+    pub(crate) metrics: Arc<RouteMetrics>,
 }
 
 /// Where a route's requests go.
@@ -159,6 +164,7 @@ impl ServingState {
                     target,
                     chain,
                     allow_dot_segment_params: route.allow_dot_segment_params,
+                    metrics: gateway_metrics::route(&route.name),
                 },
             });
         }
@@ -174,6 +180,7 @@ impl ServingState {
             filters: filters.into_values().collect(),
             plugin_dir: config.plugin_dir.clone(),
             propagate_traces: config.tracing.propagate,
+            unrouted: gateway_metrics::route(gateway_metrics::UNROUTED),
         })
     }
 

@@ -31,6 +31,7 @@ use gateway_config::EdgeLimits;
 use gateway_proxy::{LiveState, Peer, ResponseBody};
 
 use crate::body::ClientBody;
+use crate::counted::Counted;
 use crate::http1;
 use crate::rewind::Rewind;
 
@@ -41,12 +42,13 @@ const HTTP2_PREFACE_METHOD: &[u8] = b"PRI";
 /// turns true (after which in-flight requests finish and idle connections close).
 pub(crate) async fn serve<S>(
     live: Arc<LiveState>,
-    mut stream: S,
+    stream: S,
     client: SocketAddr,
     mut shutdown: watch::Receiver<bool>,
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    let mut stream = Counted::new(stream);
     let accepted = Instant::now();
     let limits = live.current().limits.clone();
     // The first head, like every head, must be complete within `header_read_timeout`. What is

@@ -8,6 +8,7 @@
 //! scheduler in between. The control plane (reloads, the admin API, signals) runs elsewhere.
 //!
 //! - `connection`: one connection's life, from the first bytes that say its protocol;
+//! - `counted`: the stream, counted for the metrics (connections open, bytes each way);
 //! - `http1`: HTTP/1.1 served by the gateway's own loop, parked without buffers when idle;
 //! - `body`: a client's request body as its connection delivers it;
 //! - `rewind`: the first bytes, read to learn the protocol, handed back to hyper.
@@ -19,6 +20,7 @@
 
 mod body;
 mod connection;
+mod counted;
 mod http1;
 mod rewind;
 

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use gateway_config::InstanceUrl;
+use gateway_metrics::InstanceMetrics;
 
 use crate::balance::p2c_ewma::PeakEwma;
 use crate::breaker::{Breaker, BreakerState};
@@ -26,6 +27,8 @@ pub struct Instance {
     pub(crate) outlier: Outlier,
     pub(crate) breaker: Option<Breaker>,
     pub(crate) latency: PeakEwma,
+    /// Its try counters, kept by service and address across reloads.
+    pub(crate) metrics: Arc<InstanceMetrics>,
 }
 
 /// What the admin API shows of an instance.
@@ -67,6 +70,7 @@ impl Instance {
                 outlier: Outlier::default(),
                 breaker: config.circuit_breaker.as_ref().map(Breaker::new),
                 latency: PeakEwma::default(),
+                metrics: gateway_metrics::instance(name, url.authority.as_str()),
             })
             .collect()
     }

@@ -20,6 +20,7 @@ use bytes::Bytes;
 use gateway_config::{
     BalancerKind, CircuitBreaker, HashKey, HashSource, OutlierDetection, Retries,
 };
+use gateway_metrics::ServiceMetrics;
 use gateway_wire::upstream::OutgoingHead;
 use http::{HeaderMap, Method, Response, header};
 use http_body::Body;
@@ -72,6 +73,8 @@ pub struct Service {
     panic_mode: bool,
     in_flight: Counter,
     budget: Budget,
+    /// Retry counters, kept by name across reloads.
+    metrics: Arc<ServiceMetrics>,
     /// Whether any check can take an instance out, so that picks must look.
     checks_health: bool,
     pub(crate) clock: Arc<dyn Clock>,
@@ -160,6 +163,7 @@ impl Service {
             panic_mode: config.panic_mode,
             in_flight: Counter::new(config.max_concurrent_requests),
             budget: Budget::new(&config.retries),
+            metrics: gateway_metrics::service(name),
             checks_health: config.health_check.is_some() || config.outlier_detection.is_some(),
             clock,
         }
@@ -263,9 +267,13 @@ impl Service {
             if let Some(previous) = last.take() {
                 let budget_allows = now < deadline && self.budget.withdraw(now);
                 if !budget_allows {
+                    self.metrics.budget_exhausted();
                     drop(picked);
                     return previous.map(|forwarded| forwarded.holding(service_slot));
                 }
+            }
+            if tries > 0 {
+                self.metrics.retried();
             }
             let mut picked = picked;
             tried.insert(picked.index);
@@ -280,6 +288,7 @@ impl Service {
                 headers: request.headers,
                 host: &instance.url.host_header,
             };
+            let try_started = gateway_metrics::start();
             let sent = instance
                 .pool
                 .send(&instance.url, &instance.label, head, &mut body);
@@ -292,6 +301,13 @@ impl Service {
                         format!("did not answer within {timeout:?}"),
                     ))
                 });
+            instance.metrics.record(
+                result
+                    .as_ref()
+                    .ok()
+                    .map(|response| response.status().as_u16()),
+                try_started,
+            );
             // Only what reads the time of the outcome costs a clock read.
             let finished = if self.balancer.reads_latency()
                 || picked.permit.is_some()

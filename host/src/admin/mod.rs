@@ -11,9 +11,13 @@
 //!   health (active checks), whether it is ejected and how often it was, its breaker's state
 //!   and how often it opened, its requests in flight and its latency estimate;
 //! - `POST /admin/cache/purge`: removes cache entries by URL, prefix or zone (see [`purge`]);
+//! - `GET /metrics`: every metric in the Prometheus text format (see [`crate::metrics`]);
+//! - `GET /admin/stats`, and the seeds' `GET /api/v1/gateway/stats`: totals of requests, rate
+//!   limits, breakers and cache (see [`stats`]);
 //! - `GET /health`: liveness.
 
 mod purge;
+mod stats;
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -73,6 +77,10 @@ async fn handle(reloader: Arc<Reloader>, request: Request<Incoming>) -> Response
             let request_id = request_id(request.headers());
             purge::purge(&reloader, request.into_body(), &request_id).await
         }
+        (&Method::GET, "/metrics") => metrics(&reloader),
+        (&Method::GET, "/admin/stats" | "/api/v1/gateway/stats") => {
+            json(StatusCode::OK, &stats::stats(&reloader))
+        }
         (&Method::GET, "/health") => json(StatusCode::OK, &serde_json::json!({ "status": "ok" })),
         _ => {
             let request_id = request_id(request.headers());
@@ -81,6 +89,23 @@ async fn handle(reloader: Arc<Reloader>, request: Request<Incoming>) -> Response
             response.headers_mut().insert(REQUEST_ID, request_id);
             response
         }
+    }
+}
+
+fn metrics(reloader: &Reloader) -> Response<ResponseBody> {
+    match crate::metrics::render(reloader) {
+        Ok(text) => {
+            let mut response = Response::new(full(Bytes::from(text)));
+            response.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static(crate::metrics::CONTENT_TYPE),
+            );
+            response
+        }
+        Err(error) => json(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            &serde_json::json!({ "error": format!("cannot encode the metrics: {error}") }),
+        ),
     }
 }
 

@@ -177,6 +177,7 @@ impl Reloader {
     pub async fn start(config_path: &Path) -> Result<(Arc<Reloader>, Config)> {
         let started = Instant::now();
         let config = Config::load(config_path)?;
+        gateway_metrics::set_enabled(config.metrics.enabled);
         let engine = FilterEngine::new(KvStores::start(&config.kv)?, config.cache_dir.clone())?;
         let gateway = build_state(config_path, &config, &engine).await?;
         let attempt = Attempt {
@@ -272,6 +273,7 @@ impl Reloader {
         let filters = match built {
             Ok((config, gateway)) => {
                 attempt.applied = true;
+                gateway_metrics::set_enabled(config.metrics.enabled);
                 attempt.warnings = self.fixed.changes(&Fixed::of(&config));
                 let filters = filter_infos(&gateway);
                 let in_use: HashSet<_> = gateway.filters.iter().map(|filter| filter.hash).collect();
