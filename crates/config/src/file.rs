@@ -55,6 +55,9 @@ pub struct ConfigFile {
     /// W3C trace context: `traceparent` and `tracestate` read, checked and passed upstream.
     #[serde(default)]
     pub tracing: Tracing,
+    /// Limits on relayed WebSockets (idle timeout, frame and message sizes, keepalive pings).
+    #[serde(default)]
+    pub websocket: crate::WebSocket,
 }
 
 /// How requests take part in distributed traces.

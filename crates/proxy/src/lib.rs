@@ -9,6 +9,9 @@
 //! - the upstream call, with the client's body bounded in time (`body`);
 //! - the response phase, and the headers a proxy owes both sides (`headers`).
 //!
+//! A WebSocket handshake goes through [`handshake`] instead: the same steps up to the pick of
+//! an instance, which the server's relay then connects to.
+//!
 //! Filters' calls to configured services go through `outbound`.
 //!
 //! The state itself ([`ServingState`], [`LiveState`]) is built here from a checked
@@ -27,5 +30,5 @@ pub use body::{ResponseBody, full};
 pub use error::{ClientError, Error, Result};
 pub use headers::request_id;
 pub use hygiene::Violation;
-pub use pipeline::{Peer, error_response, refuse_unreadable, serve};
+pub use pipeline::{Handshake, Peer, error_response, handshake, refuse_unreadable, serve};
 pub use state::{LiveState, ServingState};

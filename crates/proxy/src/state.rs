@@ -36,6 +36,8 @@ pub struct ServingState {
     pub plugin_dir: PathBuf,
     /// Continue or start a W3C trace for each routed request (`tracing.propagate`).
     pub(crate) propagate_traces: bool,
+    /// The limits relayed WebSockets meet.
+    pub websocket: gateway_config::WebSocket,
 }
 
 /// What a route leads to.
@@ -174,6 +176,7 @@ impl ServingState {
             filters: filters.into_values().collect(),
             plugin_dir: config.plugin_dir.clone(),
             propagate_traces: config.tracing.propagate,
+            websocket: config.websocket.clone(),
         })
     }
 

@@ -15,6 +15,7 @@
 //! - `balance`: one file per balancer;
 //! - `health`: `active` checks, once per gateway, and `passive` ones (outlier detection);
 //! - `breaker`: a circuit breaker per instance;
+//! - `upgrade`: an instance picked for a WebSocket, held for the socket's life;
 //! - `connection`: the per-worker idle connections, and the HTTP/1.1 exchange itself;
 //! - `retry`: what is retried, and the budget;
 //! - `clock`: the time all of them read, which unit tests move by hand.
@@ -34,6 +35,7 @@ mod instance;
 mod limit;
 mod retry;
 mod service;
+mod upgrade;
 
 use std::fmt;
 use std::time::Duration;
@@ -42,6 +44,7 @@ pub use self::breaker::BreakerState;
 pub use self::connection::{Transport, UpstreamBody};
 pub use self::instance::{Instance, InstanceStatus};
 pub use self::service::{Forwarded, Outgoing, Service, ServiceStatus};
+pub use self::upgrade::{Upgrade, UpgradeSlot};
 
 /// What went wrong on the way to an instance or back.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -1,0 +1,254 @@
+//! Both handshakes of a relayed WebSocket: the client's, checked here and by the route's
+//! filters, and the gateway's own with the instance, whose answer is checked before the client
+//! is told `101`.
+//!
+//! The two handshakes have their own keys: the instance proves it read the gateway's key, and
+//! the gateway answers the client's. The client's subprotocols are offered as they came and
+//! the one the instance chose is passed back; extensions are never offered (see `ws`).
+
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Request, Response, StatusCode, Version, request};
+use tokio::net::TcpStream;
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::handshake::client::generate_key;
+use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+use tokio_tungstenite::tungstenite::{self, protocol::WebSocketConfig};
+
+use gateway_config::WebSocket as Limits;
+use gateway_proxy::{Error, Peer, ResponseBody, ServingState};
+use gateway_upstream::{ErrorKind, UpgradeSlot};
+
+const SEC_WEBSOCKET_KEY: HeaderName = HeaderName::from_static("sec-websocket-key");
+const SEC_WEBSOCKET_VERSION: HeaderName = HeaderName::from_static("sec-websocket-version");
+const SEC_WEBSOCKET_PROTOCOL: HeaderName = HeaderName::from_static("sec-websocket-protocol");
+const SEC_WEBSOCKET_EXTENSIONS: HeaderName = HeaderName::from_static("sec-websocket-extensions");
+
+/// A socket's read buffer: small, since most sockets sit idle most of the time; a large
+/// message grows it while it is read.
+const READ_BUFFER: usize = 4 * 1024;
+
+/// Whether a request head asks to become a WebSocket (RFC 6455, 4.1): `GET`, HTTP/1.1,
+/// `Upgrade: websocket` and `Connection: upgrade`.
+pub(crate) fn is_upgrade(parts: &request::Parts) -> bool {
+    parts.method == http::Method::GET
+        && parts.version == Version::HTTP_11
+        && has_token(&parts.headers, &header::UPGRADE, "websocket")
+        && has_token(&parts.headers, &header::CONNECTION, "upgrade")
+}
+
+fn has_token(headers: &HeaderMap, name: &HeaderName, token: &str) -> bool {
+    headers
+        .get_all(name)
+        .iter()
+        .flat_map(|value| value.as_bytes().split(|&b| b == b','))
+        .any(|item| item.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
+}
+
+/// A WebSocket both handshakes agreed on: the instance's socket, and the `101` the client is
+/// to get.
+pub(crate) struct Accepted {
+    pub(crate) upstream: WebSocketStream<TcpStream>,
+    /// The client's `101` head, whole.
+    pub(crate) head: Vec<u8>,
+    pub(crate) config: WebSocketConfig,
+    pub(crate) limits: Limits,
+    /// `service@host:port`, for the log.
+    pub(crate) instance: String,
+    /// Holds the instance's count of requests in flight while the socket lives.
+    pub(crate) _slot: UpgradeSlot,
+}
+
+/// Takes a client's upgrade through both handshakes: the accepted socket, or the answer the
+/// client gets instead (the gateway's JSON error, a filter's answer, or the instance's own
+/// refusal).
+pub(crate) async fn accept(
+    gateway: &ServingState,
+    peer: &Peer,
+    parts: request::Parts,
+) -> Result<Accepted, Response<ResponseBody>> {
+    let mut parts = parts;
+    let request_id = gateway_proxy::request_id(&parts.headers);
+    // The proxy then takes this id as the client's, so every answer carries the same one.
+    parts
+        .headers
+        .insert(gateway_wire::fields::REQUEST_ID, request_id.clone());
+    let refuse = |error: Error| {
+        tracing::info!(client = %peer.client, %error, "WebSocket handshake refused");
+        let mut response = gateway_proxy::error_response(&error, &request_id, Version::HTTP_11);
+        if matches!(error, Error::WebSocketVersion) {
+            response
+                .headers_mut()
+                .insert(SEC_WEBSOCKET_VERSION, HeaderValue::from_static("13"));
+        }
+        response
+    };
+    let client_key = check_client(&parts.headers).map_err(refuse)?;
+    let offered = parts.headers.get(SEC_WEBSOCKET_PROTOCOL).cloned();
+    let handshake = gateway_proxy::handshake(gateway, peer, Request::from_parts(parts, ())).await?;
+    let limits = gateway.websocket.clone();
+    let config = socket_config(&limits);
+    let upgrade = handshake.upgrade;
+
+    let mut request = Request::builder()
+        .uri(format!("ws://{}{}", upgrade.authority(), handshake.target))
+        .header(header::HOST, upgrade.host_header())
+        .header(header::CONNECTION, "Upgrade")
+        .header(header::UPGRADE, "websocket")
+        .header(SEC_WEBSOCKET_VERSION, "13")
+        .header(SEC_WEBSOCKET_KEY, generate_key())
+        .body(())
+        .map_err(|_| refuse(Error::BadHandshake("the request target is not usable")))?;
+    let mut headers = handshake.headers;
+    for name in [
+        header::HOST,
+        SEC_WEBSOCKET_KEY,
+        SEC_WEBSOCKET_VERSION,
+        SEC_WEBSOCKET_EXTENSIONS,
+    ] {
+        headers.remove(name);
+    }
+    request.headers_mut().extend(headers);
+
+    let instance = upgrade.label().to_owned();
+    let connecting = async {
+        let socket = TcpStream::connect(upgrade.authority()).await?;
+        let _ = socket.set_nodelay(true);
+        Ok::<_, std::io::Error>(socket)
+    };
+    let timeout = upgrade.timeout();
+    let shaken = tokio::time::timeout(timeout, async {
+        let socket = connecting.await.map_err(tungstenite::Error::Io)?;
+        tokio_tungstenite::client_async_with_config(request, socket, Some(config)).await
+    })
+    .await;
+    let (upstream, answer) = match shaken {
+        Err(_) => {
+            let error = upgrade.failed(
+                ErrorKind::ResponseTimeout,
+                format!("no WebSocket handshake within {timeout:?}"),
+            );
+            return Err(refuse(Error::UpstreamHandshake(error)));
+        }
+        Ok(Err(tungstenite::Error::Http(answer))) => {
+            // The instance refused the upgrade: the client gets its answer.
+            let _ = upgrade.answered(answer.status().as_u16());
+            tracing::info!(client = %peer.client, %instance, status = answer.status().as_u16(), "the instance refused the WebSocket upgrade");
+            return Err(relay_refusal(*answer, &request_id));
+        }
+        Ok(Err(tungstenite::Error::Io(error))) => {
+            let error = upgrade.failed(ErrorKind::ConnectRefused, error.to_string());
+            return Err(refuse(Error::UpstreamHandshake(error)));
+        }
+        Ok(Err(error)) => {
+            let error = upgrade.failed(ErrorKind::Protocol, error.to_string());
+            return Err(refuse(Error::UpstreamHandshake(error)));
+        }
+        Ok(Ok(shaken)) => shaken,
+    };
+    if answer.headers().contains_key(SEC_WEBSOCKET_EXTENSIONS) {
+        let error = upgrade.failed(
+            ErrorKind::Protocol,
+            "the instance accepted an extension that was not offered",
+        );
+        return Err(refuse(Error::UpstreamHandshake(error)));
+    }
+    let chosen = answer.headers().get(SEC_WEBSOCKET_PROTOCOL);
+    if chosen.is_some() && offered.is_none() {
+        let error = upgrade.failed(
+            ErrorKind::Protocol,
+            "the instance chose a subprotocol that was not offered",
+        );
+        return Err(refuse(Error::UpstreamHandshake(error)));
+    }
+    let head = switching_protocols(&client_key, chosen, &request_id);
+    Ok(Accepted {
+        upstream,
+        head,
+        config,
+        limits,
+        instance,
+        _slot: upgrade.answered(101),
+    })
+}
+
+/// The client's key, if its handshake is one the gateway takes (RFC 6455, 4.2.1).
+fn check_client(headers: &HeaderMap) -> Result<HeaderValue, Error> {
+    let versions: Vec<_> = headers.get_all(SEC_WEBSOCKET_VERSION).iter().collect();
+    match versions.as_slice() {
+        [] => return Err(Error::BadHandshake("Sec-WebSocket-Version is missing")),
+        [version] if version.as_bytes() == b"13" => {}
+        _ => return Err(Error::WebSocketVersion),
+    }
+    let keys: Vec<_> = headers.get_all(SEC_WEBSOCKET_KEY).iter().collect();
+    match keys.as_slice() {
+        [] => Err(Error::BadHandshake("Sec-WebSocket-Key is missing")),
+        // A key is 16 random bytes in base64: 22 characters and `==`.
+        [key] if key.len() == 24 && key.as_bytes().ends_with(b"==") => Ok((*key).clone()),
+        _ => Err(Error::BadHandshake(
+            "Sec-WebSocket-Key must be one base64 nonce of 16 bytes",
+        )),
+    }
+}
+
+fn socket_config(limits: &Limits) -> WebSocketConfig {
+    let mut config = WebSocketConfig::default();
+    config.read_buffer_size = READ_BUFFER;
+    // Each message goes out as soon as it is relayed: the relay has nothing to batch.
+    config.write_buffer_size = 0;
+    // One message in the write buffer at most, whatever its size: the relay waits on writes.
+    config.max_write_buffer_size = limits.max_message_size.as_usize().saturating_mul(2);
+    config.max_message_size = Some(limits.max_message_size.as_usize());
+    config.max_frame_size = Some(limits.max_frame_size.as_usize());
+    config
+}
+
+/// The client's `101`: the accept key for its own key, and the subprotocol the instance chose.
+fn switching_protocols(
+    client_key: &HeaderValue,
+    protocol: Option<&HeaderValue>,
+    request_id: &HeaderValue,
+) -> Vec<u8> {
+    let accept = derive_accept_key(client_key.as_bytes());
+    let mut head = Vec::with_capacity(256);
+    head.extend_from_slice(
+        b"HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\nconnection: Upgrade\r\nsec-websocket-accept: ",
+    );
+    head.extend_from_slice(accept.as_bytes());
+    if let Some(protocol) = protocol {
+        head.extend_from_slice(b"\r\nsec-websocket-protocol: ");
+        head.extend_from_slice(protocol.as_bytes());
+    }
+    head.extend_from_slice(b"\r\nx-request-id: ");
+    head.extend_from_slice(request_id.as_bytes());
+    head.extend_from_slice(b"\r\n\r\n");
+    head
+}
+
+/// The instance's refusal as the client gets it: its status and headers, and the part of its
+/// body that came with its head (the handshake reads no further).
+fn relay_refusal(
+    answer: Response<Option<Vec<u8>>>,
+    request_id: &HeaderValue,
+) -> Response<ResponseBody> {
+    let (mut parts, body) = answer.into_parts();
+    for name in [
+        header::CONNECTION,
+        header::UPGRADE,
+        header::CONTENT_LENGTH,
+        header::TRANSFER_ENCODING,
+        header::HeaderName::from_static("keep-alive"),
+    ] {
+        parts.headers.remove(name);
+    }
+    if parts.status == StatusCode::SWITCHING_PROTOCOLS {
+        parts.status = StatusCode::BAD_GATEWAY;
+    }
+    parts
+        .headers
+        .insert(gateway_wire::fields::REQUEST_ID, request_id.clone());
+    Response::from_parts(
+        parts,
+        gateway_proxy::full(Bytes::from(body.unwrap_or_default())),
+    )
+}
