@@ -390,3 +390,52 @@ routes:
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|byte| format!("{byte:02x}")).collect()
 }
+
+/// How many idle sockets the memory test holds open at once.
+const IDLE_SOCKETS: usize = 1000;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_thousand_idle_sockets_cost_little_resident_memory() {
+    let upstream = WsUpstream::start().await;
+    let gateway = gateway_for(&upstream.url(), "idle_timeout: 5m");
+    // One socket first, so that what is allocated once (runtimes, tables) is in the baseline.
+    let mut warm = connect(gateway.address, "/ws/warm", &[])
+        .await
+        .expect("upgraded");
+    warm.send(Message::text("warm")).await.expect("sent");
+    assert_eq!(
+        next_message(&mut warm, WAIT).await,
+        Some(Message::text("warm"))
+    );
+    let before = gateway_tests::resident_kib(gateway.pid());
+
+    let mut sockets = Vec::with_capacity(IDLE_SOCKETS);
+    for batch in 0..IDLE_SOCKETS / 100 {
+        let opened = futures_util::future::join_all(
+            (0..100).map(|_| connect(gateway.address, "/ws/idle", &[])),
+        )
+        .await;
+        for socket in opened {
+            sockets.push(socket.unwrap_or_else(|error| panic!("batch {batch}: {error}")));
+        }
+    }
+    // Every socket relays, so every one is open at both ends.
+    for socket in sockets.iter_mut().step_by(97) {
+        socket.send(Message::text("alive")).await.expect("sent");
+        assert_eq!(
+            next_message(socket, WAIT).await,
+            Some(Message::text("alive"))
+        );
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let after = gateway_tests::resident_kib(gateway.pid());
+    let per_socket = after.saturating_sub(before) as f64 * 1024.0 / IDLE_SOCKETS as f64;
+    println!(
+        "{IDLE_SOCKETS} idle WebSockets: resident {before} KiB before, {after} KiB after, \
+         {per_socket:.0} bytes per socket (client and instance sides together)"
+    );
+    assert!(
+        per_socket < 48.0 * 1024.0,
+        "an idle socket costs {per_socket:.0} bytes of resident memory"
+    );
+}

@@ -724,3 +724,13 @@ pub fn replace_by_rename(path: &Path, bytes: &[u8]) -> Instant {
     std::fs::rename(&temporary, path).expect("renamed over the original");
     renaming
 }
+
+/// The resident memory of process `pid`, in KiB (`VmRSS`).
+pub fn resident_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|value| value.trim().trim_end_matches(" kB").trim().parse().ok())
+        .expect("VmRSS")
+}

@@ -37,7 +37,7 @@ pub use upstream::{
     BalancerKind, CircuitBreaker, HashKey, HashSource, HealthCheck, InstanceFile, OutlierDetection,
     Retries, WeightedInstance,
 };
-pub use websocket::WebSocket;
+pub use websocket::{Hub, Overflow, Topic, WebSocket};
 
 /// The largest `memory_limit` a filter may be given.
 pub const MAX_MEMORY_LIMIT: ByteSize = ByteSize(256 << 20);

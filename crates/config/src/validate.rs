@@ -36,6 +36,7 @@ const UPSTREAM_TIMEOUT: (Duration, Duration) =
     (Duration::from_millis(1), Duration::from_secs(3600));
 /// The bounds on WebSocket sizes (a frame header's worth to 1 GiB) and timeouts.
 const WEBSOCKET_SIZE: (ByteSize, ByteSize) = (ByteSize(16), ByteSize(1 << 30));
+const HUB_QUEUE: (usize, usize) = (1, 65_536);
 const WEBSOCKET_TIMEOUT: (Duration, Duration) =
     (Duration::from_millis(1), Duration::from_secs(86_400));
 /// The bounds on a service's balancing and protection.
@@ -271,6 +272,18 @@ fn check_websocket(config: &ConfigFile, problems: &mut Problems) {
             "websocket.max_frame_size",
             "must not be larger than websocket.max_message_size",
         );
+    }
+    if let Some(hub) = &websocket.hub {
+        if !hub.path.starts_with('/') {
+            problems.add("websocket.hub.path", "must start with /");
+        }
+        problems.bounded("websocket.hub.queue", hub.queue, HUB_QUEUE, count);
+        if hub.redis && config.kv.redis.is_none() {
+            problems.add(
+                "websocket.hub.redis",
+                "needs kv.redis, the server to publish through",
+            );
+        }
     }
     let timeouts = [
         ("idle_timeout", Some(websocket.idle_timeout)),

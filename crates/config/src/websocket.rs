@@ -1,5 +1,6 @@
 //! The `websocket:` settings: the limits every relayed WebSocket meets.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -27,6 +28,54 @@ pub struct WebSocket {
     /// with 1011.
     #[serde(with = "humantime_serde")]
     pub ping_timeout: Duration,
+    /// The topic hub: clients subscribe on a WebSocket, services publish through
+    /// `POST /admin/publish`. Off unless given.
+    pub hub: Option<Hub>,
+}
+
+/// The topic hub's settings.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Hub {
+    /// The path a client opens its hub socket on. A route must take it, and its filters run on
+    /// the handshake (the auth filter's roles decide the topics below); no service is needed.
+    pub path: String,
+    /// Messages waiting for one subscriber at most; past it `overflow` applies.
+    #[serde(default = "default_queue")]
+    pub queue: usize,
+    /// What a full queue does: `drop_subscriber` closes the socket with 1008,
+    /// `drop_messages` drops the new message for that subscriber and counts it.
+    #[serde(default)]
+    pub overflow: Overflow,
+    /// The topics clients may subscribe to, each with the roles allowed to (any of them; none
+    /// listed for anyone who passed the route's filters). Other topics are refused.
+    pub topics: BTreeMap<String, Topic>,
+    /// Publish through Redis pub/sub (the `kv.redis` server), so that every gateway's
+    /// subscribers get every message; without it a message reaches this gateway's only.
+    #[serde(default)]
+    pub redis: bool,
+}
+
+fn default_queue() -> usize {
+    256
+}
+
+/// What a subscriber's full queue does.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Overflow {
+    #[default]
+    DropSubscriber,
+    DropMessages,
+}
+
+/// One hub topic.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Topic {
+    /// Roles (from the auth filter's `auth.roles`) any of which lets a client subscribe.
+    #[serde(default)]
+    pub roles: Vec<String>,
 }
 
 impl Default for WebSocket {
@@ -37,6 +86,7 @@ impl Default for WebSocket {
             max_message_size: ByteSize(64 << 20),
             ping_interval: None,
             ping_timeout: Duration::from_secs(20),
+            hub: None,
         }
     }
 }

@@ -10,7 +10,8 @@
 //! - the response phase, and the headers a proxy owes both sides (`headers`).
 //!
 //! A WebSocket handshake goes through [`handshake`] instead: the same steps up to the pick of
-//! an instance, which the server's relay then connects to.
+//! an instance, which the server's relay then connects to; a hub socket stops at
+//! [`approve_handshake`], after the filters.
 //!
 //! Filters' calls to configured services go through `outbound`.
 //!
@@ -30,5 +31,8 @@ pub use body::{ResponseBody, full};
 pub use error::{ClientError, Error, Result};
 pub use headers::request_id;
 pub use hygiene::Violation;
-pub use pipeline::{Handshake, Peer, error_response, handshake, refuse_unreadable, serve};
+pub use pipeline::{
+    Approved, Handshake, Peer, approve_handshake, error_response, handshake, refuse_unreadable,
+    serve,
+};
 pub use state::{LiveState, ServingState};

@@ -429,6 +429,84 @@ pub struct Handshake<'g> {
     pub route: &'g str,
 }
 
+/// A WebSocket handshake the route's filters let through, before any instance is picked: the
+/// hub takes its sockets from here, the relay goes on to [`Approved::pick`].
+pub struct Approved<'g> {
+    route: &'g Route<RouteEntry>,
+    head: RequestHead,
+    uri: Uri,
+    request_id: HeaderValue,
+    version: Version,
+}
+
+impl<'g> Approved<'g> {
+    /// A value the route's filters wrote into the request context (`auth.roles`, say).
+    pub fn context(&self, key: &str) -> Option<&str> {
+        self.head.context.get(key)
+    }
+
+    /// The request id every answer to this handshake carries.
+    pub fn request_id(&self) -> &HeaderValue {
+        &self.request_id
+    }
+
+    /// The route that took the handshake.
+    pub fn route(&self) -> &'g str {
+        &self.route.name
+    }
+
+    /// Picks the instance of the route's service the socket is relayed to.
+    pub fn pick(
+        self,
+        state: &'g ServingState,
+    ) -> std::result::Result<Handshake<'g>, Response<ResponseBody>> {
+        let Approved {
+            route,
+            head,
+            uri,
+            request_id,
+            version,
+        } = self;
+        let refused = |error: Error| refusal(error, &request_id, version);
+        let service: &'g Service = match &route.value.target {
+            Target::Service(service) => service,
+            Target::ServiceFromParam(param) => {
+                let name = head.param(param).unwrap_or_default();
+                state.services.get(name).ok_or_else(|| {
+                    refused(Error::UnknownService(name.chars().take(64).collect()))
+                })?
+            }
+            Target::None => return Err(refused(Error::NoService(route.name.clone()))),
+        };
+        let target = upstream_target(&uri, &head).into_owned();
+        let upgrade = service
+            .pick_for_upgrade(Outgoing {
+                method: &head.method,
+                target: &target,
+                headers: &head.headers,
+                client_ip: head.client_ip,
+                path: &head.path,
+            })
+            .map_err(|error| refused(Error::from(error)))?;
+        Ok(Handshake {
+            upgrade,
+            target,
+            headers: head.headers,
+            request_id,
+            route: &route.name,
+        })
+    }
+}
+
+fn refusal(error: Error, request_id: &HeaderValue, version: Version) -> Response<ResponseBody> {
+    tracing::debug!(request_id = request_id.to_str().unwrap_or("-"), %error, "WebSocket handshake refused");
+    let mut response = error_response(&error, request_id, version);
+    response
+        .headers_mut()
+        .insert(REQUEST_ID, request_id.clone());
+    response
+}
+
 /// Runs a WebSocket handshake through the same steps as a request up to the upstream call:
 /// edge checks, routing, the route's filters' request phase, and the pick of an instance.
 /// A filter that answers refuses the upgrade with its answer; every other refusal is the
@@ -439,16 +517,18 @@ pub async fn handshake<'g>(
     peer: &Peer,
     request: Request<()>,
 ) -> std::result::Result<Handshake<'g>, Response<ResponseBody>> {
+    approve_handshake(state, peer, request).await?.pick(state)
+}
+
+/// The steps of [`handshake`] before the pick: edge checks, routing, the request phase.
+pub async fn approve_handshake<'g>(
+    state: &'g ServingState,
+    peer: &Peer,
+    request: Request<()>,
+) -> std::result::Result<Approved<'g>, Response<ResponseBody>> {
     let request_id = headers::request_id(request.headers());
     let version = request.version();
-    let refused = |error: Error| {
-        let mut response = error_response(&error, &request_id, version);
-        response
-            .headers_mut()
-            .insert(REQUEST_ID, request_id.clone());
-        tracing::debug!(request_id = request_id.to_str().unwrap_or("-"), %error, "WebSocket handshake refused");
-        response
-    };
+    let refused = |error: Error| refusal(error, &request_id, version);
     if let Err(violation) = hygiene::check_request(&request, &state.size_limits) {
         return Err(refused(Error::Edge(violation)));
     }
@@ -504,33 +584,12 @@ pub async fn handshake<'g>(
         }
         (_, Err(error)) => return Err(refused(error)),
     }
-    let service: &'g Service = match &route.value.target {
-        Target::Service(service) => service,
-        Target::ServiceFromParam(param) => {
-            let name = head.param(param).unwrap_or_default();
-            state
-                .services
-                .get(name)
-                .ok_or_else(|| refused(Error::UnknownService(name.chars().take(64).collect())))?
-        }
-        Target::None => return Err(refused(Error::NoService(route.name.clone()))),
-    };
-    let target = upstream_target(&parts.uri, &head).into_owned();
-    let upgrade = service
-        .pick_for_upgrade(Outgoing {
-            method: &head.method,
-            target: &target,
-            headers: &head.headers,
-            client_ip: head.client_ip,
-            path: &head.path,
-        })
-        .map_err(|error| refused(Error::from(error)))?;
-    Ok(Handshake {
-        upgrade,
-        target,
-        headers: head.headers,
+    Ok(Approved {
+        route,
+        head,
+        uri: parts.uri,
         request_id,
-        route: &route.name,
+        version,
     })
 }
 

@@ -264,7 +264,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> ClientConnection<S> {
                 // The HTTP buffers are given back: an idle socket keeps only the relay's.
                 let tail = std::mem::take(&mut self.read_buffer).to_vec();
                 self.write_buffer = Vec::new();
-                accepted.relay(&mut self.stream, tail, shutdown).await;
+                accepted.run(&mut self.stream, tail, shutdown).await;
             }
         }
     }

@@ -1,6 +1,6 @@
 //! Both handshakes of a relayed WebSocket: the client's, checked here and by the route's
 //! filters, and the gateway's own with the instance, whose answer is checked before the client
-//! is told `101`.
+//! is told `101`. A socket on the hub's path stops after the filters: the hub serves it.
 //!
 //! The two handshakes have their own keys: the instance proves it read the gateway's key, and
 //! the gateway answers the client's. The client's subprotocols are offered as they came and
@@ -9,7 +9,9 @@
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Request, Response, StatusCode, Version, request};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
+use tokio::sync::watch;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::handshake::client::generate_key;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
@@ -18,6 +20,11 @@ use tokio_tungstenite::tungstenite::{self, protocol::WebSocketConfig};
 use gateway_config::WebSocket as Limits;
 use gateway_proxy::{Error, Peer, ResponseBody, ServingState};
 use gateway_upstream::{ErrorKind, UpgradeSlot};
+
+use super::hub::HubSocket;
+
+/// The request-context key the auth filter writes its roles to, comma-separated.
+const AUTH_ROLES: &str = "auth.roles";
 
 const SEC_WEBSOCKET_KEY: HeaderName = HeaderName::from_static("sec-websocket-key");
 const SEC_WEBSOCKET_VERSION: HeaderName = HeaderName::from_static("sec-websocket-version");
@@ -45,12 +52,35 @@ fn has_token(headers: &HeaderMap, name: &HeaderName, token: &str) -> bool {
         .any(|item| item.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
 }
 
-/// A WebSocket both handshakes agreed on: the instance's socket, and the `101` the client is
-/// to get.
+/// An upgrade the gateway accepted: the client's `101`, and what serves the socket after it.
 pub(crate) struct Accepted {
-    pub(crate) upstream: WebSocketStream<TcpStream>,
     /// The client's `101` head, whole.
     pub(crate) head: Vec<u8>,
+    socket: Socket,
+}
+
+enum Socket {
+    Relay(Relay),
+    Hub(HubSocket),
+}
+
+impl Accepted {
+    /// Serves the socket until it closes. `tail` is what the client sent after its handshake
+    /// head before it was answered (frames sent early).
+    pub(crate) async fn run<S>(self, client: S, tail: Vec<u8>, shutdown: &mut watch::Receiver<bool>)
+    where
+        S: AsyncRead + AsyncWrite + Unpin,
+    {
+        match self.socket {
+            Socket::Relay(relay) => relay.relay(client, tail, shutdown).await,
+            Socket::Hub(hub) => hub.serve(client, tail, shutdown).await,
+        }
+    }
+}
+
+/// A socket both handshakes agreed on, to be relayed to its instance.
+pub(crate) struct Relay {
+    pub(crate) upstream: WebSocketStream<TcpStream>,
     pub(crate) config: WebSocketConfig,
     pub(crate) limits: Limits,
     /// `service@host:port`, for the log.
@@ -85,9 +115,36 @@ pub(crate) async fn accept(
     };
     let client_key = check_client(&parts.headers).map_err(refuse)?;
     let offered = parts.headers.get(SEC_WEBSOCKET_PROTOCOL).cloned();
-    let handshake = gateway_proxy::handshake(gateway, peer, Request::from_parts(parts, ())).await?;
     let limits = gateway.websocket.clone();
     let config = socket_config(&limits);
+    let hub = limits
+        .hub
+        .as_ref()
+        .filter(|hub| hub.path == parts.uri.path())
+        .cloned();
+    let approved =
+        gateway_proxy::approve_handshake(gateway, peer, Request::from_parts(parts, ())).await?;
+    if let Some(settings) = hub {
+        let roles = approved
+            .context(AUTH_ROLES)
+            .map(|roles| {
+                roles
+                    .split(',')
+                    .filter(|role| !role.is_empty())
+                    .map(str::to_owned)
+                    .collect()
+            })
+            .unwrap_or_default();
+        return Ok(Accepted {
+            head: switching_protocols(&client_key, None, &request_id),
+            socket: Socket::Hub(HubSocket {
+                settings,
+                roles,
+                config,
+            }),
+        });
+    }
+    let handshake = approved.pick(gateway)?;
     let upgrade = handshake.upgrade;
 
     let mut request = Request::builder()
@@ -163,12 +220,14 @@ pub(crate) async fn accept(
     }
     let head = switching_protocols(&client_key, chosen, &request_id);
     Ok(Accepted {
-        upstream,
         head,
-        config,
-        limits,
-        instance,
-        _slot: upgrade.answered(101),
+        socket: Socket::Relay(Relay {
+            upstream,
+            config,
+            limits,
+            instance,
+            _slot: upgrade.answered(101),
+        }),
     })
 }
 

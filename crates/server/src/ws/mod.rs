@@ -5,6 +5,8 @@
 //!   [`gateway_proxy::handshake`]), the instance's handshake made and its `101` checked;
 //! - `relay`: the two sockets, frame by frame, with the limits of `websocket:` in the
 //!   configuration (sizes, idle timeout, keepalive pings) and close codes passed both ways;
+//! - `hub`: the topic hub, on its own path behind the route's filters, published to through
+//!   [`hub::publish`] (and Redis pub/sub across gateways);
 //! - `stats`: counters for every socket of the process, read with [`status`].
 //!
 //! Frames go through `tokio-tungstenite` on both sides, since the relay inspects every one:
@@ -16,6 +18,7 @@
 //! Why the relay is native and frame-aware: `docs/decisions/0012-websocket-relay.md`.
 
 mod handshake;
+pub mod hub;
 mod relay;
 mod stats;
 

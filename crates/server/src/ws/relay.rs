@@ -22,11 +22,11 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role};
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 
-use super::handshake::Accepted;
+use super::handshake::Relay;
 use super::stats::OpenSocket;
 
 /// How long a closing side gets to answer the close frame before its socket is dropped.
-const CLOSE_GRACE: Duration = Duration::from_secs(1);
+pub(crate) const CLOSE_GRACE: Duration = Duration::from_secs(1);
 
 /// Why the relay stopped, and what each side is sent.
 struct Ending {
@@ -43,9 +43,8 @@ fn close(code: CloseCode, reason: &'static str) -> Option<CloseFrame> {
     })
 }
 
-impl Accepted {
-    /// Relays until the socket ends. `tail` is what the client sent after its handshake head
-    /// before it was answered (frames sent early).
+impl Relay {
+    /// Relays until the socket ends; `tail` as [`super::handshake::Accepted::run`] takes it.
     pub(crate) async fn relay<S>(
         self,
         client: S,
@@ -54,7 +53,7 @@ impl Accepted {
     ) where
         S: AsyncRead + AsyncWrite + Unpin,
     {
-        let Accepted {
+        let Relay {
             mut upstream,
             config,
             limits,
