@@ -74,6 +74,10 @@ impl WsUpstream {
 
 async fn echo(stream: TcpStream, closes: Arc<Mutex<Vec<Option<u16>>>>) {
     let mut target = String::new();
+    #[expect(
+        clippy::result_large_err,
+        reason = "the error type is tungstenite's, for a refusal this callback never makes"
+    )]
     let callback = |request: &Request, response: Response| {
         target = request.uri().to_string();
         Ok(response)

@@ -9,9 +9,9 @@
 //! - the upstream call, with the client's body bounded in time (`body`);
 //! - the response phase, and the headers a proxy owes both sides (`headers`).
 //!
-//! A WebSocket handshake goes through [`handshake`] instead: the same steps up to the pick of
-//! an instance, which the server's relay then connects to; a hub socket stops at
-//! [`approve_handshake`], after the filters.
+//! A WebSocket handshake goes through [`approve_handshake`] instead: the same steps up to the
+//! filters; the server's relay then picks an instance ([`Approved::pick`]), a hub socket does
+//! not need one.
 //!
 //! Filters' calls to configured services go through `outbound`.
 //!
@@ -32,7 +32,6 @@ pub use error::{ClientError, Error, Result};
 pub use headers::request_id;
 pub use hygiene::Violation;
 pub use pipeline::{
-    Approved, Handshake, Peer, approve_handshake, error_response, handshake, refuse_unreadable,
-    serve,
+    Approved, Handshake, Peer, approve_handshake, error_response, refuse_unreadable, serve,
 };
 pub use state::{LiveState, ServingState};

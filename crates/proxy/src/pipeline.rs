@@ -456,6 +456,10 @@ impl<'g> Approved<'g> {
     }
 
     /// Picks the instance of the route's service the socket is relayed to.
+    #[expect(
+        clippy::result_large_err,
+        reason = "once per handshake, and the refusal is written out at once: boxing it costs an allocation for nothing"
+    )]
     pub fn pick(
         self,
         state: &'g ServingState,
@@ -508,19 +512,10 @@ fn refusal(error: Error, request_id: &HeaderValue, version: Version) -> Response
 }
 
 /// Runs a WebSocket handshake through the same steps as a request up to the upstream call:
-/// edge checks, routing, the route's filters' request phase, and the pick of an instance.
-/// A filter that answers refuses the upgrade with its answer; every other refusal is the
-/// gateway's JSON error. The response phase does not run: the instance's `101` is the
-/// relay's to check, and what follows is not HTTP.
-pub async fn handshake<'g>(
-    state: &'g ServingState,
-    peer: &Peer,
-    request: Request<()>,
-) -> std::result::Result<Handshake<'g>, Response<ResponseBody>> {
-    approve_handshake(state, peer, request).await?.pick(state)
-}
-
-/// The steps of [`handshake`] before the pick: edge checks, routing, the request phase.
+/// edge checks, routing and the route's filters' request phase; [`Approved::pick`] then picks
+/// the instance. A filter that answers refuses the upgrade with its answer; every other
+/// refusal is the gateway's JSON error. The response phase does not run: the instance's `101`
+/// is the relay's to check, and what follows is not HTTP.
 pub async fn approve_handshake<'g>(
     state: &'g ServingState,
     peer: &Peer,

@@ -60,7 +60,8 @@ pub(crate) struct Accepted {
 }
 
 enum Socket {
-    Relay(Relay),
+    // Boxed: the relay's two sockets are large, and the enum is moved once per socket.
+    Relay(Box<Relay>),
     Hub(HubSocket),
 }
 
@@ -221,13 +222,13 @@ pub(crate) async fn accept(
     let head = switching_protocols(&client_key, chosen, &request_id);
     Ok(Accepted {
         head,
-        socket: Socket::Relay(Relay {
+        socket: Socket::Relay(Box::new(Relay {
             upstream,
             config,
             limits,
             instance,
             _slot: upgrade.answered(101),
-        }),
+        })),
     })
 }
 
@@ -310,4 +311,80 @@ fn relay_refusal(
         parts,
         gateway_proxy::full(Bytes::from(body.unwrap_or_default())),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn head(method: &str, version: Version, headers: &[(&str, &str)]) -> request::Parts {
+        let mut request = Request::builder()
+            .method(method)
+            .version(version)
+            .uri("/ws");
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        request.body(()).expect("a request").into_parts().0
+    }
+
+    #[test]
+    fn an_upgrade_is_a_get_on_http_1_1_naming_websocket_and_upgrade_as_tokens() {
+        let upgrade = [
+            ("connection", "keep-alive, Upgrade"),
+            ("upgrade", "WebSocket"),
+        ];
+        assert!(is_upgrade(&head("GET", Version::HTTP_11, &upgrade)));
+        assert!(!is_upgrade(&head("POST", Version::HTTP_11, &upgrade)));
+        assert!(!is_upgrade(&head("GET", Version::HTTP_10, &upgrade)));
+        assert!(!is_upgrade(&head(
+            "GET",
+            Version::HTTP_11,
+            &[("connection", "upgrade"), ("upgrade", "h2c")]
+        )));
+        assert!(!is_upgrade(&head(
+            "GET",
+            Version::HTTP_11,
+            &[("connection", "upgraded"), ("upgrade", "websocket")]
+        )));
+    }
+
+    #[test]
+    fn the_client_handshake_needs_version_13_and_one_well_formed_key() {
+        let check = |headers: &[(&str, &str)]| {
+            check_client(&head("GET", Version::HTTP_11, headers).headers)
+        };
+        let key = ("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ==");
+        assert!(check(&[("sec-websocket-version", "13"), key]).is_ok());
+        assert!(matches!(check(&[key]), Err(Error::BadHandshake(_))));
+        assert!(matches!(
+            check(&[("sec-websocket-version", "8"), key]),
+            Err(Error::WebSocketVersion)
+        ));
+        assert!(matches!(
+            check(&[("sec-websocket-version", "13")]),
+            Err(Error::BadHandshake(_))
+        ));
+        assert!(matches!(
+            check(&[
+                ("sec-websocket-version", "13"),
+                ("sec-websocket-key", "short")
+            ]),
+            Err(Error::BadHandshake(_))
+        ));
+    }
+
+    #[test]
+    fn the_101_answers_the_clients_own_key_as_rfc_6455_computes_it() {
+        let head = switching_protocols(
+            &HeaderValue::from_static("dGhlIHNhbXBsZSBub25jZQ=="),
+            Some(&HeaderValue::from_static("chat")),
+            &HeaderValue::from_static("id-1"),
+        );
+        let head = String::from_utf8(head).expect("ASCII");
+        assert!(head.starts_with("HTTP/1.1 101 Switching Protocols\r\n"));
+        assert!(head.contains("sec-websocket-accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n"));
+        assert!(head.contains("sec-websocket-protocol: chat\r\n"));
+        assert!(head.ends_with("x-request-id: id-1\r\n\r\n"));
+    }
 }

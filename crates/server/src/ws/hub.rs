@@ -283,9 +283,9 @@ impl HubSocket {
                 () = dropped.notify.notified() => break close(CloseCode::Policy, "too slow: the subscriber's queue is full"),
                 read = client.next() => match read {
                     Some(Ok(Message::Text(text))) => {
-                        socket.from_client(text.len());
+                        socket.message_from_client(text.len());
                         let answer = self.command(text.as_str(), id, &queue, &dropped, &mut subscribed);
-                        socket.to_client(answer.len());
+                        socket.message_to_client(answer.len());
                         if client.send(Message::text(answer)).await.is_err() {
                             break None;
                         }
@@ -302,7 +302,7 @@ impl HubSocket {
                     Some(Err(_)) | None => break None,
                 },
                 Some(message) = queued.recv() => {
-                    socket.to_client(message.len());
+                    socket.message_to_client(message.len());
                     tokio::select! {
                         sent = client.send(Message::text(&*message)) => if sent.is_err() { break None },
                         () = dropped.notify.notified() => break close(CloseCode::Policy, "too slow: the subscriber's queue is full"),

@@ -2,7 +2,7 @@
 //! route's filters approve the handshake.
 //!
 //! - `handshake`: the client's handshake checked, the filters run (through
-//!   [`gateway_proxy::handshake`]), the instance's handshake made and its `101` checked;
+//!   [`gateway_proxy::approve_handshake`]), the instance's handshake made and its `101` checked;
 //! - `relay`: the two sockets, frame by frame, with the limits of `websocket:` in the
 //!   configuration (sizes, idle timeout, keepalive pings) and close codes passed both ways;
 //! - `hub`: the topic hub, on its own path behind the route's filters, published to through

@@ -95,7 +95,7 @@ impl Relay {
                         Some(Ok(message)) => match message {
                             Message::Text(_) | Message::Binary(_) => {
                                 last_message = Instant::now();
-                                socket.from_client(message.len());
+                                socket.message_from_client(message.len());
                                 if upstream.send(message).await.is_err() {
                                     break Ending {
                                         to_client: close(CloseCode::Error, "the upstream service failed"),
@@ -145,7 +145,7 @@ impl Relay {
                     Some(Ok(message)) => match message {
                         Message::Text(_) | Message::Binary(_) => {
                             last_message = Instant::now();
-                            socket.to_client(message.len());
+                            socket.message_to_client(message.len());
                             if client.send(message).await.is_err() {
                                 break Ending {
                                     to_client: None,

@@ -54,12 +54,12 @@ impl OpenSocket {
         OpenSocket { close_code: 1006 }
     }
 
-    pub(crate) fn from_client(&self, bytes: usize) {
+    pub(crate) fn message_from_client(&self, bytes: usize) {
         MESSAGES_FROM_CLIENTS.fetch_add(1, Ordering::Relaxed);
         BYTES_FROM_CLIENTS.fetch_add(bytes as u64, Ordering::Relaxed);
     }
 
-    pub(crate) fn to_client(&self, bytes: usize) {
+    pub(crate) fn message_to_client(&self, bytes: usize) {
         MESSAGES_TO_CLIENTS.fetch_add(1, Ordering::Relaxed);
         BYTES_TO_CLIENTS.fetch_add(bytes as u64, Ordering::Relaxed);
     }
