@@ -4,7 +4,9 @@
 use std::time::Duration;
 
 use futures_util::SinkExt;
-use gateway_tests::websocket::{WsUpstream, close_code, connect, next_message, refusing_upstream};
+use gateway_tests::websocket::{
+    WsUpstream, close_code, connect, connect_with_answer, next_message, refusing_upstream,
+};
 use gateway_tests::{Gateway, plugin_dir, raw_exchange};
 use sha2::{Digest, Sha256};
 use tokio_tungstenite::tungstenite::Message;
@@ -118,6 +120,36 @@ async fn text_binary_large_and_fragmented_messages_are_echoed_and_pings_answered
 
     let status = gateway_status(&gateway);
     assert!(status.is_empty(), "no error logged: {status:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_instances_subprotocol_is_relayed_and_extensions_are_not_offered() {
+    let upstream = WsUpstream::start().await;
+    let gateway = gateway_for(&upstream.url(), "idle_timeout: 30s");
+    let (mut socket, answer) = connect_with_answer(
+        gateway.address,
+        "/ws/a",
+        &[
+            ("sec-websocket-protocol", "chat.v2, chat.v1"),
+            ("sec-websocket-extensions", "permessage-deflate"),
+        ],
+    )
+    .await
+    .expect("upgraded");
+    let header = |name| {
+        answer
+            .headers()
+            .get(name)
+            .and_then(|value| value.to_str().ok())
+    };
+    assert_eq!(header("sec-websocket-protocol"), Some("chat.v2"));
+    assert_eq!(header("sec-websocket-extensions"), None);
+    assert!(header("x-request-id").is_some(), "{answer:?}");
+    socket.send(Message::text("plain")).await.expect("sent");
+    assert_eq!(
+        next_message(&mut socket, WAIT).await,
+        Some(Message::text("plain"))
+    );
 }
 
 /// Error-level lines in the gateway's log.

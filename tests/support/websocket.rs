@@ -6,6 +6,8 @@
 //! - `die`: drops its socket without a close frame, as a crashed instance would;
 //! - `path`: answers with the request target its handshake came with.
 //!
+//! Of the subprotocols a client offers, it chooses the first.
+//!
 //! It records the close codes it received, so that tests see what reached it.
 
 use std::net::SocketAddr;
@@ -78,8 +80,20 @@ async fn echo(stream: TcpStream, closes: Arc<Mutex<Vec<Option<u16>>>>) {
         clippy::result_large_err,
         reason = "the error type is tungstenite's, for a refusal this callback never makes"
     )]
-    let callback = |request: &Request, response: Response| {
+    let callback = |request: &Request, mut response: Response| {
         target = request.uri().to_string();
+        // The first subprotocol offered is chosen, as a server with one protocol would.
+        let first = request
+            .headers()
+            .get("sec-websocket-protocol")
+            .and_then(|offered| offered.to_str().ok())
+            .and_then(|offered| offered.split(',').next())
+            .and_then(|first| http::HeaderValue::from_str(first.trim()).ok());
+        if let Some(first) = first {
+            response
+                .headers_mut()
+                .insert("sec-websocket-protocol", first);
+        }
         Ok(response)
     };
     let Ok(mut socket) = tokio_tungstenite::accept_hdr_async(stream, callback).await else {
@@ -150,6 +164,17 @@ pub async fn connect(
     path: &str,
     headers: &[(&str, &str)],
 ) -> Result<Client, tokio_tungstenite::tungstenite::Error> {
+    connect_with_answer(address, path, headers)
+        .await
+        .map(|(socket, _)| socket)
+}
+
+/// [`connect`], with the `101` the client got.
+pub async fn connect_with_answer(
+    address: SocketAddr,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> Result<(Client, http::Response<Option<Vec<u8>>>), tokio_tungstenite::tungstenite::Error> {
     let uri = format!("ws://{address}{path}")
         .parse()
         .expect("a valid WebSocket URI");
@@ -157,8 +182,7 @@ pub async fn connect(
     for (name, value) in headers {
         request = request.with_header(*name, *value);
     }
-    let (socket, _) = tokio_tungstenite::connect_async(request).await?;
-    Ok(socket)
+    tokio_tungstenite::connect_async(request).await
 }
 
 /// The next message that is not a ping or pong, within `within`; `None` if the socket ended.

@@ -199,7 +199,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> ClientConnection<S> {
             // Each request follows the state current when its head has arrived.
             let gateway = live.current();
             if crate::ws::is_upgrade(&head.parts) {
-                self.serve_websocket(&gateway, &peer, head, shutdown).await;
+                self.serve_websocket(gateway, &peer, head, shutdown).await;
                 return None;
             }
             let method = head.parts.method.clone();
@@ -236,15 +236,19 @@ impl<S: AsyncRead + AsyncWrite + Unpin> ClientConnection<S> {
     }
 
     /// Serves a WebSocket upgrade: refused with an answer and closed, or relayed until the
-    /// socket ends. The connection never serves HTTP again either way.
+    /// socket ends. The connection never serves HTTP again either way. The serving state is
+    /// let go once the socket is accepted, so that a socket open for hours does not keep the
+    /// state of an old configuration alive.
     async fn serve_websocket(
         &mut self,
-        gateway: &ServingState,
+        gateway: Arc<ServingState>,
         peer: &Peer,
         head: IncomingHead,
         shutdown: &mut watch::Receiver<bool>,
     ) {
-        match crate::ws::accept(gateway, peer, head.parts).await {
+        let accepted = crate::ws::accept(&gateway, peer, head.parts).await;
+        drop(gateway);
+        match accepted {
             Err(response) => {
                 if self
                     .write_response(response, &Method::GET, Version::HTTP_11, false)
