@@ -292,6 +292,23 @@ async fn keepalive_pings_go_out_and_shutdown_closes_with_1001() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_client_that_stops_answering_pings_is_closed_with_1011() {
+    let upstream = WsUpstream::start().await;
+    let gateway = gateway_for(
+        &upstream.url(),
+        "{ idle_timeout: 30s, ping_interval: 100ms, ping_timeout: 300ms }",
+    );
+    let mut socket = connect(gateway.address, "/ws/a", &[])
+        .await
+        .expect("upgraded");
+    // Not reading the socket, the client answers no ping.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(close_code(&mut socket, WAIT).await, Some(1011));
+    let told = gateway_tests::eventually(WAIT, || upstream.closes().contains(&Some(1001))).await;
+    assert!(told, "the instance gets 1001: {:?}", upstream.closes());
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn bad_handshakes_get_the_gateway_json_error() {
     let upstream = WsUpstream::start().await;
     let gateway = gateway_for(&upstream.url(), "idle_timeout: 30s");
