@@ -66,6 +66,14 @@ enum Socket {
 }
 
 impl Accepted {
+    /// The instance a relayed socket goes to, `service@host:port`; `None` for the hub.
+    fn instance(&self) -> Option<&str> {
+        match &self.socket {
+            Socket::Relay(relay) => Some(&relay.instance),
+            Socket::Hub(_) => None,
+        }
+    }
+
     /// Serves the socket until it closes. `tail` is what the client sent after its handshake
     /// head before it was answered (frames sent early).
     pub(crate) async fn run<S>(self, client: S, tail: Vec<u8>, shutdown: &mut watch::Receiver<bool>)
@@ -93,17 +101,57 @@ pub(crate) struct Relay {
 /// Takes a client's upgrade through both handshakes: the accepted socket, or the answer the
 /// client gets instead (the gateway's JSON error, a filter's answer, or the instance's own
 /// refusal).
+///
+/// Either way the handshake gets its access-log line: `101` and the instance, or the refusal.
 pub(crate) async fn accept(
     gateway: &ServingState,
     peer: &Peer,
-    parts: request::Parts,
+    mut parts: request::Parts,
 ) -> Result<Accepted, Response<ResponseBody>> {
-    let mut parts = parts;
     let request_id = gateway_proxy::request_id(&parts.headers);
     // The proxy then takes this id as the client's, so every answer carries the same one.
     parts
         .headers
         .insert(gateway_wire::fields::REQUEST_ID, request_id.clone());
+    if !gateway_access_log::enabled() {
+        return handshakes(gateway, peer, parts, &request_id).await;
+    }
+    let started = std::time::Instant::now();
+    let target = parts.uri.path_and_query().map(ToString::to_string);
+    let user_agent = parts.headers.get(header::USER_AGENT).cloned();
+    let accepted = handshakes(gateway, peer, parts, &request_id).await;
+    let (status, upstream) = match &accepted {
+        Ok(accepted) => (101, accepted.instance()),
+        Err(response) => (response.status().as_u16(), None),
+    };
+    gateway_access_log::write(&gateway_access_log::Line {
+        time: std::time::SystemTime::now(),
+        request_id: request_id.to_str().unwrap_or("-"),
+        client: peer.client.ip(),
+        method: Some("GET"),
+        target: target.as_deref(),
+        version: Version::HTTP_11,
+        status,
+        bytes: None,
+        duration_us: u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX),
+        route: None,
+        upstream,
+        error: None,
+        referer: None,
+        user_agent: user_agent.as_ref().map(HeaderValue::as_bytes),
+        trace_id: None,
+        span_id: None,
+    });
+    accepted
+}
+
+async fn handshakes(
+    gateway: &ServingState,
+    peer: &Peer,
+    parts: request::Parts,
+    request_id: &HeaderValue,
+) -> Result<Accepted, Response<ResponseBody>> {
+    let request_id = request_id.clone();
     let refuse = |error: Error| {
         tracing::info!(client = %peer.client, %error, "WebSocket handshake refused");
         let mut response = gateway_proxy::error_response(&error, &request_id, Version::HTTP_11);
