@@ -309,6 +309,46 @@ async fn a_client_that_stops_answering_pings_is_closed_with_1011() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_client_that_takes_nothing_is_given_up_after_send_timeout() {
+    let upstream = WsUpstream::start().await;
+    let gateway = Gateway::start(&format!(
+        r#"
+listeners:
+  - address: 127.0.0.1:0
+watch: false
+limits:
+  send_timeout: 300ms
+services:
+  market:
+    instances: ["{}"]
+routes:
+  - match: {{ path_prefix: /ws }}
+    service: market
+"#,
+        upstream.url()
+    ));
+    let mut socket = connect(gateway.address, "/ws/a", &[])
+        .await
+        .expect("upgraded");
+    socket.send(Message::text("flood")).await.expect("sent");
+    // The client reads nothing while the instance floods: the socket buffers fill up.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let drained = tokio::time::timeout(Duration::from_secs(20), async {
+        use futures_util::StreamExt;
+        let mut messages = 0;
+        while let Some(Ok(_)) = socket.next().await {
+            messages += 1;
+        }
+        messages
+    })
+    .await;
+    assert!(
+        drained.is_ok(),
+        "the gateway gave the socket up: what was buffered ends"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn bad_handshakes_get_the_gateway_json_error() {
     let upstream = WsUpstream::start().await;
     let gateway = gateway_for(&upstream.url(), "idle_timeout: 30s");

@@ -4,6 +4,7 @@
 //! The upstream echoes text and binary messages, and obeys a few text commands:
 //! - `close:<code>`: closes with that code;
 //! - `die`: drops its socket without a close frame, as a crashed instance would;
+//! - `flood`: sends 64 KiB binary messages for as long as its socket takes them;
 //! - `path`: answers with the request target its handshake came with.
 //!
 //! Of the subprotocols a client offers, it chooses the first.
@@ -102,6 +103,11 @@ async fn echo(stream: TcpStream, closes: Arc<Mutex<Vec<Option<u16>>>>) {
     while let Some(Ok(message)) = socket.next().await {
         match message {
             Message::Text(text) if text.as_str() == "die" => return,
+            Message::Text(text) if text.as_str() == "flood" => {
+                let chunk = vec![0u8; 64 * 1024];
+                while socket.send(Message::binary(chunk.clone())).await.is_ok() {}
+                return;
+            }
             Message::Text(text) if text.as_str() == "path" => {
                 let _ = socket.send(Message::text(target.clone())).await;
             }

@@ -92,6 +92,8 @@ pub(crate) struct Relay {
     pub(crate) upstream: WebSocketStream<TcpStream>,
     pub(crate) config: WebSocketConfig,
     pub(crate) limits: Limits,
+    /// How long a write to either side may wait for it to take bytes (`limits.send_timeout`).
+    pub(crate) send_timeout: std::time::Duration,
     /// `service@host:port`, for the log.
     pub(crate) instance: String,
     /// Holds the instance's count of requests in flight while the socket lives.
@@ -190,6 +192,7 @@ async fn handshakes(
                 settings,
                 roles,
                 config,
+                send_timeout: gateway.limits.send_timeout,
             }),
         });
     }
@@ -274,6 +277,7 @@ async fn handshakes(
             upstream,
             config,
             limits,
+            send_timeout: gateway.limits.send_timeout,
             instance,
             _slot: upgrade.answered(101),
         })),

@@ -32,6 +32,7 @@ use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 
 use gateway_config::{Hub as Settings, Overflow};
 
+use super::relay::sent_within;
 use super::stats::OpenSocket;
 
 /// Topics one socket may hold at once: a client cannot make the hub's map grow without bound.
@@ -256,6 +257,8 @@ pub(crate) struct HubSocket {
     /// The roles the route's filters found (`auth.roles`).
     pub(crate) roles: Vec<String>,
     pub(crate) config: WebSocketConfig,
+    /// How long a write may wait for the client to take bytes (`limits.send_timeout`).
+    pub(crate) send_timeout: Duration,
 }
 
 impl HubSocket {
@@ -286,7 +289,7 @@ impl HubSocket {
                         socket.message_from_client(text.len());
                         let answer = self.command(text.as_str(), id, &queue, &dropped, &mut subscribed);
                         socket.message_to_client(answer.len());
-                        if client.send(Message::text(answer)).await.is_err() {
+                        if !sent_within(self.send_timeout, client.send(Message::text(answer))).await {
                             break None;
                         }
                     }
@@ -304,7 +307,7 @@ impl HubSocket {
                 Some(message) = queued.recv() => {
                     socket.message_to_client(message.len());
                     tokio::select! {
-                        sent = client.send(Message::text(&*message)) => if sent.is_err() { break None },
+                        sent = sent_within(self.send_timeout, client.send(Message::text(&*message))) => if !sent { break None },
                         () = dropped.notify.notified() => break close(CloseCode::Policy, "too slow: the subscriber's queue is full"),
                     }
                 }

@@ -6,7 +6,8 @@
 //! - a message or frame over `max_message_size` / `max_frame_size`: 1009 to the side that sent
 //!   it, 1001 to the other;
 //! - the instance gone without a close frame: 1011 to the client;
-//! - the client gone: 1001 to the instance;
+//! - the client gone, or taking nothing for `limits.send_timeout`: 1001 to the instance (and
+//!   the same for an instance that stops taking messages: 1011 to the client);
 //! - no message either way for `idle_timeout`: 1000 to both;
 //! - keepalive pings unanswered for `ping_timeout`: 1011 to the client, 1001 to the instance;
 //! - gateway shutdown: 1001 to both, within the drain's grace period.
@@ -57,6 +58,7 @@ impl Relay {
             mut upstream,
             config,
             limits,
+            send_timeout,
             instance,
             ..
         } = self;
@@ -96,7 +98,7 @@ impl Relay {
                             Message::Text(_) | Message::Binary(_) => {
                                 last_message = Instant::now();
                                 socket.message_from_client(message.len());
-                                if upstream.send(message).await.is_err() {
+                                if !sent_within(send_timeout, upstream.send(message)).await {
                                     break Ending {
                                         to_client: close(CloseCode::Error, "the upstream service failed"),
                                         to_upstream: None,
@@ -146,7 +148,7 @@ impl Relay {
                         Message::Text(_) | Message::Binary(_) => {
                             last_message = Instant::now();
                             socket.message_to_client(message.len());
-                            if client.send(message).await.is_err() {
+                            if !sent_within(send_timeout, client.send(message)).await {
                                 break Ending {
                                     to_client: None,
                                     to_upstream: close(CloseCode::Away, "the client went away"),
@@ -220,6 +222,15 @@ impl Relay {
         })
         .await;
     }
+}
+
+/// Whether a message went out within `timeout`: a side that takes nothing for that long (as
+/// nginx's `send_timeout`) is given up on instead of holding the socket open.
+pub(crate) async fn sent_within<E>(
+    timeout: Duration,
+    sending: impl std::future::Future<Output = Result<(), E>>,
+) -> bool {
+    matches!(tokio::time::timeout(timeout, sending).await, Ok(Ok(())))
 }
 
 /// Sends `frame` as the close (or, with none, completes a close the peer began), then reads
