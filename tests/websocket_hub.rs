@@ -25,8 +25,8 @@ fn sha256_hex(text: &str) -> String {
 }
 
 /// A gateway with the hub on `/ws/hub` behind the auth filter, and `extra` top-level YAML
-/// (a `kv:` section); `hub` adds keys to `websocket.hub`.
-fn hub_gateway(hub: &str, extra: &str) -> Gateway {
+/// (a `kv:` section); `hub` adds keys to `websocket.hub`, `websocket` to `websocket`.
+fn hub_gateway(hub: &str, extra: &str, websocket: &str) -> Gateway {
     let auth = json!({
         "api_keys": {"keys": [
             {"sha256": sha256_hex(TRADER_KEY), "consumer": "desk", "roles": ["trader"]},
@@ -48,6 +48,7 @@ filters:
     timeout: 10s
     memory_limit: 64MiB
 websocket:
+  {websocket}
   hub:
     path: /ws/hub
     topics:
@@ -124,7 +125,7 @@ async fn stays_quiet(socket: &mut Client, within: Duration) -> bool {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_subscriber_receives_its_topic_until_it_unsubscribes() {
-    let gateway = hub_gateway("", "");
+    let gateway = hub_gateway("", "", "");
     let mut socket = subscriber(&gateway, TRADER_KEY).await;
     assert_eq!(
         command(&mut socket, "subscribe", "trading_signals").await,
@@ -164,7 +165,7 @@ async fn a_subscriber_receives_its_topic_until_it_unsubscribes() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_topic_needs_one_of_its_roles_and_the_handshake_needs_the_filters() {
-    let gateway = hub_gateway("", "");
+    let gateway = hub_gateway("", "", "");
     let mut viewer = subscriber(&gateway, VIEWER_KEY).await;
     let refused = command(&mut viewer, "subscribe", "trading_signals").await;
     assert_eq!(refused["type"], "error", "{refused}");
@@ -190,7 +191,7 @@ async fn a_topic_needs_one_of_its_roles_and_the_handshake_needs_the_filters() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_slow_subscriber_is_dropped_with_1008_and_the_others_get_everything() {
-    let gateway = hub_gateway("queue: 8\n    overflow: drop_subscriber", "");
+    let gateway = hub_gateway("queue: 8\n    overflow: drop_subscriber", "", "");
     let mut slow = subscriber(&gateway, VIEWER_KEY).await;
     let mut fast = subscriber(&gateway, VIEWER_KEY).await;
     command(&mut slow, "subscribe", "news").await;
@@ -239,8 +240,8 @@ async fn a_slow_subscriber_is_dropped_with_1008_and_the_others_get_everything() 
 async fn two_gateways_on_one_redis_deliver_each_others_messages() {
     let redis = RedisServer::start();
     let kv = format!("kv:\n  redis:\n    url: \"{}\"", redis.url());
-    let first = hub_gateway("redis: true", &kv);
-    let second = hub_gateway("redis: true", &kv);
+    let first = hub_gateway("redis: true", &kv, "");
+    let second = hub_gateway("redis: true", &kv, "");
     for gateway in [&first, &second] {
         assert!(
             gateway
@@ -263,4 +264,24 @@ async fn two_gateways_on_one_redis_deliver_each_others_messages() {
     for socket in [&mut on_first, &mut on_second] {
         assert_eq!(json_message(socket).await["data"], json!({"n": 2}));
     }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_subscriber_that_stops_answering_pings_is_closed_with_1011() {
+    let gateway = hub_gateway("", "", "ping_interval: 100ms\n  ping_timeout: 300ms");
+    let mut socket = subscriber(&gateway, VIEWER_KEY).await;
+    command(&mut socket, "subscribe", "news").await;
+    // Reading answers the pings: the socket stays open while the client reads.
+    assert!(stays_quiet(&mut socket, Duration::from_millis(800)).await);
+    publish(&gateway, "news", json!("still here")).await;
+    assert_eq!(json_message(&mut socket).await["data"], "still here");
+    // Not reading, it answers none.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(close_code(&mut socket, WAIT).await, Some(1011));
+    let status = websocket_status(&gateway).await;
+    assert_eq!(
+        status["hub"]["topics"]["news"],
+        serde_json::Value::Null,
+        "{status}"
+    );
 }

@@ -193,6 +193,8 @@ async fn handshakes(
                 roles,
                 config,
                 send_timeout: gateway.limits.send_timeout,
+                ping_interval: limits.ping_interval,
+                ping_timeout: limits.ping_timeout,
             }),
         });
     }

@@ -15,6 +15,9 @@
 //! is full, `overflow` either drops the subscriber (close 1008) or drops the message for it and
 //! counts it. A queued message is shared by all its subscribers (one `Arc<str>`), so memory
 //! is bounded by `queue` messages per subscriber.
+//!
+//! Hub sockets have no idle timeout (a subscriber waits by nature), but keepalive pings and the
+//! size limits of `websocket:` apply as on relayed sockets.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -25,6 +28,7 @@ use futures_util::{SinkExt, StreamExt};
 use serde::Deserialize;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::{Notify, mpsc};
+use tokio::time::Instant;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
@@ -259,6 +263,9 @@ pub(crate) struct HubSocket {
     pub(crate) config: WebSocketConfig,
     /// How long a write may wait for the client to take bytes (`limits.send_timeout`).
     pub(crate) send_timeout: Duration,
+    /// `websocket.ping_interval` and `ping_timeout`, as relayed sockets have them.
+    pub(crate) ping_interval: Option<Duration>,
+    pub(crate) ping_timeout: Duration,
 }
 
 impl HubSocket {
@@ -279,13 +286,42 @@ impl HubSocket {
         let (queue, mut queued) = mpsc::channel::<Arc<str>>(self.settings.queue);
         let dropped = Arc::new(Dropped::default());
         let mut subscribed = HashSet::new();
+        let mut client_code = None;
+        // Keepalive pings, as on relayed sockets: when one went out with no frame since.
+        let mut ping_sent: Option<Instant> = None;
+        let mut next_ping = self.ping_interval.map(|every| Instant::now() + every);
+        let timer = tokio::time::sleep(Duration::from_secs(3600));
+        tokio::pin!(timer);
         let code = loop {
+            let pong_due = ping_sent.map(|sent| sent + self.ping_timeout);
+            let due = [pong_due, next_ping].into_iter().flatten().min();
+            if let Some(due) = due
+                && timer.deadline() != due
+            {
+                timer.as_mut().reset(due);
+            }
             tokio::select! {
                 biased;
                 () = async { drop(shutdown.wait_for(|stop| *stop).await) } => break close(CloseCode::Away, "the gateway is shutting down"),
                 () = dropped.notify.notified() => break close(CloseCode::Policy, "too slow: the subscriber's queue is full"),
+                () = &mut timer, if due.is_some() => {
+                    let now = Instant::now();
+                    if pong_due.is_some_and(|due| now >= due) {
+                        break close(CloseCode::Error, "keepalive ping unanswered");
+                    }
+                    if let (Some(at), Some(every)) = (next_ping, self.ping_interval)
+                        && now >= at
+                    {
+                        next_ping = Some(now + every);
+                        ping_sent.get_or_insert(now);
+                        if !sent_within(self.send_timeout, client.send(Message::Ping(Default::default()))).await {
+                            break None;
+                        }
+                    }
+                }
                 read = client.next() => match read {
                     Some(Ok(Message::Text(text))) => {
+                        ping_sent = None;
                         socket.message_from_client(text.len());
                         let answer = self.command(text.as_str(), id, &queue, &dropped, &mut subscribed);
                         socket.message_to_client(answer.len());
@@ -294,11 +330,13 @@ impl HubSocket {
                         }
                     }
                     Some(Ok(Message::Binary(_))) => break close(CloseCode::Unsupported, "the hub takes JSON text messages"),
-                    Some(Ok(Message::Close(_))) => {
+                    Some(Ok(Message::Close(frame))) => {
                         let _ = client.flush().await;
+                        client_code = Some(frame.map_or(1005, |frame| u16::from(frame.code)));
                         break None;
                     }
                     Some(Ok(_)) => {
+                        ping_sent = None;
                         let _ = client.flush().await;
                     }
                     Some(Err(WsError::Capacity(_))) => break close(CloseCode::Size, "message too large"),
@@ -314,7 +352,8 @@ impl HubSocket {
             }
         };
         unsubscribe_all(id, &subscribed);
-        socket.closed_with(code.as_ref().map_or(1005, |frame| u16::from(frame.code)));
+        let sent_code = code.as_ref().map(|frame| u16::from(frame.code));
+        socket.closed_with(sent_code.or(client_code).unwrap_or(1006));
         if let Some(frame) = code {
             let _ = tokio::time::timeout(super::relay::CLOSE_GRACE, async {
                 if client.close(Some(frame)).await.is_ok() {
