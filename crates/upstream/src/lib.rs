@@ -2,9 +2,10 @@
 //! HTTP/1.1 connections that reach them.
 //!
 //! The public surface is what the proxy and the admin API need: build a [`Service`] from its
-//! checked configuration, [`Service::forward`] a request (pick, try, retry), start its active
-//! health checks with [`Service::start_health_checks`] on the control plane's runtime, and read
-//! its [`Service::status`]. A failure comes back as an [`Error`] whose [`ErrorKind`] says what
+//! checked configuration, [`Service::forward`] a request (pick, try, retry), pick an instance
+//! for a WebSocket with [`Service::pick_for_upgrade`] (held as one request in flight while the
+//! socket lives), start its active health checks with [`Service::start_health_checks`] on the
+//! control plane's runtime, and read its [`Service::status`]. A failure comes back as an [`Error`] whose [`ErrorKind`] says what
 //! happened (connect refused, timeout, reset before or after the request was sent, protocol,
 //! the client's body, or no instance could take the request: none healthy, breakers open,
 //! overloaded), so that whoever counts failures classifies them without parsing text.
