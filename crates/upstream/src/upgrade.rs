@@ -85,3 +85,39 @@ impl Upgrade<'_> {
         &self.service.instances[self.picked.index]
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::net::{IpAddr, Ipv4Addr};
+
+    use http::{HeaderMap, Method};
+
+    use super::*;
+
+    #[test]
+    fn an_upgraded_socket_counts_in_flight_until_its_slot_is_dropped() {
+        let url = "http://127.0.0.1:9".parse().expect("a URL");
+        let service = Service::new(
+            "market",
+            &gateway_config::Service::with_instances(vec![url]),
+        );
+        let headers = HeaderMap::new();
+        let in_flight = || service.status().instances[0].in_flight;
+        let upgrade = service
+            .pick_for_upgrade(Outgoing {
+                method: &Method::GET,
+                target: "/ws",
+                headers: &headers,
+                client_ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
+                path: "/ws",
+            })
+            .expect("an instance");
+        assert_eq!(upgrade.authority(), "127.0.0.1:9");
+        assert_eq!(upgrade.label(), "market@127.0.0.1:9");
+        assert_eq!(in_flight(), 1, "counted from the pick");
+        let slot = upgrade.answered(101);
+        assert_eq!(in_flight(), 1, "and for as long as the socket lives");
+        drop(slot);
+        assert_eq!(in_flight(), 0);
+    }
+}
