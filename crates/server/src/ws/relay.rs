@@ -80,7 +80,10 @@ impl Relay {
                 .flatten()
                 .min()
                 .unwrap_or(idle_at);
-            if timer.deadline() != due {
+            // Re-armed only when it has fired or a nearer deadline comes up, as the HTTP/1.1
+            // loop's watchdog: a message moves the idle deadline later, which costs no timer
+            // operation; a timer that fires early finds nothing due and is armed again.
+            if due < timer.deadline() || timer.is_elapsed() {
                 timer.as_mut().reset(due);
             }
             tokio::select! {
