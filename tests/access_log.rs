@@ -5,7 +5,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use gateway_tests::{Gateway, Upstream, eventually, get, http1_client, load, send};
+use gateway_tests::{Gateway, Upstream, eventually, get, http1_client, load, resident_kib, send};
 use http::Request;
 use http_body_util::Full;
 
@@ -247,13 +247,4 @@ async fn a_stalled_destination_drops_and_counts_lines_and_the_gateway_keeps_serv
         warnings < 100,
         "one warning per flush interval, not one per line: {warnings}"
     );
-}
-
-fn resident_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
-    status
-        .lines()
-        .find_map(|line| line.strip_prefix("VmRSS:"))
-        .and_then(|value| value.trim().trim_end_matches(" kB").trim().parse().ok())
-        .expect("VmRSS")
 }

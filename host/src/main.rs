@@ -270,6 +270,14 @@ async fn serve(path: &Path, workers: usize) -> anyhow::Result<()> {
         .then(|| gateway_access_log::start(&config.access_log))
         .transpose()?;
     reopen_access_log_on_usr1();
+    // The hub's Redis link lives for the process: a reload that turns it on needs a restart.
+    if let Some(hub) = config.websocket.hub.as_ref().filter(|hub| hub.redis)
+        && let Some(redis) = &config.kv.redis
+    {
+        let channel = format!("{}hub", redis.key_prefix);
+        gateway_server::ws::hub::start_redis(&redis.url, channel)
+            .with_context(|| format!("the hub on {} cannot use Redis", hub.path))?;
+    }
     let addresses: Vec<_> = config.listeners.iter().map(|l| l.address).collect();
     let listeners = gateway_server::bind(&addresses).await?;
     if let Some(admin) = &config.admin {

@@ -11,6 +11,7 @@ pub mod redis;
 pub use redis::RedisServer;
 
 pub mod controlled;
+pub mod websocket;
 pub use controlled::{ControlledUpstream, eventually};
 
 use std::io::{BufRead, BufReader};
@@ -722,4 +723,14 @@ pub fn replace_by_rename(path: &Path, bytes: &[u8]) -> Instant {
     let renaming = Instant::now();
     std::fs::rename(&temporary, path).expect("renamed over the original");
     renaming
+}
+
+/// The resident memory of process `pid`, in KiB (`VmRSS`).
+pub fn resident_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|value| value.trim().trim_end_matches(" kB").trim().parse().ok())
+        .expect("VmRSS")
 }

@@ -58,6 +58,9 @@ pub struct ConfigFile {
     /// The gateway's own metrics; counted unless this turns them off.
     #[serde(default)]
     pub metrics: crate::Metrics,
+    /// Limits on relayed WebSockets (idle timeout, frame and message sizes, keepalive pings).
+    #[serde(default)]
+    pub websocket: crate::WebSocket,
 }
 
 /// How requests take part in distributed traces.

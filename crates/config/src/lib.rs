@@ -17,6 +17,7 @@ mod observe;
 mod size;
 mod upstream;
 mod validate;
+mod websocket;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -36,6 +37,7 @@ pub use upstream::{
     BalancerKind, CircuitBreaker, HashKey, HashSource, HealthCheck, InstanceFile, OutlierDetection,
     Retries, WeightedInstance,
 };
+pub use websocket::{Hub, Overflow, Topic, WebSocket};
 
 /// The largest `memory_limit` a filter may be given.
 pub const MAX_MEMORY_LIMIT: ByteSize = ByteSize(256 << 20);
@@ -93,6 +95,7 @@ pub struct Config {
     pub access_log: AccessLog,
     pub tracing: Tracing,
     pub metrics: Metrics,
+    pub websocket: WebSocket,
 }
 
 /// An upstream service: its instances, timeouts and policies (see [`ServiceFile`]).

@@ -34,6 +34,11 @@ const REDIS_TIMEOUT: (Duration, Duration) = (Duration::from_millis(1), Duration:
 const REDIS_CONNECTIONS: (usize, usize) = (1, 64);
 const UPSTREAM_TIMEOUT: (Duration, Duration) =
     (Duration::from_millis(1), Duration::from_secs(3600));
+/// The bounds on WebSocket sizes (a frame header's worth to 1 GiB) and timeouts.
+const WEBSOCKET_SIZE: (ByteSize, ByteSize) = (ByteSize(16), ByteSize(1 << 30));
+const HUB_QUEUE: (usize, usize) = (1, 65_536);
+const WEBSOCKET_TIMEOUT: (Duration, Duration) =
+    (Duration::from_millis(1), Duration::from_secs(86_400));
 /// The bounds on a service's balancing and protection.
 const MAX_INSTANCES: usize = 256;
 const WEIGHT: (u32, u32) = (1, 100);
@@ -121,6 +126,7 @@ pub(crate) fn check(file: ConfigFile) -> Result<Config, Vec<String>> {
     let mut problems = Problems::default();
     check_listeners(&file, &mut problems);
     check_limits(&file, &mut problems);
+    check_websocket(&file, &mut problems);
     check_access_log(&file, &mut problems);
     check_filters(&file, &mut problems);
     let services = file
@@ -158,6 +164,7 @@ pub(crate) fn check(file: ConfigFile) -> Result<Config, Vec<String>> {
         access_log: file.access_log,
         tracing: file.tracing,
         metrics: file.metrics,
+        websocket: file.websocket,
     })
 }
 
@@ -241,6 +248,58 @@ fn check_limits(config: &ConfigFile, problems: &mut Problems) {
                 format_args!("limits.{field}"),
                 value,
                 CLIENT_TIMEOUT,
+                duration,
+            );
+        }
+    }
+}
+
+fn check_websocket(config: &ConfigFile, problems: &mut Problems) {
+    let websocket = &config.websocket;
+    problems.bounded(
+        "websocket.max_frame_size",
+        websocket.max_frame_size,
+        WEBSOCKET_SIZE,
+        size,
+    );
+    problems.bounded(
+        "websocket.max_message_size",
+        websocket.max_message_size,
+        WEBSOCKET_SIZE,
+        size,
+    );
+    if websocket.max_frame_size > websocket.max_message_size {
+        problems.add(
+            "websocket.max_frame_size",
+            "must not be larger than websocket.max_message_size",
+        );
+    }
+    if let Some(hub) = &websocket.hub {
+        if !hub.path.starts_with('/') {
+            problems.add("websocket.hub.path", "must start with /");
+        }
+        problems.bounded("websocket.hub.queue", hub.queue, HUB_QUEUE, count);
+        if hub.redis && config.kv.redis.is_none() {
+            problems.add(
+                "websocket.hub.redis",
+                "needs kv.redis, the server to publish through",
+            );
+        }
+    }
+    let timeouts = [
+        ("idle_timeout", Some(websocket.idle_timeout)),
+        ("ping_interval", websocket.ping_interval),
+        ("ping_timeout", Some(websocket.ping_timeout)),
+    ];
+    for (field, value) in timeouts {
+        let Some(value) = value else { continue };
+        if value.is_zero() {
+            problems.add(format_args!("websocket.{field}"), "must be more than 0");
+        } else {
+            problems.bounded(
+                format_args!("websocket.{field}"),
+                value,
+                WEBSOCKET_TIMEOUT,
                 duration,
             );
         }

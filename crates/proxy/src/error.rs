@@ -55,6 +55,19 @@ pub enum Error {
     #[error("the request body is malformed or incomplete")]
     BadBody,
 
+    /// A WebSocket handshake the gateway cannot take: what is missing or wrong.
+    #[error("bad WebSocket handshake: {0}")]
+    BadHandshake(&'static str),
+
+    /// A WebSocket handshake asked for a protocol version other than 13.
+    #[error("unsupported WebSocket version")]
+    WebSocketVersion,
+
+    /// The instance accepted the upgrade with a handshake the client could not trust (wrong
+    /// accept key, a subprotocol or extension not offered), or broke it off.
+    #[error("the instance's WebSocket handshake failed: {0}")]
+    UpstreamHandshake(gateway_upstream::Error),
+
     /// A route names a service the state does not have.
     #[error("route `{route}` forwards to service `{service}`, which is not defined")]
     RouteService { route: String, service: String },
@@ -220,6 +233,37 @@ impl Error {
                 message: Cow::Borrowed("the request body was not received in time"),
                 close: true,
                 retry_after: None,
+            },
+            Error::BadHandshake(reason) => ClientError {
+                status: StatusCode::BAD_REQUEST,
+                code: "BAD_HANDSHAKE",
+                message: Cow::Borrowed(reason),
+                close: true,
+                retry_after: None,
+            },
+            Error::WebSocketVersion => ClientError {
+                status: StatusCode::UPGRADE_REQUIRED,
+                code: "UNSUPPORTED_WEBSOCKET_VERSION",
+                message: Cow::Borrowed("only WebSocket version 13 is supported"),
+                close: true,
+                retry_after: None,
+            },
+            Error::UpstreamHandshake(error) => match error.kind {
+                ErrorKind::ConnectRefused | ErrorKind::ConnectTimeout => plain(
+                    StatusCode::BAD_GATEWAY,
+                    "UPSTREAM_UNAVAILABLE",
+                    "the upstream service could not be reached",
+                ),
+                ErrorKind::ResponseTimeout => plain(
+                    StatusCode::GATEWAY_TIMEOUT,
+                    "UPSTREAM_TIMEOUT",
+                    "the upstream service did not answer in time",
+                ),
+                _ => plain(
+                    StatusCode::BAD_GATEWAY,
+                    "UPSTREAM_FAILED",
+                    "the upstream service failed the WebSocket handshake",
+                ),
             },
             Error::Filter(_) | Error::RouteService { .. } => plain(
                 StatusCode::INTERNAL_SERVER_ERROR,

@@ -9,6 +9,10 @@
 //! - the upstream call, with the client's body bounded in time (`body`);
 //! - the response phase, and the headers a proxy owes both sides (`headers`).
 //!
+//! A WebSocket handshake goes through [`approve_handshake`] instead: the same steps up to the
+//! filters; the server's relay then picks an instance ([`Approved::pick`]), a hub socket does
+//! not need one.
+//!
 //! Filters' calls to configured services go through `outbound`.
 //!
 //! The state itself ([`ServingState`], [`LiveState`]) is built here from a checked
@@ -27,5 +31,7 @@ pub use body::{ResponseBody, full};
 pub use error::{ClientError, Error, Result};
 pub use headers::request_id;
 pub use hygiene::Violation;
-pub use pipeline::{Peer, error_response, refuse_unreadable, serve};
+pub use pipeline::{
+    Approved, Handshake, Peer, approve_handshake, error_response, refuse_unreadable, serve,
+};
 pub use state::{LiveState, ServingState};

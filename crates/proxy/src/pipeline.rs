@@ -9,7 +9,7 @@ use std::time::{Instant, SystemTime};
 use bytes::Bytes;
 use gateway_filter::{FilterChain, FilterReply, HeldBody, RequestHead, ResponseHead};
 use gateway_routing::Route;
-use gateway_upstream::{Instance, Outgoing, Service};
+use gateway_upstream::{Instance, Outgoing, Service, Upgrade};
 use gateway_wire::fields::REQUEST_ID;
 use http::header::{self, HeaderValue};
 use http::{Request, Response, StatusCode, Uri, Version};
@@ -425,6 +425,179 @@ async fn read_response_body(body: ResponseBody, limit: usize) -> Result<(Respons
             Ok((full(bytes.clone()), HeldBody::Complete(bytes)))
         }
     }
+}
+
+/// A WebSocket handshake the route's filters let through, with the instance picked for it.
+pub struct Handshake<'g> {
+    /// The instance, counted in flight until the socket closes.
+    pub upgrade: Upgrade<'g>,
+    /// The request target the instance gets, in origin form.
+    pub target: String,
+    /// The request's headers as the filters left them, hop-by-hop ones removed and the
+    /// forwarding ones set: the upgrade headers are the relay's to write.
+    pub headers: http::HeaderMap,
+    pub request_id: HeaderValue,
+    /// The route that took the handshake.
+    pub route: &'g str,
+}
+
+/// A WebSocket handshake the route's filters let through, before any instance is picked: the
+/// hub takes its sockets from here, the relay goes on to [`Approved::pick`].
+pub struct Approved<'g> {
+    route: &'g Route<RouteEntry>,
+    head: RequestHead,
+    uri: Uri,
+    request_id: HeaderValue,
+    version: Version,
+}
+
+impl<'g> Approved<'g> {
+    /// A value the route's filters wrote into the request context (`auth.roles`, say).
+    pub fn context(&self, key: &str) -> Option<&str> {
+        self.head.context.get(key)
+    }
+
+    /// The request id every answer to this handshake carries.
+    pub fn request_id(&self) -> &HeaderValue {
+        &self.request_id
+    }
+
+    /// The route that took the handshake.
+    pub fn route(&self) -> &'g str {
+        &self.route.name
+    }
+
+    /// Picks the instance of the route's service the socket is relayed to.
+    #[expect(
+        clippy::result_large_err,
+        reason = "once per handshake, and the refusal is written out at once: boxing it costs an allocation for nothing"
+    )]
+    pub fn pick(
+        self,
+        state: &'g ServingState,
+    ) -> std::result::Result<Handshake<'g>, Response<ResponseBody>> {
+        let Approved {
+            route,
+            head,
+            uri,
+            request_id,
+            version,
+        } = self;
+        let refused = |error: Error| refusal(error, &request_id, version);
+        let service: &'g Service = match &route.value.target {
+            Target::Service(service) => service,
+            Target::ServiceFromParam(param) => {
+                let name = head.param(param).unwrap_or_default();
+                state.services.get(name).ok_or_else(|| {
+                    refused(Error::UnknownService(name.chars().take(64).collect()))
+                })?
+            }
+            Target::None => return Err(refused(Error::NoService(route.name.clone()))),
+        };
+        let target = upstream_target(&uri, &head).into_owned();
+        let upgrade = service
+            .pick_for_upgrade(Outgoing {
+                method: &head.method,
+                target: &target,
+                headers: &head.headers,
+                client_ip: head.client_ip,
+                path: &head.path,
+            })
+            .map_err(|error| refused(Error::from(error)))?;
+        Ok(Handshake {
+            upgrade,
+            target,
+            headers: head.headers,
+            request_id,
+            route: &route.name,
+        })
+    }
+}
+
+fn refusal(error: Error, request_id: &HeaderValue, version: Version) -> Response<ResponseBody> {
+    tracing::debug!(request_id = request_id.to_str().unwrap_or("-"), %error, "WebSocket handshake refused");
+    let mut response = error_response(&error, request_id, version);
+    response
+        .headers_mut()
+        .insert(REQUEST_ID, request_id.clone());
+    response
+}
+
+/// Runs a WebSocket handshake through the same steps as a request up to the upstream call:
+/// edge checks, routing and the route's filters' request phase; [`Approved::pick`] then picks
+/// the instance. A filter that answers refuses the upgrade with its answer; every other
+/// refusal is the gateway's JSON error. The response phase does not run: the instance's `101`
+/// is the relay's to check, and what follows is not HTTP.
+pub async fn approve_handshake<'g>(
+    state: &'g ServingState,
+    peer: &Peer,
+    request: Request<()>,
+) -> std::result::Result<Approved<'g>, Response<ResponseBody>> {
+    let request_id = headers::request_id(request.headers());
+    let version = request.version();
+    let refused = |error: Error| refusal(error, &request_id, version);
+    if let Err(violation) = hygiene::check_request(&request, &state.size_limits) {
+        return Err(refused(Error::Edge(violation)));
+    }
+    let path = normalize::normalize_path(request.uri().path())
+        .map_err(|error| refused(Error::BadPath(error)))?
+        .into_owned();
+    let authority = hygiene::host_of(&request).map(str::to_owned);
+    let matched = state
+        .router
+        .route(request.method(), authority.as_deref(), &path)
+        .ok_or_else(|| refused(Error::NoRoute))?;
+    let route = matched.route;
+    if !route.value.allow_dot_segment_params && normalize::has_dot_segment_params(&path) {
+        return Err(refused(Error::BadPath(
+            normalize::PathError::DotSegmentParams,
+        )));
+    }
+    let (parts, ()) = request.into_parts();
+    let mut head = RequestHead {
+        method: parts.method,
+        query: parts.uri.query().map(str::to_owned),
+        path,
+        headers: parts.headers,
+        authority,
+        client_ip: peer.client.ip(),
+        params: matched.params,
+        context: Default::default(),
+        body: HeldBody::Streaming,
+    };
+    let original_host = head.headers.get(header::HOST).cloned();
+    headers::strip_hop_by_hop(&mut head.headers);
+    headers::set_forwarded(&mut head.headers, head.client_ip, original_host.as_ref());
+    head.headers.insert(REQUEST_ID, request_id.clone());
+    if state.propagate_traces {
+        TraceContext::continue_or_start(&mut head.headers, &request_id);
+    }
+    // A handshake has no body: the filters that ask for one get it empty.
+    let mut body = Prefixed::new(RequestBody::new(
+        http_body_util::Empty::<Bytes>::new(),
+        BodyLimits {
+            pause: state.limits.body_read_timeout,
+            min_rate: state.limits.body_min_rate.0,
+        },
+    ));
+    match request_phase(&route.value.chain, &mut head, &mut body).await {
+        (_, Ok(None)) => {}
+        (_, Ok(Some(reply))) => {
+            let mut response = reply_response(reply);
+            response
+                .headers_mut()
+                .insert(REQUEST_ID, request_id.clone());
+            return Err(response);
+        }
+        (_, Err(error)) => return Err(refused(error)),
+    }
+    Ok(Approved {
+        route,
+        head,
+        uri: parts.uri,
+        request_id,
+        version,
+    })
 }
 
 fn reply_response(reply: FilterReply) -> Response<ResponseBody> {

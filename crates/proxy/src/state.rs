@@ -39,6 +39,8 @@ pub struct ServingState {
     pub(crate) propagate_traces: bool,
     /// The counters of requests that took no route.
     pub(crate) unrouted: Arc<RouteMetrics>,
+    /// The limits relayed WebSockets meet.
+    pub websocket: gateway_config::WebSocket,
 }
 
 /// What a route leads to.
@@ -181,6 +183,7 @@ impl ServingState {
             plugin_dir: config.plugin_dir.clone(),
             propagate_traces: config.tracing.propagate,
             unrouted: gateway_metrics::route(gateway_metrics::UNROUTED),
+            websocket: config.websocket.clone(),
         })
     }
 

@@ -9,6 +9,9 @@
 //!
 //! Why the gateway serves HTTP/1.1 itself: `docs/decisions/0001-own-http1-server-loop.md`.
 //!
+//! A WebSocket upgrade leaves the loop for good once its head is read: `ws` takes the
+//! connection through the handshakes and relays it until it closes.
+//!
 //! A connection alternates between two lives:
 //! - **busy**: requests are read, served and answered in turn (pipelined ones too). A request
 //!   head must be complete within `header_read_timeout` of its first byte (of the accept, for
@@ -195,6 +198,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> ClientConnection<S> {
             };
             // Each request follows the state current when its head has arrived.
             let gateway = live.current();
+            if crate::ws::is_upgrade(&head.parts) {
+                self.serve_websocket(gateway, &peer, head, shutdown).await;
+                return None;
+            }
             let method = head.parts.method.clone();
             let version = head.parts.version;
             let Some((response, body_read)) = self.run_pipeline(&gateway, &peer, head).await else {
@@ -225,6 +232,44 @@ impl<S: AsyncRead + AsyncWrite + Unpin> ClientConnection<S> {
                 self.read_buffer = BytesMut::with_capacity(READ_CHUNK);
             }
             limits = gateway.limits.clone();
+        }
+    }
+
+    /// Serves a WebSocket upgrade: refused with an answer and closed, or relayed until the
+    /// socket ends. The connection never serves HTTP again either way. The serving state is
+    /// let go once the socket is accepted, so that a socket open for hours does not keep the
+    /// state of an old configuration alive.
+    async fn serve_websocket(
+        &mut self,
+        gateway: Arc<ServingState>,
+        peer: &Peer,
+        head: IncomingHead,
+        shutdown: &mut watch::Receiver<bool>,
+    ) {
+        let accepted = crate::ws::accept(&gateway, peer, head.parts).await;
+        drop(gateway);
+        match accepted {
+            Err(response) => {
+                if self
+                    .write_response(response, &Method::GET, Version::HTTP_11, false)
+                    .await
+                    .is_ok()
+                {
+                    self.linger_close().await;
+                }
+            }
+            Ok(accepted) => {
+                if sent_within(self.send_timeout, self.stream.write_all(&accepted.head))
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+                // The HTTP buffers are given back: an idle socket keeps only the relay's.
+                let tail = std::mem::take(&mut self.read_buffer).to_vec();
+                self.write_buffer = Vec::new();
+                accepted.run(&mut self.stream, tail, shutdown).await;
+            }
         }
     }
 

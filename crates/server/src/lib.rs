@@ -11,7 +11,9 @@
 //! - `counted`: the stream, counted for the metrics (connections open, bytes each way);
 //! - `http1`: HTTP/1.1 served by the gateway's own loop, parked without buffers when idle;
 //! - `body`: a client's request body as its connection delivers it;
-//! - `rewind`: the first bytes, read to learn the protocol, handed back to hyper.
+//! - `rewind`: the first bytes, read to learn the protocol, handed back to hyper;
+//! - `ws`: WebSocket upgrades, relayed to an instance frame by frame; its counters are public
+//!   ([`ws::status`]) for the admin API and metrics.
 //!
 //! The loops are generic over the stream (`AsyncRead + AsyncWrite`): TCP today, TLS and
 //! in-process streams (the tests' `tokio::io::duplex`) plug in the same way.
@@ -23,6 +25,7 @@ mod connection;
 mod counted;
 mod http1;
 mod rewind;
+pub mod ws;
 
 use std::future::Future;
 use std::net::SocketAddr;

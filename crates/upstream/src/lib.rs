@@ -2,9 +2,10 @@
 //! HTTP/1.1 connections that reach them.
 //!
 //! The public surface is what the proxy and the admin API need: build a [`Service`] from its
-//! checked configuration, [`Service::forward`] a request (pick, try, retry), start its active
-//! health checks with [`Service::start_health_checks`] on the control plane's runtime, and read
-//! its [`Service::status`]. A failure comes back as an [`Error`] whose [`ErrorKind`] says what
+//! checked configuration, [`Service::forward`] a request (pick, try, retry), pick an instance
+//! for a WebSocket with [`Service::pick_for_upgrade`] (held as one request in flight while the
+//! socket lives), start its active health checks with [`Service::start_health_checks`] on the
+//! control plane's runtime, and read its [`Service::status`]. A failure comes back as an [`Error`] whose [`ErrorKind`] says what
 //! happened (connect refused, timeout, reset before or after the request was sent, protocol,
 //! the client's body, or no instance could take the request: none healthy, breakers open,
 //! overloaded), so that whoever counts failures classifies them without parsing text.
@@ -15,6 +16,7 @@
 //! - `balance`: one file per balancer;
 //! - `health`: `active` checks, once per gateway, and `passive` ones (outlier detection);
 //! - `breaker`: a circuit breaker per instance;
+//! - `upgrade`: an instance picked for a WebSocket, held for the socket's life;
 //! - `connection`: the per-worker idle connections, and the HTTP/1.1 exchange itself;
 //! - `retry`: what is retried, and the budget;
 //! - `clock`: the time all of them read, which unit tests move by hand.
@@ -34,6 +36,7 @@ mod instance;
 mod limit;
 mod retry;
 mod service;
+mod upgrade;
 
 use std::fmt;
 use std::time::Duration;
@@ -42,6 +45,7 @@ pub use self::breaker::BreakerState;
 pub use self::connection::{Transport, UpstreamBody};
 pub use self::instance::{Instance, InstanceStatus};
 pub use self::service::{Forwarded, Outgoing, Service, ServiceStatus};
+pub use self::upgrade::{Upgrade, UpgradeSlot};
 
 /// What went wrong on the way to an instance or back.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

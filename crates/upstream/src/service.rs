@@ -68,7 +68,7 @@ pub struct Service {
     outlier_detection: Option<OutlierDetection>,
     breaker: Option<CircuitBreaker>,
     retries: Retries,
-    try_timeout: Duration,
+    pub(crate) try_timeout: Duration,
     request_timeout: Duration,
     panic_mode: bool,
     in_flight: Counter,
@@ -90,7 +90,7 @@ pub struct ServiceStatus {
 /// Which instances a request has tried, or may not use: at most 256 (the configuration's
 /// bound), so a bitset on the stack.
 #[derive(Default, Clone, Copy)]
-struct Excluded([u64; 4]);
+pub(crate) struct Excluded([u64; 4]);
 
 impl Excluded {
     #[inline]
@@ -106,11 +106,11 @@ impl Excluded {
 /// An instance picked for one try, with what it holds. A permit not spent on an outcome (the
 /// request was dropped: the client went away) is handed back when this is dropped, so a
 /// half-open breaker never loses its probe slots.
-struct Picked<'s> {
-    index: usize,
+pub(crate) struct Picked<'s> {
+    pub(crate) index: usize,
     breaker: Option<&'s Breaker>,
     permit: Option<Permit>,
-    slot: Option<BorrowedSlot<'s>>,
+    pub(crate) slot: Option<BorrowedSlot<'s>>,
 }
 
 impl Drop for Picked<'_> {
@@ -122,7 +122,7 @@ impl Drop for Picked<'_> {
 }
 
 /// How one try went, as breakers and outlier detection count it.
-enum Verdict {
+pub(crate) enum Verdict {
     /// An answer with this status: a failure for the breaker if it is one of its
     /// `failure_statuses`, for outlier detection if it is a 5xx.
     Answered(u16),
@@ -378,7 +378,7 @@ impl Service {
     }
 
     /// Tells the instance's breaker and outlier detection how a try went.
-    fn record(&self, picked: &mut Picked<'_>, verdict: Verdict, now: u64) {
+    pub(crate) fn record(&self, picked: &mut Picked<'_>, verdict: Verdict, now: u64) {
         let instance = &self.instances[picked.index];
         let (breaker_failed, outlier_failed) = match verdict {
             Verdict::Answered(status) => (
@@ -436,7 +436,7 @@ impl Service {
     }
 
     /// The hash of the request's key, for `hash`.
-    fn request_key(&self, request: &Outgoing<'_>) -> Option<u64> {
+    pub(crate) fn request_key(&self, request: &Outgoing<'_>) -> Option<u64> {
         let key = self.hash_key.as_ref()?;
         match key {
             HashKey::Header { header: name } => request
@@ -462,7 +462,7 @@ impl Service {
 
     /// Picks an instance not in `tried` and takes its breaker permit and limit slot; or says
     /// why there is none.
-    fn pick(&self, tried: Excluded, key: Option<u64>, now: u64) -> Result<Picked<'_>> {
+    pub(crate) fn pick(&self, tried: Excluded, key: Option<u64>, now: u64) -> Result<Picked<'_>> {
         let healthy = |index: usize| !self.checks_health || self.instances[index].is_healthy(now);
         // Panic mode: with no instance healthy, health is not asked at all.
         let panic =

@@ -14,8 +14,12 @@
 //! - `GET /metrics`: every metric in the Prometheus text format (see [`crate::metrics`]);
 //! - `GET /admin/stats`, and the seeds' `GET /api/v1/gateway/stats`: totals of requests, rate
 //!   limits, breakers and cache (see [`stats`]);
+//! - `POST /admin/publish`: publishes `{"topic", "data"}` to the WebSocket hub (see [`publish`]);
+//! - `GET /admin/websocket`: open sockets, messages and bytes each way, closes by code, and
+//!   the hub's topics with their subscriber counts;
 //! - `GET /health`: liveness.
 
+mod publish;
 mod purge;
 mod stats;
 
@@ -81,6 +85,11 @@ async fn handle(reloader: Arc<Reloader>, request: Request<Incoming>) -> Response
         (&Method::GET, "/admin/stats" | "/api/v1/gateway/stats") => {
             json(StatusCode::OK, &stats::stats(&reloader))
         }
+        (&Method::POST, "/admin/publish") => {
+            let request_id = request_id(request.headers());
+            publish::publish(request.into_body(), &request_id).await
+        }
+        (&Method::GET, "/admin/websocket") => json(StatusCode::OK, &websocket_status()),
         (&Method::GET, "/health") => json(StatusCode::OK, &serde_json::json!({ "status": "ok" })),
         _ => {
             let request_id = request_id(request.headers());
@@ -139,6 +148,26 @@ fn services_status(state: &ServingState) -> serde_json::Value {
         })
         .collect();
     serde_json::json!({ "services": services })
+}
+
+fn websocket_status() -> serde_json::Value {
+    let sockets = gateway_server::ws::status();
+    let hub = gateway_server::ws::hub::hub_status();
+    serde_json::json!({
+        "open": sockets.open,
+        "messages_from_clients": sockets.messages_from_clients,
+        "bytes_from_clients": sockets.bytes_from_clients,
+        "messages_to_clients": sockets.messages_to_clients,
+        "bytes_to_clients": sockets.bytes_to_clients,
+        "closes": sockets.closes,
+        "hub": {
+            "topics": hub.topics,
+            "published": hub.published,
+            "delivered": hub.delivered,
+            "dropped_messages": hub.dropped_messages,
+            "dropped_subscribers": hub.dropped_subscribers,
+        },
+    })
 }
 
 fn kv_status(stores: &KvStores) -> serde_json::Value {

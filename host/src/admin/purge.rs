@@ -60,7 +60,7 @@ fn default_zone() -> String {
 }
 
 /// An error in the gateway's JSON shape.
-fn refused(
+pub(crate) fn refused(
     status: StatusCode,
     code: &str,
     message: &str,
