@@ -34,7 +34,11 @@ fn validate() {
 #[test]
 fn serve_refuses_a_bad_config_like_validate() {
     let cases = Path::new(env!("CARGO_MANIFEST_DIR")).join("config-cases");
-    for case in ["many-problems.yaml", "filter-config-rejected.yaml"] {
+    for case in [
+        "many-problems.yaml",
+        "filter-config-rejected.yaml",
+        "admin-public-without-token.yaml",
+    ] {
         let run = CaseRun::new(&cases.join(case));
         let (validate_status, _, validate_err) = run.gateway(&["validate"]);
         let started = Instant::now();

@@ -286,7 +286,19 @@ async fn serve(path: &Path, workers: usize) -> anyhow::Result<()> {
             .local_addr()
             .context("cannot read the admin address")?;
         tracing::info!(%address, "admin listening");
-        admin::spawn(reloader.clone(), listener);
+        let admin = admin::Admin {
+            reloader: reloader.clone(),
+            token: admin.token.clone(),
+            listeners: listeners
+                .iter()
+                .filter_map(|listener| listener.local_addr().ok())
+                .collect(),
+            address,
+            workers,
+            started,
+            started_at: std::time::SystemTime::now() - started.elapsed(),
+        };
+        admin::spawn(admin, listener);
     }
     // Without a watcher, the admin API and SIGHUP still reload: serve rather than refuse.
     if config.watch

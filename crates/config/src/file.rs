@@ -97,6 +97,59 @@ pub struct Admin {
     /// `IP:port` of the admin API; loopback by default, since it can trigger reloads.
     #[serde(default = "default_admin_address")]
     pub address: SocketAddr,
+    /// The environment variable holding the bearer token every admin request must carry
+    /// (`Authorization: Bearer ...`). The token stays out of the file, which is often kept in
+    /// version control. Required, or `token_file`, when `address` is not loopback.
+    pub token_env: Option<String>,
+    /// A file holding the bearer token (surrounding whitespace ignored), as secrets are
+    /// mounted in containers. Resolved against the configuration file's folder.
+    pub token_file: Option<PathBuf>,
+    /// The token read from `token_env` or `token_file` when the configuration was checked.
+    #[serde(skip)]
+    pub token: Option<AdminToken>,
+}
+
+/// The admin API's bearer token. Its `Debug` leaves the secret out, so that configuration
+/// dumps and logs never show it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct AdminToken(String);
+
+impl AdminToken {
+    /// Shortest token accepted: a guessable one would defeat the check.
+    pub const MIN_LENGTH: usize = 16;
+
+    /// Checks a token read from the environment or a file.
+    pub fn new(token: &str) -> Result<AdminToken, String> {
+        let token = token.trim();
+        if token.len() < AdminToken::MIN_LENGTH {
+            return Err(format!(
+                "the token must have at least {} characters",
+                AdminToken::MIN_LENGTH
+            ));
+        }
+        // What an `Authorization` header can carry without quoting (RFC 6750 b64token).
+        let allowed = |c: char| c.is_ascii_alphanumeric() || "-._~+/=".contains(c);
+        if !token.chars().all(allowed) {
+            return Err("the token may hold only letters, digits and -._~+/=".to_owned());
+        }
+        Ok(AdminToken(token.to_owned()))
+    }
+
+    /// Whether `presented` is this token; takes the same time wherever the two differ.
+    pub fn matches(&self, presented: &[u8]) -> bool {
+        let expected = self.0.as_bytes();
+        let mut difference = expected.len() ^ presented.len();
+        for (index, byte) in expected.iter().enumerate() {
+            difference |= usize::from(byte ^ presented.get(index).copied().unwrap_or(0));
+        }
+        difference == 0
+    }
+}
+
+impl std::fmt::Debug for AdminToken {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter.write_str("AdminToken(..)")
+    }
 }
 
 fn default_admin_address() -> SocketAddr {

@@ -26,8 +26,9 @@ use std::time::Duration;
 use http::Method;
 
 pub use file::{
-    Admin, ConfigFile, EdgeLimits, FailurePolicy, FilterDefinition, Isolation, KvBackendKind,
-    KvSettings, Listener, RedisSettings, RouteFile, RouteFilter, RouteMatch, ServiceFile, Tracing,
+    Admin, AdminToken, ConfigFile, EdgeLimits, FailurePolicy, FilterDefinition, Isolation,
+    KvBackendKind, KvSettings, Listener, RedisSettings, RouteFile, RouteFilter, RouteMatch,
+    ServiceFile, Tracing,
 };
 pub use gateway_routing::pattern::PathPattern;
 pub use instance::InstanceUrl;
@@ -200,6 +201,9 @@ impl Config {
         include::resolve(&mut file, base)?;
         file.plugin_dir = base.join(&file.plugin_dir);
         file.cache_dir = file.cache_dir.map(|dir| base.join(dir));
+        if let Some(admin) = &mut file.admin {
+            admin.token_file = admin.token_file.take().map(|path| base.join(path));
+        }
         if let AccessLogDestination::File(path) = &mut file.access_log.destination {
             *path = base.join(&*path);
         }

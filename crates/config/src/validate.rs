@@ -14,7 +14,8 @@ use http::Method;
 use crate::file::{ConfigFile, KvBackendKind, RouteFile, ServiceFile};
 use crate::upstream::{BalancerKind, HashKey, HealthCheck, Retries};
 use crate::{
-    ByteSize, Config, InstanceUrl, MAX_MEMORY_LIMIT, PathMatch, Route, Service, ServiceRef,
+    Admin, AdminToken, ByteSize, Config, InstanceUrl, MAX_MEMORY_LIMIT, PathMatch, Route, Service,
+    ServiceRef,
 };
 use gateway_routing::pattern::{self, PathPattern};
 
@@ -128,6 +129,10 @@ pub(crate) fn check(file: ConfigFile) -> Result<Config, Vec<String>> {
     check_limits(&file, &mut problems);
     check_websocket(&file, &mut problems);
     check_access_log(&file, &mut problems);
+    let admin = file
+        .admin
+        .clone()
+        .map(|admin| check_admin(admin, &mut problems));
     check_filters(&file, &mut problems);
     let services = file
         .services
@@ -152,7 +157,7 @@ pub(crate) fn check(file: ConfigFile) -> Result<Config, Vec<String>> {
     }
     Ok(Config {
         listeners: file.listeners,
-        admin: file.admin,
+        admin,
         watch: file.watch,
         cache_dir: file.cache_dir,
         limits: file.limits,
@@ -166,6 +171,46 @@ pub(crate) fn check(file: ConfigFile) -> Result<Config, Vec<String>> {
         metrics: file.metrics,
         websocket: file.websocket,
     })
+}
+
+/// Reads the admin token, and refuses an admin API reachable from other machines without one.
+fn check_admin(mut admin: Admin, problems: &mut Problems) -> Admin {
+    let read = match (&admin.token_env, &admin.token_file) {
+        (Some(_), Some(_)) => {
+            problems.add(
+                "admin.token_env",
+                "give `token_env` or `token_file`, not both",
+            );
+            return admin;
+        }
+        (Some(name), None) => Some((
+            "admin.token_env",
+            std::env::var(name)
+                .map_err(|_| format!("the environment variable `{name}` is not set or not UTF-8")),
+        )),
+        (None, Some(path)) => Some((
+            "admin.token_file",
+            std::fs::read_to_string(path)
+                .map_err(|error| format!("cannot read {}: {error}", path.display())),
+        )),
+        (None, None) => None,
+    };
+    match read {
+        Some((field, text)) => match text.and_then(|text| AdminToken::new(&text)) {
+            Ok(token) => admin.token = Some(token),
+            Err(reason) => problems.add(field, reason),
+        },
+        None if !admin.address.ip().is_loopback() => problems.add(
+            "admin.token_env",
+            format_args!(
+                "the admin address {} is reachable from other machines: set `token_env` or \
+                 `token_file` so that admin requests must carry a bearer token",
+                admin.address
+            ),
+        ),
+        None => {}
+    }
+    admin
 }
 
 fn check_access_log(config: &ConfigFile, problems: &mut Problems) {

@@ -112,6 +112,16 @@ impl FilterPool {
         &self.filter.name
     }
 
+    /// The loaded component this pool runs.
+    pub fn filter(&self) -> &LoadedFilter {
+        &self.filter
+    }
+
+    /// Instances ready for the next call; the rest are in calls now or not made yet.
+    pub fn idle_instances(&self) -> usize {
+        self.idle.len()
+    }
+
     /// The phases the filter registered for with this route's config.
     #[inline]
     pub fn phases(&self) -> Phases {

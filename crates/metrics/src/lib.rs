@@ -181,6 +181,43 @@ impl FilterMetrics {
     }
 }
 
+/// One filter phase's calls since start, as the admin API shows them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PhaseTotals {
+    pub calls: u64,
+    pub replies: u64,
+    pub traps: u64,
+    pub timeouts: u64,
+    pub memory_limits: u64,
+    pub other_failures: u64,
+    /// Mean call duration in microseconds, `None` before the first call.
+    pub mean_micros: Option<u64>,
+}
+
+/// The calls counted for the filter named `name`, per phase (request, response); zeros for a
+/// filter never called.
+pub fn filter_totals(name: &str) -> [PhaseTotals; 2] {
+    let registry = registry();
+    let Some(metrics) = registry.filters.get(name) else {
+        return [PhaseTotals::default(); 2];
+    };
+    [0, 1].map(|phase| {
+        let at = phase * FILTER_PHASE_CELLS;
+        let cell = |offset: usize| metrics.cells.sum(at + offset);
+        let duration = read_histogram(&metrics.cells, at + FILTER_DURATION);
+        PhaseTotals {
+            calls: cell(0),
+            replies: cell(1),
+            traps: cell(2),
+            timeouts: cell(3),
+            memory_limits: cell(4),
+            other_failures: cell(5),
+            mean_micros: (duration.count > 0)
+                .then(|| (duration.sum * 1e6 / duration.count as f64).round() as u64),
+        }
+    })
+}
+
 /// How one try at an instance ended: its answer's class, or no answer.
 const TRY_OUTCOMES: [&str; 6] = ["1xx", "2xx", "3xx", "4xx", "5xx", "error"];
 const TRY_DURATION: usize = TRY_OUTCOMES.len();

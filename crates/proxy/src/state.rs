@@ -43,6 +43,21 @@ pub struct ServingState {
     pub websocket: gateway_config::WebSocket,
 }
 
+/// A route as configured, with the filter pools of its chain.
+pub struct RouteView<'s> {
+    pub name: &'s str,
+    /// Lower-case host or `*.domain`; any host when `None`.
+    pub host: Option<String>,
+    /// Any method when `None`.
+    pub methods: Option<&'s [http::Method]>,
+    /// The path prefix or pattern.
+    pub path: String,
+    /// The service's name, or `{param}` when the path names it; `None` when a filter answers.
+    pub service: Option<String>,
+    /// In request-phase order.
+    pub filters: &'s [FilterPool],
+}
+
 /// What a route leads to.
 pub(crate) struct RouteEntry {
     pub(crate) target: Target,
@@ -214,6 +229,22 @@ impl ServingState {
                 service.inherit(old);
             }
         }
+    }
+
+    /// The routes, in the order they are tried, as the admin API shows them.
+    pub fn routes(&self) -> impl Iterator<Item = RouteView<'_>> {
+        self.router.routes().iter().map(|route| RouteView {
+            name: &route.name,
+            host: route.host.pattern(),
+            methods: route.methods.as_deref(),
+            path: route.path.describe(),
+            service: match &route.value.target {
+                Target::Service(service) => Some(service.name().to_owned()),
+                Target::ServiceFromParam(param) => Some(format!("{{{param}}}")),
+                Target::None => None,
+            },
+            filters: &route.value.chain.filters,
+        })
     }
 
     /// The services, by name, as the admin API shows them.

@@ -30,6 +30,15 @@ impl PathMatcher {
         PathMatcher::Prefix(prefix.trim_end_matches('/').to_owned())
     }
 
+    /// The path as configured: the prefix (`/` for every path), or the pattern.
+    pub fn describe(&self) -> String {
+        match self {
+            PathMatcher::Prefix(prefix) if prefix.is_empty() => "/".to_owned(),
+            PathMatcher::Prefix(prefix) => prefix.clone(),
+            PathMatcher::Pattern(pattern) => pattern.to_string(),
+        }
+    }
+
     /// Whether `path` matches; the parameters captured, if it does.
     fn matches(&self, path: &str) -> Option<Vec<(Arc<str>, String)>> {
         match self {
@@ -67,6 +76,15 @@ impl HostMatcher {
                 Some(suffix) => HostMatcher::Subdomain(suffix.to_owned()),
                 None => HostMatcher::Exact(host),
             },
+        }
+    }
+
+    /// The host as configured (`*.example.com` for subdomains); `None` for any host.
+    pub fn pattern(&self) -> Option<String> {
+        match self {
+            HostMatcher::Any => None,
+            HostMatcher::Exact(host) => Some(host.clone()),
+            HostMatcher::Subdomain(suffix) => Some(format!("*{suffix}")),
         }
     }
 
@@ -111,6 +129,11 @@ impl<T> Router<T> {
     /// A router trying `routes` in this order.
     pub fn new(routes: Vec<Route<T>>) -> Router<T> {
         Router { routes }
+    }
+
+    /// The routes, in the order they are tried.
+    pub fn routes(&self) -> &[Route<T>] {
+        &self.routes
     }
 
     /// The first route that takes this request.

@@ -1,6 +1,14 @@
-//! The admin API, on its own listener (loopback by default):
+//! The admin API, on its own listener (loopback by default). With a token configured
+//! (`admin.token_env` or `admin.token_file`, required off loopback), every endpoint but
+//! `/health` wants `Authorization: Bearer <token>`.
+//! - `GET /admin/status`: version, uptime, generation, listeners, and how many routes,
+//!   services and filters serve (see [`status`]); `GET /api/v1/gateway/status` is the same for
+//!   the seeds' clients;
+//! - `GET /admin/routes` and `GET /admin/filters`: each route with its filters, and each filter
+//!   component with its hash, the routes running it and their pools;
 //! - `GET /admin/reload`: the reload status (generation, counters, last attempt and last
-//!   failure with their reasons, the filters serving and their content hashes);
+//!   failure with their reasons, the latest attempts, the filters serving and their content
+//!   hashes);
 //! - `POST /admin/reload`: reload now; answers with the attempt, 200 if applied, 422 if rejected;
 //! - `GET /admin/filter-metrics`: every metric the filters declared, each series with its labels
 //!   and value (a counter's total; a histogram's cumulative buckets, count and sum);
@@ -22,9 +30,13 @@
 mod publish;
 mod purge;
 mod stats;
+mod status;
+mod token;
 
 use std::convert::Infallible;
+use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::{Instant, SystemTime};
 
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
@@ -36,7 +48,7 @@ use hyper_util::rt::TokioIo;
 use serde::Serialize;
 use tokio::net::TcpListener;
 
-use gateway_config::KvBackendKind;
+use gateway_config::{AdminToken, KvBackendKind};
 use gateway_filter::metrics::{MetricRegistry, SeriesValue};
 use gateway_kv::KvStores;
 use gateway_proxy::{Error, ResponseBody, ServingState, error_response, full, request_id};
@@ -44,6 +56,20 @@ use gateway_rules::metrics::MetricKind;
 use gateway_wire::fields::REQUEST_ID;
 
 use crate::reload::{Reloader, Trigger};
+
+/// What the admin API serves from: the reloader and what the gateway was started with.
+pub struct Admin {
+    pub reloader: Arc<Reloader>,
+    /// Required of every request but the public ones, when set.
+    pub token: Option<AdminToken>,
+    /// The traffic listeners' bound addresses.
+    pub listeners: Vec<SocketAddr>,
+    /// This listener's bound address.
+    pub address: SocketAddr,
+    pub workers: usize,
+    pub started: Instant,
+    pub started_at: SystemTime,
+}
 
 fn json(status: StatusCode, value: &impl Serialize) -> Response<ResponseBody> {
     let body = serde_json::to_vec_pretty(value).unwrap_or_else(|error| {
@@ -58,8 +84,50 @@ fn json(status: StatusCode, value: &impl Serialize) -> Response<ResponseBody> {
     response
 }
 
-async fn handle(reloader: Arc<Reloader>, request: Request<Incoming>) -> Response<ResponseBody> {
+/// An error in the gateway's JSON shape, for refusals only the admin API makes.
+pub(crate) fn refused(
+    status: StatusCode,
+    code: &str,
+    message: &str,
+    request_id: &HeaderValue,
+) -> Response<ResponseBody> {
+    let mut response = json(
+        status,
+        &serde_json::json!({
+            "error": message,
+            "code": code,
+            "request_id": request_id.to_str().unwrap_or("-"),
+            "timestamp": humantime::format_rfc3339_millis(SystemTime::now()).to_string(),
+        }),
+    );
+    response
+        .headers_mut()
+        .insert(REQUEST_ID, request_id.clone());
+    response
+}
+
+/// Paths anyone may read: liveness, for probes that hold no secrets.
+fn is_public(method: &Method, path: &str) -> bool {
+    method == Method::GET && path == "/health"
+}
+
+async fn handle(admin: Arc<Admin>, request: Request<Incoming>) -> Response<ResponseBody> {
+    if let Some(token) = &admin.token
+        && !is_public(request.method(), request.uri().path())
+        && let Err(refusal) = token::check(token, request.headers())
+    {
+        return refusal;
+    }
+    let reloader = &admin.reloader;
     match (request.method(), request.uri().path()) {
+        (&Method::GET, "/admin/status") => json(StatusCode::OK, &status::status(&admin)),
+        (&Method::GET, "/api/v1/gateway/status") => {
+            json(StatusCode::OK, &status::gateway_status(&admin))
+        }
+        (&Method::GET, "/admin/routes") => {
+            json(StatusCode::OK, &status::routes(&reloader.live().current()))
+        }
+        (&Method::GET, "/admin/filters") => json(StatusCode::OK, &status::filters(reloader)),
         (&Method::GET, "/admin/reload") => json(StatusCode::OK, &reloader.status()),
         (&Method::POST, "/admin/reload") => {
             let attempt = reloader.reload(Trigger::Admin).await;
@@ -79,7 +147,7 @@ async fn handle(reloader: Arc<Reloader>, request: Request<Incoming>) -> Response
         }
         (&Method::POST, "/admin/cache/purge") => {
             let request_id = request_id(request.headers());
-            purge::purge(&reloader, request.into_body(), &request_id).await
+            purge::purge(reloader, request.into_body(), &request_id).await
         }
         (&Method::GET, "/metrics") => metrics(&reloader),
         (&Method::GET, "/admin/stats" | "/api/v1/gateway/stats") => {
@@ -239,7 +307,8 @@ fn filter_metrics(registry: &MetricRegistry) -> serde_json::Value {
 }
 
 /// Serves the admin API on `listener` until the process ends.
-pub fn spawn(reloader: Arc<Reloader>, listener: TcpListener) {
+pub fn spawn(admin: Admin, listener: TcpListener) {
+    let admin = Arc::new(admin);
     tokio::spawn(async move {
         loop {
             let (stream, client) = match listener.accept().await {
@@ -250,11 +319,11 @@ pub fn spawn(reloader: Arc<Reloader>, listener: TcpListener) {
                     continue;
                 }
             };
-            let reloader = reloader.clone();
+            let admin = admin.clone();
             tokio::spawn(async move {
                 let service = service_fn(move |request| {
-                    let reloader = reloader.clone();
-                    async move { Ok::<_, Infallible>(handle(reloader, request).await) }
+                    let admin = admin.clone();
+                    async move { Ok::<_, Infallible>(handle(admin, request).await) }
                 });
                 if let Err(error) = http1::Builder::new()
                     .serve_connection(TokioIo::new(stream), service)

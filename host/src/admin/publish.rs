@@ -13,7 +13,7 @@ use gateway_proxy::ResponseBody;
 use gateway_server::ws::hub::{self, Published};
 
 use super::json;
-use super::purge::refused;
+use super::refused;
 
 /// The largest message accepted: a hub message is a notification, not a payload store.
 const MAX_BODY: usize = 1 << 20;

@@ -13,7 +13,7 @@
 //! writes. A count includes every key of a URL: its variants, and the markers that lead to
 //! them.
 
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::{HeaderValue, StatusCode};
@@ -21,11 +21,11 @@ use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use serde::Deserialize;
 
-use gateway_proxy::ResponseBody;
 use gateway_rules::cache::Purge;
-use gateway_wire::fields::REQUEST_ID;
 
-use crate::admin::json;
+use gateway_proxy::ResponseBody;
+
+use crate::admin::{json, refused};
 use crate::reload::Reloader;
 
 /// The largest purge request read.
@@ -57,28 +57,6 @@ fn default_filter() -> String {
 
 fn default_zone() -> String {
     "default".to_owned()
-}
-
-/// An error in the gateway's JSON shape.
-pub(crate) fn refused(
-    status: StatusCode,
-    code: &str,
-    message: &str,
-    request_id: &HeaderValue,
-) -> http::Response<ResponseBody> {
-    let mut response = json(
-        status,
-        &serde_json::json!({
-            "error": message,
-            "code": code,
-            "request_id": request_id.to_str().unwrap_or("-"),
-            "timestamp": humantime::format_rfc3339_millis(SystemTime::now()).to_string(),
-        }),
-    );
-    response
-        .headers_mut()
-        .insert(REQUEST_ID, request_id.clone());
-    response
 }
 
 pub(crate) async fn purge(

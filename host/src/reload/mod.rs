@@ -10,7 +10,7 @@
 
 pub mod watch;
 
-use std::collections::HashSet;
+use std::collections::{HashSet, VecDeque};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -18,7 +18,7 @@ use std::time::{Instant, SystemTime};
 
 use serde::Serialize;
 
-use gateway_config::{Config, KvSettings};
+use gateway_config::{AdminToken, Config, KvSettings};
 use gateway_filter::{FilterEngine, Origin};
 use gateway_kv::KvStores;
 use gateway_proxy::{LiveState, ServingState};
@@ -69,8 +69,13 @@ pub struct ReloadStatus {
     pub failures: u64,
     pub last: Option<Attempt>,
     pub last_failure: Option<Attempt>,
+    /// The latest attempts, oldest first, at most [`HISTORY`].
+    pub history: VecDeque<Attempt>,
     pub filters: Vec<FilterInfo>,
 }
+
+/// Attempts the reload history keeps.
+pub const HISTORY: usize = 20;
 
 /// Owns the engine and the live state, and rebuilds the state on demand.
 pub struct Reloader {
@@ -90,6 +95,7 @@ pub struct Reloader {
 struct Fixed {
     listeners: Vec<SocketAddr>,
     admin: Option<SocketAddr>,
+    admin_token: Option<AdminToken>,
     cache_dir: Option<PathBuf>,
     kv: KvSettings,
 }
@@ -99,6 +105,7 @@ impl Fixed {
         Fixed {
             listeners: config.listeners.iter().map(|l| l.address).collect(),
             admin: config.admin.as_ref().map(|admin| admin.address),
+            admin_token: config.admin.as_ref().and_then(|admin| admin.token.clone()),
             cache_dir: config.cache_dir.clone(),
             kv: config.kv.clone(),
         }
@@ -114,6 +121,7 @@ impl Fixed {
         };
         note(self.listeners != next.listeners, "listeners");
         note(self.admin != next.admin, "admin.address");
+        note(self.admin_token != next.admin_token, "the admin token");
         note(self.cache_dir != next.cache_dir, "cache_dir");
         note(self.kv != next.kv, "kv");
         warnings
@@ -192,8 +200,9 @@ impl Reloader {
             generation: 1,
             successes: 0,
             failures: 0,
-            last: Some(attempt),
+            last: Some(attempt.clone()),
             last_failure: None,
+            history: VecDeque::from([attempt]),
             filters: filter_infos(&gateway),
         };
         // Once per gateway, on this (the control plane's) runtime.
@@ -313,6 +322,10 @@ impl Reloader {
                 "reload rejected; the previous state keeps serving"
             );
         }
+        if status.history.len() == HISTORY {
+            status.history.pop_front();
+        }
+        status.history.push_back(attempt.clone());
         status.last = Some(attempt.clone());
         attempt
     }
