@@ -53,6 +53,7 @@ mod auth;
 mod error;
 mod metrics;
 mod plugin;
+mod registry;
 mod reload;
 mod telemetry;
 
@@ -94,6 +95,10 @@ enum Command {
     /// Tools for the auth filter's configuration.
     #[command(subcommand)]
     Auth(AuthCommand),
+    /// Register a service's instance in the Redis registry, and keep it there (see the
+    /// README's "Services that register themselves").
+    #[command(subcommand)]
+    Registry(registry::cli::RegistryCommand),
 }
 
 #[derive(Subcommand)]
@@ -241,6 +246,7 @@ fn run(command: Command) -> anyhow::Result<()> {
                 .context("cannot start the async runtime")?;
             control.block_on(serve(&config, workers))
         }
+        Command::Registry(command) => registry::cli::run(command),
         Command::Validate { config } => {
             validate(&config)?;
             println!("{}: ok", config.display());
@@ -277,6 +283,19 @@ async fn serve(path: &Path, workers: usize) -> anyhow::Result<()> {
         let channel = format!("{}hub", redis.key_prefix);
         gateway_server::ws::hub::start_redis(&redis.url, channel)
             .with_context(|| format!("the hub on {} cannot use Redis", hub.path))?;
+    }
+    // The registry's watch lives for the process too.
+    if let Some(registry) = config.registry.as_ref().filter(|registry| registry.redis)
+        && let Some(redis) = &config.kv.redis
+    {
+        // A read of the whole registry may take longer than a filter's kv operation may.
+        let timeout = redis.connect_timeout.max(std::time::Duration::from_secs(1));
+        let store = gateway_registry::Store::open(&redis.url, &redis.key_prefix, timeout)
+            .context("the registry cannot use kv.redis")?;
+        reloader
+            .directory()
+            .start_redis(store, registry.resync_interval, registry.ttl);
+        tracing::info!(url = %redis.url, "watching the registry on Redis");
     }
     let addresses: Vec<_> = config.listeners.iter().map(|l| l.address).collect();
     let listeners = gateway_server::bind(&addresses).await?;

@@ -61,6 +61,17 @@ pub struct ConfigFile {
     /// Limits on relayed WebSockets (idle timeout, frame and message sizes, keepalive pings).
     #[serde(default)]
     pub websocket: crate::WebSocket,
+    /// Instances registered at run time, through the admin API or Redis; off unless given.
+    #[serde(default)]
+    pub registry: Option<crate::Registry>,
+    /// The policies of a service known only from the registry or the admin API, when no
+    /// template matches its name; every default unless given.
+    #[serde(default)]
+    pub service_defaults: Option<ServiceFile>,
+    /// Policies by service name pattern, for services known only from the registry or the
+    /// admin API; the first whose `match` fits the name applies.
+    #[serde(default)]
+    pub service_templates: Vec<crate::ServiceTemplateFile>,
 }
 
 /// How requests take part in distributed traces.
@@ -392,7 +403,9 @@ pub enum Isolation {
 #[serde(deny_unknown_fields)]
 pub struct ServiceFile {
     /// The service's instances: base URLs such as `http://127.0.0.1:9000`, or
-    /// `{ url: ..., weight: N }`; at most 256.
+    /// `{ url: ..., weight: N }`; at most 256. May be empty when `registry` is given: the
+    /// instances then come from it.
+    #[serde(default)]
     pub instances: Vec<InstanceFile>,
     /// How an instance is picked for each request.
     #[serde(default)]

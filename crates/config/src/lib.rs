@@ -14,6 +14,7 @@ mod file;
 mod include;
 mod instance;
 mod observe;
+mod registry;
 mod size;
 mod upstream;
 mod validate;
@@ -33,6 +34,9 @@ pub use file::{
 pub use gateway_routing::pattern::PathPattern;
 pub use instance::InstanceUrl;
 pub use observe::{AccessLog, AccessLogDestination, AccessLogFormat, Metrics};
+pub use registry::{
+    MAX_SERVICE_NAME, Registry, ServiceTemplate, ServiceTemplateFile, check_service_name,
+};
 pub use size::ByteSize;
 pub use upstream::{
     BalancerKind, CircuitBreaker, HashKey, HashSource, HealthCheck, InstanceFile, OutlierDetection,
@@ -97,12 +101,31 @@ pub struct Config {
     pub tracing: Tracing,
     pub metrics: Metrics,
     pub websocket: WebSocket,
+    pub registry: Option<Registry>,
+    /// The policies of services only the registry or the admin API knows, when no template
+    /// matches; `instances` is empty.
+    pub service_defaults: Service,
+    /// In the file's order; the first that matches a name applies.
+    pub service_templates: Vec<ServiceTemplate>,
+}
+
+impl Config {
+    /// The policies of service `name`: its own when the file lists it, else the first
+    /// matching template's, else `service_defaults`.
+    pub fn policies_of(&self, name: &str) -> &Service {
+        self.services.get(name).unwrap_or_else(|| {
+            self.service_templates
+                .iter()
+                .find(|template| template.matches(name))
+                .map_or(&self.service_defaults, |template| &template.service)
+        })
+    }
 }
 
 /// An upstream service: its instances, timeouts and policies (see [`ServiceFile`]).
 #[derive(Debug, Clone)]
 pub struct Service {
-    /// Never empty; at most 256.
+    /// At most 256; empty only with a registry, which then brings them.
     pub instances: Vec<InstanceUrl>,
     /// One per instance, each 1 to 100.
     pub weights: Vec<u32>,

@@ -15,7 +15,7 @@ use crate::file::{ConfigFile, KvBackendKind, RouteFile, ServiceFile};
 use crate::upstream::{BalancerKind, HashKey, HealthCheck, Retries};
 use crate::{
     Admin, AdminToken, ByteSize, Config, InstanceUrl, MAX_MEMORY_LIMIT, PathMatch, Route, Service,
-    ServiceRef,
+    ServiceRef, ServiceTemplate,
 };
 use gateway_routing::pattern::{self, PathPattern};
 
@@ -45,6 +45,10 @@ const MAX_INSTANCES: usize = 256;
 const WEIGHT: (u32, u32) = (1, 100);
 const FAILURE_COUNT: (u32, u32) = (1, 1000);
 const RETRY_ATTEMPTS: (u32, u32) = (0, 5);
+/// The registry's sweep: often enough for a dead instance to leave quickly, not so often that
+/// gateways keep Redis busy; and a TTL that several heartbeats fit in.
+const REGISTRY_INTERVAL: (Duration, Duration) = (Duration::from_millis(100), Duration::from_secs(60));
+const REGISTRY_TTL: (Duration, Duration) = (Duration::from_secs(1), Duration::from_secs(3600));
 /// The bounds on the access log: a buffer that holds at least a few lines, and a wait short
 /// enough that `tail -f` still reads as live.
 const ACCESS_LOG_BUFFER: (ByteSize, ByteSize) = (ByteSize(4 << 10), ByteSize(16 << 20));
@@ -134,14 +138,21 @@ pub(crate) fn check(file: ConfigFile) -> Result<Config, Vec<String>> {
         .clone()
         .map(|admin| check_admin(admin, &mut problems));
     check_filters(&file, &mut problems);
+    let instances = if file.registry.is_some() {
+        Instances::Optional
+    } else {
+        Instances::Required
+    };
     let services = file
         .services
         .iter()
         .filter_map(|(name, service)| {
-            let service = check_service(name, service, &mut problems)?;
+            let service =
+                check_service(&format!("services.{name}"), service, instances, &mut problems)?;
             Some((name.clone(), service))
         })
         .collect();
+    let (service_defaults, service_templates) = check_registry(&file, &mut problems);
     let mut names = BTreeSet::new();
     let routes = file
         .routes
@@ -170,7 +181,65 @@ pub(crate) fn check(file: ConfigFile) -> Result<Config, Vec<String>> {
         tracing: file.tracing,
         metrics: file.metrics,
         websocket: file.websocket,
+        registry: file.registry,
+        service_defaults,
+        service_templates,
     })
+}
+
+/// Checks the registry and the policies of the services it brings.
+fn check_registry(
+    file: &ConfigFile,
+    problems: &mut Problems,
+) -> (Service, Vec<ServiceTemplate>) {
+    if let Some(registry) = &file.registry {
+        if registry.redis && file.kv.redis.is_none() {
+            problems.add("registry.redis", "needs kv.redis, the server the registry lives on");
+        }
+        problems.bounded(
+            "registry.resync_interval",
+            registry.resync_interval,
+            REGISTRY_INTERVAL,
+            duration,
+        );
+        problems.bounded("registry.ttl", registry.ttl, REGISTRY_TTL, duration);
+    }
+    let defaults = file.service_defaults.as_ref().map_or_else(
+        || Some(Service::with_instances(Vec::new())),
+        |defaults| check_service("service_defaults", defaults, Instances::Refused, problems),
+    );
+    let templates = file
+        .service_templates
+        .iter()
+        .enumerate()
+        .filter_map(|(index, template)| {
+            let at = format!("service_templates[{index}]");
+            let plain = !template.pattern.is_empty()
+                && template.pattern.bytes().all(|byte| {
+                    byte.is_ascii_lowercase() || byte.is_ascii_digit() || b"-*".contains(&byte)
+                });
+            if !plain {
+                problems.add(
+                    format_args!("{at}.match"),
+                    "a service name of a-z, 0-9 and `-`, with `*` for any run of them",
+                );
+            }
+            let service = check_service(
+                &format!("{at}.service"),
+                &template.service,
+                Instances::Refused,
+                problems,
+            )?;
+            plain.then(|| ServiceTemplate {
+                pattern: template.pattern.clone(),
+                service,
+            })
+        })
+        .collect();
+    (
+        defaults.unwrap_or_else(|| Service::with_instances(Vec::new())),
+        templates,
+    )
 }
 
 /// Reads the admin token, and refuses an admin API reachable from other machines without one.
@@ -476,14 +545,35 @@ fn check_redis(config: &ConfigFile, problems: &mut Problems) {
     }
 }
 
-fn check_service(name: &str, service: &ServiceFile, problems: &mut Problems) -> Option<Service> {
+/// What a service's `instances` may hold.
+#[derive(Clone, Copy, PartialEq)]
+enum Instances {
+    /// At least one: nothing else would bring any.
+    Required,
+    /// Any number: a registry may bring more.
+    Optional,
+    /// None: policies for services the registry brings, with their instances.
+    Refused,
+}
+
+/// Checks a service's instances and policies; `at` is its field path.
+fn check_service(
+    at: &str,
+    service: &ServiceFile,
+    rule: Instances,
+    problems: &mut Problems,
+) -> Option<Service> {
     let before = problems.0.len();
-    let at = format!("services.{name}");
-    if service.instances.is_empty() {
-        problems.add(
+    match rule {
+        Instances::Required if service.instances.is_empty() => problems.add(
             format_args!("{at}.instances"),
-            "at least one instance is required",
-        );
+            "at least one instance is required (or a `registry` that brings them)",
+        ),
+        Instances::Refused if !service.instances.is_empty() => problems.add(
+            format_args!("{at}.instances"),
+            "the instances of these services come from the registry or the admin API",
+        ),
+        _ => {}
     }
     if service.instances.len() > MAX_INSTANCES {
         problems.add(

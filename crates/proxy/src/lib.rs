@@ -34,4 +34,4 @@ pub use hygiene::Violation;
 pub use pipeline::{
     Approved, Handshake, Peer, approve_handshake, error_response, refuse_unreadable, serve,
 };
-pub use state::{LiveState, RouteView, ServingState};
+pub use state::{Derived, LiveState, MAX_INSTANCES, Members, RouteView, ServingState};

@@ -19,7 +19,8 @@ use crate::headers;
 
 /// The services of one serving state, as filters' outbound calls reach them.
 pub(crate) struct ConfiguredServices {
-    pub(crate) services: Arc<HashMap<String, Arc<Service>>>,
+    /// Swapped when instances registered at run time change the services.
+    pub(crate) services: Arc<arc_swap::ArcSwap<HashMap<String, Arc<Service>>>>,
 }
 
 impl Services for ConfiguredServices {
@@ -30,7 +31,7 @@ impl Services for ConfiguredServices {
         max_body: usize,
         timeout: Duration,
     ) -> OutboundCall {
-        let found = self.services.get(service).cloned();
+        let found = self.services.load().get(service).cloned();
         let name = service.to_owned();
         Box::pin(async move {
             let Some(service) = found else {

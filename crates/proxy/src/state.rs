@@ -6,8 +6,14 @@
 //! request takes the state current when it arrives and keeps it to the end, so in-flight
 //! requests finish on the state they started with and an old state is freed with its last
 //! request.
+//!
+//! Instances registered at run time (the admin API, the Redis registry) change a state the same
+//! way, without a reload: [`ServingState::with_members`] derives a new state that shares the
+//! current one's routes, filter pools and every service whose instances did not change, and
+//! rebuilds only the services whose did. A request to an instance that just left finishes on
+//! the state it started with.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -17,7 +23,7 @@ use gateway_filter::outbound::{OutboundGrant, Services};
 use gateway_filter::{FilterChain, FilterEngine, FilterPool, LoadedFilter};
 use gateway_metrics::RouteMetrics;
 use gateway_routing::{HostMatcher, PathMatcher, Route, Router};
-use gateway_upstream::Service;
+use gateway_upstream::{Member, Service};
 
 use crate::Error;
 use crate::hygiene::SizeLimits;
@@ -41,6 +47,25 @@ pub struct ServingState {
     pub(crate) unrouted: Arc<RouteMetrics>,
     /// The limits relayed WebSockets meet.
     pub websocket: gateway_config::WebSocket,
+    /// The configuration this state was built from: the policies of services that instances
+    /// registered at run time join.
+    config: Arc<Config>,
+    /// The services filters' outbound calls reach, shared with every state derived from this
+    /// one, whose filter pools these are.
+    outbound: Arc<ArcSwap<HashMap<String, Arc<Service>>>>,
+}
+
+/// The instances registered at run time, by service name, each list without duplicate URLs.
+pub type Members = BTreeMap<String, Vec<Member>>;
+
+/// The most instances one service has (the bitset of tried instances holds 256).
+pub const MAX_INSTANCES: usize = 256;
+
+/// A state derived from another with new instances, and its services that are new.
+pub struct Derived {
+    pub state: ServingState,
+    /// Their active checks are still to be started.
+    pub rebuilt: Vec<Arc<Service>>,
 }
 
 /// A route as configured, with the filter pools of its chain.
@@ -61,7 +86,8 @@ pub struct RouteView<'s> {
 /// What a route leads to.
 pub(crate) struct RouteEntry {
     pub(crate) target: Target,
-    pub(crate) chain: FilterChain,
+    /// Shared by the states derived from the one that built it.
+    pub(crate) chain: Arc<FilterChain>,
     /// Paths with `/..;/` or `/.;/` segments may take this route.
     pub(crate) allow_dot_segment_params: bool,
     /// This route's counters, kept by name across reloads.
@@ -125,8 +151,9 @@ impl ServingState {
                 .map(|(name, service)| (name.clone(), Arc::new(Service::new(name, service))))
                 .collect(),
         );
+        let outbound_services = Arc::new(ArcSwap::new(services.clone()));
         let outbound: Arc<dyn Services> = Arc::new(ConfiguredServices {
-            services: services.clone(),
+            services: outbound_services.clone(),
         });
 
         let mut routes = Vec::with_capacity(config.routes.len());
@@ -179,7 +206,7 @@ impl ServingState {
                 path,
                 value: RouteEntry {
                     target,
-                    chain,
+                    chain: Arc::new(chain),
                     allow_dot_segment_params: route.allow_dot_segment_params,
                     metrics: gateway_metrics::route(&route.name),
                 },
@@ -199,7 +226,102 @@ impl ServingState {
             propagate_traces: config.tracing.propagate,
             unrouted: gateway_metrics::route(gateway_metrics::UNROUTED),
             websocket: config.websocket.clone(),
+            config: Arc::new(config.clone()),
+            outbound: outbound_services,
         })
+    }
+
+    /// This state with `dynamic`'s instances added to the configured ones: `None` when every
+    /// service already has exactly those. A service the configuration does not name takes its
+    /// policies from the first matching template or `service_defaults`, and exists while it
+    /// has an instance. Rebuilt services take on what this state knows of their instances.
+    pub fn with_members(&self, dynamic: &Members) -> Option<Derived> {
+        let names: BTreeSet<&str> = self
+            .config
+            .services
+            .keys()
+            .chain(dynamic.keys())
+            .map(String::as_str)
+            .collect();
+        let mut services = HashMap::with_capacity(names.len());
+        let mut rebuilt = Vec::new();
+        for name in names {
+            let policies = self.config.policies_of(name);
+            let mut members = Member::configured(policies);
+            for member in dynamic.get(name).into_iter().flatten() {
+                if members.iter().any(|known| known.url == member.url) {
+                    continue;
+                }
+                if members.len() == MAX_INSTANCES {
+                    tracing::warn!(
+                        service = name,
+                        "more than {MAX_INSTANCES} instances registered: the rest are left out"
+                    );
+                    break;
+                }
+                members.push(member.clone());
+            }
+            if members.is_empty() && !self.config.services.contains_key(name) {
+                continue;
+            }
+            let service = match self.services.get(name) {
+                Some(current) if current.has_members(&members) => current.clone(),
+                current => {
+                    let service = Arc::new(Service::with_members(name, policies, &members));
+                    if let Some(current) = current {
+                        service.inherit(current);
+                    }
+                    tracing::info!(
+                        service = name,
+                        instances = members.len(),
+                        "the service's instances changed"
+                    );
+                    rebuilt.push(service.clone());
+                    service
+                }
+            };
+            services.insert(name.to_owned(), service);
+        }
+        if rebuilt.is_empty() && services.len() == self.services.len() {
+            return None;
+        }
+        for gone in self.services.keys().filter(|name| !services.contains_key(*name)) {
+            tracing::info!(service = gone, "the service has no instance left: it is gone");
+        }
+        let services = Arc::new(services);
+        let router = self.router.map(|entry| RouteEntry {
+            target: match &entry.target {
+                // A configured service is in every derived state.
+                Target::Service(service) => Target::Service(services[service.name()].clone()),
+                Target::ServiceFromParam(param) => Target::ServiceFromParam(param.clone()),
+                Target::None => Target::None,
+            },
+            chain: entry.chain.clone(),
+            allow_dot_segment_params: entry.allow_dot_segment_params,
+            metrics: entry.metrics.clone(),
+        });
+        self.outbound.store(services.clone());
+        Some(Derived {
+            state: ServingState {
+                router,
+                services,
+                limits: self.limits.clone(),
+                size_limits: self.size_limits,
+                filters: self.filters.clone(),
+                plugin_dir: self.plugin_dir.clone(),
+                propagate_traces: self.propagate_traces,
+                unrouted: self.unrouted.clone(),
+                websocket: self.websocket.clone(),
+                config: self.config.clone(),
+                outbound: self.outbound.clone(),
+            },
+            rebuilt,
+        })
+    }
+
+    /// The configuration this state was built from.
+    pub fn config(&self) -> &Config {
+        &self.config
     }
 
     /// Closes the calling worker's idle upstream connections that their instance closed or that

@@ -19,6 +19,7 @@ use http::Method;
 use pattern::PathPattern;
 
 /// How a route matches paths.
+#[derive(Clone)]
 pub enum PathMatcher {
     /// Whole-segment prefix, stored without a trailing slash (`/` is the empty prefix).
     Prefix(String),
@@ -60,6 +61,7 @@ impl PathMatcher {
 }
 
 /// How a route matches hosts.
+#[derive(Clone)]
 pub enum HostMatcher {
     Any,
     /// Lower-case exact host.
@@ -134,6 +136,23 @@ impl<T> Router<T> {
     /// The routes, in the order they are tried.
     pub fn routes(&self) -> &[Route<T>] {
         &self.routes
+    }
+
+    /// The same routes, in the same order, each leading to what `lead` makes of its value.
+    pub fn map<U>(&self, mut lead: impl FnMut(&T) -> U) -> Router<U> {
+        Router {
+            routes: self
+                .routes
+                .iter()
+                .map(|route| Route {
+                    name: route.name.clone(),
+                    host: route.host.clone(),
+                    methods: route.methods.clone(),
+                    path: route.path.clone(),
+                    value: lead(&route.value),
+                })
+                .collect(),
+        }
     }
 
     /// The first route that takes this request.

@@ -5,6 +5,8 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
+use std::collections::BTreeMap;
+
 use gateway_config::InstanceUrl;
 use gateway_metrics::InstanceMetrics;
 
@@ -13,6 +15,7 @@ use crate::breaker::{Breaker, BreakerState};
 use crate::connection::ConnectionPool;
 use crate::health::passive::Outlier;
 use crate::limit::Counter;
+use crate::member::{Member, Source};
 
 /// One instance of a service.
 pub struct Instance {
@@ -20,6 +23,10 @@ pub struct Instance {
     /// `service@host:port`, as logs and errors name it.
     pub label: String,
     pub(crate) weight: u32,
+    pub(crate) source: Source,
+    /// Asked by the active checks instead of the service's `health_check.path`.
+    pub(crate) health_path: Option<String>,
+    pub(crate) meta: BTreeMap<String, String>,
     pub(crate) pool: Arc<ConnectionPool>,
     pub(crate) in_flight: Counter,
     /// As the active checks last found it; healthy until a check says otherwise.
@@ -37,6 +44,9 @@ pub struct InstanceStatus {
     pub label: String,
     pub url: String,
     pub weight: u32,
+    pub source: Source,
+    pub health_path: Option<String>,
+    pub meta: BTreeMap<String, String>,
     /// As the active checks last found it (always true without them).
     pub healthy: bool,
     /// Ejected by outlier detection now.
@@ -54,25 +64,39 @@ pub struct InstanceStatus {
 }
 
 impl Instance {
-    /// The instances of service `name`, as the configuration lists them.
-    pub(crate) fn all(name: &str, config: &gateway_config::Service) -> Vec<Instance> {
-        config
-            .instances
+    /// The instances of service `name`: its members, with the service's policies.
+    pub(crate) fn all(
+        name: &str,
+        config: &gateway_config::Service,
+        members: &[Member],
+    ) -> Vec<Instance> {
+        members
             .iter()
-            .zip(&config.weights)
-            .map(|(url, &weight)| Instance {
-                label: format!("{name}@{}", url.authority),
-                url: url.clone(),
-                weight,
+            .map(|member| Instance {
+                label: format!("{name}@{}", member.url.authority),
+                url: member.url.clone(),
+                weight: member.weight,
+                source: member.source,
+                health_path: member.health_path.clone(),
+                meta: member.meta.clone(),
                 pool: ConnectionPool::new(config.connect_timeout, config.read_timeout),
                 in_flight: Counter::new(config.max_concurrent_requests_per_instance),
                 healthy: AtomicBool::new(true),
                 outlier: Outlier::default(),
                 breaker: config.circuit_breaker.as_ref().map(Breaker::new),
                 latency: PeakEwma::default(),
-                metrics: gateway_metrics::instance(name, url.authority.as_str()),
+                metrics: gateway_metrics::instance(name, member.url.authority.as_str()),
             })
             .collect()
+    }
+
+    /// Whether this instance is `member`, as its source describes it now.
+    pub(crate) fn is(&self, member: &Member) -> bool {
+        self.url == member.url
+            && self.weight == member.weight
+            && self.source == member.source
+            && self.health_path == member.health_path
+            && self.meta == member.meta
     }
 
     /// Requests in flight to this instance, from every worker.
@@ -107,6 +131,9 @@ impl Instance {
             label: self.label.clone(),
             url: format!("{}://{}", self.url.scheme, self.url.authority),
             weight: self.weight,
+            source: self.source,
+            health_path: self.health_path.clone(),
+            meta: self.meta.clone(),
             healthy: self.healthy.load(Ordering::Relaxed),
             ejected: self.outlier.is_ejected(now),
             ejections: self.outlier.ejections(),

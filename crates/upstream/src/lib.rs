@@ -16,6 +16,7 @@
 //! - `balance`: one file per balancer;
 //! - `health`: `active` checks, once per gateway, and `passive` ones (outlier detection);
 //! - `breaker`: a circuit breaker per instance;
+//! - `member`: where instances come from (the configuration, the admin API, the registry);
 //! - `upgrade`: an instance picked for a WebSocket, held for the socket's life;
 //! - `connection`: the per-worker idle connections, and the HTTP/1.1 exchange itself;
 //! - `retry`: what is retried, and the budget;
@@ -34,6 +35,7 @@ mod connection;
 mod health;
 mod instance;
 mod limit;
+mod member;
 mod retry;
 mod service;
 mod upgrade;
@@ -44,6 +46,7 @@ use std::time::Duration;
 pub use self::breaker::BreakerState;
 pub use self::connection::{Transport, UpstreamBody};
 pub use self::instance::{Instance, InstanceStatus};
+pub use self::member::{Member, Source};
 pub use self::service::{Forwarded, Outgoing, Service, ServiceStatus};
 pub use self::upgrade::{Upgrade, UpgradeSlot};
 

@@ -33,6 +33,7 @@ use crate::connection::UpstreamBody;
 use crate::health::{active, passive};
 use crate::instance::{Instance, InstanceStatus};
 use crate::limit::{BorrowedSlot, Counter, InFlight, Slot};
+use crate::member::Member;
 use crate::retry::{self, Budget};
 use crate::{Error, ErrorKind, Result};
 
@@ -135,15 +136,31 @@ pub(crate) enum Verdict {
 impl Service {
     /// The service `name` as the configuration describes it.
     pub fn new(name: &str, config: &gateway_config::Service) -> Service {
-        Service::with_clock(name, config, Arc::new(SystemClock))
+        Service::with_members(name, config, &Member::configured(config))
     }
 
+    /// The service `name` with the policies `config` gives it and these instances, which
+    /// may be none: every request then gets `NoHealthyInstance`.
+    pub fn with_members(name: &str, config: &gateway_config::Service, members: &[Member]) -> Service {
+        Service::build(name, config, members, Arc::new(SystemClock))
+    }
+
+    #[cfg(test)]
     pub(crate) fn with_clock(
         name: &str,
         config: &gateway_config::Service,
         clock: Arc<dyn Clock>,
     ) -> Service {
-        let instances = Instance::all(name, config);
+        Service::build(name, config, &Member::configured(config), clock)
+    }
+
+    fn build(
+        name: &str,
+        config: &gateway_config::Service,
+        members: &[Member],
+        clock: Arc<dyn Clock>,
+    ) -> Service {
+        let instances = Instance::all(name, config, members);
         Service {
             name: name.to_owned(),
             balancer: Balancer::new(config.balancer, &instances),
@@ -177,6 +194,16 @@ impl Service {
     /// Its instances, in the configuration's order.
     pub fn instances(&self) -> &[Instance] {
         &self.instances
+    }
+
+    /// Whether its instances are exactly `members`, in that order.
+    pub fn has_members(&self, members: &[Member]) -> bool {
+        self.instances.len() == members.len()
+            && self
+                .instances
+                .iter()
+                .zip(members)
+                .all(|(instance, member)| instance.is(member))
     }
 
     /// Starts the active health checks, if the service has them, on the calling runtime: one
@@ -463,6 +490,9 @@ impl Service {
     /// Picks an instance not in `tried` and takes its breaker permit and limit slot; or says
     /// why there is none.
     pub(crate) fn pick(&self, tried: Excluded, key: Option<u64>, now: u64) -> Result<Picked<'_>> {
+        if self.instances.is_empty() {
+            return Err(self.error(ErrorKind::NoHealthyInstance, "no instance is registered"));
+        }
         let healthy = |index: usize| !self.checks_health || self.instances[index].is_healthy(now);
         // Panic mode: with no instance healthy, health is not asked at all.
         let panic =
@@ -570,6 +600,37 @@ mod tests {
         configure(&mut config);
         let clock = Arc::new(ManualClock::default());
         (Service::with_clock("s", &config, clock.clone()), clock)
+    }
+
+    #[test]
+    fn a_service_without_instances_says_none_is_registered_whatever_its_balancer() {
+        for balancer in [BalancerKind::RoundRobin, BalancerKind::Weighted, BalancerKind::P2cEwma] {
+            let mut config = gateway_config::Service::with_instances(Vec::new());
+            config.balancer = balancer;
+            let service = Service::with_members("s", &config, &[]);
+            let error = service
+                .pick(Excluded::default(), Some(7), 0)
+                .err()
+                .expect("no pick");
+            assert_eq!(error.kind, ErrorKind::NoHealthyInstance);
+        }
+    }
+
+    #[test]
+    fn a_new_member_list_is_told_from_the_same_one() {
+        let (service, _) = build(|_| {});
+        let config = gateway_config::Service::with_instances(Vec::new());
+        let mut members = Member::configured(&gateway_config::Service::with_instances(
+            (1..=3)
+                .map(|port| format!("http://127.0.0.1:{port}").parse().expect("a URL"))
+                .collect(),
+        ));
+        assert!(service.has_members(&members));
+        members[1].weight = 5;
+        assert!(!service.has_members(&members));
+        members.pop();
+        let smaller = Service::with_members("s", &config, &members);
+        assert!(!service.has_members(&members) && smaller.has_members(&members));
     }
 
     #[test]

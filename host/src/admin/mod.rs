@@ -15,9 +15,12 @@
 //! - `GET /admin/kv`: the key-value stores behind the filters' `kv` capability: which one is
 //!   the default, and for each its state (a Redis `connected` or `down`, since when), its
 //!   operations, errors, timeouts and latency;
-//! - `GET /admin/services`: each upstream service's balancer and, for each instance, its
-//!   health (active checks), whether it is ejected and how often it was, its breaker's state
-//!   and how often it opened, its requests in flight and its latency estimate;
+//! - `GET /admin/services` (and the seeds' `GET /api/v1/gateway/services`): each upstream
+//!   service's balancer and, for each instance, where it came from, its health (active
+//!   checks), whether it is ejected and how often it was, its breaker's state and how often it
+//!   opened, its requests in flight and its latency estimate;
+//! - `GET`, `POST` and `DELETE` on `/admin/services/{name}/instances`, and the seeds'
+//!   `POST /api/v1/gateway/services`: instances registered at run time (see [`services`]);
 //! - `POST /admin/cache/purge`: removes cache entries by URL, prefix or zone (see [`purge`]);
 //! - `GET /metrics`: every metric in the Prometheus text format (see [`crate::metrics`]);
 //! - `GET /admin/stats`, and the seeds' `GET /api/v1/gateway/stats`: totals of requests, rate
@@ -29,6 +32,7 @@
 
 mod publish;
 mod purge;
+mod services;
 mod stats;
 mod status;
 mod token;
@@ -51,7 +55,7 @@ use tokio::net::TcpListener;
 use gateway_config::{AdminToken, KvBackendKind};
 use gateway_filter::metrics::{MetricRegistry, SeriesValue};
 use gateway_kv::KvStores;
-use gateway_proxy::{Error, ResponseBody, ServingState, error_response, full, request_id};
+use gateway_proxy::{Error, ResponseBody, error_response, full, request_id};
 use gateway_rules::metrics::MetricKind;
 use gateway_wire::fields::REQUEST_ID;
 
@@ -119,7 +123,8 @@ async fn handle(admin: Arc<Admin>, request: Request<Incoming>) -> Response<Respo
         return refusal;
     }
     let reloader = &admin.reloader;
-    match (request.method(), request.uri().path()) {
+    let (parts, body) = request.into_parts();
+    match (&parts.method, parts.uri.path()) {
         (&Method::GET, "/admin/status") => json(StatusCode::OK, &status::status(&admin)),
         (&Method::GET, "/api/v1/gateway/status") => {
             json(StatusCode::OK, &status::gateway_status(&admin))
@@ -142,25 +147,47 @@ async fn handle(admin: Arc<Admin>, request: Request<Incoming>) -> Response<Respo
             json(StatusCode::OK, &filter_metrics(reloader.filter_metrics()))
         }
         (&Method::GET, "/admin/kv") => json(StatusCode::OK, &kv_status(reloader.kv())),
-        (&Method::GET, "/admin/services") => {
-            json(StatusCode::OK, &services_status(&reloader.live().current()))
+        (&Method::GET, "/admin/services" | "/api/v1/gateway/services") => {
+            json(StatusCode::OK, &services::all(&reloader.live().current()))
+        }
+        (&Method::POST, "/api/v1/gateway/services") => {
+            let request_id = request_id(&parts.headers);
+            services::register_seed(reloader, body, &request_id).await
+        }
+        (method, path) if let Some(name) = instances_of(path) => {
+            let request_id = request_id(&parts.headers);
+            match *method {
+                Method::GET => services::instances(reloader, name, &request_id),
+                Method::POST => {
+                    services::register(reloader, name, body, &request_id).await
+                }
+                Method::DELETE => {
+                    services::deregister(reloader, name, body, &request_id).await
+                }
+                _ => refused(
+                    StatusCode::METHOD_NOT_ALLOWED,
+                    "METHOD_NOT_ALLOWED",
+                    "GET, POST or DELETE",
+                    &request_id,
+                ),
+            }
         }
         (&Method::POST, "/admin/cache/purge") => {
-            let request_id = request_id(request.headers());
-            purge::purge(reloader, request.into_body(), &request_id).await
+            let request_id = request_id(&parts.headers);
+            purge::purge(reloader, body, &request_id).await
         }
         (&Method::GET, "/metrics") => metrics(&reloader),
         (&Method::GET, "/admin/stats" | "/api/v1/gateway/stats") => {
             json(StatusCode::OK, &stats::stats(&reloader))
         }
         (&Method::POST, "/admin/publish") => {
-            let request_id = request_id(request.headers());
-            publish::publish(request.into_body(), &request_id).await
+            let request_id = request_id(&parts.headers);
+            publish::publish(body, &request_id).await
         }
         (&Method::GET, "/admin/websocket") => json(StatusCode::OK, &websocket_status()),
         (&Method::GET, "/health") => json(StatusCode::OK, &serde_json::json!({ "status": "ok" })),
         _ => {
-            let request_id = request_id(request.headers());
+            let request_id = request_id(&parts.headers);
             let mut response = error_response(&Error::NoRoute, &request_id, Version::HTTP_11);
             // As on the traffic listener: the id the error names is one the client was given.
             response.headers_mut().insert(REQUEST_ID, request_id);
@@ -186,36 +213,11 @@ fn metrics(reloader: &Reloader) -> Response<ResponseBody> {
     }
 }
 
-fn services_status(state: &ServingState) -> serde_json::Value {
-    let services: serde_json::Map<String, serde_json::Value> = state
-        .services()
-        .map(|(name, service)| {
-            let status = service.status();
-            let instances: Vec<serde_json::Value> = status
-                .instances
-                .iter()
-                .map(|instance| {
-                    serde_json::json!({
-                        "url": instance.url,
-                        "weight": instance.weight,
-                        "healthy": instance.healthy,
-                        "ejected": instance.ejected,
-                        "ejections": instance.ejections,
-                        "breaker": instance.breaker.map(|state| state.as_str()),
-                        "breaker_opened": instance.breaker_opened,
-                        "in_flight": instance.in_flight,
-                        "ewma_ms": instance.ewma_ms,
-                    })
-                })
-                .collect();
-            let value = serde_json::json!({
-                "balancer": status.balancer,
-                "instances": instances,
-            });
-            (name.to_owned(), value)
-        })
-        .collect();
-    serde_json::json!({ "services": services })
+/// The service `{name}` in `/admin/services/{name}/instances`.
+fn instances_of(path: &str) -> Option<&str> {
+    path.strip_prefix("/admin/services/")?
+        .strip_suffix("/instances")
+        .filter(|name| !name.contains('/'))
 }
 
 fn websocket_status() -> serde_json::Value {

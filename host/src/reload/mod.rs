@@ -24,6 +24,7 @@ use gateway_kv::KvStores;
 use gateway_proxy::{LiveState, ServingState};
 
 use crate::error::{Error, Result};
+use crate::registry::Directory;
 
 /// What started a reload.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -82,6 +83,8 @@ pub struct Reloader {
     config_path: PathBuf,
     engine: FilterEngine,
     live: Arc<LiveState>,
+    /// The instances registered at run time, which every state installed keeps.
+    directory: Arc<Directory>,
     /// What can only change with a restart, as started.
     fixed: Fixed,
     status: Mutex<ReloadStatus>,
@@ -98,6 +101,7 @@ struct Fixed {
     admin_token: Option<AdminToken>,
     cache_dir: Option<PathBuf>,
     kv: KvSettings,
+    registry: Option<gateway_config::Registry>,
 }
 
 impl Fixed {
@@ -108,6 +112,7 @@ impl Fixed {
             admin_token: config.admin.as_ref().and_then(|admin| admin.token.clone()),
             cache_dir: config.cache_dir.clone(),
             kv: config.kv.clone(),
+            registry: config.registry.clone(),
         }
     }
 
@@ -124,6 +129,7 @@ impl Fixed {
         note(self.admin_token != next.admin_token, "the admin token");
         note(self.cache_dir != next.cache_dir, "cache_dir");
         note(self.kv != next.kv, "kv");
+        note(self.registry != next.registry, "registry");
         warnings
     }
 }
@@ -207,10 +213,12 @@ impl Reloader {
         };
         // Once per gateway, on this (the control plane's) runtime.
         gateway.start_health_checks();
+        let live = Arc::new(LiveState::new(gateway));
         let reloader = Reloader {
             config_path: config_path.to_owned(),
             engine,
-            live: Arc::new(LiveState::new(gateway)),
+            directory: Arc::new(Directory::new(live.clone())),
+            live,
             fixed: Fixed::of(&config),
             status: Mutex::new(status),
             running: tokio::sync::Mutex::new(()),
@@ -226,6 +234,11 @@ impl Reloader {
 
     pub fn config_path(&self) -> &Path {
         &self.config_path
+    }
+
+    /// The instances registered at run time.
+    pub fn directory(&self) -> &Arc<Directory> {
+        &self.directory
     }
 
     /// The plugin folder of the state serving now.
@@ -286,9 +299,7 @@ impl Reloader {
                 attempt.warnings = self.fixed.changes(&Fixed::of(&config));
                 let filters = filter_infos(&gateway);
                 let in_use: HashSet<_> = gateway.filters.iter().map(|filter| filter.hash).collect();
-                gateway.inherit_upstream_state(&self.live.current());
-                gateway.start_health_checks();
-                self.live.replace(gateway);
+                self.directory.install(gateway);
                 self.engine.retain_components(&in_use);
                 Some(filters)
             }

@@ -106,7 +106,7 @@ pub(crate) mod tests {
                     .collect(),
             )
         };
-        Instance::all("s", &config)
+        Instance::all("s", &config, &crate::Member::configured(&config))
     }
 
     /// How many of `picks` went to each index.

@@ -85,7 +85,7 @@ async fn probe(service: &Service, index: usize) -> Result<(), String> {
     let headers = HeaderMap::new();
     let head = OutgoingHead {
         method: &Method::GET,
-        target: &check.path,
+        target: instance.health_path.as_deref().unwrap_or(&check.path),
         headers: &headers,
         host: &instance.url.host_header,
     };
