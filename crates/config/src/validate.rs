@@ -47,7 +47,8 @@ const FAILURE_COUNT: (u32, u32) = (1, 1000);
 const RETRY_ATTEMPTS: (u32, u32) = (0, 5);
 /// The registry's sweep: often enough for a dead instance to leave quickly, not so often that
 /// gateways keep Redis busy; and a TTL that several heartbeats fit in.
-const REGISTRY_INTERVAL: (Duration, Duration) = (Duration::from_millis(100), Duration::from_secs(60));
+const REGISTRY_INTERVAL: (Duration, Duration) =
+    (Duration::from_millis(100), Duration::from_secs(60));
 const REGISTRY_TTL: (Duration, Duration) = (Duration::from_secs(1), Duration::from_secs(3600));
 /// The bounds on the access log: a buffer that holds at least a few lines, and a wait short
 /// enough that `tail -f` still reads as live.
@@ -147,8 +148,12 @@ pub(crate) fn check(file: ConfigFile) -> Result<Config, Vec<String>> {
         .services
         .iter()
         .filter_map(|(name, service)| {
-            let service =
-                check_service(&format!("services.{name}"), service, instances, &mut problems)?;
+            let service = check_service(
+                &format!("services.{name}"),
+                service,
+                instances,
+                &mut problems,
+            )?;
             Some((name.clone(), service))
         })
         .collect();
@@ -188,13 +193,13 @@ pub(crate) fn check(file: ConfigFile) -> Result<Config, Vec<String>> {
 }
 
 /// Checks the registry and the policies of the services it brings.
-fn check_registry(
-    file: &ConfigFile,
-    problems: &mut Problems,
-) -> (Service, Vec<ServiceTemplate>) {
+fn check_registry(file: &ConfigFile, problems: &mut Problems) -> (Service, Vec<ServiceTemplate>) {
     if let Some(registry) = &file.registry {
         if registry.redis && file.kv.redis.is_none() {
-            problems.add("registry.redis", "needs kv.redis, the server the registry lives on");
+            problems.add(
+                "registry.redis",
+                "needs kv.redis, the server the registry lives on",
+            );
         }
         problems.bounded(
             "registry.resync_interval",

@@ -285,8 +285,15 @@ impl ServingState {
         if rebuilt.is_empty() && services.len() == self.services.len() {
             return None;
         }
-        for gone in self.services.keys().filter(|name| !services.contains_key(*name)) {
-            tracing::info!(service = gone, "the service has no instance left: it is gone");
+        for gone in self
+            .services
+            .keys()
+            .filter(|name| !services.contains_key(*name))
+        {
+            tracing::info!(
+                service = gone,
+                "the service has no instance left: it is gone"
+            );
         }
         let services = Arc::new(services);
         let router = self.router.map(|entry| RouteEntry {

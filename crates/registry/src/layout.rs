@@ -34,6 +34,11 @@ impl Layout {
         format!("{}:registry:instances", self.prefix)
     }
 
+    /// A key that exists as long as Redis kept its data.
+    pub fn marker_key(&self) -> String {
+        format!("{}:registry:marker", self.prefix)
+    }
+
     /// The channel changes are published on.
     pub fn channel(&self) -> String {
         format!("{}:registry:changes", self.prefix)
@@ -55,7 +60,10 @@ mod tests {
         );
         assert_eq!(layout.index_key(), "gateway:registry:instances");
         assert_eq!(layout.channel(), "gateway:registry:changes");
-        assert_eq!(Layout::split("orders/[::1]:80"), Some(("orders", "[::1]:80")));
+        assert_eq!(
+            Layout::split("orders/[::1]:80"),
+            Some(("orders", "[::1]:80"))
+        );
         assert_eq!(Layout::split("orders"), None);
     }
 }

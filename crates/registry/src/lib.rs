@@ -25,7 +25,10 @@
 //! A key that expired is gone from the next read; its index entry is removed then (`SREM`),
 //! so an instance whose heartbeats stopped leaves every gateway within its TTL and one
 //! resync. While Redis is away, a gateway keeps the instances it last read, says so once, and
-//! reads again when it is back.
+//! reads again when it is back. A key `<prefix>:registry:marker`, set by the first gateway to
+//! read and never expiring, tells a Redis that came back empty (restarted without
+//! persistence) from one that kept its data: after an empty return, the instances known
+//! before are kept for `registry.ttl`, the time their heartbeats need to register them again.
 
 mod layout;
 mod registration;

@@ -69,10 +69,7 @@ impl Registration {
     pub fn check(&self, service: &str, source: Source) -> Result<Registered, (String, String)> {
         let problem = |field: &str, message: String| (field.to_owned(), message);
         gateway_config::check_service_name(service).map_err(|reason| problem("service", reason))?;
-        let url: InstanceUrl = self
-            .url
-            .parse()
-            .map_err(|reason| problem("url", reason))?;
+        let url: InstanceUrl = self.url.parse().map_err(|reason| problem("url", reason))?;
         if !(1..=100).contains(&self.weight) {
             return Err(problem("weight", "must be 1 to 100".to_owned()));
         }
@@ -168,14 +165,28 @@ mod tests {
             ("Orders", r#"{"url":"http://127.0.0.1:1"}"#, "service"),
             ("orders", r#"{"url":"127.0.0.1:1"}"#, "url"),
             ("orders", r#"{"url":"http://127.0.0.1:1/base"}"#, "url"),
-            ("orders", r#"{"url":"http://127.0.0.1:1","weight":0}"#, "weight"),
-            ("orders", r#"{"url":"http://127.0.0.1:1","health_path":"ready"}"#, "health_path"),
-            ("orders", r#"{"url":"http://127.0.0.1:1","zone":"a\nb"}"#, "zone"),
-            ("orders", r#"{"url":"http://127.0.0.1:1","meta":{"a b":"x"}}"#, "meta.a b"),
+            (
+                "orders",
+                r#"{"url":"http://127.0.0.1:1","weight":0}"#,
+                "weight",
+            ),
+            (
+                "orders",
+                r#"{"url":"http://127.0.0.1:1","health_path":"ready"}"#,
+                "health_path",
+            ),
+            (
+                "orders",
+                r#"{"url":"http://127.0.0.1:1","zone":"a\nb"}"#,
+                "zone",
+            ),
+            (
+                "orders",
+                r#"{"url":"http://127.0.0.1:1","meta":{"a b":"x"}}"#,
+                "meta.a b",
+            ),
         ] {
-            let error = parse(json)
-                .check(service, Source::Admin)
-                .expect_err(json);
+            let error = parse(json).check(service, Source::Admin).expect_err(json);
             assert_eq!(error.0, field, "{json}: {}", error.1);
         }
         assert!(serde_json::from_str::<Registration>(r#"{"url":"http://a:1","extra":1}"#).is_err());

@@ -38,6 +38,9 @@ pub struct Snapshot {
     pub instances: Vec<Registered>,
     /// Members whose key holds something that is not a valid registration, and why.
     pub invalid: Vec<(String, String)>,
+    /// The registry's marker key was missing: Redis lost its data (a restart without
+    /// persistence, a flush) since the last read, or this is the first read ever.
+    pub lost: bool,
 }
 
 impl Store {
@@ -125,7 +128,8 @@ impl Store {
         if renewed.is_some() {
             return Ok(Heartbeat::Renewed);
         }
-        self.register(connection, service, registration, ttl).await?;
+        self.register(connection, service, registration, ttl)
+            .await?;
         Ok(Heartbeat::Recreated)
     }
 
@@ -152,10 +156,18 @@ impl Store {
     /// Reads every registration, and removes the index entries whose key has expired.
     pub async fn read(&self, connection: &mut MultiplexedConnection) -> Result<Snapshot> {
         let index = self.layout.index_key();
+        // Set once and never expiring: its absence says the registrations went with it.
+        let created: Option<String> = redis::cmd("SET")
+            .arg(self.layout.marker_key())
+            .arg("1")
+            .arg("NX")
+            .query_async(connection)
+            .await?;
         let members: Vec<String> = connection.smembers(&index).await?;
         let mut snapshot = Snapshot {
             instances: Vec::with_capacity(members.len()),
             invalid: Vec::new(),
+            lost: created.is_some(),
         };
         let mut expired = Vec::new();
         for batch in members.chunks(MGET_BATCH) {
@@ -163,8 +175,10 @@ impl Store {
                 .iter()
                 .map(|member| self.layout.instance_key(member))
                 .collect();
-            let values: Vec<Option<String>> =
-                redis::cmd("MGET").arg(&keys).query_async(connection).await?;
+            let values: Vec<Option<String>> = redis::cmd("MGET")
+                .arg(&keys)
+                .query_async(connection)
+                .await?;
             for (member, value) in batch.iter().zip(values) {
                 let Some(value) = value else {
                     expired.push(member.clone());
@@ -216,5 +230,7 @@ fn parse(member: &str, value: &str) -> Result<Registered, String> {
 }
 
 fn millis(duration: Duration) -> u64 {
-    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX).max(1)
+    u64::try_from(duration.as_millis())
+        .unwrap_or(u64::MAX)
+        .max(1)
 }

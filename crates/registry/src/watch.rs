@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use tokio::sync::Notify;
+use tokio::time::Instant;
 
 use crate::Result;
 use crate::registration::Registered;
@@ -17,14 +18,24 @@ const RESUBSCRIBE: Duration = Duration::from_secs(1);
 
 /// Reads the registry every `resync` and whenever a change is published, and hands each
 /// read's instances to `update`, sorted by service and address. While Redis is away, nothing
-/// is handed over: whoever keeps the instances keeps the last ones. Runs until dropped.
-pub async fn watch(store: Store, resync: Duration, mut update: impl FnMut(Vec<Registered>)) {
+/// is handed over: whoever keeps the instances keeps the last ones. When Redis comes back
+/// without its data (restarted without persistence), the instances last read are kept for
+/// `grace` beside the ones read, so that their heartbeats have time to register them again
+/// (a heartbeat finding its key gone registers anew). Runs until dropped.
+pub async fn watch(
+    store: Store,
+    resync: Duration,
+    grace: Duration,
+    mut update: impl FnMut(Vec<Registered>),
+) {
     let changed = Arc::new(Notify::new());
     let listener = tokio::spawn(listen(store.clone(), changed.clone()));
     let _listener = AbortOnDrop(listener);
     let mut connection = None;
     let mut down = false;
     let mut reported_invalid = HashSet::new();
+    let mut last: Vec<Registered> = Vec::new();
+    let mut grace_until: Option<Instant> = None;
     let mut ticks = tokio::time::interval(resync);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -49,15 +60,46 @@ pub async fn watch(store: Store, resync: Duration, mut update: impl FnMut(Vec<Re
                     );
                 }
                 // Once per bad entry while it stays bad, not once per read.
-                let invalid: HashSet<String> =
-                    snapshot.invalid.iter().map(|(member, _)| member.clone()).collect();
+                let invalid: HashSet<String> = snapshot
+                    .invalid
+                    .iter()
+                    .map(|(member, _)| member.clone())
+                    .collect();
                 for (member, reason) in &snapshot.invalid {
                     if !reported_invalid.contains(member) {
                         tracing::warn!(member, reason, "a registry entry is left out");
                     }
                 }
                 reported_invalid = invalid;
-                update(snapshot.instances);
+                let now = Instant::now();
+                if snapshot.lost && !last.is_empty() {
+                    grace_until = Some(now + grace);
+                    tracing::warn!(
+                        instances = last.len(),
+                        ?grace,
+                        "the registry's Redis lost its data: the instances known before stay until they register again or this grace ends"
+                    );
+                }
+                let mut instances = snapshot.instances;
+                if grace_until.is_some_and(|until| now < until) {
+                    for known in &last {
+                        let read = instances.iter().any(|registered| {
+                            registered.service == known.service
+                                && registered.member.url == known.member.url
+                        });
+                        if !read {
+                            instances.push(known.clone());
+                        }
+                    }
+                    instances.sort_by(|a, b| {
+                        (&a.service, a.member.url.authority.as_str())
+                            .cmp(&(&b.service, b.member.url.authority.as_str()))
+                    });
+                } else {
+                    grace_until = None;
+                }
+                last = instances.clone();
+                update(instances);
             }
             Err(error) => {
                 connection = None;

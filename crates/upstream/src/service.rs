@@ -141,7 +141,11 @@ impl Service {
 
     /// The service `name` with the policies `config` gives it and these instances, which
     /// may be none: every request then gets `NoHealthyInstance`.
-    pub fn with_members(name: &str, config: &gateway_config::Service, members: &[Member]) -> Service {
+    pub fn with_members(
+        name: &str,
+        config: &gateway_config::Service,
+        members: &[Member],
+    ) -> Service {
         Service::build(name, config, members, Arc::new(SystemClock))
     }
 
@@ -604,7 +608,11 @@ mod tests {
 
     #[test]
     fn a_service_without_instances_says_none_is_registered_whatever_its_balancer() {
-        for balancer in [BalancerKind::RoundRobin, BalancerKind::Weighted, BalancerKind::P2cEwma] {
+        for balancer in [
+            BalancerKind::RoundRobin,
+            BalancerKind::Weighted,
+            BalancerKind::P2cEwma,
+        ] {
             let mut config = gateway_config::Service::with_instances(Vec::new());
             config.balancer = balancer;
             let service = Service::with_members("s", &config, &[]);

@@ -158,12 +158,8 @@ async fn handle(admin: Arc<Admin>, request: Request<Incoming>) -> Response<Respo
             let request_id = request_id(&parts.headers);
             match *method {
                 Method::GET => services::instances(reloader, name, &request_id),
-                Method::POST => {
-                    services::register(reloader, name, body, &request_id).await
-                }
-                Method::DELETE => {
-                    services::deregister(reloader, name, body, &request_id).await
-                }
+                Method::POST => services::register(reloader, name, body, &request_id).await,
+                Method::DELETE => services::deregister(reloader, name, body, &request_id).await,
                 _ => refused(
                     StatusCode::METHOD_NOT_ALLOWED,
                     "METHOD_NOT_ALLOWED",

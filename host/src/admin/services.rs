@@ -113,7 +113,9 @@ fn invalid(field: &str, message: &str, request_id: &HeaderValue) -> Response<Res
             "timestamp": humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string(),
         }),
     );
-    response.headers_mut().insert(REQUEST_ID, request_id.clone());
+    response
+        .headers_mut()
+        .insert(REQUEST_ID, request_id.clone());
     response
 }
 
@@ -122,12 +124,28 @@ async fn read<T: DeserializeOwned>(body: Incoming) -> Result<T, (String, String)
     let bytes = Limited::new(body, MAX_BODY)
         .collect()
         .await
-        .map_err(|_| (".".to_owned(), format!("the body is unreadable or over {MAX_BODY} bytes")))?
+        .map_err(|_| {
+            (
+                ".".to_owned(),
+                format!("the body is unreadable or over {MAX_BODY} bytes"),
+            )
+        })?
         .to_bytes();
     let mut deserializer = serde_json::Deserializer::from_slice(&bytes);
     serde_path_to_error::deserialize(&mut deserializer).map_err(|error| {
-        let field = error.path().to_string();
-        (field, error.into_inner().to_string())
+        let path = error.path().to_string();
+        let message = error.into_inner().to_string();
+        // serde names a missing or unknown field in its message, at the path of the object
+        // around it: the field is the useful path.
+        let named = ["missing field `", "unknown field `"]
+            .iter()
+            .find_map(|start| message.strip_prefix(start)?.split('`').next());
+        let field = match (named, path.as_str()) {
+            (Some(name), ".") => name.to_owned(),
+            (Some(name), path) if !path.ends_with(name) => format!("{path}.{name}"),
+            _ => path,
+        };
+        (field, message)
     })
 }
 
@@ -158,9 +176,18 @@ async fn add(
     let directory = reloader.directory();
     let new = directory.register(registered);
     let shared = directory.share_registration(name, &registration).await;
-    tracing::info!(service = name, url, shared, "instance registered through the admin API");
+    tracing::info!(
+        service = name,
+        url,
+        shared,
+        "instance registered through the admin API"
+    );
     json(
-        if new { StatusCode::CREATED } else { StatusCode::OK },
+        if new {
+            StatusCode::CREATED
+        } else {
+            StatusCode::OK
+        },
         &json!({
             "service": name,
             "url": url,
@@ -201,7 +228,11 @@ pub(crate) async fn deregister(
         );
     }
     directory.unshare_registration(name, &url).await;
-    tracing::info!(service = name, url, "instance deregistered through the admin API");
+    tracing::info!(
+        service = name,
+        url,
+        "instance deregistered through the admin API"
+    );
     json(
         StatusCode::OK,
         &json!({ "service": name, "url": format!("http://{authority}"), "removed": true }),

@@ -129,11 +129,11 @@ pub fn run(command: RegistryCommand) -> anyhow::Result<()> {
                     let store = redis.store()?;
                     let mut connection = store.connect().await.context("cannot reach Redis")?;
                     let snapshot = store.read(&mut connection).await?;
-                    for registered in snapshot
-                        .instances
-                        .iter()
-                        .filter(|registered| service.as_ref().is_none_or(|name| *name == registered.service))
-                    {
+                    for registered in snapshot.instances.iter().filter(|registered| {
+                        service
+                            .as_ref()
+                            .is_none_or(|name| *name == registered.service)
+                    }) {
                         let registration = super::registration_of(&registered.member);
                         let mut line = serde_json::to_value(&registration)?;
                         line["service"] = serde_json::Value::from(registered.service.as_str());
@@ -202,7 +202,10 @@ async fn register(
             }
         }
     }
-    let mut connection = store.connect().await.context("cannot reach Redis to deregister")?;
+    let mut connection = store
+        .connect()
+        .await
+        .context("cannot reach Redis to deregister")?;
     store
         .deregister(&mut connection, service, &registration.url)
         .await

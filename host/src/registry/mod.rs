@@ -130,7 +130,10 @@ impl Directory {
     pub fn register(&self, registered: Registered) -> bool {
         let mut sources = self.lock();
         let list = sources.admin.entry(registered.service).or_default();
-        let new = match list.iter_mut().find(|known| known.url == registered.member.url) {
+        let new = match list
+            .iter_mut()
+            .find(|known| known.url == registered.member.url)
+        {
             Some(known) => {
                 *known = registered.member;
                 false
@@ -169,9 +172,12 @@ impl Directory {
     /// calling runtime, for the life of the process.
     pub fn start_redis(self: &Arc<Self>, store: Store, resync: Duration, ttl: Duration) {
         let directory = self.clone();
-        tokio::spawn(gateway_registry::watch(store.clone(), resync, move |instances| {
-            directory.set_registry(instances)
-        }));
+        tokio::spawn(gateway_registry::watch(
+            store.clone(),
+            resync,
+            ttl,
+            move |instances| directory.set_registry(instances),
+        ));
         if self.shared.set(Shared { store, ttl }).is_ok() {
             tokio::spawn(share(self.clone()));
         }
@@ -206,10 +212,7 @@ impl Directory {
         };
         let remove = async {
             let mut connection = shared.store.connect().await?;
-            shared
-                .store
-                .deregister(&mut connection, service, url)
-                .await
+            shared.store.deregister(&mut connection, service, url).await
         };
         match tokio::time::timeout(SHARE_TIMEOUT, remove).await {
             Ok(Ok(_)) => {}
@@ -217,7 +220,11 @@ impl Directory {
                 tracing::warn!(%error, service, url, "an admin deregistration did not reach Redis: other gateways drop the instance when its TTL ends")
             }
             Err(_) => {
-                tracing::warn!(service, url, "an admin deregistration timed out on Redis: other gateways drop the instance when its TTL ends")
+                tracing::warn!(
+                    service,
+                    url,
+                    "an admin deregistration timed out on Redis: other gateways drop the instance when its TTL ends"
+                )
             }
         }
     }
