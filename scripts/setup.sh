@@ -79,3 +79,28 @@ build_plugins() {
         cp "$GATEWAY_PLUGIN_DIR/gateway_test_stamp.wasm" "$GATEWAY_PLUGIN_DIR/stamp-$variant.wasm"
     done
 }
+
+# The dashboard test's browser driver (tests/browser): playwright-core, pinned in its
+# package-lock.json, driving Debian's chromium (no browser is downloaded). `npm ci` runs only
+# when node_modules is missing or was installed from another lock file.
+ensure_browser_test_deps() {
+    ensure_command chromium chromium
+    ensure_command node nodejs
+    ensure_command npm npm
+    # playwright-core wants Node.js 20 (this machine kind's); Debian 12's own nodejs is 18.
+    local node_major
+    node_major="$(node -p 'process.versions.node.split(".")[0]')"
+    [ "$node_major" -ge 20 ] \
+        || fail "the browser test needs Node.js 20 or newer (playwright-core), found $(node --version)"
+    local folder="$REPO_ROOT/tests/browser"
+    local stamp="$folder/node_modules/.installed-from-lock"
+    local lock
+    lock="$(sha256sum "$folder/package-lock.json" | cut -d' ' -f1)" \
+        || fail "cannot read $folder/package-lock.json"
+    if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$lock" ]; then
+        step "installing the browser test's node modules (npm ci in tests/browser)"
+        npm ci --prefix "$folder" --no-audit --no-fund >/dev/null \
+            || fail "npm ci --prefix tests/browser failed (is the npm registry reachable?)"
+        printf '%s\n' "$lock" >"$stamp"
+    fi
+}

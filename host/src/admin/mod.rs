@@ -1,6 +1,6 @@
 //! The admin API, on its own listener (loopback by default). With a token configured
 //! (`admin.token_env` or `admin.token_file`, required off loopback), every endpoint but
-//! `/health` wants `Authorization: Bearer <token>`.
+//! `/health` and the dashboard's page wants `Authorization: Bearer <token>`.
 //! - `GET /admin/status`: version, uptime, generation, listeners, and how many routes,
 //!   services and filters serve (see [`status`]); `GET /api/v1/gateway/status` is the same for
 //!   the seeds' clients;
@@ -28,6 +28,7 @@
 //! - `POST /admin/publish`: publishes `{"topic", "data"}` to the WebSocket hub (see [`publish`]);
 //! - `GET /admin/websocket`: open sockets, messages and bytes each way, closes by code, and
 //!   the hub's topics with their subscriber counts;
+//! - `GET /admin/ui`: the dashboard, a page that shows the above live (see [`ui`]);
 //! - `GET /health`: liveness.
 
 mod publish;
@@ -36,6 +37,7 @@ mod services;
 mod stats;
 mod status;
 mod token;
+mod ui;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -110,9 +112,11 @@ pub(crate) fn refused(
     response
 }
 
-/// Paths anyone may read: liveness, for probes that hold no secrets.
+/// Paths anyone may read, for they hold no data: liveness, for probes; and the dashboard's
+/// page, which a browser's navigation could not fetch with a bearer token (its script sends
+/// the token to the data endpoints, which stay guarded; see [`ui`]).
 fn is_public(method: &Method, path: &str) -> bool {
-    method == Method::GET && path == "/health"
+    method == Method::GET && matches!(path, "/health" | "/admin/ui")
 }
 
 async fn handle(admin: Arc<Admin>, request: Request<Incoming>) -> Response<ResponseBody> {
@@ -181,6 +185,7 @@ async fn handle(admin: Arc<Admin>, request: Request<Incoming>) -> Response<Respo
             publish::publish(body, &request_id).await
         }
         (&Method::GET, "/admin/websocket") => json(StatusCode::OK, &websocket_status()),
+        (&Method::GET, "/admin/ui") => ui::page(),
         (&Method::GET, "/health") => json(StatusCode::OK, &serde_json::json!({ "status": "ok" })),
         _ => {
             let request_id = request_id(&parts.headers);
