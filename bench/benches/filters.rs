@@ -242,13 +242,13 @@ fn filter_calls(c: &mut Criterion) {
         ],
     };
     let mut head = request();
-    let phase = ready(chain.on_request(&mut head, 0..chain.filters.len()));
+    let phase = ready(chain.on_request(&mut head, 0..chain.filters.len(), None));
     assert!(
         matches!(phase.outcome, Ok(None)),
         "the chain did not pass the request"
     );
     let mut answer = response();
-    let replaced = ready(chain.on_response(phase.ran, &mut head, &mut answer));
+    let replaced = ready(chain.on_response(phase.ran, &mut head, &mut answer, None));
     assert!(
         matches!(replaced, Ok(None)),
         "the chain's response phase failed"
@@ -258,8 +258,8 @@ fn filter_calls(c: &mut Criterion) {
         b.iter_batched_ref(
             || (request(), response()),
             |(head, answer)| {
-                let phase = ready(chain.on_request(head, 0..chain.filters.len()));
-                black_box(ready(chain.on_response(phase.ran, head, answer)))
+                let phase = ready(chain.on_request(head, 0..chain.filters.len(), None));
+                black_box(ready(chain.on_response(phase.ran, head, answer, None)))
             },
             BatchSize::SmallInput,
         )

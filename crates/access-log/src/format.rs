@@ -33,6 +33,8 @@ pub struct Line<'a> {
     pub trace_id: Option<&'a str>,
     /// The gateway's own span in that trace: 16 lower-case hex digits.
     pub span_id: Option<&'a str>,
+    /// The route's trace of decisions (`x-gateway-trace`), when it asks for it in the log.
+    pub debug_trace: Option<&'a [u8]>,
 }
 
 /// Appends `line` and its newline to `out`.
@@ -88,6 +90,11 @@ fn json(line: &Line<'_>, out: &mut Vec<u8>) {
     json_optional(line.trace_id.map(str::as_bytes), out);
     out.extend_from_slice(b",\"span_id\":");
     json_optional(line.span_id.map(str::as_bytes), out);
+    // Only on traced lines, so that the usual line stays as it was.
+    if let Some(trace) = line.debug_trace {
+        out.extend_from_slice(b",\"debug_trace\":");
+        json_optional(Some(trace), out);
+    }
     out.push(b'}');
 }
 
@@ -120,6 +127,12 @@ fn combined(line: &Line<'_>, out: &mut Vec<u8>) {
     out.extend_from_slice(b"\" \"");
     quoted(line.user_agent.unwrap_or(b"-"), out);
     out.push(b'"');
+    // After the combined fields, where log parsers expect extra ones.
+    if let Some(trace) = line.debug_trace {
+        out.extend_from_slice(b" \"");
+        quoted(trace, out);
+        out.push(b'"');
+    }
 }
 
 fn version(version: Version) -> &'static str {
@@ -265,6 +278,7 @@ mod tests {
             user_agent: Some(b"curl/8 \xff\n"),
             trace_id: Some("4bf92f3577b34da6a3ce929d0e0e4736"),
             span_id: Some("00f067aa0ba902b7"),
+            debug_trace: None,
         }
     }
 

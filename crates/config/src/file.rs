@@ -483,6 +483,25 @@ pub struct RouteFile {
     /// Java servers do, so `/public/..;/admin` would reach `/admin` behind the gateway's back.
     #[serde(default)]
     pub allow_dot_segment_params: bool,
+    /// Answers to the clients this allows carry `x-gateway-trace`: each filter call with its
+    /// phase, decision and time, and the upstream try. Off unless given.
+    #[serde(default)]
+    pub debug_trace: Option<DebugTraceFile>,
+}
+
+/// Which requests of a route get a trace of the decisions taken on them.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DebugTraceFile {
+    /// Client addresses or CIDR ranges (`127.0.0.1`, `10.0.0.0/8`, `::1`); at least one.
+    pub allow: Vec<String>,
+    /// Trace only requests that carry this header too (any value), so that an allowed client
+    /// asks for it; every request of an allowed client is traced without it.
+    #[serde(default)]
+    pub when_header: Option<String>,
+    /// Write the trace in the access log line as well.
+    #[serde(default)]
+    pub access_log: bool,
 }
 
 /// The conditions a request must meet to take a route. All given conditions must hold.

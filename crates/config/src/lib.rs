@@ -27,9 +27,9 @@ use std::time::Duration;
 use http::Method;
 
 pub use file::{
-    Admin, AdminToken, ConfigFile, EdgeLimits, FailurePolicy, FilterDefinition, Isolation,
-    KvBackendKind, KvSettings, Listener, RedisSettings, RouteFile, RouteFilter, RouteMatch,
-    ServiceFile, Tracing,
+    Admin, AdminToken, ConfigFile, DebugTraceFile, EdgeLimits, FailurePolicy, FilterDefinition,
+    Isolation, KvBackendKind, KvSettings, Listener, RedisSettings, RouteFile, RouteFilter,
+    RouteMatch, ServiceFile, Tracing,
 };
 pub use gateway_routing::pattern::PathPattern;
 pub use instance::InstanceUrl;
@@ -184,6 +184,27 @@ pub struct Route {
     /// Each names a filter of [`Config::filters`].
     pub filters: Vec<RouteFilter>,
     pub allow_dot_segment_params: bool,
+    pub debug_trace: Option<DebugTrace>,
+}
+
+/// A route's trace of decisions (see [`DebugTraceFile`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DebugTrace {
+    /// Never empty.
+    pub allow: Vec<ipnet::IpNet>,
+    pub when_header: Option<http::HeaderName>,
+    pub access_log: bool,
+}
+
+impl DebugTrace {
+    /// Whether a request from `client` with these `headers` is traced.
+    pub fn applies(&self, client: std::net::IpAddr, headers: &http::HeaderMap) -> bool {
+        self.allow.iter().any(|range| range.contains(&client))
+            && self
+                .when_header
+                .as_ref()
+                .is_none_or(|name| headers.contains_key(name))
+    }
 }
 
 /// How a route matches paths.

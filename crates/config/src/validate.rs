@@ -11,11 +11,11 @@ use std::time::Duration;
 
 use http::Method;
 
-use crate::file::{ConfigFile, KvBackendKind, RouteFile, ServiceFile};
+use crate::file::{ConfigFile, DebugTraceFile, KvBackendKind, RouteFile, ServiceFile};
 use crate::upstream::{BalancerKind, HashKey, HealthCheck, Retries};
 use crate::{
-    Admin, AdminToken, ByteSize, Config, InstanceUrl, MAX_MEMORY_LIMIT, PathMatch, Route, Service,
-    ServiceRef, ServiceTemplate,
+    Admin, AdminToken, ByteSize, Config, DebugTrace, InstanceUrl, MAX_MEMORY_LIMIT, PathMatch,
+    Route, Service, ServiceRef, ServiceTemplate,
 };
 use gateway_routing::pattern::{self, PathPattern};
 
@@ -918,6 +918,10 @@ fn check_route(
             }
         }
     }
+    let debug_trace = route
+        .debug_trace
+        .as_ref()
+        .map(|trace| check_debug_trace(&format!("{at}.debug_trace"), trace, problems));
     if problems.0.len() != before {
         return None;
     }
@@ -929,7 +933,52 @@ fn check_route(
         service,
         filters: route.filters.clone(),
         allow_dot_segment_params: route.allow_dot_segment_params,
+        debug_trace,
     })
+}
+
+fn check_debug_trace(at: &str, trace: &DebugTraceFile, problems: &mut Problems) -> DebugTrace {
+    if trace.allow.is_empty() {
+        problems.add(
+            format_args!("{at}.allow"),
+            "name the clients that may see traces (addresses or CIDR ranges)",
+        );
+    }
+    let allow = trace
+        .allow
+        .iter()
+        .enumerate()
+        .filter_map(|(index, range)| {
+            let parsed = range.parse::<ipnet::IpNet>().ok().or_else(|| {
+                range
+                    .parse::<std::net::IpAddr>()
+                    .ok()
+                    .map(ipnet::IpNet::from)
+            });
+            if parsed.is_none() {
+                problems.add(
+                    format_args!("{at}.allow[{index}]"),
+                    format_args!("`{range}` is not an IP address or CIDR range"),
+                );
+            }
+            parsed
+        })
+        .collect();
+    let when_header = trace.when_header.as_ref().and_then(|name| {
+        let parsed = http::HeaderName::from_bytes(name.as_bytes()).ok();
+        if parsed.is_none() {
+            problems.add(
+                format_args!("{at}.when_header"),
+                format_args!("`{name}` is not a header name"),
+            );
+        }
+        parsed
+    });
+    DebugTrace {
+        allow,
+        when_header,
+        access_log: trace.access_log,
+    }
 }
 
 fn check_method(field: &str, method: &str, problems: &mut Problems) -> Option<Method> {

@@ -2,6 +2,7 @@
 //! front, and each filter's failure policy applied on the way.
 
 use std::ops::Range;
+use std::time::Instant;
 
 use bytes::Bytes;
 
@@ -14,6 +15,48 @@ use crate::{Error, FilterFailure, FilterReply, Phases, RequestHead, ResponseHead
 #[derive(Default)]
 pub struct FilterChain {
     pub filters: Vec<FilterPool>,
+}
+
+/// One filter call as a route's `debug_trace` reports it.
+#[derive(Debug, Clone)]
+pub struct Step {
+    /// The filter's name (or `upstream`, for the try the proxy adds).
+    pub name: String,
+    pub phase: &'static str,
+    /// `continue`, `reply <status>`, `replace <status>`, or `skipped after <kind>` /
+    /// `refused after <kind>` for a failure (`trap`, `timeout`, `memory-limit`, ...); never a
+    /// comma, which separates steps in the header.
+    pub decision: String,
+    pub micros: u64,
+}
+
+/// Where the steps of one traced request go; `None` for the requests not traced, which then
+/// read no clock for it.
+pub type Trace<'t> = Option<&'t mut Vec<Step>>;
+
+fn record(
+    trace: &mut Trace<'_>,
+    pool: &FilterPool,
+    phase: &'static str,
+    started: Option<Instant>,
+    decision: impl FnOnce() -> String,
+) {
+    if let (Some(steps), Some(started)) = (trace.as_deref_mut(), started) {
+        steps.push(Step {
+            name: pool.name().to_owned(),
+            phase,
+            decision: decision(),
+            micros: u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX),
+        });
+    }
+}
+
+fn failed(pool: &FilterPool, failure: &FilterFailure) -> String {
+    let outcome = match pool.policy {
+        FailurePolicy::Open => "skipped",
+        FailurePolicy::Closed => "refused",
+    };
+    format!("{outcome} after {}", failure.kind())
 }
 
 /// How the request phase ended.
@@ -52,7 +95,12 @@ impl FilterChain {
 
     /// Runs the request phase of the filters in `filters`, in order, until one answers or
     /// fails closed.
-    pub async fn on_request(&self, head: &mut RequestHead, filters: Range<usize>) -> RequestPhase {
+    pub async fn on_request(
+        &self,
+        head: &mut RequestHead,
+        filters: Range<usize>,
+        mut trace: Trace<'_>,
+    ) -> RequestPhase {
         let end = filters.end.min(self.filters.len());
         for (index, pool) in self
             .filters
@@ -64,7 +112,14 @@ impl FilterChain {
             if !pool.phases().contains(Phases::REQUEST) {
                 continue;
             }
-            match pool.on_request(head).await {
+            let started = trace.is_some().then(Instant::now);
+            let called = pool.on_request(head).await;
+            record(&mut trace, pool, "request", started, || match &called {
+                Ok(None) => "continue".to_owned(),
+                Ok(Some(reply)) => format!("reply {}", reply.status.as_u16()),
+                Err(failure) => failed(pool, failure),
+            });
+            match called {
                 Ok(None) => {}
                 Ok(Some(reply)) => {
                     return RequestPhase {
@@ -95,6 +150,7 @@ impl FilterChain {
         ran: usize,
         request: &mut RequestHead,
         response: &mut ResponseHead,
+        mut trace: Trace<'_>,
     ) -> Result<Option<Bytes>, Error> {
         let mut replaced_body = None;
         let mut refused = None;
@@ -103,7 +159,14 @@ impl FilterChain {
             if !pool.phases().contains(Phases::RESPONSE) {
                 continue;
             }
-            match pool.on_response(request, response).await {
+            let started = trace.is_some().then(Instant::now);
+            let called = pool.on_response(request, response).await;
+            record(&mut trace, pool, "response", started, || match &called {
+                Ok(None) => "continue".to_owned(),
+                Ok(Some(reply)) => format!("replace {}", reply.status.as_u16()),
+                Err(failure) => failed(pool, failure),
+            });
+            match called {
                 Ok(None) => {}
                 Ok(Some(reply)) => {
                     response.status = reply.status;

@@ -39,7 +39,7 @@ use std::time::Duration;
 
 pub use bindings::Phases;
 pub use cache::{ContentHash, Origin};
-pub use chain::{FilterChain, RequestPhase};
+pub use chain::{FilterChain, RequestPhase, Step, Trace};
 pub use engine::{FilterEngine, LoadedFilter};
 pub use heads::{FilterReply, HeldBody, RequestHead, ResponseHead};
 pub use pool::FilterPool;
@@ -110,4 +110,19 @@ pub enum FilterFailure {
     /// of its outcome was applied.
     #[error("made an edit the gateway refuses: {0}")]
     BadEdit(String),
+}
+
+impl FilterFailure {
+    /// A short name of the failure, as a trace of decisions shows it.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            FilterFailure::Trap(_) => "trap",
+            FilterFailure::Timeout(_) => "timeout",
+            FilterFailure::MemoryLimit(_) => "memory-limit",
+            FilterFailure::Rejected(_) => "rejected",
+            FilterFailure::Unavailable(_) => "unavailable",
+            FilterFailure::BadReply(_) => "bad-reply",
+            FilterFailure::BadEdit(_) => "bad-edit",
+        }
+    }
 }

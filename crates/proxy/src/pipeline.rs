@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::time::{Instant, SystemTime};
 
 use bytes::Bytes;
-use gateway_filter::{FilterChain, FilterReply, HeldBody, RequestHead, ResponseHead};
+use gateway_filter::{FilterChain, FilterReply, HeldBody, RequestHead, ResponseHead, Step, Trace};
 use gateway_routing::Route;
 use gateway_upstream::{Instance, Outgoing, Service, Upgrade};
 use gateway_wire::fields::REQUEST_ID;
@@ -41,6 +41,31 @@ struct Outcome<'g> {
     upstream: Option<&'g Instance>,
     error: Option<Error>,
     trace: Option<TraceContext>,
+    /// The route's trace of decisions, rendered, when this request is traced.
+    debug_trace: Option<HeaderValue>,
+    /// Whether the access log line carries it too.
+    debug_trace_logged: bool,
+}
+
+/// The header a traced request's answer carries its trace of decisions in.
+pub const DEBUG_TRACE: header::HeaderName = header::HeaderName::from_static("x-gateway-trace");
+
+/// The steps as one header value: `name;phase=...;decision="...";dur=<ms>`, comma-separated,
+/// in the order they ran (as `Server-Timing` writes its metrics).
+fn render(steps: &[Step]) -> HeaderValue {
+    let mut text = String::new();
+    for (index, step) in steps.iter().enumerate() {
+        if index > 0 {
+            text.push_str(", ");
+        }
+        let millis = step.micros as f64 / 1000.0;
+        text.push_str(&format!(
+            "{};phase={};decision=\"{}\";dur={millis:.3}",
+            step.name, step.phase, step.decision
+        ));
+    }
+    // Names and decisions are made of visible ASCII: the value is always valid.
+    HeaderValue::from_str(&text).unwrap_or_else(|_| HeaderValue::from_static("unrenderable"))
 }
 
 /// Serves one client request. Never fails: every error becomes the documented JSON answer.
@@ -90,6 +115,9 @@ where
     response
         .headers_mut()
         .insert(REQUEST_ID, request_id.clone());
+    if let Some(trace) = &outcome.debug_trace {
+        response.headers_mut().insert(DEBUG_TRACE, trace.clone());
+    }
 
     if metrics {
         outcome.metrics.unwrap_or(&*state.unrouted).record(
@@ -122,6 +150,11 @@ where
             user_agent: user_agent.as_ref().map(HeaderValue::as_bytes),
             trace_id: trace.map(TraceContext::trace_id),
             span_id: trace.map(TraceContext::span_id),
+            debug_trace: outcome
+                .debug_trace
+                .as_ref()
+                .filter(|_| outcome.debug_trace_logged)
+                .map(HeaderValue::as_bytes),
         });
     }
     response
@@ -149,6 +182,7 @@ pub fn refuse_unreadable(client: SocketAddr, error: Error) -> Response<ResponseB
         user_agent: None,
         trace_id: None,
         span_id: None,
+        debug_trace: None,
     });
     response.headers_mut().insert(REQUEST_ID, request_id);
     response
@@ -189,6 +223,14 @@ where
         return Err(Error::BadPath(normalize::PathError::DotSegmentParams));
     }
 
+    let traced = route
+        .value
+        .debug_trace
+        .as_ref()
+        .filter(|trace| trace.applies(client.ip(), request.headers()));
+    let mut steps = traced.map(|_| Vec::new());
+    outcome.debug_trace_logged = traced.is_some_and(|trace| trace.access_log);
+
     let (parts, body) = request.into_parts();
     let mut head = RequestHead {
         method: parts.method,
@@ -225,7 +267,7 @@ where
         },
     ));
     let chain = &route.value.chain;
-    let (ran, decided) = request_phase(chain, &mut head, &mut body).await;
+    let (ran, decided) = request_phase(chain, &mut head, &mut body, steps.as_mut()).await;
     let answer = match decided {
         Ok(Some(reply)) => Ok(reply_response(reply)),
         Err(error) => Err(error),
@@ -233,7 +275,12 @@ where
             if let HeldBody::Complete(bytes) = &head.body {
                 body.replace(bytes.clone());
             }
-            call_upstream(state, route, &mut head, &parts.uri, body, outcome).await
+            let started = steps.is_some().then(Instant::now);
+            let answered = call_upstream(state, route, &mut head, &parts.uri, body, outcome).await;
+            if let (Some(steps), Some(started)) = (steps.as_mut(), started) {
+                steps.push(upstream_step(&answered, outcome.upstream, started));
+            }
+            answered
         }
     };
     let response = match answer {
@@ -244,9 +291,44 @@ where
             outcome.error = Some(error);
             response
         }
-        Err(error) => return Err(error),
+        Err(error) => {
+            outcome.debug_trace = steps.as_deref().map(render);
+            return Err(error);
+        }
     };
-    respond_through_chain(chain, ran, &mut head, response, request_id, parts.version).await
+    let response = respond_through_chain(
+        chain,
+        ran,
+        &mut head,
+        response,
+        request_id,
+        parts.version,
+        steps.as_mut(),
+    )
+    .await;
+    outcome.debug_trace = steps.as_deref().map(render);
+    response
+}
+
+/// The upstream try as a step of the trace: the instance's status, or why there was none.
+fn upstream_step(
+    answered: &Result<Response<ResponseBody>>,
+    instance: Option<&Instance>,
+    started: Instant,
+) -> Step {
+    let decision = match (answered, instance) {
+        (Ok(response), Some(instance)) => {
+            format!("{} from {}", response.status().as_u16(), instance.label)
+        }
+        (Ok(response), None) => response.status().as_u16().to_string(),
+        (Err(error), _) => format!("failed {}", error.to_client().code),
+    };
+    Step {
+        name: "upstream".to_owned(),
+        phase: "request",
+        decision,
+        micros: u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX),
+    }
 }
 
 /// Runs the chain's request phase, reading the request body first for the filters that asked
@@ -256,6 +338,7 @@ async fn request_phase<B>(
     chain: &FilterChain,
     head: &mut RequestHead,
     body: &mut Prefixed<RequestBody<B>>,
+    mut trace: Trace<'_>,
 ) -> (usize, Result<Option<FilterReply>>)
 where
     B: Body<Data = Bytes> + Unpin,
@@ -263,10 +346,10 @@ where
 {
     let all = chain.filters.len();
     let Some((first, limit)) = chain.request_body_need() else {
-        let phase = chain.on_request(head, 0..all).await;
+        let phase = chain.on_request(head, 0..all, trace).await;
         return (phase.ran, phase.outcome.map_err(Error::Filter));
     };
-    let before = chain.on_request(head, 0..first).await;
+    let before = chain.on_request(head, 0..first, trace.as_deref_mut()).await;
     if !matches!(before.outcome, Ok(None)) {
         return (before.ran, before.outcome.map_err(Error::Filter));
     }
@@ -276,7 +359,7 @@ where
         Err(error) if error.is::<BodyReadTimeout>() => return (first, Err(Error::BodyTimeout)),
         Err(_) => return (first, Err(Error::BadBody)),
     };
-    let after = chain.on_request(head, first..all).await;
+    let after = chain.on_request(head, first..all, trace).await;
     (after.ran, after.outcome.map_err(Error::Filter))
 }
 
@@ -355,6 +438,7 @@ async fn respond_through_chain(
     response: Response<ResponseBody>,
     request_id: &HeaderValue,
     version: Version,
+    trace: Trace<'_>,
 ) -> Result<Response<ResponseBody>> {
     if ran == 0 {
         return Ok(response);
@@ -378,7 +462,7 @@ async fn respond_through_chain(
             }
         }
     }
-    match chain.on_response(ran, request, &mut head).await {
+    match chain.on_response(ran, request, &mut head, trace).await {
         Ok(replaced) => {
             parts.status = head.status;
             parts.headers = head.headers;
@@ -580,7 +664,7 @@ pub async fn approve_handshake<'g>(
             min_rate: state.limits.body_min_rate.0,
         },
     ));
-    match request_phase(&route.value.chain, &mut head, &mut body).await {
+    match request_phase(&route.value.chain, &mut head, &mut body, None).await {
         (_, Ok(None)) => {}
         (_, Ok(Some(reply))) => {
             let mut response = reply_response(reply);

@@ -92,6 +92,8 @@ pub(crate) struct RouteEntry {
     pub(crate) allow_dot_segment_params: bool,
     /// This route's counters, kept by name across reloads.
     pub(crate) metrics: Arc<RouteMetrics>,
+    /// Which requests get a trace of decisions.
+    pub(crate) debug_trace: Option<gateway_config::DebugTrace>,
 }
 
 /// Where a route's requests go.
@@ -209,6 +211,7 @@ impl ServingState {
                     chain: Arc::new(chain),
                     allow_dot_segment_params: route.allow_dot_segment_params,
                     metrics: gateway_metrics::route(&route.name),
+                    debug_trace: route.debug_trace.clone(),
                 },
             });
         }
@@ -306,6 +309,7 @@ impl ServingState {
             chain: entry.chain.clone(),
             allow_dot_segment_params: entry.allow_dot_segment_params,
             metrics: entry.metrics.clone(),
+            debug_trace: entry.debug_trace.clone(),
         });
         self.outbound.store(services.clone());
         Some(Derived {

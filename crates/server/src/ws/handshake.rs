@@ -143,6 +143,7 @@ pub(crate) async fn accept(
         user_agent: user_agent.as_ref().map(HeaderValue::as_bytes),
         trace_id: None,
         span_id: None,
+        debug_trace: None,
     });
     accepted
 }
