@@ -52,6 +52,7 @@ mod admin;
 mod auth;
 mod error;
 mod metrics;
+mod otlp;
 mod plugin;
 mod registry;
 mod reload;
@@ -283,6 +284,10 @@ async fn serve(path: &Path, workers: usize) -> anyhow::Result<()> {
         let channel = format!("{}hub", redis.key_prefix);
         gateway_server::ws::hub::start_redis(&redis.url, channel)
             .with_context(|| format!("the hub on {} cannot use Redis", hub.path))?;
+    }
+    // So does the span exporter: a reload may change the sample ratio, not the collector.
+    if let Some(otlp) = &config.tracing.otlp {
+        otlp::start(otlp)?;
     }
     // The registry's watch lives for the process too.
     if let Some(registry) = config.registry.as_ref().filter(|registry| registry.redis)

@@ -11,6 +11,7 @@ pub mod redis;
 pub use redis::RedisServer;
 
 pub mod controlled;
+pub mod otlp;
 pub mod websocket;
 pub use controlled::{ControlledUpstream, eventually};
 

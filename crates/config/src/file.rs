@@ -81,12 +81,58 @@ pub struct Tracing {
     /// Read a client's `traceparent` and `tracestate`, and send them upstream with the
     /// gateway's span as the new parent; a request without one starts a trace. On by default.
     pub propagate: bool,
+    /// Export the spans of sampled requests (the request, each filter call, the upstream try)
+    /// to an OpenTelemetry collector over OTLP/HTTP; off unless given. Read at start-up, but
+    /// for `sample_ratio`.
+    pub otlp: Option<Otlp>,
 }
 
 impl Default for Tracing {
     fn default() -> Self {
-        Tracing { propagate: true }
+        Tracing {
+            propagate: true,
+            otlp: None,
+        }
     }
+}
+
+/// Where and how spans are exported.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Otlp {
+    /// The collector's traces URL: `http://HOST:4318/v1/traces`.
+    pub endpoint: String,
+    /// The share of the traces the gateway starts that it exports, 0 to 1. A request whose
+    /// caller sent a `traceparent` follows the caller's sampled flag instead, so that a trace
+    /// is exported whole or not at all.
+    #[serde(default = "one")]
+    pub sample_ratio: f64,
+    /// `service.name` of the exported spans.
+    #[serde(default = "default_service_name")]
+    pub service_name: String,
+    /// Longest an export may take; a failed batch is dropped, not retried.
+    #[serde(default = "default_otlp_timeout", with = "humantime_serde")]
+    pub timeout: Duration,
+    /// Finished requests waiting for export at most; past it, requests are not exported (and
+    /// counted), so a slow collector never grows the gateway's memory.
+    #[serde(default = "default_otlp_queue")]
+    pub max_queued: usize,
+}
+
+fn one() -> f64 {
+    1.0
+}
+
+fn default_service_name() -> String {
+    "wasm-gateway".to_owned()
+}
+
+fn default_otlp_timeout() -> Duration {
+    Duration::from_secs(5)
+}
+
+fn default_otlp_queue() -> usize {
+    4096
 }
 
 fn yes() -> bool {

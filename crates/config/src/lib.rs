@@ -28,7 +28,7 @@ use http::Method;
 
 pub use file::{
     Admin, AdminToken, ConfigFile, DebugTraceFile, EdgeLimits, FailurePolicy, FilterDefinition,
-    Isolation, KvBackendKind, KvSettings, Listener, RedisSettings, RouteFile, RouteFilter,
+    Isolation, KvBackendKind, KvSettings, Listener, Otlp, RedisSettings, RouteFile, RouteFilter,
     RouteMatch, ServiceFile, Tracing,
 };
 pub use gateway_routing::pattern::PathPattern;

@@ -134,6 +134,7 @@ pub(crate) fn check(file: ConfigFile) -> Result<Config, Vec<String>> {
     check_limits(&file, &mut problems);
     check_websocket(&file, &mut problems);
     check_access_log(&file, &mut problems);
+    check_otlp(&file, &mut problems);
     let admin = file
         .admin
         .clone()
@@ -285,6 +286,50 @@ fn check_admin(mut admin: Admin, problems: &mut Problems) -> Admin {
         None => {}
     }
     admin
+}
+
+fn check_otlp(config: &ConfigFile, problems: &mut Problems) {
+    let Some(otlp) = &config.tracing.otlp else {
+        return;
+    };
+    if !config.tracing.propagate {
+        problems.add(
+            "tracing.otlp",
+            "needs tracing.propagate: the exported spans are the propagated trace's",
+        );
+    }
+    if otlp
+        .endpoint
+        .parse::<http::Uri>()
+        .ok()
+        .is_none_or(|uri| uri.scheme_str() != Some("http") || uri.authority().is_none())
+    {
+        problems.add(
+            "tracing.otlp.endpoint",
+            "an http:// URL such as http://127.0.0.1:4318/v1/traces",
+        );
+    }
+    if !(0.0..=1.0).contains(&otlp.sample_ratio) {
+        problems.add("tracing.otlp.sample_ratio", "must be between 0 and 1");
+    }
+    if otlp.service_name.is_empty() || otlp.service_name.chars().any(char::is_control) {
+        problems.add(
+            "tracing.otlp.service_name",
+            "a name without control characters",
+        );
+    }
+    problems.bounded(
+        "tracing.otlp.timeout",
+        otlp.timeout,
+        (Duration::from_millis(10), Duration::from_secs(60)),
+        duration,
+    );
+    problems.bounded(
+        "tracing.otlp.max_queued",
+        otlp.max_queued,
+        (1, 1_000_000),
+        count,
+    );
 }
 
 fn check_access_log(config: &ConfigFile, problems: &mut Problems) {

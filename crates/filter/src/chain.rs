@@ -27,6 +27,8 @@ pub struct Step {
     /// `refused after <kind>` for a failure (`trap`, `timeout`, `memory-limit`, ...); never a
     /// comma, which separates steps in the header.
     pub decision: String,
+    /// When the call started, for exported spans.
+    pub started: Instant,
     pub micros: u64,
 }
 
@@ -46,6 +48,7 @@ fn record(
             name: pool.name().to_owned(),
             phase,
             decision: decision(),
+            started,
             micros: u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX),
         });
     }

@@ -24,6 +24,7 @@ mod headers;
 mod hygiene;
 mod outbound;
 mod pipeline;
+pub mod spans;
 mod state;
 mod trace;
 

@@ -17,6 +17,7 @@ use http_body::Body;
 use http_body_util::{BodyExt, Either};
 
 use crate::body::{BodyLimits, BodyReadTimeout, Prefixed, RequestBody, ResponseBody, full};
+use crate::spans::{self, RequestSpans};
 use crate::state::{RouteEntry, ServingState, Target};
 use crate::trace::TraceContext;
 use crate::{Error, Result, headers, hygiene};
@@ -41,10 +42,16 @@ struct Outcome<'g> {
     upstream: Option<&'g Instance>,
     error: Option<Error>,
     trace: Option<TraceContext>,
-    /// The route's trace of decisions, rendered, when this request is traced.
-    debug_trace: Option<HeaderValue>,
-    /// Whether the access log line carries it too.
+    /// Each filter call and the upstream try, when the request is traced or exported.
+    steps: Option<Vec<Step>>,
+    /// The route's `debug_trace` applies: the answer carries the steps.
+    debug_traced: bool,
+    /// Whether the access log line carries them too.
     debug_trace_logged: bool,
+    /// The trace is sampled and an exporter is installed.
+    exported: bool,
+    /// The normalised path, for the exported span.
+    path: Option<String>,
 }
 
 /// The header a traced request's answer carries its trace of decisions in.
@@ -84,8 +91,11 @@ where
     let version = request.version();
     let access_log = gateway_access_log::enabled();
     let metrics = gateway_metrics::enabled();
-    // Only the access log and the metrics need the time taken: no clock read without them.
-    let started = (access_log || metrics).then(Instant::now);
+    let exporter = spans::sink();
+    // Only the access log, the metrics and exported spans need the time taken: no clock read
+    // without them.
+    let started = (access_log || metrics || exporter.is_some()).then(Instant::now);
+    let start = exporter.map(|_| SystemTime::now());
     // Logged as received: the normalised form may not exist if the path is refused.
     let target = access_log
         .then(|| request.uri().path_and_query().map(ToString::to_string))
@@ -115,7 +125,12 @@ where
     response
         .headers_mut()
         .insert(REQUEST_ID, request_id.clone());
-    if let Some(trace) = &outcome.debug_trace {
+    let debug_trace = outcome
+        .steps
+        .as_deref()
+        .filter(|_| outcome.debug_traced)
+        .map(render);
+    if let Some(trace) = &debug_trace {
         response.headers_mut().insert(DEBUG_TRACE, trace.clone());
     }
 
@@ -150,11 +165,34 @@ where
             user_agent: user_agent.as_ref().map(HeaderValue::as_bytes),
             trace_id: trace.map(TraceContext::trace_id),
             span_id: trace.map(TraceContext::span_id),
-            debug_trace: outcome
-                .debug_trace
+            debug_trace: debug_trace
                 .as_ref()
                 .filter(|_| outcome.debug_trace_logged)
                 .map(HeaderValue::as_bytes),
+        });
+    }
+    if let (Some(exporter), true, Some(trace), Some(start), Some(started)) = (
+        exporter,
+        outcome.exported,
+        outcome.trace.as_ref(),
+        start,
+        started,
+    ) {
+        exporter.finish(RequestSpans {
+            trace_id: trace.trace_id,
+            span_id: trace.span_id,
+            parent_id: trace.parent_id,
+            request_id: request_id.to_str().unwrap_or("-").to_owned(),
+            method,
+            path: outcome.path.take(),
+            route: outcome.route.map(str::to_owned),
+            status: response.status().as_u16(),
+            error: outcome.error.as_ref().map(|error| error.to_client().code),
+            upstream: outcome.upstream.map(|instance| instance.label.clone()),
+            start,
+            started,
+            duration: started.elapsed(),
+            steps: outcome.steps.take().unwrap_or_default(),
         });
     }
     response
@@ -228,7 +266,7 @@ where
         .debug_trace
         .as_ref()
         .filter(|trace| trace.applies(client.ip(), request.headers()));
-    let mut steps = traced.map(|_| Vec::new());
+    outcome.debug_traced = traced.is_some();
     outcome.debug_trace_logged = traced.is_some_and(|trace| trace.access_log);
 
     let (parts, body) = request.into_parts();
@@ -253,11 +291,15 @@ where
     headers::set_forwarded(&mut head.headers, head.client_ip, original_host.as_ref());
     head.headers.insert(REQUEST_ID, request_id.clone());
     if state.propagate_traces {
-        outcome.trace = Some(TraceContext::continue_or_start(
-            &mut head.headers,
-            request_id,
-        ));
+        let sample_ratio = state.sample_ratio.filter(|_| spans::sink().is_some());
+        let trace = TraceContext::continue_or_start(&mut head.headers, request_id, sample_ratio);
+        outcome.exported = sample_ratio.is_some() && trace.sampled();
+        outcome.trace = Some(trace);
     }
+    if outcome.exported {
+        outcome.path = Some(head.path.clone());
+    }
+    let mut steps = (outcome.debug_traced || outcome.exported).then(Vec::new);
 
     let mut body = Prefixed::new(RequestBody::new(
         body,
@@ -292,7 +334,7 @@ where
             response
         }
         Err(error) => {
-            outcome.debug_trace = steps.as_deref().map(render);
+            outcome.steps = steps;
             return Err(error);
         }
     };
@@ -306,7 +348,7 @@ where
         steps.as_mut(),
     )
     .await;
-    outcome.debug_trace = steps.as_deref().map(render);
+    outcome.steps = steps;
     response
 }
 
@@ -327,6 +369,7 @@ fn upstream_step(
         name: "upstream".to_owned(),
         phase: "request",
         decision,
+        started,
         micros: u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX),
     }
 }
@@ -654,7 +697,7 @@ pub async fn approve_handshake<'g>(
     headers::set_forwarded(&mut head.headers, head.client_ip, original_host.as_ref());
     head.headers.insert(REQUEST_ID, request_id.clone());
     if state.propagate_traces {
-        TraceContext::continue_or_start(&mut head.headers, &request_id);
+        TraceContext::continue_or_start(&mut head.headers, &request_id, None);
     }
     // A handshake has no body: the filters that ask for one get it empty.
     let mut body = Prefixed::new(RequestBody::new(

@@ -43,6 +43,8 @@ pub struct ServingState {
     pub plugin_dir: PathBuf,
     /// Continue or start a W3C trace for each routed request (`tracing.propagate`).
     pub(crate) propagate_traces: bool,
+    /// `tracing.otlp.sample_ratio`, when spans are exported.
+    pub(crate) sample_ratio: Option<f64>,
     /// The counters of requests that took no route.
     pub(crate) unrouted: Arc<RouteMetrics>,
     /// The limits relayed WebSockets meet.
@@ -227,6 +229,7 @@ impl ServingState {
             filters: filters.into_values().collect(),
             plugin_dir: config.plugin_dir.clone(),
             propagate_traces: config.tracing.propagate,
+            sample_ratio: config.tracing.otlp.as_ref().map(|otlp| otlp.sample_ratio),
             unrouted: gateway_metrics::route(gateway_metrics::UNROUTED),
             websocket: config.websocket.clone(),
             config: Arc::new(config.clone()),
@@ -321,6 +324,7 @@ impl ServingState {
                 filters: self.filters.clone(),
                 plugin_dir: self.plugin_dir.clone(),
                 propagate_traces: self.propagate_traces,
+                sample_ratio: self.sample_ratio,
                 unrouted: self.unrouted.clone(),
                 websocket: self.websocket.clone(),
                 config: self.config.clone(),

@@ -31,7 +31,14 @@ impl TraceContext {
     /// The request's trace: the client's, continued, or a new one linked to `request_id`.
     /// Removes a `tracestate` that must not travel (its `traceparent` was unusable, or it is
     /// malformed) and replaces `traceparent` with the gateway's.
-    pub(crate) fn continue_or_start(headers: &mut HeaderMap, request_id: &HeaderValue) -> Self {
+    ///
+    /// With `sample_ratio` (spans are exported), a trace the gateway starts is sampled with
+    /// that probability and says so in its flags; a continued one keeps its caller's flag.
+    pub(crate) fn continue_or_start(
+        headers: &mut HeaderMap,
+        request_id: &HeaderValue,
+        sample_ratio: Option<f64>,
+    ) -> Self {
         let span_id = hex::<8, 16>(fastrand::u64(1..).to_be_bytes());
         let context = match parse_traceparent(headers) {
             Some((trace_id, parent_id, flags)) => {
@@ -48,11 +55,12 @@ impl TraceContext {
             None => {
                 // Without a valid parent, its state belongs to no trace this request is in.
                 headers.remove(TRACESTATE);
+                let sampled = sample_ratio.is_some_and(|ratio| fastrand::f64() < ratio);
                 TraceContext {
                     trace_id: new_trace_id(request_id),
                     span_id,
                     parent_id: None,
-                    flags: 0,
+                    flags: u8::from(sampled),
                 }
             }
         };
@@ -71,6 +79,11 @@ impl TraceContext {
         value.extend_from_slice(&hex::<1, 2>([self.flags]));
         HeaderValue::from_maybe_shared(Bytes::from(value))
             .unwrap_or_else(|_| HeaderValue::from_static("invalid"))
+    }
+
+    /// Whether the trace is sampled (flag `01`).
+    pub(crate) fn sampled(&self) -> bool {
+        self.flags & 1 == 1
     }
 
     pub(crate) fn trace_id(&self) -> &str {
@@ -221,7 +234,7 @@ mod tests {
             headers.append(TRACESTATE, HeaderValue::from_str(value).expect("a value"));
         }
         let request_id = HeaderValue::from_static("9b2f3c4d-0e1f-4a2b-8c3d-4e5f60718293");
-        let context = TraceContext::continue_or_start(&mut headers, &request_id);
+        let context = TraceContext::continue_or_start(&mut headers, &request_id, None);
         (context, headers)
     }
 
@@ -321,11 +334,41 @@ mod tests {
     }
 
     #[test]
+    fn a_started_trace_is_sampled_at_the_ratio_and_a_continued_one_keeps_its_flag() {
+        let request_id = HeaderValue::from_static("9b2f3c4d-0e1f-4a2b-8c3d-4e5f60718293");
+        let started = |ratio| {
+            TraceContext::continue_or_start(&mut HeaderMap::new(), &request_id, ratio).sampled()
+        };
+        assert!(
+            !started(None),
+            "nothing exported: nothing claims to be sampled"
+        );
+        assert!((0..100).all(|_| started(Some(1.0))));
+        assert!((0..100).all(|_| !started(Some(0.0))));
+        let half = (0..2000).filter(|_| started(Some(0.5))).count();
+        assert!((800..1200).contains(&half), "{half} of 2000 at 0.5");
+        for (flags, sampled) in [("01", true), ("00", false)] {
+            let mut headers = HeaderMap::new();
+            let parent = format!("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-{flags}");
+            headers.insert(
+                TRACEPARENT,
+                HeaderValue::from_str(&parent).expect("a value"),
+            );
+            for ratio in [Some(0.0), Some(1.0)] {
+                let mut headers = headers.clone();
+                let context = TraceContext::continue_or_start(&mut headers, &request_id, ratio);
+                assert_eq!(context.sampled(), sampled, "{parent} at {ratio:?}");
+            }
+        }
+    }
+
+    #[test]
     fn a_request_id_that_is_no_uuid_gets_a_random_trace_id() {
         let mut headers = HeaderMap::new();
         let context = TraceContext::continue_or_start(
             &mut headers,
             &HeaderValue::from_static("client-chosen-42"),
+            None,
         );
         assert!(is_lower_hex(&context.trace_id));
         assert!(context.trace_id.iter().any(|&b| b != b'0'));

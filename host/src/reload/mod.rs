@@ -102,6 +102,8 @@ struct Fixed {
     cache_dir: Option<PathBuf>,
     kv: KvSettings,
     registry: Option<gateway_config::Registry>,
+    /// The span exporter, but for its sample ratio, which a reload changes.
+    otlp: Option<gateway_config::Otlp>,
 }
 
 impl Fixed {
@@ -113,6 +115,14 @@ impl Fixed {
             cache_dir: config.cache_dir.clone(),
             kv: config.kv.clone(),
             registry: config.registry.clone(),
+            otlp: config
+                .tracing
+                .otlp
+                .clone()
+                .map(|otlp| gateway_config::Otlp {
+                    sample_ratio: 0.0,
+                    ..otlp
+                }),
         }
     }
 
@@ -130,6 +140,10 @@ impl Fixed {
         note(self.cache_dir != next.cache_dir, "cache_dir");
         note(self.kv != next.kv, "kv");
         note(self.registry != next.registry, "registry");
+        note(
+            self.otlp != next.otlp,
+            "tracing.otlp (but for sample_ratio)",
+        );
         warnings
     }
 }
