@@ -43,15 +43,19 @@ async fn admin_get(
     if let Some(authorization) = authorization {
         request = request.header("authorization", authorization);
     }
-    send(&http1_client(), request.body(Full::default()).unwrap()).await
+    send(
+        &http1_client(),
+        request.body(Full::default()).expect("the test's own setup"),
+    )
+    .await
 }
 
 #[tokio::test]
 async fn a_token_file_guards_every_endpoint_but_health() {
     let upstream = Upstream::start("backend").await;
-    let token_dir = tempfile::tempdir().unwrap();
+    let token_dir = tempfile::tempdir().expect("the test's own setup");
     let token_file = token_dir.path().join("admin-token");
-    std::fs::write(&token_file, format!("{TOKEN}\n")).unwrap();
+    std::fs::write(&token_file, format!("{TOKEN}\n")).expect("the test's own setup");
     let admin = format!(
         "  address: 127.0.0.1:0\n  token_file: \"{}\"",
         token_file.display()
@@ -109,15 +113,15 @@ async fn a_token_from_the_environment_variable_named_in_the_config() {
     let upstream = Upstream::start("backend").await;
     let variable = "GATEWAY_TEST_ADMIN_TOKEN_UNSET";
     let admin = format!("  address: 127.0.0.1:0\n  token_env: {variable}");
-    let dir = tempfile::tempdir().unwrap();
+    let dir = tempfile::tempdir().expect("the test's own setup");
     let path = dir.path().join("gateway.yaml");
-    std::fs::write(&path, config(&upstream.url(), &admin)).unwrap();
+    std::fs::write(&path, config(&upstream.url(), &admin)).expect("the test's own setup");
     let output = std::process::Command::new(gateway_tests::gateway_bin())
         .args(["validate", "--config"])
         .arg(&path)
         .env_remove(variable)
         .output()
-        .unwrap();
+        .expect("the test's own setup");
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(
@@ -129,7 +133,7 @@ async fn a_token_from_the_environment_variable_named_in_the_config() {
         .arg(&path)
         .env(variable, "short")
         .output()
-        .unwrap();
+        .expect("the test's own setup");
     assert!(!output.status.success());
     assert!(
         String::from_utf8_lossy(&output.stderr).contains("at least 16 characters"),
@@ -166,7 +170,7 @@ async fn status_routes_and_filters_describe_what_serves() {
     assert_eq!(seeds["routes"], 2);
 
     let routes = get(&gateway.admin_url("/admin/routes")).await.json();
-    let routes = routes["routes"].as_array().unwrap();
+    let routes = routes["routes"].as_array().expect("the test's own setup");
     assert_eq!(routes.len(), 2);
     assert_eq!(routes[0]["name"], "api");
     assert_eq!(routes[0]["path"], "/api");
@@ -185,7 +189,7 @@ async fn status_routes_and_filters_describe_what_serves() {
     let named = |name: &str| {
         filters["filters"]
             .as_array()
-            .unwrap()
+            .expect("the test's own setup")
             .iter()
             .find(|filter| filter["name"] == name)
             .unwrap_or_else(|| panic!("no filter {name} in {filters}"))
@@ -208,7 +212,7 @@ async fn status_routes_and_filters_describe_what_serves() {
         &http1_client(),
         Request::post(gateway.admin_url("/admin/reload"))
             .body(Full::default())
-            .unwrap(),
+            .expect("the test's own setup"),
     )
     .await;
     assert_eq!(reload.status, 200, "{}", reload.text());
@@ -216,7 +220,7 @@ async fn status_routes_and_filters_describe_what_serves() {
     assert_eq!(status["generation"], 2);
     assert_eq!(status["last_reload"]["trigger"], "admin");
     let history = get(&gateway.admin_url("/admin/reload")).await.json();
-    let history = history["history"].as_array().unwrap();
+    let history = history["history"].as_array().expect("the test's own setup");
     assert_eq!(history.len(), 2);
     assert_eq!(history[0]["trigger"], "startup");
     assert_eq!(history[1]["trigger"], "admin");

@@ -679,7 +679,7 @@ fn check_service(
         ),
     }
     if let Some(check) = &service.health_check {
-        check_health_check(&at, check, problems);
+        check_health_check(at, check, problems);
     }
     if let Some(outlier) = &service.outlier_detection {
         let at = format!("{at}.outlier_detection");

@@ -176,9 +176,9 @@ async fn handle(admin: Arc<Admin>, request: Request<Incoming>) -> Response<Respo
             let request_id = request_id(&parts.headers);
             purge::purge(reloader, body, &request_id).await
         }
-        (&Method::GET, "/metrics") => metrics(&reloader),
+        (&Method::GET, "/metrics") => metrics(reloader),
         (&Method::GET, "/admin/stats" | "/api/v1/gateway/stats") => {
-            json(StatusCode::OK, &stats::stats(&reloader))
+            json(StatusCode::OK, &stats::stats(reloader))
         }
         (&Method::POST, "/admin/publish") => {
             let request_id = request_id(&parts.headers);
