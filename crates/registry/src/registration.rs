@@ -51,6 +51,14 @@ pub struct Registered {
     pub member: Member,
 }
 
+/// Sorts instances by service, then address: the order every read hands them over in.
+pub(crate) fn sort(instances: &mut [Registered]) {
+    instances.sort_by(|a, b| {
+        (&a.service, a.member.url.authority.as_str())
+            .cmp(&(&b.service, b.member.url.authority.as_str()))
+    });
+}
+
 impl Registration {
     /// A registration of `url` with every default.
     pub fn of_url(url: &str) -> Registration {

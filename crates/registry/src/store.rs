@@ -8,7 +8,7 @@ use redis::aio::MultiplexedConnection;
 use gateway_upstream::Source;
 
 use crate::layout::Layout;
-use crate::registration::{Registered, Registration};
+use crate::registration::{self, Registered, Registration};
 use crate::{Error, Result};
 
 /// Keys read with one `MGET`: large enough for few round trips, small enough that Redis is
@@ -193,10 +193,7 @@ impl Store {
         if !expired.is_empty() {
             let _: u32 = connection.srem(&index, &expired).await?;
         }
-        snapshot.instances.sort_by(|a, b| {
-            (&a.service, a.member.url.authority.as_str())
-                .cmp(&(&b.service, b.member.url.authority.as_str()))
-        });
+        registration::sort(&mut snapshot.instances);
         Ok(snapshot)
     }
 

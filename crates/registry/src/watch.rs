@@ -10,7 +10,7 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use crate::Result;
-use crate::registration::Registered;
+use crate::registration::{self, Registered};
 use crate::store::Store;
 
 /// Time between two attempts to subscribe to the change channel again.
@@ -91,10 +91,7 @@ pub async fn watch(
                             instances.push(known.clone());
                         }
                     }
-                    instances.sort_by(|a, b| {
-                        (&a.service, a.member.url.authority.as_str())
-                            .cmp(&(&b.service, b.member.url.authority.as_str()))
-                    });
+                    registration::sort(&mut instances);
                 } else {
                     grace_until = None;
                 }
