@@ -95,7 +95,6 @@ where
     // Only the access log, the metrics and exported spans need the time taken: no clock read
     // without them.
     let started = (access_log || metrics || exporter.is_some()).then(Instant::now);
-    let start = exporter.map(|_| SystemTime::now());
     // Logged as received: the normalised form may not exist if the path is refused.
     let target = access_log
         .then(|| request.uri().path_and_query().map(ToString::to_string))
@@ -171,13 +170,11 @@ where
                 .map(HeaderValue::as_bytes),
         });
     }
-    if let (Some(exporter), true, Some(trace), Some(start), Some(started)) = (
-        exporter,
-        outcome.exported,
-        outcome.trace.as_ref(),
-        start,
-        started,
-    ) {
+    if let (Some(exporter), true, Some(trace), Some(started)) =
+        (exporter, outcome.exported, outcome.trace.as_ref(), started)
+    {
+        // The wall-clock start is read back from the monotonic one, for sampled requests only.
+        let duration = started.elapsed();
         exporter.finish(RequestSpans {
             trace_id: trace.trace_id,
             span_id: trace.span_id,
@@ -189,9 +186,9 @@ where
             status: response.status().as_u16(),
             error: outcome.error.as_ref().map(|error| error.to_client().code),
             upstream: outcome.upstream.map(|instance| instance.label.clone()),
-            start,
+            start: SystemTime::now() - duration,
             started,
-            duration: started.elapsed(),
+            duration,
             steps: outcome.steps.take().unwrap_or_default(),
         });
     }
